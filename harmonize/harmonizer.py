@@ -1,0 +1,356 @@
+"""Native labels -> per-class binary masks of the universal taxonomy, with coverage and statistics.
+
+The harmonizer is pure: volumes in, :class:`HarmonizedCase` out. Reading files is
+:func:`harmonize_case`'s only I/O; storage is someone else's job.
+
+Coverage states, per scan x universal class (the three-way state partial-label training needs):
+
+* ``annotated_present``: the source annotates the class and it is drawn in this scan;
+* ``annotated_absent``: the source annotates the class and it is not there (no tumour, a nephrectomy);
+* ``not_annotated``: the source does not annotate the class; nothing is known.
+
+Example:
+    >>> import numpy as np
+    >>> from harmonize.protocols import get_protocol
+    >>> from harmonize.volume import Volume
+    >>> lab = np.zeros((40, 8, 8), np.uint8); lab[2:8, 2:6, 2:6] = 1; lab[30:36, 2:6, 2:6] = 1; lab[3, 3, 3] = 2
+    >>> case = harmonize_label_map(Volume(lab, np.eye(4)), get_protocol("kits23"), case_id="c1")
+    >>> case.coverage["kidney_left"], case.coverage["kidney_tumor"], case.coverage["kidney_cyst"]
+    ('annotated_present', 'annotated_present', 'annotated_absent')
+    >>> case.masks["kidney_left"].offset[0], case.masks["kidney_right"].offset[0]
+    (2, 30)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harmonize.errors import HarmonizeError
+from harmonize.laterality import (
+    SplitDecision,
+    estimate_midline_x,
+    field_of_view_center_x,
+    split_left_right,
+)
+from harmonize.layout import CaseFiles
+from harmonize.masks import CroppedMask
+from harmonize.protocols import Protocol
+from harmonize.stats import ClassStats, bbox_slices, class_stats
+from harmonize.taxonomy import CLASSES, PAIRS
+from harmonize.volume import Volume
+
+ANNOTATED_PRESENT = "annotated_present"
+ANNOTATED_ABSENT = "annotated_absent"
+NOT_ANNOTATED = "not_annotated"
+COVERAGE_STATES = (ANNOTATED_PRESENT, ANNOTATED_ABSENT, NOT_ANNOTATED)
+
+#: Affine entries of image and label may differ by this much (mm) and still be the same grid.
+GRID_TOLERANCE_MM = 1e-2
+
+
+@dataclass
+class HarmonizedCase:
+    """One scan's labels in the universal taxonomy.
+
+    Args:
+        source: source id.
+        case_id: case id within the source.
+        shape: (i, j, k) shape of the image grid all masks live on.
+        affine: (4, 4) voxel -> RAS+ mm.
+        masks: class name -> :class:`CroppedMask`, for every ``annotated_present`` class.
+        coverage: all 32 class names -> coverage state.
+        stats: class name -> :class:`ClassStats`, for every ``annotated_present`` class.
+        splits: one decision per component of every merged pair that was split.
+        midline_x_mm: the body midline used for the split (RAS+ x, mm), ``None`` if nothing was split.
+        midline_method: ``body`` (from the CT), ``labels`` (centre of the labelled region) or ``fov``.
+        native_voxels: native label value (or file stem) -> voxel count, for the record.
+        notes: anything a reviewer should know (classes missing from a per-class folder, ...).
+    """
+
+    source: str
+    case_id: str
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    masks: dict[str, CroppedMask]
+    coverage: dict[str, str]
+    stats: dict[str, ClassStats]
+    splits: list[SplitDecision] = field(default_factory=list)
+    midline_x_mm: float | None = None
+    midline_method: str | None = None
+    native_voxels: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_same_grid(image: Volume, label: Volume, label_path: str | Path) -> None:
+    """Raise :class:`HarmonizeError` naming ``label_path`` unless label and image share one voxel grid."""
+    if image.shape != label.shape:
+        raise HarmonizeError(label_path, f"label shape {label.shape} differs from image shape {image.shape}")
+    diff = float(np.abs(image.affine - label.affine).max())
+    if diff > GRID_TOLERANCE_MM:
+        raise HarmonizeError(
+            label_path,
+            f"label affine differs from the image affine by up to {diff:.4g} mm "
+            f"(tolerance {GRID_TOLERANCE_MM} mm): the label is not on the image grid",
+        )
+
+
+def _shifted_affine(affine: np.ndarray, offset: tuple[int, ...]) -> np.ndarray:
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = affine[:3, :3] @ np.asarray(offset, dtype=np.float64) + affine[:3, 3]
+    return out
+
+
+def _midline(image: Volume | None, masks: Mapping[str, CroppedMask], affine: np.ndarray,
+             shape: tuple[int, int, int]) -> tuple[float, str]:
+    if image is not None:
+        return estimate_midline_x(image), "body"
+    boxes = [m for m in masks.values() if not m.is_empty]
+    if boxes:
+        lo = np.min([m.offset for m in boxes], axis=0)
+        hi = np.max([np.add(m.offset, m.data.shape) - 1 for m in boxes], axis=0)
+        # The x-extent of the labelled region: take the world x of all 8 corners of its box.
+        corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        x = corners @ affine[0, :3] + affine[0, 3]
+        return float((x.min() + x.max()) / 2), "labels"
+    return field_of_view_center_x(affine, shape), "fov"
+
+
+def _finish(
+    protocol: Protocol,
+    case_id: str,
+    image: Volume | None,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    target_masks: dict[str, CroppedMask],
+    native_voxels: dict[str, int],
+    not_annotated_here: set[str],
+    notes: list[str],
+) -> HarmonizedCase:
+    """Split merged pairs, then derive coverage and statistics (shared by every layout kind)."""
+    masks: dict[str, CroppedMask] = {}
+    splits: list[SplitDecision] = []
+    midline: tuple[float, str] | None = None
+    for target, cm in target_masks.items():
+        if target not in PAIRS:
+            masks[target] = _union(masks.get(target), cm)
+            continue
+        left_name, right_name = PAIRS[target]
+        if cm.is_empty:
+            continue
+        if midline is None:
+            midline = _midline(image, target_masks, affine, shape)
+        left, right, decisions = split_left_right(
+            cm.data, _shifted_affine(affine, cm.offset), midline_x_mm=midline[0], pair=target
+        )
+        splits.extend(decisions)
+        masks[left_name] = _union(masks.get(left_name), CroppedMask.from_full(left, cm.offset, shape))
+        masks[right_name] = _union(masks.get(right_name), CroppedMask.from_full(right, cm.offset, shape))
+
+    annotated = set(protocol.annotated) - not_annotated_here
+    coverage: dict[str, str] = {}
+    stats: dict[str, ClassStats] = {}
+    present: dict[str, CroppedMask] = {}
+    for c in CLASSES:
+        cm = masks.get(c.name)
+        if c.name not in annotated:
+            coverage[c.name] = NOT_ANNOTATED
+        elif cm is None or cm.is_empty:
+            coverage[c.name] = ANNOTATED_ABSENT
+        else:
+            coverage[c.name] = ANNOTATED_PRESENT
+            present[c.name] = cm
+            hu = image.array[cm.box] if image is not None else None
+            stats[c.name] = class_stats(c.name, cm.data, affine, hu, offset=cm.offset)
+    return HarmonizedCase(
+        source=protocol.id,
+        case_id=case_id,
+        shape=shape,
+        affine=affine,
+        masks=present,
+        coverage=coverage,
+        stats=stats,
+        splits=splits,
+        midline_x_mm=midline[0] if midline else None,
+        midline_method=midline[1] if midline else None,
+        native_voxels=native_voxels,
+        notes=notes,
+    )
+
+
+def _union(a: CroppedMask | None, b: CroppedMask) -> CroppedMask:
+    if a is None or a.is_empty:
+        return b
+    if b.is_empty:
+        return a
+    lo = np.minimum(a.offset, b.offset)
+    hi = np.maximum(np.add(a.offset, a.data.shape), np.add(b.offset, b.data.shape))
+    out = np.zeros(tuple(hi - lo), dtype=bool)
+    for m in (a, b):
+        start = np.subtract(m.offset, lo)
+        out[tuple(slice(s, s + n) for s, n in zip(start, m.data.shape))] |= m.data
+    return CroppedMask(a.shape, tuple(int(v) for v in lo), out)  # type: ignore[arg-type]
+
+
+def harmonize_label_map(
+    label: Volume,
+    protocol: Protocol,
+    *,
+    case_id: str,
+    image: Volume | None = None,
+    label_path: str | Path = "<label>",
+) -> HarmonizedCase:
+    """Harmonize one native label map (``paired`` and ``dicom_png`` layouts).
+
+    Args:
+        label: (i, j, k) integer label map; must be on ``image``'s grid when an image is given.
+        protocol: the source's protocol.
+        case_id: case id, recorded in the result.
+        image: the CT (HU) for statistics and the body midline, or ``None``.
+        label_path: the label's file, named in errors.
+
+    Raises:
+        HarmonizeError: grid mismatch, negative or unknown label values, an empty label map.
+    """
+    if image is not None:
+        check_same_grid(image, label, label_path)
+    lab = label.array
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise HarmonizeError(label_path, f"label map has non-integer dtype {lab.dtype}")
+    if lab.dtype.kind == "i" and lab.min() < 0:
+        raise HarmonizeError(label_path, "label map has negative values")
+    counts = np.bincount(lab.ravel())
+    values = [int(v) for v in np.flatnonzero(counts) if v != 0]
+    if not values:
+        raise HarmonizeError(label_path, "label map is empty (every voxel is background)")
+    unknown = [v for v in values if v not in protocol.labels]
+    if unknown and protocol.strict_values:
+        known = ", ".join(str(v) for v in sorted(protocol.labels))
+        raise HarmonizeError(
+            label_path,
+            f"label values {unknown} are not in the {protocol.id} protocol (known: 0, {known})",
+        )
+    shape = label.shape
+    fg_box = bbox_slices(lab > 0)
+    assert fg_box is not None  # values is non-empty
+    fg = lab[fg_box]
+    fg_origin = tuple(s.start for s in fg_box)
+    by_target: dict[str, list[int]] = {}
+    for v in values:
+        for t in protocol.labels.get(v, ()):
+            by_target.setdefault(t, []).append(v)
+    target_masks: dict[str, CroppedMask] = {}
+    for target, vals in by_target.items():
+        m = fg == vals[0] if len(vals) == 1 else np.isin(fg, vals)
+        target_masks[target] = CroppedMask.from_full(m, fg_origin, shape)  # type: ignore[arg-type]
+    notes = [f"label values {unknown} have no universal class and were ignored"] if unknown else []
+    native = {str(v): int(counts[v]) for v in values}
+    return _finish(protocol, case_id, image, shape, label.affine, target_masks, native, set(), notes)
+
+
+def harmonize_class_files(
+    files: Mapping[str, Volume],
+    protocol: Protocol,
+    *,
+    case_id: str,
+    image: Volume | None = None,
+    paths: Mapping[str, str | Path] | None = None,
+) -> HarmonizedCase:
+    """Harmonize a folder of one binary file per class (``per_class_files`` layouts).
+
+    Args:
+        files: file stem -> binary label volume, for the stems of ``protocol.files`` found in the case.
+            A stem of the protocol that is missing here makes its classes ``not_annotated`` for this
+            case (and is noted), unless another present stem also draws them.
+        protocol: the source's protocol.
+        case_id: case id, recorded in the result.
+        image: the CT, or ``None``.
+        paths: stem -> file path, named in errors.
+    """
+    paths = paths or {}
+    shape: tuple[int, int, int] | None = image.shape if image is not None else None
+    affine = image.affine if image is not None else None
+    target_masks: dict[str, CroppedMask] = {}
+    native: dict[str, int] = {}
+    drawn: set[str] = set()
+    for stem, vol in files.items():
+        where = paths.get(stem, stem)
+        if stem not in protocol.files:
+            continue
+        if image is not None:
+            check_same_grid(image, vol, where)
+        elif shape is None:
+            shape, affine = vol.shape, vol.affine
+        elif vol.shape != shape or affine is None or np.abs(vol.affine - affine).max() > GRID_TOLERANCE_MM:
+            raise HarmonizeError(where, "per-class files of this case are not on one voxel grid")
+        arr = vol.array
+        if not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.bool_):
+            raise HarmonizeError(where, f"per-class mask has non-integer dtype {arr.dtype}")
+        fg = arr != 0
+        native[stem] = int(np.count_nonzero(fg))
+        cm = CroppedMask.from_full(fg)
+        for t in protocol.files[stem]:
+            drawn.add(t)
+            target_masks[t] = _union(target_masks.get(t), cm)
+    if shape is None or affine is None:
+        raise HarmonizeError(paths.get("", case_id), "no per-class file of the protocol was found")
+    missing_stems = sorted(set(protocol.files) - set(files))
+    not_annotated_here: set[str] = set()
+    if missing_stems:
+        for stem in missing_stems:
+            for t in protocol.files[stem]:
+                if t not in drawn:
+                    not_annotated_here.update(PAIRS.get(t, (t,)))
+    notes = [f"per-class files missing: {', '.join(missing_stems)}"] if missing_stems else []
+    return _finish(protocol, case_id, image, shape, affine, target_masks, native, not_annotated_here, notes)
+
+
+def harmonize_case(protocol: Protocol, case: CaseFiles) -> tuple[Volume, HarmonizedCase]:
+    """Read one case from disk and harmonize it.
+
+    Returns ``(image, harmonized)``; the image is returned so the caller need not read it twice.
+
+    Raises:
+        HarmonizeError: any reading or harmonizing problem, naming the file.
+    """
+    from harmonize.readers import read_dicom_series, read_png_stack, read_volume
+
+    kind = protocol.layout.kind
+    if kind == "dicom_png":
+        image = read_dicom_series(case.image)
+    else:
+        image = read_volume(case.image, kind="image")
+    if not case.label.exists():
+        raise HarmonizeError(case.label, "label file is missing for this image")
+    if kind == "paired":
+        label = read_volume(case.label, kind="label")
+        return image, harmonize_label_map(label, protocol, case_id=case.case_id, image=image,
+                                          label_path=case.label)
+    if kind == "dicom_png":
+        label = read_png_stack(case.label, reference=image)
+        return image, harmonize_label_map(label, protocol, case_id=case.case_id, image=image,
+                                          label_path=case.label)
+    files: dict[str, Volume] = {}
+    paths: dict[str, str | Path] = {}
+    for stem in protocol.files:
+        path = _find_class_file(case.label, stem)
+        if path is not None:
+            files[stem] = read_volume(path, kind="label")
+            paths[stem] = path
+    if not files:
+        raise HarmonizeError(case.label, "no per-class file of the protocol is in this folder")
+    return image, harmonize_class_files(files, protocol, case_id=case.case_id, image=image, paths=paths)
+
+
+CLASS_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", "")
+
+
+def _find_class_file(folder: Path, stem: str) -> Path | None:
+    for suffix in CLASS_FILE_SUFFIXES:
+        p = folder / f"{stem}{suffix}"
+        if p.exists():
+            return p
+    return None

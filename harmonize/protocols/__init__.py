@@ -1,0 +1,246 @@
+"""Source protocols: one reviewable TOML file per public dataset, in ``sources/``.
+
+File format (documented once here; every file in ``sources/`` obeys it):
+
+.. code-block:: toml
+
+    id = "kits23"                       # short snake_case source id
+    name = "KiTS23"                     # display name
+    protocol_version = 1                # bump when the mapping changes
+    reference = "https://..."           # where the label values were checked
+    description = "..."                 # one paragraph: what the dataset is, what is special
+
+    [layout]
+    kind = "paired"                     # paired | per_class_files | dicom_png
+    image = ["{case}/imaging.nii.gz"]   # path templates relative to the dataset root; {case} is the case id,
+    label = ["{case}/segmentation.nii.gz"]  # other {names} match one path part; image[i] pairs label[i]
+    # per_class_files: ``label`` names a folder holding one binary file (or DICOM folder) per class;
+    # dicom_png: ``image`` names DICOM series folders and ``label`` a folder of PNG slice masks.
+
+    [labels]                            # paired / dicom_png: native value -> universal targets
+    "1" = ["kidney"]                    # a pair name ("kidney") means: merged, split left/right
+    "2" = ["kidney", "kidney_tumor"]    # tumour drawn inside its organ: the voxel counts for both
+
+    [files]                             # per_class_files: file stem -> universal targets
+    kidney_left = ["kidney_left"]
+
+    [inclusion]                         # optional rules
+    case_number = '(\\d+)'              # regex giving the case number ...
+    case_number_range = [1, 500]        # ... and the range to keep (AMOS22: 1-500 are CT)
+    exclude_cases = ["case_00160"]      # cases excluded by the dataset's own errata
+    label_values_must_be_known = true   # unknown native values are an error (default true)
+
+    [native]                            # how the published files look (used by the phantom writers)
+    axcodes = "LPS"                     # direction of the array axes, as nibabel's aff2axcodes
+    label_dtype = "uint8"
+    image_dtype = "int16"
+
+    [approximate]                       # honest notes where the mapping is not exact
+    femur_left = "whole femur, universal class is the head of femur"
+
+Every class that appears in a target (after expanding pairs) is *annotated* by the source: a scan
+without it is ``annotated_absent``. All other classes are ``not_annotated``. ``extra_annotated`` lists
+classes annotated though no value is drawn for them (rare), ``not_annotated`` removes a class whose
+label is drawn only on some cases (those are then flagged per case).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from harmonize.taxonomy import CLASSES, PAIRS, expand_target
+
+LAYOUT_KINDS = ("paired", "per_class_files", "dicom_png")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a source's image/label pairs sit in its published folder layout.
+
+    Args:
+        kind: ``paired`` (one label map per image), ``per_class_files`` (a folder of one binary file per
+            class) or ``dicom_png`` (a DICOM series folder and a folder of PNG slice masks).
+        images: path templates of the images, relative to the dataset root, e.g.
+            ``imagesTr/amos_{case}.nii.gz``. ``{case}`` is the case id; any other ``{name}`` matches one
+            path component.
+        labels: the matching label templates; ``labels[i]`` belongs to ``images[i]``.
+    """
+
+    kind: str
+    images: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    def image_glob(self, i: int) -> str:
+        """Glob pattern of template ``i`` (placeholders become ``*``)."""
+        return re.sub(r"\{[a-z_]+\}", "*", self.images[i])
+
+    def image_regex(self, i: int) -> re.Pattern[str]:
+        """Regex matching a relative image path of template ``i``, with one named group per placeholder."""
+        parts = re.split(r"(\{[a-z_]+\})", self.images[i])
+        out = []
+        for part in parts:
+            if part.startswith("{") and part.endswith("}"):
+                out.append(f"(?P<{part[1:-1]}>[^/]+?)")
+            else:
+                out.append(re.escape(part))
+        return re.compile("^" + "".join(out) + "$")
+
+    def label_path(self, i: int, fields: dict[str, str]) -> str:
+        """The relative label path for an image matched by template ``i``."""
+        return self.labels[i].format(**fields)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A public source's label protocol, loaded from its TOML file.
+
+    Args:
+        id: short snake_case source id (``kits23``).
+        name: display name.
+        protocol_version: version of this mapping; stored with every ingested label set.
+        layout: folder layout of the published dataset.
+        labels: native value -> targets (class or pair names), for label maps.
+        files: file stem -> targets, for one-file-per-class sources.
+        inclusion: optional inclusion rules (see module docstring).
+        approximate: class -> note, where the mapping is only approximate.
+        native: how the published files look (axcodes, dtypes); informs the phantom writers.
+        reference: where the values were checked.
+        description: a paragraph for humans.
+    """
+
+    id: str
+    name: str
+    protocol_version: int
+    layout: Layout
+    labels: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    inclusion: dict[str, Any] = field(default_factory=dict)
+    approximate: dict[str, str] = field(default_factory=dict)
+    native: dict[str, Any] = field(default_factory=dict)
+    extra_annotated: tuple[str, ...] = ()
+    reference: str = ""
+    description: str = ""
+
+    @property
+    def targets(self) -> list[tuple[str, ...]]:
+        return list(self.labels.values()) + list(self.files.values())
+
+    @property
+    def annotated(self) -> tuple[str, ...]:
+        """Universal classes this source annotates, in model order."""
+        names = {c for targets in self.targets for t in targets for c in expand_target(t)}
+        names.update(self.extra_annotated)
+        return tuple(c.name for c in CLASSES if c.name in names)
+
+    @property
+    def merged_pairs(self) -> tuple[str, ...]:
+        """Pair names (``kidney``) that this source draws as one label and that need a split."""
+        return tuple(sorted({t for targets in self.targets for t in targets if t in PAIRS}))
+
+    def include_case(self, case_id: str) -> bool:
+        """Whether the inclusion rules keep this case."""
+        if case_id in self.inclusion.get("exclude_cases", ()):
+            return False
+        pattern = self.inclusion.get("case_number")
+        if pattern:
+            m = re.search(pattern, case_id)
+            if not m:
+                return False
+            lo, hi = self.inclusion.get("case_number_range", (None, None))
+            n = int(m.group(1))
+            if (lo is not None and n < lo) or (hi is not None and n > hi):
+                return False
+        return True
+
+    @property
+    def strict_values(self) -> bool:
+        return bool(self.inclusion.get("label_values_must_be_known", True))
+
+
+def _targets(raw: Any, where: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}: targets must be a non-empty list of class or pair names")
+    for t in raw:
+        expand_target(t)  # raises with the list of valid names
+    return tuple(raw)
+
+
+def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
+    """Validate a protocol's TOML data and build the :class:`Protocol`; errors name ``origin``."""
+    try:
+        lay = data["layout"]
+        kind = lay["kind"]
+        if kind not in LAYOUT_KINDS:
+            raise ValueError(f"layout.kind {kind!r} is not one of {LAYOUT_KINDS}")
+        images = (lay["image"],) if isinstance(lay["image"], str) else tuple(lay["image"])
+        label_templates = (lay["label"],) if isinstance(lay["label"], str) else tuple(lay["label"])
+        if len(images) != len(label_templates) or not images:
+            raise ValueError("layout.image and layout.label need the same number of templates")
+        if any("{case}" not in t for t in images):
+            raise ValueError("every layout.image template needs a {case} placeholder")
+        layout = Layout(kind, images, label_templates)
+        labels = {int(k): _targets(v, f"{origin} labels.{k}") for k, v in data.get("labels", {}).items()}
+        files = {str(k): _targets(v, f"{origin} files.{k}") for k, v in data.get("files", {}).items()}
+        if kind == "per_class_files" and not files:
+            raise ValueError("a per_class_files layout needs a [files] table")
+        if kind != "per_class_files" and not labels:
+            raise ValueError(f"a {kind} layout needs a [labels] table")
+        if 0 in labels:
+            raise ValueError("value 0 is background and cannot map to a class")
+        extra = tuple(data.get("extra_annotated", ()))
+        for name in extra:
+            expand_target(name)
+        return Protocol(
+            id=data["id"],
+            name=data["name"],
+            protocol_version=int(data["protocol_version"]),
+            layout=layout,
+            labels=labels,
+            files=files,
+            inclusion=dict(data.get("inclusion", {})),
+            approximate=dict(data.get("approximate", {})),
+            native=dict(data.get("native", {})),
+            extra_annotated=extra,
+            reference=data.get("reference", ""),
+            description=data.get("description", "").strip(),
+        )
+    except KeyError as e:
+        raise ValueError(f"{origin}: missing key {e}") from None
+    except (ValueError, re.error) as e:
+        raise ValueError(f"{origin}: {e}") from None
+
+
+def load_protocol_file(path: str | Path) -> Protocol:
+    """Load one protocol TOML file (for users who write their own)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        return parse_protocol(tomllib.load(f), str(path))
+
+
+@cache
+def all_protocols() -> dict[str, Protocol]:
+    """Every built-in protocol, by source id, sorted by id."""
+    out: dict[str, Protocol] = {}
+    for entry in sorted(resources.files(__package__).joinpath("sources").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            proto = parse_protocol(tomllib.loads(entry.read_text()), f"sources/{entry.name}")
+            if proto.id in out:
+                raise ValueError(f"sources/{entry.name}: duplicate source id {proto.id!r}")
+            out[proto.id] = proto
+    return out
+
+
+def get_protocol(source_id: str) -> Protocol:
+    """The built-in protocol of ``source_id``; the error lists the known ids."""
+    protos = all_protocols()
+    if source_id not in protos:
+        raise KeyError(f"unknown source {source_id!r}; known sources: {', '.join(protos)}")
+    return protos[source_id]

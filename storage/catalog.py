@@ -1,0 +1,513 @@
+"""The DuckDB catalog: sources, scans, label sets, coverage, statistics, runs, uncertainty, reviews.
+
+Nothing but this module opens the database file. DuckDB allows one writing process at a time, so the
+catalog never holds a connection open between calls: each write is one short transaction on a fresh
+connection, retried while another process holds the lock (:data:`LOCK_TIMEOUT_S`). A long job (ingest,
+pseudo-labelling) therefore never locks a reviewer out for longer than one scan's insert.
+
+Tables (schema version :data:`SCHEMA_VERSION`; ``docs/catalog.md`` describes every column):
+
+* ``schema_meta``: key/value, holds ``schema_version``.
+* ``source``: one row per public dataset and protocol version.
+* ``scan``: one CT volume, its geometry and content hashes; no patient identifiers.
+* ``label_set``: an immutable version of a scan's labels (``original`` / ``pseudo`` / ``revised``).
+* ``class_coverage``: per label set x universal class, the three-way coverage state.
+* ``class_stats``: per label set x present class, voxels, mL, components, bbox, centroid, HU.
+* ``split_decision``: how each component of a merged left/right pair was assigned.
+* ``run``, ``text_vocabulary``, ``uncertainty``, ``review``: model runs, text embeddings, review signals
+  and decisions (filled by later stages).
+* ``ingest_issue``: files an ingest skipped, with the reason.
+
+Example:
+    >>> cat = Catalog("/tmp/ws/catalog.duckdb")  # doctest: +SKIP
+    >>> cat.long_tail().head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+#: Seconds a write waits for another process's lock before giving up with :class:`CatalogBusy`.
+LOCK_TIMEOUT_S = 60.0
+
+ORIGINS = ("original", "pseudo", "revised")
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE source (
+        id VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
+        protocol_version INTEGER NOT NULL,
+        annotated VARCHAR[] NOT NULL,
+        merged_pairs VARCHAR[] NOT NULL,
+        layout_kind VARCHAR NOT NULL,
+        reference VARCHAR,
+        registered_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE scan (
+        id VARCHAR PRIMARY KEY,
+        source_id VARCHAR NOT NULL,
+        case_id VARCHAR NOT NULL,
+        image_path VARCHAR NOT NULL,
+        label_path VARCHAR NOT NULL,
+        image_sha256 VARCHAR NOT NULL,
+        image_bytes BIGINT,
+        image_mtime DOUBLE,
+        shape INTEGER[3] NOT NULL,
+        spacing DOUBLE[3] NOT NULL,
+        axcodes VARCHAR NOT NULL,
+        affine DOUBLE[16] NOT NULL,
+        hu_min DOUBLE,
+        hu_max DOUBLE,
+        image_format VARCHAR,
+        series_uid_sha1 VARCHAR,
+        ingested_at TIMESTAMP NOT NULL,
+        UNIQUE (source_id, case_id)
+    );
+    CREATE INDEX scan_sha ON scan (image_sha256);
+    CREATE TABLE label_set (
+        id VARCHAR PRIMARY KEY,
+        scan_id VARCHAR NOT NULL,
+        version INTEGER NOT NULL,
+        origin VARCHAR NOT NULL CHECK (origin IN ('original', 'pseudo', 'revised')),
+        parent_id VARCHAR,
+        run_id VARCHAR,
+        author VARCHAR,
+        protocol_version INTEGER,
+        label_sha256 VARCHAR,
+        label_bytes BIGINT,
+        label_mtime DOUBLE,
+        mask_key VARCHAR NOT NULL,
+        midline_x_mm DOUBLE,
+        midline_method VARCHAR,
+        native_voxels VARCHAR,
+        notes VARCHAR[],
+        created_at TIMESTAMP NOT NULL,
+        UNIQUE (scan_id, version)
+    );
+    CREATE TABLE class_coverage (
+        label_set_id VARCHAR NOT NULL,
+        scan_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        state VARCHAR NOT NULL CHECK (state IN ('annotated_present', 'annotated_absent', 'not_annotated')),
+        PRIMARY KEY (label_set_id, class_name)
+    );
+    CREATE TABLE class_stats (
+        label_set_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        voxels BIGINT NOT NULL,
+        volume_ml DOUBLE NOT NULL,
+        components INTEGER NOT NULL,
+        bbox INTEGER[6] NOT NULL,
+        centroid_mm DOUBLE[3] NOT NULL,
+        hu_mean DOUBLE,
+        hu_std DOUBLE,
+        PRIMARY KEY (label_set_id, class_name)
+    );
+    CREATE TABLE split_decision (
+        label_set_id VARCHAR NOT NULL,
+        pair VARCHAR NOT NULL,
+        component INTEGER NOT NULL,
+        voxels BIGINT NOT NULL,
+        centroid_mm DOUBLE[3] NOT NULL,
+        side VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        left_voxels BIGINT NOT NULL,
+        right_voxels BIGINT NOT NULL,
+        midline_x_mm DOUBLE NOT NULL
+    );
+    CREATE TABLE run (
+        id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        checkpoint_sha256 VARCHAR,
+        text_encoder VARCHAR,
+        vocabulary_sha256 VARCHAR,
+        device VARCHAR,
+        config VARCHAR,
+        metrics VARCHAR,
+        timings VARCHAR,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP
+    );
+    CREATE TABLE text_vocabulary (
+        sha256 VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
+        encoder VARCHAR NOT NULL,
+        weights VARCHAR,
+        template VARCHAR NOT NULL,
+        class_names VARCHAR[] NOT NULL,
+        prompts VARCHAR[] NOT NULL,
+        dim INTEGER NOT NULL,
+        embeddings BLOB NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE uncertainty (
+        scan_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
+        label_set_id VARCHAR NOT NULL,
+        score DOUBLE NOT NULL,
+        signals VARCHAR,
+        reasons VARCHAR[],
+        PRIMARY KEY (scan_id, class_name, run_id)
+    );
+    CREATE TABLE review (
+        id VARCHAR PRIMARY KEY,
+        scan_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        label_set_id VARCHAR NOT NULL,
+        decision VARCHAR NOT NULL CHECK (decision IN ('accept', 'reject', 'corrected', 'needs_correction', 'skip')),
+        comment VARCHAR,
+        reviewer VARCHAR NOT NULL,
+        result_label_set_id VARCHAR,
+        created_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE ingest_issue (
+        source_id VARCHAR NOT NULL,
+        path VARCHAR NOT NULL,
+        problem VARCHAR NOT NULL,
+        seen_at TIMESTAMP NOT NULL
+    );
+    """,
+}
+
+
+class CatalogBusy(RuntimeError):
+    """Another process held the catalog's write lock for longer than the timeout."""
+
+
+class CatalogError(RuntimeError):
+    """The catalog file is from a newer schema, or otherwise unusable."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """What the catalog stores about one CT volume (see the ``scan`` table)."""
+
+    id: str
+    source_id: str
+    case_id: str
+    image_path: str
+    label_path: str
+    image_sha256: str
+    image_bytes: int
+    image_mtime: float
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    axcodes: str
+    affine: tuple[float, ...]
+    hu_min: float | None
+    hu_max: float | None
+    image_format: str | None
+    series_uid_sha1: str | None
+
+
+@dataclass(frozen=True)
+class LabelSetRecord:
+    """One immutable version of a scan's labels (see the ``label_set`` table)."""
+
+    id: str
+    scan_id: str
+    version: int
+    origin: str
+    mask_key: str
+    parent_id: str | None = None
+    run_id: str | None = None
+    author: str | None = None
+    protocol_version: int | None = None
+    label_sha256: str | None = None
+    label_bytes: int | None = None
+    label_mtime: float | None = None
+    midline_x_mm: float | None = None
+    midline_method: str | None = None
+    native_voxels: dict[str, int] | None = None
+    notes: tuple[str, ...] = ()
+
+
+class Catalog:
+    """The workspace's DuckDB catalog.
+
+    Args:
+        path: the ``.duckdb`` file; created (with its schema) on first write.
+        lock_timeout_s: how long a write waits for another process's lock.
+    """
+
+    def __init__(self, path: str | Path, *, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            self._migrate(con)
+
+    # -- connections -------------------------------------------------------------------------------
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; waits (with back-off) while another process holds the file."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+                break
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    if "lock" in str(e).lower():
+                        raise CatalogBusy(
+                            f"{self.path}: another process held the catalog for {self.lock_timeout_s:.0f} s"
+                        ) from e
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One atomic write: everything inside commits together or not at all."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("CREATE TABLE IF NOT EXISTS schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+        row = con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path}: catalog schema v{current} is newer than this workbench (v{SCHEMA_VERSION}); "
+                "upgrade the workbench"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            con.execute("BEGIN TRANSACTION")
+            con.execute(_MIGRATIONS[version])
+            con.execute(
+                "INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)", [str(version)]
+            )
+            con.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        with self.connect(read_only=True) as con:
+            row = con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- writes ------------------------------------------------------------------------------------
+    def register_source(
+        self,
+        source_id: str,
+        name: str,
+        protocol_version: int,
+        annotated: Sequence[str],
+        merged_pairs: Sequence[str],
+        layout_kind: str,
+        reference: str = "",
+    ) -> None:
+        """Insert or update a source row (its protocol version may change between releases)."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO source VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [source_id, name, protocol_version, list(annotated), list(merged_pairs), layout_kind,
+                 reference, utc_now()],
+            )
+
+    def add_label_set(
+        self,
+        label_set: LabelSetRecord,
+        coverage: dict[str, str],
+        stats: Sequence[dict[str, Any]],
+        splits: Sequence[dict[str, Any]] = (),
+        scan: ScanRecord | None = None,
+    ) -> None:
+        """Write a label set with its coverage, statistics and split decisions (and its scan, if new)
+        in ONE transaction: a reader sees all of it or none of it, also after a kill."""
+        now = utc_now()
+        with self.transaction() as con:
+            if scan is not None:
+                con.execute(
+                    "INSERT INTO scan VALUES (" + ", ".join(["?"] * 17) + ")",
+                    [scan.id, scan.source_id, scan.case_id, scan.image_path, scan.label_path,
+                     scan.image_sha256, scan.image_bytes, scan.image_mtime, list(scan.shape),
+                     list(scan.spacing), scan.axcodes, list(scan.affine), scan.hu_min, scan.hu_max,
+                     scan.image_format, scan.series_uid_sha1, now],
+                )
+            ls = label_set
+            con.execute(
+                "INSERT INTO label_set VALUES (" + ", ".join(["?"] * 17) + ")",
+                [ls.id, ls.scan_id, ls.version, ls.origin, ls.parent_id, ls.run_id, ls.author,
+                 ls.protocol_version, ls.label_sha256, ls.label_bytes, ls.label_mtime, ls.mask_key,
+                 ls.midline_x_mm, ls.midline_method,
+                 json.dumps(ls.native_voxels) if ls.native_voxels is not None else None,
+                 list(ls.notes), now],
+            )
+            cov = pa.table({
+                "label_set_id": [ls.id] * len(coverage),
+                "scan_id": [ls.scan_id] * len(coverage),
+                "class_name": list(coverage),
+                "state": list(coverage.values()),
+            })
+            con.register("cov_in", cov)
+            con.execute("INSERT INTO class_coverage SELECT * FROM cov_in")
+            con.unregister("cov_in")
+            if stats:
+                st = pa.table({
+                    "label_set_id": [ls.id] * len(stats),
+                    "class_name": [s["name"] for s in stats],
+                    "voxels": pa.array([s["voxels"] for s in stats], pa.int64()),
+                    "volume_ml": [float(s["volume_ml"]) for s in stats],
+                    "components": pa.array([s["components"] for s in stats], pa.int32()),
+                    "bbox": [list(s["bbox"]) for s in stats],
+                    "centroid_mm": [list(s["centroid_mm"]) for s in stats],
+                    "hu_mean": [_finite_or_none(s["hu_mean"]) for s in stats],
+                    "hu_std": [_finite_or_none(s["hu_std"]) for s in stats],
+                })
+                con.register("st_in", st)
+                con.execute(
+                    "INSERT INTO class_stats SELECT label_set_id, class_name, voxels, volume_ml, components, "
+                    "bbox::INTEGER[6], centroid_mm::DOUBLE[3], hu_mean, hu_std FROM st_in"
+                )
+                con.unregister("st_in")
+            if splits:
+                sp = pa.table({
+                    "label_set_id": [ls.id] * len(splits),
+                    "pair": [d["pair"] for d in splits],
+                    "component": pa.array([d["component"] for d in splits], pa.int32()),
+                    "voxels": pa.array([d["voxels"] for d in splits], pa.int64()),
+                    "centroid_mm": [list(d["centroid_mm"]) for d in splits],
+                    "side": [d["side"] for d in splits],
+                    "method": [d["method"] for d in splits],
+                    "left_voxels": pa.array([d["left_voxels"] for d in splits], pa.int64()),
+                    "right_voxels": pa.array([d["right_voxels"] for d in splits], pa.int64()),
+                    "midline_x_mm": [float(d["midline_x_mm"]) for d in splits],
+                })
+                con.register("sp_in", sp)
+                con.execute(
+                    "INSERT INTO split_decision SELECT label_set_id, pair, component, voxels, "
+                    "centroid_mm::DOUBLE[3], side, method, left_voxels, right_voxels, midline_x_mm FROM sp_in"
+                )
+                con.unregister("sp_in")
+
+    def log_issue(self, source_id: str, path: str, problem: str) -> None:
+        """Record a file that an ingest skipped."""
+        with self.transaction() as con:
+            con.execute("INSERT INTO ingest_issue VALUES (?, ?, ?, ?)", [source_id, path, problem, utc_now()])
+
+    # -- reads -------------------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run a read-only SQL query and return a DataFrame."""
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).df()
+
+    def source_state(self, source_id: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Everything an ingest of ``source_id`` needs to know, in one connection.
+
+        Returns ``(by_case, image_hashes)``: case id -> the scan's row plus its latest original label set
+        (columns prefixed ``ls_``), and the image hashes of every scan in the catalog (all sources).
+        """
+        with self.connect(read_only=True) as con:
+            df = con.execute(
+                """
+                SELECT s.*, l.id AS ls_id, l.version AS ls_version, l.label_sha256 AS ls_label_sha256,
+                       l.label_bytes AS ls_label_bytes, l.label_mtime AS ls_label_mtime
+                FROM scan s LEFT JOIN (
+                    SELECT * FROM label_set WHERE origin = 'original'
+                    QUALIFY row_number() OVER (PARTITION BY scan_id ORDER BY version DESC) = 1
+                ) l ON l.scan_id = s.id
+                WHERE s.source_id = ?
+                """,
+                [source_id],
+            ).df()
+            hashes = {r[0] for r in con.execute("SELECT image_sha256 FROM scan").fetchall()}
+        return {r["case_id"]: r for r in df.to_dict("records")}, hashes
+
+    def scan_by_case(self, source_id: str, case_id: str) -> dict[str, Any] | None:
+        df = self.query("SELECT * FROM scan WHERE source_id = ? AND case_id = ?", [source_id, case_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def scans_by_sha(self, image_sha256: str) -> pd.DataFrame:
+        return self.query("SELECT id, source_id, case_id, image_path FROM scan WHERE image_sha256 = ?",
+                          [image_sha256])
+
+    def label_sets(self, scan_id: str | None = None) -> pd.DataFrame:
+        if scan_id is None:
+            return self.query("SELECT * FROM label_set ORDER BY scan_id, version")
+        return self.query("SELECT * FROM label_set WHERE scan_id = ? ORDER BY version", [scan_id])
+
+    def latest_original(self, scan_id: str) -> dict[str, Any] | None:
+        df = self.query(
+            "SELECT * FROM label_set WHERE scan_id = ? AND origin = 'original' ORDER BY version DESC LIMIT 1",
+            [scan_id],
+        )
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def coverage(self, label_set_id: str) -> dict[str, str]:
+        df = self.query("SELECT class_name, state FROM class_coverage WHERE label_set_id = ?", [label_set_id])
+        return dict(zip(df["class_name"], df["state"]))
+
+    def mask_keys(self) -> set[str]:
+        return set(self.query("SELECT mask_key FROM label_set")["mask_key"])
+
+    def long_tail(self, by_source: bool = False) -> pd.DataFrame:
+        """The long-tail table from each scan's current original labels.
+
+        Returns one row per universal class (in model order), or per class x source with
+        ``by_source=True``, with columns ``annotated`` (scans whose source annotates the class),
+        ``present``, ``absent``, ``not_annotated``.
+        """
+        keys = "c.class_name, s.source_id" if by_source else "c.class_name"
+        sql = f"""
+            WITH cur AS (
+                SELECT arg_max(id, version) AS label_set_id, scan_id
+                FROM label_set WHERE origin = 'original' GROUP BY scan_id
+            )
+            SELECT {keys},
+                count(*) FILTER (WHERE c.state <> 'not_annotated') AS annotated,
+                count(*) FILTER (WHERE c.state = 'annotated_present') AS present,
+                count(*) FILTER (WHERE c.state = 'annotated_absent') AS absent,
+                count(*) FILTER (WHERE c.state = 'not_annotated') AS not_annotated
+            FROM class_coverage c
+            JOIN cur USING (label_set_id)
+            JOIN scan s ON s.id = cur.scan_id
+            GROUP BY {keys}
+        """
+        df = self.query(sql)
+        from harmonize.taxonomy import class_names
+
+        order = {n: i for i, n in enumerate(class_names())}
+        df["_o"] = df["class_name"].map(order)
+        sort = ["_o", "source_id"] if by_source else ["_o"]
+        return df.sort_values(sort).drop(columns="_o").reset_index(drop=True)
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the main tables (for summaries and the app's overview)."""
+        tables = ("source", "scan", "label_set", "class_coverage", "class_stats", "run", "review",
+                  "ingest_issue")
+        with self.connect(read_only=True) as con:
+            return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}  # type: ignore[index]
+
+
+def _finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else None

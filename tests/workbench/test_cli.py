@@ -1,0 +1,76 @@
+"""The ``workbench`` command: a thin layer, checked end to end in a subprocess and in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from harmonize.phantoms import make_phantom, write_native
+from harmonize.protocols import all_protocols, get_protocol
+from storage.workspace import resolve_workspace
+from workbench.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_python_dash_m_workbench_runs() -> None:
+    proc = subprocess.run([sys.executable, "-m", "workbench", "sources", "--format", "json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {r["source"] for r in rows} == set(all_protocols())
+    kits = next(r for r in rows if r["source"] == "kits23")
+    assert kits["annotated"] == "kidney_right, kidney_left, kidney_tumor, kidney_cyst"
+    assert kits["split"] == "kidney"
+
+
+def test_ingest_stats_export(tmp_path: Path) -> None:
+    write_native(make_phantom(21, shape=(64, 56, 40)), get_protocol("abdomenct_1k"), tmp_path / "d", "00001")
+    ws = str(tmp_path / "ws")
+    code, out, _ = _run("--workspace", ws, "ingest", "abdomenct_1k", str(tmp_path / "d"), "--no-progress")
+    assert code == 0 and "1 added" in out
+    code, out, _ = _run("--workspace", ws, "stats", "--format", "json")
+    rows = {r["class"]: r for r in json.loads(out)}
+    assert len(rows) == 32
+    assert rows["kidney_left"]["present"] == 1 and rows["kidney_left"]["abdomenct_1k"] == 1
+    assert rows["spleen"]["annotated"] == 1 and rows["stomach"]["not_annotated"] == 1
+    code, out, _ = _run("--workspace", ws, "stats", "--by-source", "--format", "csv")
+    assert out.splitlines()[0] == "class_name,source_id,annotated,present,absent,not_annotated"
+    code, out, _ = _run("--workspace", ws, "export", "abdomenatlas", str(tmp_path / "out"), "--no-progress")
+    assert code == 0 and (tmp_path / "out" / "abdomenct_1k_00001" / "segmentations" / "kidney_left.nii.gz").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["ingest", "no_such_source", "."], "unknown source 'no_such_source'; known sources: abdomenatlas10"),
+    (["ingest", "kits23", "/no/such/folder"], "/no/such/folder: dataset root is not a folder"),
+    (["export", "abdomenatlas", "OUT", "--class", "kidneys"], "unknown classes ['kidneys']"),
+])
+def test_errors_are_one_clear_line(argv: list[str], message: str, tmp_path: Path) -> None:
+    code, _, err = _run("--workspace", str(tmp_path / "ws"), *argv)
+    assert code == 2
+    assert err.startswith("workbench: error: ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_workspace_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORKBENCH_HOME", raising=False)
+    assert resolve_workspace() == tmp_path / "workspace"
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "env"))
+    assert resolve_workspace() == tmp_path / "env"
+    assert resolve_workspace(tmp_path / "flag") == tmp_path / "flag"
+    assert os.environ["WORKBENCH_HOME"] == str(tmp_path / "env")

@@ -1,0 +1,209 @@
+"""Ingest every built-in source from phantoms written in its native conventions, and the bad inputs.
+
+The expected masks come from the phantom's ground truth, restricted by the native writer to what the
+source can express; the ingest must recover them exactly from the files on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harmonize.errors import HarmonizeError
+from harmonize.phantoms import make_phantom, write_native
+from harmonize.protocols import all_protocols, get_protocol
+from storage.workspace import Workspace
+from workbench.ingest import ingest, scan_id_for
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCES = sorted(all_protocols())
+
+
+def _write_cases(source: str, root: Path, seeds: tuple[int, ...] = (0, 1)) -> dict[str, object]:
+    protocol = get_protocol(source)
+    written = {}
+    for seed in seeds:
+        # seed 1 lost its left kidney (nephrectomy): the merged kidney label must still split right
+        missing = ("kidney_left",) if seed == 1 else ()
+        phantom = make_phantom(seed, shape=(72, 64, 48), missing=missing)
+        case = _case_id(protocol.id, seed)
+        written[case] = write_native(phantom, protocol, root, case)
+    return written
+
+
+def _case_id(source: str, seed: int) -> str:
+    protocol = get_protocol(source)
+    lo = (protocol.inclusion.get("case_number_range") or [1])[0] or 1
+    return f"{lo + seed:04d}" if protocol.inclusion.get("case_number") else f"case{seed:02d}"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_source_ingests_to_the_truth(source: str, tmp_path: Path) -> None:
+    written = _write_cases(source, tmp_path / "data")
+    ws = Workspace.open(tmp_path / "ws")
+    summary = ingest(ws, source, tmp_path / "data", progress=False)
+    assert summary.skipped == [] and len(summary.added) == len(written)
+    protocol = get_protocol(source)
+    for case_id, native in written.items():
+        scan_id = scan_id_for(source, case_id)
+        ls = ws.catalog.latest_original(scan_id)
+        assert ls is not None
+        coverage = ws.catalog.coverage(ls["id"])
+        stored = set(ws.masks.names(ls["mask_key"]))
+        for name, truth in native.expected.items():  # type: ignore[attr-defined]
+            assert name in protocol.annotated
+            if truth.any():
+                assert coverage[name] == "annotated_present", name
+                mask = ws.masks.read(ls["mask_key"], name)
+                np.testing.assert_array_equal(mask, truth, err_msg=f"{source} {case_id} {name}")
+            else:
+                assert coverage[name] == "annotated_absent", name
+                assert name not in stored or not ws.masks.read(ls["mask_key"], name).any()
+        not_annotated = {n for n, s in coverage.items() if s == "not_annotated"}
+        assert not_annotated == set(coverage) - set(protocol.annotated)
+    # re-ingesting the same files changes nothing
+    before = ws.catalog.counts()
+    again = ingest(ws, source, tmp_path / "data", progress=False)
+    assert len(again.unchanged) == len(written) and not again.added and not again.updated
+    assert ws.catalog.counts() == before
+
+
+def test_nephrectomy_and_split_decisions_are_recorded(tmp_path: Path) -> None:
+    _write_cases("kits23", tmp_path / "data")
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, "kits23", tmp_path / "data", progress=False)
+    ls = ws.catalog.latest_original(scan_id_for("kits23", "case01"))
+    cov = ws.catalog.coverage(ls["id"])
+    assert cov["kidney_left"] == "annotated_absent" and cov["kidney_right"] == "annotated_present"
+    splits = ws.catalog.query("SELECT side, method FROM split_decision WHERE label_set_id = ?", [ls["id"]])
+    assert set(splits["side"]) == {"right"} and set(splits["method"]) == {"component"}
+
+
+@pytest.mark.parametrize("variant", ["horseshoe", "fragmented_kidney"])
+def test_kidney_variants_lose_no_voxel(variant: str, tmp_path: Path) -> None:
+    phantom = make_phantom(3, shape=(72, 64, 48), variant=variant)
+    native = write_native(phantom, get_protocol("abdomenct_1k"), tmp_path / "data", "00001")
+    ws = Workspace.open(tmp_path / "ws")
+    assert ingest(ws, "abdomenct_1k", tmp_path / "data", progress=False).skipped == []
+    ls = ws.catalog.latest_original(scan_id_for("abdomenct_1k", "00001"))
+    left = ws.masks.read(ls["mask_key"], "kidney_left")
+    right = ws.masks.read(ls["mask_key"], "kidney_right")
+    truth = native.expected["kidney_left"] | native.expected["kidney_right"]
+    np.testing.assert_array_equal(left | right, truth)
+    assert not (left & right).any()
+    # the left part lies on the patient's left (smaller RAS x) of the right part
+    aff = native.affine
+    x_left = (np.argwhere(left) @ aff[0, :3]).mean()
+    x_right = (np.argwhere(right) @ aff[0, :3]).mean()
+    assert x_left < x_right
+    if variant == "horseshoe":
+        methods = set(ws.catalog.query("SELECT method FROM split_decision")["method"])
+        assert methods & {"cores", "midline"}
+        np.testing.assert_array_equal(left, native.expected["kidney_left"])
+
+
+BAD_INPUTS = [
+    ("truncate", "truncated|corrupt|cannot read|not a valid"),
+    ("shape_mismatch", "label shape"),
+    ("affine_mismatch", "label affine differs"),
+    ("unknown_value", "not in the kits23 protocol"),
+    ("nan", "NaN"),
+    ("empty_label", "label map is empty"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message"), BAD_INPUTS)
+def test_bad_input_is_skipped_with_one_clear_message(corrupt: str, message: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0,))
+    bad = write_native(make_phantom(5, shape=(72, 64, 48)), get_protocol("kits23"), data, "case05",
+                       corrupt=corrupt)
+    ws = Workspace.open(tmp_path / "ws")
+    summary = ingest(ws, "kits23", data, progress=False)
+    assert summary.added == [scan_id_for("kits23", "case00")]  # the rest of the ingest goes on
+    assert len(summary.skipped) == 1
+    path, problem = summary.skipped[0]
+    assert "case05" in path and path in (str(bad.image), str(bad.label))
+    assert __import__("re").search(message, problem, flags=__import__("re").I), problem
+    assert ws.catalog.scan_by_case("kits23", "case05") is None  # nothing half-written
+    issues = ws.catalog.query("SELECT path, problem FROM ingest_issue")
+    assert issues["path"].tolist() == [path]
+
+
+def test_the_same_scan_twice_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0,))
+    shutil.copytree(data / "case00", data / "case00_copy")
+    ws = Workspace.open(tmp_path / "ws")
+    summary = ingest(ws, "kits23", data, progress=False)
+    assert len(summary.added) == 1
+    assert len(summary.skipped) == 1 and "same image is already in the catalog as scan kits23:case00" in summary.skipped[0][1]
+
+
+def test_a_folder_that_is_not_the_source_is_refused(tmp_path: Path) -> None:
+    _write_cases("kits23", tmp_path / "data", seeds=(0,))
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(HarmonizeError, match=r"does not look like .*\(amos22\)"):
+        ingest(ws, "amos22", tmp_path / "data", progress=False)
+    assert ws.catalog.counts()["scan"] == 0
+
+
+def test_a_changed_label_file_becomes_a_new_version(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write_cases("lits", data, seeds=(0,))
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, "lits", data, progress=False)
+    label = next(p for p in data.rglob("*") if p.is_file() and "seg" in p.name)
+    import nibabel as nib
+
+    img = nib.load(label)
+    arr = np.asanyarray(img.dataobj).copy()
+    arr[arr == 2] = 1  # a reviewer of the dataset removed the tumour
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), label)
+    summary = ingest(ws, "lits", data, progress=False)
+    assert len(summary.updated) == 1
+    versions = ws.catalog.label_sets(summary.updated[0])
+    assert versions["version"].tolist() == [1, 2] and versions["parent_id"].tolist()[1] == versions["id"][0]
+    assert ws.catalog.coverage(versions["id"][1])["liver_tumor"] == "annotated_absent"
+    assert ws.catalog.coverage(versions["id"][0])["liver_tumor"] == "annotated_present"
+
+
+def test_a_killed_ingest_leaves_no_half_scan_and_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0, 1, 2, 3))
+    ws_path = tmp_path / "ws"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from storage.workspace import Workspace
+        from workbench.ingest import ingest
+        import workbench.ingest as ing
+        ws = Workspace.open({str(ws_path)!r})
+        # die by SIGKILL in the middle of the third case: masks written, catalog not yet
+        real_add = ws.catalog.add_label_set
+        calls = []
+        def add(*a, **k):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_add(*a, **k)
+        ws.catalog.add_label_set = add
+        ingest(ws, "kits23", {str(data)!r}, progress=False)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL
+    ws = Workspace.open(ws_path)
+    assert ws.catalog.counts()["scan"] == 2
+    assert len(ws.masks.keys()) == 3  # one orphan mask file from the killed case
+    summary = ingest(ws, "kits23", data, progress=False)
+    assert len(summary.unchanged) == 2 and len(summary.added) == 2
+    assert ws.catalog.counts()["scan"] == 4
+    assert set(ws.masks.keys()) == ws.catalog.mask_keys()  # the orphan was collected

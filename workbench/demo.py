@@ -1,0 +1,74 @@
+"""The built-in demo workspace: synthetic phantoms written in several sources' native conventions,
+then ingested like real downloads.
+
+Everything in it is SYNTHETIC (``harmonize.phantoms``): plausible HU and anatomy, not patients. The
+workspace says so in its catalog (``schema_meta.demo``) and in ``DEMO.txt``.
+
+Example:
+    >>> from storage.workspace import Workspace
+    >>> lines = build_demo(Workspace.open("/tmp/demo-ws"), cases_per_source=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from harmonize.phantoms import make_phantom, write_native
+from harmonize.protocols import get_protocol
+from storage.workspace import Workspace
+from workbench.ingest import ingest
+
+#: Sources of the demo, chosen to show every layout kind and every kind of split:
+#: merged kidneys (KiTS, AbdomenCT-1K), merged lungs (CT-ORG), DICOM + PNG (CHAOS), one file per class
+#: (TotalSegmentator), case-number inclusion rules (AMOS22), tumours inside organs (LiTS, MSD pancreas).
+DEMO_SOURCES = ("btcv", "kits23", "abdomenct_1k", "amos22", "lits", "msd_pancreas", "ct_org", "chaos_ct",
+                "totalsegmentator")
+DEMO_SHAPE = (96, 96, 64)
+NOTICE = (
+    "This workspace was built by `workbench demo` from SYNTHETIC phantoms (harmonize.phantoms), written in\n"
+    "the native file conventions of several public sources and ingested like real downloads.\n"
+    "No image in it comes from a patient.\n"
+)
+
+
+def _case_id(source: str, i: int) -> str:
+    protocol = get_protocol(source)
+    if protocol.inclusion.get("case_number"):
+        lo = (protocol.inclusion.get("case_number_range") or [1])[0] or 1
+        return f"{lo + i:04d}"
+    return f"demo{i:03d}"
+
+
+def write_demo_data(root: Path, cases_per_source: int = 3, progress: bool = True) -> dict[str, Path]:
+    """Write the demo phantoms; returns source id -> dataset root. Every case is a distinct phantom;
+    every third one has lost its left kidney, and one has a horseshoe kidney."""
+    roots = {}
+    jobs = [(s, i) for s in DEMO_SOURCES for i in range(cases_per_source)]
+    for n, (source, i) in enumerate(tqdm(jobs, desc="demo phantoms", unit="case", disable=not progress)):
+        missing = ("kidney_left",) if i % 3 == 2 else ()
+        variant = "horseshoe" if (source, i) == ("abdomenct_1k", 1) else None
+        phantom = make_phantom(1000 + n, shape=DEMO_SHAPE, missing=missing, variant=variant)
+        roots[source] = root / source
+        write_native(phantom, get_protocol(source), roots[source], _case_id(source, i))
+    return roots
+
+
+def build_demo(ws: Workspace, cases_per_source: int = 3, progress: bool = True) -> list[str]:
+    """Write the demo data into ``ws.root/demo_data`` (once) and ingest it; returns summary lines."""
+    data = ws.root / "demo_data"
+    if not (data / ".complete").exists():
+        write_demo_data(data, cases_per_source, progress)
+        (data / ".complete").write_text("ok\n")
+    (ws.root / "DEMO.txt").write_text(NOTICE)
+    with ws.catalog.transaction() as con:
+        con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('demo', 'synthetic phantoms')")
+    lines = ["demo workspace from SYNTHETIC phantoms (no patient data), in the native conventions of: "
+             + ", ".join(DEMO_SOURCES)]
+    for source in DEMO_SOURCES:
+        lines += ingest(ws, source, data / source, progress=progress).lines()
+    counts = ws.catalog.counts()
+    lines.append(f"workspace {ws.root}: {counts['scan']} scans, {counts['label_set']} label sets; "
+                 "try `workbench stats` and `workbench export abdomenatlas OUT`")
+    return lines

@@ -1,0 +1,265 @@
+"""``workbench ingest SOURCE ROOT``: harmonize a dataset folder into the workspace.
+
+Per case, in this order, so that a kill at any point leaves nothing half-written:
+
+1. read and harmonize the case in memory (``harmonize.harmonize_case``);
+2. write its masks to the mask store under a fresh key (atomic file rename);
+3. write scan, label set, coverage, statistics and split decisions in ONE catalog transaction.
+
+A kill between 2 and 3 leaves an orphan mask file that no label set references; the next ingest removes
+it (``MaskStore.gc``). Re-ingesting the same files changes nothing: a case whose image and label have the
+size and modification time on record is skipped without reading, and one whose content hashes match is
+skipped after reading. A case whose label file changed gets a new ``original`` label set version; the
+old one stays.
+
+Bad input (see ``harmonize.errors.HarmonizeError``) skips that case with one clear message; the rest of
+the ingest goes on and the summary lists what was skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from harmonize.errors import HarmonizeError
+from harmonize.harmonizer import HarmonizedCase, harmonize_case
+from harmonize.layout import CaseFiles, find_cases
+from harmonize.protocols import Protocol, get_protocol
+from harmonize.volume import Volume
+from storage.catalog import LabelSetRecord, ScanRecord
+from storage.workspace import Workspace
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did; ``skipped`` holds ``(path, problem)`` for every case it could not take."""
+
+    source: str
+    found: int = 0
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{self.source}: {self.found} cases found, {len(self.added)} added, {len(self.updated)} with new "
+            f"labels, {len(self.unchanged)} unchanged, {len(self.excluded)} excluded by inclusion rules, "
+            f"{len(self.skipped)} skipped"
+        ]
+        out += [f"  skipped {path}: {problem}" for path, problem in self.skipped]
+        return out
+
+
+def scan_id_for(source_id: str, case_id: str) -> str:
+    """The catalog id of a scan: ``<source>:<case>``."""
+    return f"{source_id}:{case_id}"
+
+
+def new_label_set_id() -> str:
+    return "ls-" + uuid.uuid4().hex[:20]
+
+
+def _stat(path: Path) -> tuple[int, float]:
+    """(bytes, mtime) of a file, or of all files in a folder (DICOM series, per-class folders)."""
+    if path.is_dir():
+        files = [p for p in sorted(path.rglob("*")) if p.is_file()]
+        return sum(p.stat().st_size for p in files), max((p.stat().st_mtime for p in files), default=0.0)
+    st = path.stat()
+    return st.st_size, st.st_mtime
+
+
+def volume_sha256(volume: Volume) -> str:
+    """Content hash of a volume: its voxel values (dtype included) and affine, not the file's bytes, so
+    the same CT stored as .nii and .nii.gz (LiTS and MSD Task03) is recognised as one scan."""
+    h = hashlib.sha256()
+    h.update(str(volume.array.dtype).encode())
+    h.update(str(volume.shape).encode())
+    h.update(np.ascontiguousarray(np.round(volume.affine, 4)).tobytes())
+    h.update(np.ascontiguousarray(volume.array).data)
+    return h.hexdigest()
+
+
+def files_sha256(path: Path) -> str:
+    """Hash of a label file, or of every file in a label folder (name and bytes)."""
+    h = hashlib.sha256()
+    files = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else [path]
+    for p in files:
+        h.update(p.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+        with p.open("rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
+
+
+def register_source(ws: Workspace, protocol: Protocol) -> None:
+    ws.catalog.register_source(protocol.id, protocol.name, protocol.protocol_version, protocol.annotated,
+                               protocol.merged_pairs, protocol.layout.kind, protocol.reference)
+
+
+def ingest(
+    ws: Workspace,
+    source_id: str,
+    root: str | Path,
+    *,
+    progress: bool = True,
+    on_case: Callable[[CaseFiles, str], None] | None = None,
+) -> IngestSummary:
+    """Harmonize every case of ``source_id`` under ``root`` into workspace ``ws``.
+
+    Args:
+        ws: the workspace.
+        source_id: a built-in source id (``workbench sources`` lists them).
+        root: the dataset folder in its published layout.
+        progress: show a tqdm progress bar on stderr.
+        on_case: called with ``(case, outcome)`` after each case (outcome: added, updated, unchanged,
+            excluded, skipped); used by tests to interrupt an ingest.
+
+    Raises:
+        KeyError: unknown source id.
+        HarmonizeError: ``root`` is not a folder of that source (nothing matches its layout).
+    """
+    protocol = get_protocol(source_id)
+    root = Path(root).resolve()
+    cases = find_cases(protocol, root)
+    register_source(ws, protocol)
+    ws.masks.gc(keep=ws.catalog.mask_keys())  # orphans of a killed ingest
+    summary = IngestSummary(protocol.id, found=len(cases))
+    known, hashes = ws.catalog.source_state(protocol.id)
+    for case in tqdm(cases, desc=f"ingest {protocol.id}", unit="scan", disable=not progress):
+        outcome = _ingest_case(ws, protocol, case, summary, known, hashes)
+        if on_case is not None:
+            on_case(case, outcome)
+    return summary
+
+
+def _ingest_case(
+    ws: Workspace,
+    protocol: Protocol,
+    case: CaseFiles,
+    summary: IngestSummary,
+    known: dict[str, dict],
+    hashes: set[str],
+) -> str:
+    scan_id = scan_id_for(protocol.id, case.case_id)
+    if case.excluded:
+        summary.excluded.append(scan_id)
+        return "excluded"
+    existing = known.get(case.case_id)
+    has_labels = existing is not None and existing.get("ls_id") is not None
+    try:
+        if has_labels and case.label.exists():
+            assert existing is not None
+            if (_stat(case.image) == (existing["image_bytes"], existing["image_mtime"])
+                    and _stat(case.label) == (existing["ls_label_bytes"], existing["ls_label_mtime"])):
+                summary.unchanged.append(scan_id)
+                return "unchanged"
+        image, harmonized = harmonize_case(protocol, case)
+        image_sha = volume_sha256(image)
+        label_sha = files_sha256(case.label)
+        if existing is not None:
+            if existing["image_sha256"] != image_sha:
+                raise HarmonizeError(
+                    case.image,
+                    f"case {case.case_id} is already in the catalog with a different image "
+                    f"({existing['image_path']}); remove it first or give the new one another case id",
+                )
+            if has_labels and existing["ls_label_sha256"] == label_sha:
+                summary.unchanged.append(scan_id)
+                return "unchanged"
+        elif image_sha in hashes:
+            dup = ws.catalog.scans_by_sha(image_sha).iloc[0]
+            raise HarmonizeError(
+                case.image, f"the same image is already in the catalog as scan {dup['id']} ({dup['image_path']})"
+            )
+        parent = {"id": existing["ls_id"], "version": existing["ls_version"]} if has_labels else None
+        _store(ws, protocol, case, image, harmonized, image_sha, label_sha,
+               scan_is_new=existing is None, parent=parent)
+        hashes.add(image_sha)
+    except HarmonizeError as e:
+        summary.skipped.append((e.path, e.problem))
+        ws.catalog.log_issue(protocol.id, e.path, e.problem)
+        return "skipped"
+    except (OSError, MemoryError) as e:
+        summary.skipped.append((str(case.image), f"{type(e).__name__}: {e}"))
+        ws.catalog.log_issue(protocol.id, str(case.image), f"{type(e).__name__}: {e}")
+        return "skipped"
+    if existing is None:
+        summary.added.append(scan_id)
+        return "added"
+    summary.updated.append(scan_id)
+    return "updated"
+
+
+def _store(
+    ws: Workspace,
+    protocol: Protocol,
+    case: CaseFiles,
+    image: Volume,
+    hc: HarmonizedCase,
+    image_sha: str,
+    label_sha: str,
+    *,
+    scan_is_new: bool,
+    parent: dict | None,
+) -> None:
+    scan_id = scan_id_for(protocol.id, case.case_id)
+    image_bytes, image_mtime = _stat(case.image)
+    label_bytes, label_mtime = _stat(case.label)
+    scan = None
+    if scan_is_new:
+        arr = image.array
+        scan = ScanRecord(
+            id=scan_id,
+            source_id=protocol.id,
+            case_id=case.case_id,
+            image_path=str(case.image),
+            label_path=str(case.label),
+            image_sha256=image_sha,
+            image_bytes=image_bytes,
+            image_mtime=image_mtime,
+            shape=image.shape,
+            spacing=image.spacing,
+            axcodes="".join(image.axcodes),
+            affine=tuple(float(v) for v in image.affine.ravel()),
+            hu_min=float(arr.min()),
+            hu_max=float(arr.max()),
+            image_format=image.meta.get("format"),
+            series_uid_sha1=image.meta.get("series_uid_sha1"),
+        )
+    ls_id = new_label_set_id()
+    ws.masks.write_label_set(ls_id, {name: m.full() for name, m in hc.masks.items()}, hc.shape)
+    record = LabelSetRecord(
+        id=ls_id,
+        scan_id=scan_id,
+        version=1 if parent is None else int(parent["version"]) + 1,
+        origin="original",
+        mask_key=ls_id,
+        parent_id=None if parent is None else parent["id"],
+        author=f"{protocol.id} protocol v{protocol.protocol_version}",
+        protocol_version=protocol.protocol_version,
+        label_sha256=label_sha,
+        label_bytes=label_bytes,
+        label_mtime=label_mtime,
+        midline_x_mm=hc.midline_x_mm,
+        midline_method=hc.midline_method,
+        native_voxels=hc.native_voxels,
+        notes=tuple(hc.notes),
+    )
+    try:
+        ws.catalog.add_label_set(
+            record,
+            hc.coverage,
+            [s.as_dict() for s in hc.stats.values()],
+            [d.as_dict() for d in hc.splits],
+            scan=scan,
+        )
+    except BaseException:
+        ws.masks.delete(ls_id)  # the catalog refused: do not leave an orphan behind
+        raise
