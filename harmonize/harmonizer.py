@@ -13,7 +13,8 @@ Example:
     >>> import numpy as np
     >>> from harmonize.protocols import get_protocol
     >>> from harmonize.volume import Volume
-    >>> lab = np.zeros((40, 8, 8), np.uint8); lab[2:8, 2:6, 2:6] = 1; lab[30:36, 2:6, 2:6] = 1; lab[3, 3, 3] = 2
+    >>> lab = np.zeros((40, 8, 8), np.uint8)
+    >>> lab[2:8, 2:6, 2:6] = 1; lab[30:36, 2:6, 2:6] = 1; lab[3, 3, 3] = 2
     >>> case = harmonize_label_map(Volume(lab, np.eye(4)), get_protocol("kits23"), case_id="c1")
     >>> case.coverage["kidney_left"], case.coverage["kidney_tumor"], case.coverage["kidney_cyst"]
     ('annotated_present', 'annotated_present', 'annotated_absent')
@@ -104,8 +105,9 @@ def _shifted_affine(affine: np.ndarray, offset: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _midline(image: Volume | None, masks: Mapping[str, CroppedMask], affine: np.ndarray,
-             shape: tuple[int, int, int]) -> tuple[float, str]:
+def _midline(
+    image: Volume | None, masks: Mapping[str, CroppedMask], affine: np.ndarray, shape: tuple[int, int, int]
+) -> tuple[float, str]:
     if image is not None:
         return estimate_midline_x(image), "body"
     boxes = [m for m in masks.values() if not m.is_empty]
@@ -113,7 +115,9 @@ def _midline(image: Volume | None, masks: Mapping[str, CroppedMask], affine: np.
         lo = np.min([m.offset for m in boxes], axis=0)
         hi = np.max([np.add(m.offset, m.data.shape) - 1 for m in boxes], axis=0)
         # The x-extent of the labelled region: take the world x of all 8 corners of its box.
-        corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        corners = np.array(
+            [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]
+        )
         x = corners @ affine[0, :3] + affine[0, 3]
         return float((x.min() + x.max()) / 2), "labels"
     return field_of_view_center_x(affine, shape), "fov"
@@ -155,12 +159,13 @@ def _finish(
     stats: dict[str, ClassStats] = {}
     present: dict[str, CroppedMask] = {}
     for c in CLASSES:
-        cm = masks.get(c.name)
+        found = masks.get(c.name)
         if c.name not in annotated:
             coverage[c.name] = NOT_ANNOTATED
-        elif cm is None or cm.is_empty:
+        elif found is None or found.is_empty:
             coverage[c.name] = ANNOTATED_ABSENT
         else:
+            cm = found
             coverage[c.name] = ANNOTATED_PRESENT
             present[c.name] = cm
             hu = image.array[cm.box] if image is not None else None
@@ -222,21 +227,23 @@ def harmonize_label_map(
         raise HarmonizeError(label_path, f"label map has non-integer dtype {lab.dtype}")
     if lab.dtype.kind == "i" and lab.min() < 0:
         raise HarmonizeError(label_path, "label map has negative values")
-    counts = np.bincount(lab.ravel())
-    values = [int(v) for v in np.flatnonzero(counts) if v != 0]
-    if not values:
+    # Everything below works inside the labelled region's bounding box: outside it every voxel is 0.
+    fg_box = bbox_slices(lab != 0)
+    if fg_box is None:
         raise HarmonizeError(label_path, "label map is empty (every voxel is background)")
-    unknown = [v for v in values if v not in protocol.labels]
+    fg = lab[fg_box]
+    # order="K" keeps NIfTI's Fortran order: a C-order ravel would copy the whole crop first.
+    counts = np.bincount(fg.ravel(order="K"))
+    values = [int(v) for v in np.flatnonzero(counts) if v != 0]
+    ignored = [v for v in values if v not in protocol.labels]
+    unknown = [v for v in ignored if str(v) not in protocol.unmapped]
     if unknown and protocol.strict_values:
-        known = ", ".join(str(v) for v in sorted(protocol.labels))
+        known = ", ".join(str(v) for v in sorted({*protocol.labels, *map(int, protocol.unmapped)}))
         raise HarmonizeError(
             label_path,
             f"label values {unknown} are not in the {protocol.id} protocol (known: 0, {known})",
         )
     shape = label.shape
-    fg_box = bbox_slices(lab > 0)
-    assert fg_box is not None  # values is non-empty
-    fg = lab[fg_box]
     fg_origin = tuple(s.start for s in fg_box)
     by_target: dict[str, list[int]] = {}
     for v in values:
@@ -246,7 +253,12 @@ def harmonize_label_map(
     for target, vals in by_target.items():
         m = fg == vals[0] if len(vals) == 1 else np.isin(fg, vals)
         target_masks[target] = CroppedMask.from_full(m, fg_origin, shape)  # type: ignore[arg-type]
-    notes = [f"label values {unknown} have no universal class and were ignored"] if unknown else []
+    notes = []
+    if ignored:
+        meanings = [
+            f"{v} ({protocol.unmapped[str(v)]})" if str(v) in protocol.unmapped else str(v) for v in ignored
+        ]
+        notes.append(f"label values {', '.join(meanings)} have no universal class and were ignored")
     native = {str(v): int(counts[v]) for v in values}
     return _finish(protocol, case_id, image, shape, label.affine, target_masks, native, set(), notes)
 
@@ -319,20 +331,20 @@ def harmonize_case(protocol: Protocol, case: CaseFiles) -> tuple[Volume, Harmoni
     from harmonize.readers import read_dicom_series, read_png_stack, read_volume
 
     kind = protocol.layout.kind
-    if kind == "dicom_png":
-        image = read_dicom_series(case.image)
-    else:
-        image = read_volume(case.image, kind="image")
+    is_dicom = kind == "dicom_png"
+    image = read_dicom_series(case.image) if is_dicom else read_volume(case.image, kind="image")
     if not case.label.exists():
         raise HarmonizeError(case.label, "label file is missing for this image")
     if kind == "paired":
         label = read_volume(case.label, kind="label")
-        return image, harmonize_label_map(label, protocol, case_id=case.case_id, image=image,
-                                          label_path=case.label)
+        return image, harmonize_label_map(
+            label, protocol, case_id=case.case_id, image=image, label_path=case.label
+        )
     if kind == "dicom_png":
         label = read_png_stack(case.label, reference=image)
-        return image, harmonize_label_map(label, protocol, case_id=case.case_id, image=image,
-                                          label_path=case.label)
+        return image, harmonize_label_map(
+            label, protocol, case_id=case.case_id, image=image, label_path=case.label
+        )
     files: dict[str, Volume] = {}
     paths: dict[str, str | Path] = {}
     for stem in protocol.files:

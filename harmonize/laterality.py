@@ -142,7 +142,8 @@ def split_left_right(
         sub_origin = origin + np.array([s.start for s in sub])
         ijk = np.argwhere(comp) + sub_origin
         x = _world_x(ijk, affine)
-        centroid = tuple(float(v) for v in (ijk.mean(axis=0) @ affine[:3, :3].T + affine[:3, 3]))
+        cx, cy, cz = (float(v) for v in ijk.mean(axis=0) @ affine[:3, :3].T + affine[:3, 3])
+        centroid = (cx, cy, cz)
         on_left = x < midline_x_mm
         n_left = int(on_left.sum())
         minority = min(n_left, len(x) - n_left) / len(x)
@@ -150,16 +151,27 @@ def split_left_right(
             side = "left" if n_left * 2 > len(x) else "right"
             target = left_crop if side == "left" else right_crop
             target[sub] |= comp
-            decisions.append(SplitDecision(pair, rank, len(x), centroid, side, "component",
-                                           len(x) if side == "left" else 0,
-                                           len(x) if side == "right" else 0, midline_x_mm))
+            decisions.append(
+                SplitDecision(
+                    pair,
+                    rank,
+                    len(x),
+                    centroid,
+                    side,
+                    "component",
+                    len(x) if side == "left" else 0,
+                    len(x) if side == "right" else 0,
+                    midline_x_mm,
+                )
+            )
             continue
         assign_left, method = _split_crossing(comp, sub_origin, affine, midline_x_mm)
         left_crop[sub] |= comp & assign_left
         right_crop[sub] |= comp & ~assign_left
         nl = int((comp & assign_left).sum())
-        decisions.append(SplitDecision(pair, rank, len(x), centroid, "both", method, nl, len(x) - nl,
-                                       midline_x_mm))
+        decisions.append(
+            SplitDecision(pair, rank, len(x), centroid, "both", method, nl, len(x) - nl, midline_x_mm)
+        )
     return left, right, decisions
 
 

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds a write waits for another process's lock before giving up with :class:`CatalogBusy`.
 LOCK_TIMEOUT_S = 60.0
 
@@ -168,7 +169,8 @@ _MIGRATIONS: dict[int, str] = {
         scan_id VARCHAR NOT NULL,
         class_name VARCHAR NOT NULL,
         label_set_id VARCHAR NOT NULL,
-        decision VARCHAR NOT NULL CHECK (decision IN ('accept', 'reject', 'corrected', 'needs_correction', 'skip')),
+        decision VARCHAR NOT NULL
+            CHECK (decision IN ('accept', 'reject', 'corrected', 'needs_correction', 'skip')),
         comment VARCHAR,
         reviewer VARCHAR NOT NULL,
         result_label_set_id VARCHAR,
@@ -180,6 +182,19 @@ _MIGRATIONS: dict[int, str] = {
         problem VARCHAR NOT NULL,
         seen_at TIMESTAMP NOT NULL
     );
+    """,
+    # v2: one row per training record (epoch / round) of a run, so progress is queryable while it runs.
+    2: """
+    CREATE TABLE train_record (
+        run_id VARCHAR NOT NULL,
+        epoch INTEGER NOT NULL,
+        step BIGINT NOT NULL,
+        loss DOUBLE,
+        record VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, epoch, step)
+    );
+    ALTER TABLE text_vocabulary ADD COLUMN note VARCHAR;
     """,
 }
 
@@ -252,13 +267,34 @@ class Catalog:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self.connect() as con:
             self._migrate(con)
 
     # -- connections -------------------------------------------------------------------------------
     @contextmanager
+    def session(self) -> Iterator[Catalog]:
+        """Pin one read-write connection for a burst of calls in this thread (an app page render, an
+        ingest's bookkeeping): every method inside uses it instead of opening its own. Hold it briefly:
+        while it is open, other processes wait for the file."""
+        if getattr(self._local, "con", None) is not None:
+            yield self
+            return
+        with self.connect() as con:
+            self._local.con = con
+            try:
+                yield self
+            finally:
+                self._local.con = None
+
+    @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection; waits (with back-off) while another process holds the file."""
+        """A short-lived connection; waits (with back-off) while another process holds the file.
+        Inside :meth:`session`, the pinned connection."""
+        pinned = getattr(self._local, "con", None)
+        if pinned is not None:
+            yield pinned
+            return
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
         while True:
@@ -303,9 +339,7 @@ class Catalog:
         for version in range(current + 1, SCHEMA_VERSION + 1):
             con.execute("BEGIN TRANSACTION")
             con.execute(_MIGRATIONS[version])
-            con.execute(
-                "INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)", [str(version)]
-            )
+            con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)", [str(version)])
             con.execute("COMMIT")
 
     @property
@@ -315,24 +349,6 @@ class Catalog:
         return int(row[0]) if row else 0
 
     # -- writes ------------------------------------------------------------------------------------
-    def register_source(
-        self,
-        source_id: str,
-        name: str,
-        protocol_version: int,
-        annotated: Sequence[str],
-        merged_pairs: Sequence[str],
-        layout_kind: str,
-        reference: str = "",
-    ) -> None:
-        """Insert or update a source row (its protocol version may change between releases)."""
-        with self.transaction() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO source VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [source_id, name, protocol_version, list(annotated), list(merged_pairs), layout_kind,
-                 reference, utc_now()],
-            )
-
     def add_label_set(
         self,
         label_set: LabelSetRecord,
@@ -348,41 +364,74 @@ class Catalog:
             if scan is not None:
                 con.execute(
                     "INSERT INTO scan VALUES (" + ", ".join(["?"] * 17) + ")",
-                    [scan.id, scan.source_id, scan.case_id, scan.image_path, scan.label_path,
-                     scan.image_sha256, scan.image_bytes, scan.image_mtime, list(scan.shape),
-                     list(scan.spacing), scan.axcodes, list(scan.affine), scan.hu_min, scan.hu_max,
-                     scan.image_format, scan.series_uid_sha1, now],
+                    [
+                        scan.id,
+                        scan.source_id,
+                        scan.case_id,
+                        scan.image_path,
+                        scan.label_path,
+                        scan.image_sha256,
+                        scan.image_bytes,
+                        scan.image_mtime,
+                        list(scan.shape),
+                        list(scan.spacing),
+                        scan.axcodes,
+                        list(scan.affine),
+                        scan.hu_min,
+                        scan.hu_max,
+                        scan.image_format,
+                        scan.series_uid_sha1,
+                        now,
+                    ],
                 )
             ls = label_set
             con.execute(
                 "INSERT INTO label_set VALUES (" + ", ".join(["?"] * 17) + ")",
-                [ls.id, ls.scan_id, ls.version, ls.origin, ls.parent_id, ls.run_id, ls.author,
-                 ls.protocol_version, ls.label_sha256, ls.label_bytes, ls.label_mtime, ls.mask_key,
-                 ls.midline_x_mm, ls.midline_method,
-                 json.dumps(ls.native_voxels) if ls.native_voxels is not None else None,
-                 list(ls.notes), now],
+                [
+                    ls.id,
+                    ls.scan_id,
+                    ls.version,
+                    ls.origin,
+                    ls.parent_id,
+                    ls.run_id,
+                    ls.author,
+                    ls.protocol_version,
+                    ls.label_sha256,
+                    ls.label_bytes,
+                    ls.label_mtime,
+                    ls.mask_key,
+                    ls.midline_x_mm,
+                    ls.midline_method,
+                    json.dumps(ls.native_voxels) if ls.native_voxels is not None else None,
+                    list(ls.notes),
+                    now,
+                ],
             )
-            cov = pa.table({
-                "label_set_id": [ls.id] * len(coverage),
-                "scan_id": [ls.scan_id] * len(coverage),
-                "class_name": list(coverage),
-                "state": list(coverage.values()),
-            })
+            cov = pa.table(
+                {
+                    "label_set_id": [ls.id] * len(coverage),
+                    "scan_id": [ls.scan_id] * len(coverage),
+                    "class_name": list(coverage),
+                    "state": list(coverage.values()),
+                }
+            )
             con.register("cov_in", cov)
             con.execute("INSERT INTO class_coverage SELECT * FROM cov_in")
             con.unregister("cov_in")
             if stats:
-                st = pa.table({
-                    "label_set_id": [ls.id] * len(stats),
-                    "class_name": [s["name"] for s in stats],
-                    "voxels": pa.array([s["voxels"] for s in stats], pa.int64()),
-                    "volume_ml": [float(s["volume_ml"]) for s in stats],
-                    "components": pa.array([s["components"] for s in stats], pa.int32()),
-                    "bbox": [list(s["bbox"]) for s in stats],
-                    "centroid_mm": [list(s["centroid_mm"]) for s in stats],
-                    "hu_mean": [_finite_or_none(s["hu_mean"]) for s in stats],
-                    "hu_std": [_finite_or_none(s["hu_std"]) for s in stats],
-                })
+                st = pa.table(
+                    {
+                        "label_set_id": [ls.id] * len(stats),
+                        "class_name": [s["name"] for s in stats],
+                        "voxels": pa.array([s["voxels"] for s in stats], pa.int64()),
+                        "volume_ml": [float(s["volume_ml"]) for s in stats],
+                        "components": pa.array([s["components"] for s in stats], pa.int32()),
+                        "bbox": [list(s["bbox"]) for s in stats],
+                        "centroid_mm": [list(s["centroid_mm"]) for s in stats],
+                        "hu_mean": [_finite_or_none(s["hu_mean"]) for s in stats],
+                        "hu_std": [_finite_or_none(s["hu_std"]) for s in stats],
+                    }
+                )
                 con.register("st_in", st)
                 con.execute(
                     "INSERT INTO class_stats SELECT label_set_id, class_name, voxels, volume_ml, components, "
@@ -390,18 +439,20 @@ class Catalog:
                 )
                 con.unregister("st_in")
             if splits:
-                sp = pa.table({
-                    "label_set_id": [ls.id] * len(splits),
-                    "pair": [d["pair"] for d in splits],
-                    "component": pa.array([d["component"] for d in splits], pa.int32()),
-                    "voxels": pa.array([d["voxels"] for d in splits], pa.int64()),
-                    "centroid_mm": [list(d["centroid_mm"]) for d in splits],
-                    "side": [d["side"] for d in splits],
-                    "method": [d["method"] for d in splits],
-                    "left_voxels": pa.array([d["left_voxels"] for d in splits], pa.int64()),
-                    "right_voxels": pa.array([d["right_voxels"] for d in splits], pa.int64()),
-                    "midline_x_mm": [float(d["midline_x_mm"]) for d in splits],
-                })
+                sp = pa.table(
+                    {
+                        "label_set_id": [ls.id] * len(splits),
+                        "pair": [d["pair"] for d in splits],
+                        "component": pa.array([d["component"] for d in splits], pa.int32()),
+                        "voxels": pa.array([d["voxels"] for d in splits], pa.int64()),
+                        "centroid_mm": [list(d["centroid_mm"]) for d in splits],
+                        "side": [d["side"] for d in splits],
+                        "method": [d["method"] for d in splits],
+                        "left_voxels": pa.array([d["left_voxels"] for d in splits], pa.int64()),
+                        "right_voxels": pa.array([d["right_voxels"] for d in splits], pa.int64()),
+                        "midline_x_mm": [float(d["midline_x_mm"]) for d in splits],
+                    }
+                )
                 con.register("sp_in", sp)
                 con.execute(
                     "INSERT INTO split_decision SELECT label_set_id, pair, component, voxels, "
@@ -414,32 +465,129 @@ class Catalog:
         with self.transaction() as con:
             con.execute("INSERT INTO ingest_issue VALUES (?, ?, ?, ?)", [source_id, path, problem, utc_now()])
 
+    def add_vocabulary(
+        self,
+        name: str,
+        sha256: str,
+        encoder: str,
+        weights: str,
+        template: str,
+        class_names: Sequence[str],
+        prompts: Sequence[str],
+        embeddings: bytes,
+        dim: int,
+        note: str = "",
+    ) -> None:
+        """Store a text vocabulary (idempotent on ``sha256``; the name may be re-pointed)."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM text_vocabulary WHERE sha256 = ? OR name = ?", [sha256, name])
+            con.execute(
+                "INSERT INTO text_vocabulary (sha256, name, encoder, weights, template, class_names, prompts, "
+                "dim, embeddings, created_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [sha256, name, encoder, weights, template, list(class_names), list(prompts), dim, embeddings,
+                 utc_now(), note],
+            )
+
+    def vocabulary(self, name_or_sha: str) -> dict[str, Any]:
+        """A stored vocabulary row by name or hash; ``KeyError`` lists what is stored."""
+        df = self.query("SELECT * FROM text_vocabulary WHERE name = ? OR sha256 = ?", [name_or_sha, name_or_sha])
+        if df.empty:
+            known = self.query("SELECT name FROM text_vocabulary ORDER BY name")["name"].tolist()
+            raise KeyError(f"no text vocabulary {name_or_sha!r} in the catalog; stored: {known or 'none'} "
+                           "(create one with `workbench embed`)")
+        return df.iloc[0].to_dict()
+
+    def start_run(self, run_id: str, kind: str, **fields: Any) -> None:
+        """Record the start of a model run (``kind``: train, pseudolabel, evaluate, ...)."""
+        cols = ["checkpoint_sha256", "text_encoder", "vocabulary_sha256", "device", "config"]
+        values = [fields.get(c) if not isinstance(fields.get(c), dict) else json.dumps(fields[c]) for c in cols]
+        with self.transaction() as con:
+            con.execute(
+                f"INSERT INTO run (id, kind, {', '.join(cols)}, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, kind, *values, utc_now()],
+            )
+
+    def finish_run(self, run_id: str, *, metrics: dict[str, Any] | None = None,
+                   timings: dict[str, Any] | None = None, checkpoint_sha256: str | None = None) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE run SET finished_at = ?, metrics = ?, timings = ?, "
+                "checkpoint_sha256 = coalesce(?, checkpoint_sha256) WHERE id = ?",
+                [utc_now(), json.dumps(metrics or {}), json.dumps(timings or {}), checkpoint_sha256, run_id],
+            )
+
+    def add_train_record(self, run_id: str, record: dict[str, Any]) -> None:
+        """Store one per-epoch/round training record (idempotent on run, epoch and step)."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO train_record VALUES (?, ?, ?, ?, ?, ?)",
+                [run_id, int(record.get("epoch", 0)), int(record.get("step", 0)),
+                 _finite_or_none(record["loss"]) if record.get("loss") is not None else None,
+                 json.dumps(record, default=str), utc_now()],
+            )
+
     # -- reads -------------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Run a read-only SQL query and return a DataFrame."""
         with self.connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
 
-    def source_state(self, source_id: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """Everything an ingest of ``source_id`` needs to know, in one connection.
+    def begin_ingest(
+        self,
+        source_id: str,
+        name: str,
+        protocol_version: int,
+        annotated: Sequence[str],
+        merged_pairs: Sequence[str],
+        layout_kind: str,
+        reference: str = "",
+    ) -> tuple[dict[str, dict[str, Any]], set[str], set[str]]:
+        """Register the source and read everything an ingest of it needs, in ONE connection.
 
-        Returns ``(by_case, image_hashes)``: case id -> the scan's row plus its latest original label set
-        (columns prefixed ``ls_``), and the image hashes of every scan in the catalog (all sources).
+        Returns ``(by_case, image_hashes, mask_keys)``: case id -> the scan's row plus its latest
+        original label set (columns prefixed ``ls_``); the image hashes of every scan in the catalog
+        (all sources); the mask keys every label set references.
         """
+        with self.connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO source VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    source_id,
+                    name,
+                    protocol_version,
+                    list(annotated),
+                    list(merged_pairs),
+                    layout_kind,
+                    reference,
+                    utc_now(),
+                ],
+            )
+            by_case, hashes = self._source_state(con, source_id)
+            keys = {r[0] for r in con.execute("SELECT mask_key FROM label_set").fetchall()}
+        return by_case, hashes, keys
+
+    def source_state(self, source_id: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """``(by_case, image_hashes)`` as in :meth:`begin_ingest`, read-only."""
         with self.connect(read_only=True) as con:
-            df = con.execute(
-                """
-                SELECT s.*, l.id AS ls_id, l.version AS ls_version, l.label_sha256 AS ls_label_sha256,
-                       l.label_bytes AS ls_label_bytes, l.label_mtime AS ls_label_mtime
-                FROM scan s LEFT JOIN (
-                    SELECT * FROM label_set WHERE origin = 'original'
-                    QUALIFY row_number() OVER (PARTITION BY scan_id ORDER BY version DESC) = 1
-                ) l ON l.scan_id = s.id
-                WHERE s.source_id = ?
-                """,
-                [source_id],
-            ).df()
-            hashes = {r[0] for r in con.execute("SELECT image_sha256 FROM scan").fetchall()}
+            return self._source_state(con, source_id)
+
+    @staticmethod
+    def _source_state(
+        con: duckdb.DuckDBPyConnection, source_id: str
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        df = con.execute(
+            """
+            SELECT s.*, l.id AS ls_id, l.version AS ls_version, l.label_sha256 AS ls_label_sha256,
+                   l.label_bytes AS ls_label_bytes, l.label_mtime AS ls_label_mtime
+            FROM scan s LEFT JOIN (
+                SELECT * FROM label_set WHERE origin = 'original'
+                QUALIFY row_number() OVER (PARTITION BY scan_id ORDER BY version DESC) = 1
+            ) l ON l.scan_id = s.id
+            WHERE s.source_id = ?
+            """,
+            [source_id],
+        ).df()
+        hashes = {r[0] for r in con.execute("SELECT image_sha256 FROM scan").fetchall()}
         return {r["case_id"]: r for r in df.to_dict("records")}, hashes
 
     def scan_by_case(self, source_id: str, case_id: str) -> dict[str, Any] | None:
@@ -447,8 +595,9 @@ class Catalog:
         return None if df.empty else df.iloc[0].to_dict()
 
     def scans_by_sha(self, image_sha256: str) -> pd.DataFrame:
-        return self.query("SELECT id, source_id, case_id, image_path FROM scan WHERE image_sha256 = ?",
-                          [image_sha256])
+        return self.query(
+            "SELECT id, source_id, case_id, image_path FROM scan WHERE image_sha256 = ?", [image_sha256]
+        )
 
     def label_sets(self, scan_id: str | None = None) -> pd.DataFrame:
         if scan_id is None:
@@ -502,8 +651,16 @@ class Catalog:
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for summaries and the app's overview)."""
-        tables = ("source", "scan", "label_set", "class_coverage", "class_stats", "run", "review",
-                  "ingest_issue")
+        tables = (
+            "source",
+            "scan",
+            "label_set",
+            "class_coverage",
+            "class_stats",
+            "run",
+            "review",
+            "ingest_issue",
+        )
         with self.connect(read_only=True) as con:
             return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}  # type: ignore[index]
 

@@ -12,7 +12,6 @@ The workspace is ``--workspace``, else ``$WORKBENCH_HOME``, else ``./workspace``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -29,14 +28,16 @@ def sources_table() -> pd.DataFrame:
     """One row per built-in source: id, name, layout, annotated classes, merged pairs."""
     rows = []
     for p in all_protocols().values():
-        rows.append({
-            "source": p.id,
-            "name": p.name,
-            "layout": p.layout.kind,
-            "n_classes": len(p.annotated),
-            "annotated": ", ".join(p.annotated),
-            "split": ", ".join(p.merged_pairs),
-        })
+        rows.append(
+            {
+                "source": p.id,
+                "name": p.name,
+                "layout": p.layout.kind,
+                "n_classes": len(p.annotated),
+                "annotated": ", ".join(p.annotated),
+                "split": ", ".join(p.merged_pairs),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -53,8 +54,9 @@ def stats_table(ws: Workspace, by_source: bool = False) -> pd.DataFrame:
     total = long.groupby("class_name")[cols].sum() if not long.empty else pd.DataFrame(columns=cols)
     table = total.reindex(class_names(), fill_value=0)
     if not long.empty:
-        per_source = long.pivot_table(index="class_name", columns="source_id", values="annotated",
-                                      aggfunc="sum", fill_value=0)
+        per_source = long.pivot_table(
+            index="class_name", columns="source_id", values="annotated", aggfunc="sum", fill_value=0
+        )
         table = table.join(per_source.reindex(class_names(), fill_value=0))
     table.index.name = "class"
     return table.reset_index().astype({c: "int64" for c in table.columns})
@@ -66,8 +68,16 @@ def _print_table(df: pd.DataFrame, fmt: str) -> None:
     elif fmt == "json":
         sys.stdout.write(df.to_json(orient="records", indent=1) + "\n")
     else:
-        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
-                               "display.max_colwidth", 120):
+        with pd.option_context(
+            "display.max_rows",
+            None,
+            "display.max_columns",
+            None,
+            "display.width",
+            250,
+            "display.max_colwidth",
+            120,
+        ):
             print(df.to_string(index=False))
 
 
@@ -96,8 +106,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from workbench.export import export_abdomenatlas
 
     ws = Workspace.open(args.workspace)
-    manifest = export_abdomenatlas(ws, args.out, sources=args.source, classes=args.classes,
-                                   progress=not args.no_progress)
+    manifest = export_abdomenatlas(
+        ws, args.out, sources=args.source, classes=args.classes, progress=not args.no_progress
+    )
     print(f"exported {len(manifest['cases'])} cases to {args.out} (manifest.json lists files and hashes)")
     return 0
 
@@ -112,8 +123,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workspace", help="workspace folder (default: $WORKBENCH_HOME or ./workspace)")
     sub = parser.add_subparsers(dest="command", required=True)
 

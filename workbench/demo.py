@@ -23,8 +23,17 @@ from workbench.ingest import ingest
 #: Sources of the demo, chosen to show every layout kind and every kind of split:
 #: merged kidneys (KiTS, AbdomenCT-1K), merged lungs (CT-ORG), DICOM + PNG (CHAOS), one file per class
 #: (TotalSegmentator), case-number inclusion rules (AMOS22), tumours inside organs (LiTS, MSD pancreas).
-DEMO_SOURCES = ("btcv", "kits23", "abdomenct_1k", "amos22", "lits", "msd_pancreas", "ct_org", "chaos_ct",
-                "totalsegmentator")
+DEMO_SOURCES = (
+    "btcv",
+    "kits23",
+    "abdomenct_1k",
+    "amos22",
+    "lits",
+    "msd_pancreas",
+    "ct_org",
+    "chaos_ct",
+    "totalsegmentator",
+)
 DEMO_SHAPE = (96, 96, 64)
 NOTICE = (
     "This workspace was built by `workbench demo` from SYNTHETIC phantoms (harmonize.phantoms), written in\n"
@@ -64,11 +73,15 @@ def build_demo(ws: Workspace, cases_per_source: int = 3, progress: bool = True) 
     (ws.root / "DEMO.txt").write_text(NOTICE)
     with ws.catalog.transaction() as con:
         con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('demo', 'synthetic phantoms')")
-    lines = ["demo workspace from SYNTHETIC phantoms (no patient data), in the native conventions of: "
-             + ", ".join(DEMO_SOURCES)]
+    lines = [
+        "demo workspace from SYNTHETIC phantoms (no patient data), in the native conventions of: "
+        + ", ".join(DEMO_SOURCES)
+    ]
     for source in DEMO_SOURCES:
         lines += ingest(ws, source, data / source, progress=progress).lines()
     counts = ws.catalog.counts()
-    lines.append(f"workspace {ws.root}: {counts['scan']} scans, {counts['label_set']} label sets; "
-                 "try `workbench stats` and `workbench export abdomenatlas OUT`")
+    lines.append(
+        f"workspace {ws.root}: {counts['scan']} scans, {counts['label_set']} label sets; "
+        "try `workbench stats` and `workbench export abdomenatlas OUT`"
+    )
     return lines

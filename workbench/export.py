@@ -91,7 +91,8 @@ def export_abdomenatlas(
         SELECT s.id AS scan_id, s.source_id, s.case_id, s.image_path, l.id AS label_set_id, l.origin,
                l.version, l.mask_key
         FROM scan s JOIN (
-            SELECT arg_max(id, version) AS id, scan_id FROM label_set WHERE origin = 'original' GROUP BY scan_id
+            SELECT arg_max(id, version) AS id, scan_id
+            FROM label_set WHERE origin = 'original' GROUP BY scan_id
         ) cur ON cur.scan_id = s.id
         JOIN label_set l ON l.id = cur.id
     """
@@ -101,8 +102,8 @@ def export_abdomenatlas(
         params = list(sources)
     rows = ws.catalog.query(sql + " ORDER BY s.source_id, s.case_id", params).to_dict("records")
     cov = ws.catalog.query(
-        "SELECT label_set_id, class_name, state FROM class_coverage WHERE label_set_id IN "
-        "(SELECT unnest(?))", [[r["label_set_id"] for r in rows]]
+        "SELECT label_set_id, class_name, state FROM class_coverage WHERE label_set_id IN (SELECT unnest(?))",
+        [[r["label_set_id"] for r in rows]],
     )
     states: dict[str, dict[str, str]] = {}
     for ls_id, name, state in cov.itertuples(index=False):
@@ -117,8 +118,9 @@ def export_abdomenatlas(
     return manifest
 
 
-def _export_case(ws: Workspace, row: dict[str, Any], states: dict[str, str], wanted: list[str],
-                 case_dir: Path) -> dict[str, Any]:
+def _export_case(
+    ws: Workspace, row: dict[str, Any], states: dict[str, str], wanted: list[str], case_dir: Path
+) -> dict[str, Any]:
     image_path = Path(row["image_path"])
     if not image_path.exists():
         raise HarmonizeError(image_path, f"image of scan {row['scan_id']} is no longer there")

@@ -83,7 +83,8 @@ def volume_sha256(volume: Volume) -> str:
     h.update(str(volume.array.dtype).encode())
     h.update(str(volume.shape).encode())
     h.update(np.ascontiguousarray(np.round(volume.affine, 4)).tobytes())
-    h.update(np.ascontiguousarray(volume.array).data)
+    # Hash the voxels in Fortran (NIfTI) order: free for nibabel's arrays, one copy for the others.
+    h.update(np.asfortranarray(volume.array).T.data)
     return h.hexdigest()
 
 
@@ -96,11 +97,6 @@ def files_sha256(path: Path) -> str:
         with p.open("rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()
-
-
-def register_source(ws: Workspace, protocol: Protocol) -> None:
-    ws.catalog.register_source(protocol.id, protocol.name, protocol.protocol_version, protocol.annotated,
-                               protocol.merged_pairs, protocol.layout.kind, protocol.reference)
 
 
 def ingest(
@@ -128,10 +124,17 @@ def ingest(
     protocol = get_protocol(source_id)
     root = Path(root).resolve()
     cases = find_cases(protocol, root)
-    register_source(ws, protocol)
-    ws.masks.gc(keep=ws.catalog.mask_keys())  # orphans of a killed ingest
+    known, hashes, mask_keys = ws.catalog.begin_ingest(
+        protocol.id,
+        protocol.name,
+        protocol.protocol_version,
+        protocol.annotated,
+        protocol.merged_pairs,
+        protocol.layout.kind,
+        protocol.reference,
+    )
+    ws.masks.gc(keep=mask_keys)  # orphans of a killed ingest
     summary = IngestSummary(protocol.id, found=len(cases))
-    known, hashes = ws.catalog.source_state(protocol.id)
     for case in tqdm(cases, desc=f"ingest {protocol.id}", unit="scan", disable=not progress):
         outcome = _ingest_case(ws, protocol, case, summary, known, hashes)
         if on_case is not None:
@@ -156,8 +159,9 @@ def _ingest_case(
     try:
         if has_labels and case.label.exists():
             assert existing is not None
-            if (_stat(case.image) == (existing["image_bytes"], existing["image_mtime"])
-                    and _stat(case.label) == (existing["ls_label_bytes"], existing["ls_label_mtime"])):
+            if _stat(case.image) == (existing["image_bytes"], existing["image_mtime"]) and _stat(
+                case.label
+            ) == (existing["ls_label_bytes"], existing["ls_label_mtime"]):
                 summary.unchanged.append(scan_id)
                 return "unchanged"
         image, harmonized = harmonize_case(protocol, case)
@@ -176,11 +180,23 @@ def _ingest_case(
         elif image_sha in hashes:
             dup = ws.catalog.scans_by_sha(image_sha).iloc[0]
             raise HarmonizeError(
-                case.image, f"the same image is already in the catalog as scan {dup['id']} ({dup['image_path']})"
+                case.image,
+                f"the same image is already in the catalog as scan {dup['id']} ({dup['image_path']})",
             )
-        parent = {"id": existing["ls_id"], "version": existing["ls_version"]} if has_labels else None
-        _store(ws, protocol, case, image, harmonized, image_sha, label_sha,
-               scan_is_new=existing is None, parent=parent)
+        parent = None
+        if existing is not None and has_labels:
+            parent = {"id": existing["ls_id"], "version": existing["ls_version"]}
+        _store(
+            ws,
+            protocol,
+            case,
+            image,
+            harmonized,
+            image_sha,
+            label_sha,
+            scan_is_new=existing is None,
+            parent=parent,
+        )
         hashes.add(image_sha)
     except HarmonizeError as e:
         summary.skipped.append((e.path, e.problem))

@@ -30,6 +30,9 @@ File format (documented once here; every file in ``sources/`` obeys it):
     exclude_cases = ["case_00160"]      # cases excluded by the dataset's own errata
     label_values_must_be_known = true   # unknown native values are an error (default true)
 
+    [unmapped]                          # defined by the source, no universal class: ignored, noted
+    "5" = "bone"
+
     [native]                            # how the published files look (used by the phantom writers)
     axcodes = "LPS"                     # direction of the array axes, as nibabel's aff2axcodes
     label_dtype = "uint8"
@@ -40,8 +43,12 @@ File format (documented once here; every file in ``sources/`` obeys it):
 
 Every class that appears in a target (after expanding pairs) is *annotated* by the source: a scan
 without it is ``annotated_absent``. All other classes are ``not_annotated``. ``extra_annotated`` lists
-classes annotated though no value is drawn for them (rare), ``not_annotated`` removes a class whose
-label is drawn only on some cases (those are then flagged per case).
+classes annotated though no value is drawn for them (rare).
+
+``[unmapped]`` lists native values (label maps) or file stems (per-class folders) that the source
+defines but that have no universal class, with their meaning (``"5" = "bone"``). They are ignored and
+noted; any value that is in neither ``[labels]`` nor ``[unmapped]`` is an error, unless
+``[inclusion] label_values_must_be_known = false``.
 """
 
 from __future__ import annotations
@@ -110,6 +117,8 @@ class Protocol:
         inclusion: optional inclusion rules (see module docstring).
         approximate: class -> note, where the mapping is only approximate.
         native: how the published files look (axcodes, dtypes); informs the phantom writers.
+        unmapped: native value (as a string) or file stem -> meaning, for what the source defines but
+            the taxonomy has no class for.
         reference: where the values were checked.
         description: a paragraph for humans.
     """
@@ -123,6 +132,7 @@ class Protocol:
     inclusion: dict[str, Any] = field(default_factory=dict)
     approximate: dict[str, str] = field(default_factory=dict)
     native: dict[str, Any] = field(default_factory=dict)
+    unmapped: dict[str, str] = field(default_factory=dict)
     extra_annotated: tuple[str, ...] = ()
     reference: str = ""
     description: str = ""
@@ -195,6 +205,12 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
             raise ValueError(f"a {kind} layout needs a [labels] table")
         if 0 in labels:
             raise ValueError("value 0 is background and cannot map to a class")
+        unmapped_keys = [str(k) for k in data.get("unmapped", {})]
+        if kind != "per_class_files" and not all(k.isdigit() for k in unmapped_keys):
+            raise ValueError(f"[unmapped] keys of a {kind} layout must be label values, got {unmapped_keys}")
+        both = sorted(set(map(str, labels)) & set(unmapped_keys))
+        if both:
+            raise ValueError(f"values {both} are both in [labels] and [unmapped]")
         extra = tuple(data.get("extra_annotated", ()))
         for name in extra:
             expand_target(name)
@@ -208,6 +224,7 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
             inclusion=dict(data.get("inclusion", {})),
             approximate=dict(data.get("approximate", {})),
             native=dict(data.get("native", {})),
+            unmapped={str(k): str(v) for k, v in data.get("unmapped", {}).items()},
             extra_annotated=extra,
             reference=data.get("reference", ""),
             description=data.get("description", "").strip(),

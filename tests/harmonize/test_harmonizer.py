@@ -17,23 +17,39 @@ from harmonize.protocols import parse_protocol
 from harmonize.taxonomy import class_names
 from harmonize.volume import Volume
 
-KIDNEY_PROTOCOL = parse_protocol({
-    "id": "toy_kidney", "name": "toy", "protocol_version": 1,
-    "layout": {"kind": "paired", "image": "{case}/img.nii.gz", "label": "{case}/seg.nii.gz"},
-    "labels": {"1": ["kidney"], "2": ["kidney", "kidney_tumor"], "3": ["kidney", "kidney_cyst"]},
-})
-LIVER_PROTOCOL = parse_protocol({
-    "id": "toy_liver", "name": "toy", "protocol_version": 1,
-    "layout": {"kind": "paired", "image": "{case}.nii", "label": "{case}_seg.nii"},
-    "labels": {"1": ["liver"], "2": ["liver", "liver_tumor"]},
-    "inclusion": {"label_values_must_be_known": False},
-})
-FILES_PROTOCOL = parse_protocol({
-    "id": "toy_files", "name": "toy", "protocol_version": 1,
-    "layout": {"kind": "per_class_files", "image": "{case}/ct.nii.gz", "label": "{case}/segmentations"},
-    "files": {"lung_upper_lobe_left": ["lung_left"], "lung_lower_lobe_left": ["lung_left"],
-              "liver": ["liver"], "spleen": ["spleen"]},
-})
+KIDNEY_PROTOCOL = parse_protocol(
+    {
+        "id": "toy_kidney",
+        "name": "toy",
+        "protocol_version": 1,
+        "layout": {"kind": "paired", "image": "{case}/img.nii.gz", "label": "{case}/seg.nii.gz"},
+        "labels": {"1": ["kidney"], "2": ["kidney", "kidney_tumor"], "3": ["kidney", "kidney_cyst"]},
+    }
+)
+LIVER_PROTOCOL = parse_protocol(
+    {
+        "id": "toy_liver",
+        "name": "toy",
+        "protocol_version": 1,
+        "layout": {"kind": "paired", "image": "{case}.nii", "label": "{case}_seg.nii"},
+        "labels": {"1": ["liver"], "2": ["liver", "liver_tumor"]},
+        "inclusion": {"label_values_must_be_known": False},
+    }
+)
+FILES_PROTOCOL = parse_protocol(
+    {
+        "id": "toy_files",
+        "name": "toy",
+        "protocol_version": 1,
+        "layout": {"kind": "per_class_files", "image": "{case}/ct.nii.gz", "label": "{case}/segmentations"},
+        "files": {
+            "lung_upper_lobe_left": ["lung_left"],
+            "lung_lower_lobe_left": ["lung_left"],
+            "liver": ["liver"],
+            "spleen": ["spleen"],
+        },
+    }
+)
 
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])  # 12 mm^3 voxels
 
@@ -77,7 +93,10 @@ def test_split_is_recorded_and_midline_from_body() -> None:
     image, label = _kidney_case()
     case = harmonize_label_map(label, KIDNEY_PROTOCOL, case_id="c", image=image)
     assert case.midline_method == "body"
-    assert [d.side for d in case.splits] == ["left", "right"] or [d.side for d in case.splits] == ["right", "left"]
+    assert [d.side for d in case.splits] == ["left", "right"] or [d.side for d in case.splits] == [
+        "right",
+        "left",
+    ]
     assert case.masks["kidney_left"].offset[0] == 2 and case.masks["kidney_right"].offset[0] == 30
 
 
@@ -109,7 +128,7 @@ def test_unknown_values_are_noted_when_the_protocol_allows_them() -> None:
     lab[2:5, 2:5, 2:5] = 1
     lab[6:8, 6:8, 6:8] = 9  # e.g. a class without a universal counterpart
     case = harmonize_label_map(Volume(lab, AFFINE), LIVER_PROTOCOL, case_id="c")
-    assert case.notes == ["label values [9] have no universal class and were ignored"]
+    assert case.notes == ["label values 9 have no universal class and were ignored"]
     assert case.stats["liver"].voxels == 27
     assert case.coverage["liver_tumor"] == ANNOTATED_ABSENT
 
@@ -118,17 +137,25 @@ def test_unknown_values_are_noted_when_the_protocol_allows_them() -> None:
     ("label_affine", "label_shape", "message"),
     [
         (AFFINE, (40, 10, 11), "label shape"),
-        (AFFINE + np.pad(np.eye(3) * 0, ((0, 1), (0, 1))) + np.array(
-            [[0, 0, 0, 1.5], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]), (40, 10, 10), "label affine differs"),
+        (
+            AFFINE
+            + np.pad(np.eye(3) * 0, ((0, 1), (0, 1)))
+            + np.array([[0, 0, 0, 1.5], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]),
+            (40, 10, 10),
+            "label affine differs",
+        ),
     ],
 )
-def test_grid_mismatch_is_an_error(label_affine: np.ndarray, label_shape: tuple[int, ...], message: str) -> None:
+def test_grid_mismatch_is_an_error(
+    label_affine: np.ndarray, label_shape: tuple[int, ...], message: str
+) -> None:
     image, _ = _kidney_case()
     lab = np.zeros(label_shape, np.uint8)
     lab[1, 1, 1] = 1
     with pytest.raises(HarmonizeError, match=message):
-        harmonize_label_map(Volume(lab, label_affine), KIDNEY_PROTOCOL, case_id="c", image=image,
-                            label_path="seg.nii.gz")
+        harmonize_label_map(
+            Volume(lab, label_affine), KIDNEY_PROTOCOL, case_id="c", image=image, label_path="seg.nii.gz"
+        )
 
 
 def test_negative_and_float_labels_are_errors() -> None:
@@ -147,8 +174,11 @@ def test_per_class_files_merge_lobes_and_mark_missing_files_not_annotated() -> N
     lower = np.zeros(shape, np.uint8)
     lower[2:6, 2:6, 5:10] = 1
     liver = np.zeros(shape, np.uint8)  # drawn file, empty: annotated and absent
-    files = {"lung_upper_lobe_left": Volume(upper, AFFINE), "lung_lower_lobe_left": Volume(lower, AFFINE),
-             "liver": Volume(liver, AFFINE)}
+    files = {
+        "lung_upper_lobe_left": Volume(upper, AFFINE),
+        "lung_lower_lobe_left": Volume(lower, AFFINE),
+        "liver": Volume(liver, AFFINE),
+    }
     case = harmonize_class_files(files, FILES_PROTOCOL, case_id="s1")
     assert case.stats["lung_left"].voxels == 16 * 9
     assert case.stats["lung_left"].components == 1
@@ -162,5 +192,46 @@ def test_per_class_files_must_share_a_grid() -> None:
     a = Volume(np.ones((4, 4, 4), np.uint8), AFFINE)
     b = Volume(np.ones((4, 4, 5), np.uint8), AFFINE)
     with pytest.raises(HarmonizeError, match="not on one voxel grid"):
-        harmonize_class_files({"liver": a, "spleen": b}, FILES_PROTOCOL, case_id="s1",
-                              paths={"spleen": "s1/segmentations/spleen.nii.gz"})
+        harmonize_class_files(
+            {"liver": a, "spleen": b},
+            FILES_PROTOCOL,
+            case_id="s1",
+            paths={"spleen": "s1/segmentations/spleen.nii.gz"},
+        )
+
+
+def test_unmapped_values_are_ignored_with_their_meaning_and_others_stay_errors() -> None:
+    protocol = parse_protocol(
+        {
+            "id": "toy_ctorg",
+            "name": "toy",
+            "protocol_version": 1,
+            "layout": {"kind": "paired", "image": "{case}.nii", "label": "{case}_seg.nii"},
+            "labels": {"1": ["liver"]},
+            "unmapped": {"5": "bone", "6": "brain"},
+        }
+    )
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[2:5, 2:5, 2:5] = 1
+    lab[6:8, 6:8, 6:8] = 5
+    case = harmonize_label_map(Volume(lab, AFFINE), protocol, case_id="c")
+    assert case.notes == ["label values 5 (bone) have no universal class and were ignored"]
+    lab[0, 0, 0] = 7
+    with pytest.raises(
+        HarmonizeError, match=r"label values \[7\] are not in the toy_ctorg protocol \(known: 0, 1, 5, 6\)"
+    ):
+        harmonize_label_map(Volume(lab, AFFINE), protocol, case_id="c")
+
+
+def test_a_value_cannot_be_both_mapped_and_unmapped() -> None:
+    with pytest.raises(ValueError, match=r"values \['1'\] are both in \[labels\] and \[unmapped\]"):
+        parse_protocol(
+            {
+                "id": "bad",
+                "name": "bad",
+                "protocol_version": 1,
+                "layout": {"kind": "paired", "image": "{case}.nii", "label": "{case}_seg.nii"},
+                "labels": {"1": ["liver"]},
+                "unmapped": {"1": "liver again"},
+            }
+        )

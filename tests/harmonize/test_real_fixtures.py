@@ -27,10 +27,13 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def ts_cases(shared_fixtures: Path):  # type: ignore[no-untyped-def]
     folder = shared_fixtures / "totalsegmentator"
     out = {}
-    for source, seg in (("totalsegmentator_v1", "example_seg_v1.nii.gz"),
-                        ("totalsegmentator_v2", "example_seg_fast_force_split.nii.gz")):
-        _, out[source] = harmonize_case(get_protocol(source),
-                                        CaseFiles("example", folder / "example_ct.nii.gz", folder / seg))
+    for source, seg in (
+        ("totalsegmentator_v1", "example_seg_v1.nii.gz"),
+        ("totalsegmentator_v2", "example_seg_fast_force_split.nii.gz"),
+    ):
+        _, out[source] = harmonize_case(
+            get_protocol(source), CaseFiles("example", folder / "example_ct.nii.gz", folder / seg)
+        )
     return out
 
 
@@ -49,7 +52,9 @@ def test_totalsegmentator_v1_and_v2_harmonize_to_nearly_the_same_masks(ts_cases)
 
 
 def test_totalsegmentator_lung_lobes_merge_into_lungs(ts_cases, shared_fixtures: Path) -> None:  # type: ignore[no-untyped-def]
-    seg = np.asarray(nib.load(shared_fixtures / "totalsegmentator/example_seg_fast_force_split.nii.gz").dataobj)
+    seg = np.asarray(
+        nib.load(shared_fixtures / "totalsegmentator/example_seg_fast_force_split.nii.gz").dataobj
+    )
     lobes_left = np.isin(seg, [10, 11])  # v2 ids: lung_upper_lobe_left, lung_lower_lobe_left
     lobes_right = np.isin(seg, [12, 13, 14])
     v2 = ts_cases["totalsegmentator_v2"]
@@ -67,8 +72,15 @@ def test_amos_label_map(shared_fixtures: Path) -> None:
     case = harmonize_label_map(label, get_protocol("amos22"), case_id="0013", label_path=path)
     raw = np.asarray(nib.load(path).dataobj)
     # AMOS22 values, from the challenge's dataset.json: 2 right kidney, 3 left kidney, 6 liver, 9 postcava
-    for value, name in ((1, "spleen"), (2, "kidney_right"), (3, "kidney_left"), (6, "liver"), (9, "postcava"),
-                        (11, "adrenal_gland_right"), (12, "adrenal_gland_left")):
+    for value, name in (
+        (1, "spleen"),
+        (2, "kidney_right"),
+        (3, "kidney_left"),
+        (6, "liver"),
+        (9, "postcava"),
+        (11, "adrenal_gland_right"),
+        (12, "adrenal_gland_left"),
+    ):
         assert case.stats[name].voxels == int((raw == value).sum()), name
     # in world coordinates (RAS+: the patient's left has the smaller x) the left kidney lies left
     assert case.stats["kidney_left"].centroid_mm[0] < case.stats["kidney_right"].centroid_mm[0]
@@ -82,12 +94,16 @@ def test_amos_label_map(shared_fixtures: Path) -> None:
     assert case.coverage["prostate"] == "not_annotated"
 
 
-DCMQI = parse_protocol({
-    "id": "dcmqi_liver", "name": "dcmqi example", "protocol_version": 1,
-    "layout": {"kind": "paired", "image": "{case}", "label": "{case}.nrrd"},
-    "labels": {"1": ["liver"]},
-    "inclusion": {"label_values_must_be_known": False},
-})
+DCMQI = parse_protocol(
+    {
+        "id": "dcmqi_liver",
+        "name": "dcmqi example",
+        "protocol_version": 1,
+        "layout": {"kind": "paired", "image": "{case}", "label": "{case}.nrrd"},
+        "labels": {"1": ["liver"]},
+        "unmapped": {"2": "thoracic spine"},
+    }
+)
 
 
 @pytest.mark.parametrize("label_file", ["liver_seg.nrrd", "liver_spine_seg.nrrd"])
@@ -101,4 +117,4 @@ def test_dicom_series_with_nrrd_labels(shared_fixtures: Path, label_file: str) -
     assert 0 < case.stats["liver"].hu_mean < 150  # soft tissue, not bone or air: the grids line up
     assert case.coverage["liver"] == ANNOTATED_PRESENT
     if label_file == "liver_spine_seg.nrrd":
-        assert case.notes == ["label values [2] have no universal class and were ignored"]
+        assert case.notes == ["label values 2 (thoracic spine) have no universal class and were ignored"]

@@ -18,10 +18,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _scan(i: int, source: str = "kits23") -> ScanRecord:
     return ScanRecord(
-        id=f"{source}:case_{i:05d}", source_id=source, case_id=f"case_{i:05d}", image_path=f"/d/{i}.nii.gz",
-        label_path=f"/d/{i}_seg.nii.gz", image_sha256=f"{source}{i:060d}", image_bytes=1, image_mtime=0.0,
-        shape=(4, 4, 4), spacing=(1.0, 1.0, 1.0), axcodes="RAS", affine=tuple(float(v) for v in range(16)),
-        hu_min=-1000.0, hu_max=1000.0, image_format="nifti", series_uid_sha1=None,
+        id=f"{source}:case_{i:05d}",
+        source_id=source,
+        case_id=f"case_{i:05d}",
+        image_path=f"/d/{i}.nii.gz",
+        label_path=f"/d/{i}_seg.nii.gz",
+        image_sha256=f"{source}{i:060d}",
+        image_bytes=1,
+        image_mtime=0.0,
+        shape=(4, 4, 4),
+        spacing=(1.0, 1.0, 1.0),
+        axcodes="RAS",
+        affine=tuple(float(v) for v in range(16)),
+        hu_min=-1000.0,
+        hu_max=1000.0,
+        image_format="nifti",
+        series_uid_sha1=None,
     )
 
 
@@ -34,10 +46,26 @@ def _coverage(present: set[str], annotated: set[str]) -> dict[str, str]:
 
 def _add(cat: Catalog, i: int, source: str, present: set[str], annotated: set[str], version: int = 1) -> None:
     scan = _scan(i, source)
-    ls = LabelSetRecord(id=f"ls-{source}-{i}-{version}", scan_id=scan.id, version=version, origin="original",
-                        mask_key=f"ls-{source}-{i}-{version}")
-    stats = [{"name": n, "voxels": 10, "volume_ml": 0.01, "components": 1, "bbox": (0, 0, 0, 1, 1, 1),
-              "centroid_mm": (1.0, 2.0, 3.0), "hu_mean": 40.0, "hu_std": float("nan")} for n in present]
+    ls = LabelSetRecord(
+        id=f"ls-{source}-{i}-{version}",
+        scan_id=scan.id,
+        version=version,
+        origin="original",
+        mask_key=f"ls-{source}-{i}-{version}",
+    )
+    stats = [
+        {
+            "name": n,
+            "voxels": 10,
+            "volume_ml": 0.01,
+            "components": 1,
+            "bbox": (0, 0, 0, 1, 1, 1),
+            "centroid_mm": (1.0, 2.0, 3.0),
+            "hu_mean": 40.0,
+            "hu_std": float("nan"),
+        }
+        for n in present
+    ]
     cat.add_label_set(ls, _coverage(present, annotated), stats, scan=scan if version == 1 else None)
 
 
@@ -112,9 +140,14 @@ def test_a_second_process_waits_for_the_lock_then_gives_up_clearly(tmp_path: Pat
     path = tmp_path / "c.duckdb"
     Catalog(path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time, sys; c = duckdb.connect({str(path)!r}); "
-                               "print('held', flush=True); time.sleep(3)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time, sys; c = duckdb.connect({str(path)!r}); "
+            "print('held', flush=True); time.sleep(3)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     with pytest.raises(CatalogBusy, match="another process held the catalog"):
@@ -124,3 +157,30 @@ def test_a_second_process_waits_for_the_lock_then_gives_up_clearly(tmp_path: Pat
     cat.log_issue("s", "p", "x")
     holder.wait()
     assert cat.counts()["ingest_issue"] == 1
+
+
+def test_a_v1_catalog_is_migrated_in_place(tmp_path: Path) -> None:
+    from storage.catalog import _MIGRATIONS
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute(_MIGRATIONS[1])
+    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO ingest_issue VALUES ('kits23', '/x', 'kept across the migration', now())")
+    con.close()
+    cat = Catalog(path)
+    assert cat.schema_version == SCHEMA_VERSION == 2
+    assert cat.query("SELECT problem FROM ingest_issue")["problem"].tolist() == ["kept across the migration"]
+    cat.add_train_record("run-1", {"epoch": 1, "step": 10, "loss": 0.5})
+    assert cat.query("SELECT loss FROM train_record")["loss"].tolist() == [0.5]
+
+
+def test_vocabulary_round_trip_and_clear_error(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    with pytest.raises(KeyError, match="no text vocabulary 'clip'.*stored: none"):
+        cat.vocabulary("clip")
+    cat.add_vocabulary("clip", "abc", "enc", "w", "V1", ["liver"], ["A computerized tomography of a Liver."],
+                       b"\x00" * 2048, 512)
+    row = cat.vocabulary("abc")
+    assert row["name"] == "clip" and list(row["class_names"]) == ["liver"] and len(row["embeddings"]) == 2048

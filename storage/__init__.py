@@ -1,0 +1,1 @@
+"""Persistence: the DuckDB catalog and the per-class mask store."""
