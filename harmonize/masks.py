@@ -36,8 +36,12 @@ class CroppedMask:
         return cls(tuple(shape), (0, 0, 0), np.zeros((0, 0, 0), dtype=bool))  # type: ignore[arg-type]
 
     @classmethod
-    def from_full(cls, full: np.ndarray, origin: tuple[int, int, int] = (0, 0, 0),
-                  shape: tuple[int, int, int] | None = None) -> CroppedMask:
+    def from_full(
+        cls,
+        full: np.ndarray,
+        origin: tuple[int, int, int] = (0, 0, 0),
+        shape: tuple[int, int, int] | None = None,
+    ) -> CroppedMask:
         """Crop a bool array to its bounding box; ``full`` may itself be a crop at ``origin``."""
         shape = tuple(shape or full.shape)  # type: ignore[assignment]
         box = bbox_slices(full)

@@ -30,12 +30,16 @@ def _world_grid(affine: np.ndarray) -> np.ndarray:
     return (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(*SHAPE, 3)
 
 
-def _ellipsoid(xyz: np.ndarray, center: tuple[float, float, float], radii: tuple[float, float, float]) -> np.ndarray:
+def _ellipsoid(
+    xyz: np.ndarray, center: tuple[float, float, float], radii: tuple[float, float, float]
+) -> np.ndarray:
     d = (xyz - np.array(center)) / np.array(radii)
     return (d**2).sum(-1) <= 1.0
 
 
-def _reorient(arrays: list[np.ndarray], affine: np.ndarray, codes: str) -> tuple[list[np.ndarray], np.ndarray]:
+def _reorient(
+    arrays: list[np.ndarray], affine: np.ndarray, codes: str
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Store canonical RAS arrays in the orientation ``codes`` with the matching affine."""
     start = nib.orientations.axcodes2ornt("RAS")
     end = nib.orientations.axcodes2ornt(tuple(codes))
@@ -68,14 +72,20 @@ def _scene(
         left |= _ellipsoid(xyz, (cx - 20, -20, 60), (6, 6, 6))
     if kind == "horseshoe":
         # two kidneys joined by an isthmus across the midline at the lower poles
-        both = (_ellipsoid(xyz, (cx - 50, -20, 0), kidney_r) | _ellipsoid(xyz, (cx + 50, -20, 0), kidney_r)
-                | _ellipsoid(xyz, (cx, -10, -30), (60, 10, 10)))
+        both = (
+            _ellipsoid(xyz, (cx - 50, -20, 0), kidney_r)
+            | _ellipsoid(xyz, (cx + 50, -20, 0), kidney_r)
+            | _ellipsoid(xyz, (cx, -10, -30), (60, 10, 10))
+        )
         left = both & (xyz[..., 0] < cx)
         right = both & (xyz[..., 0] >= cx)
     if kind == "lungs":
         # lungs that touch at the anterior junction line
-        both = (_ellipsoid(xyz, (cx - 50, 0, 60), (45, 60, 50)) | _ellipsoid(xyz, (cx + 50, 0, 60), (45, 60, 50))
-                | _ellipsoid(xyz, (cx, 20, 60), (15, 8, 20)))
+        both = (
+            _ellipsoid(xyz, (cx - 50, 0, 60), (45, 60, 50))
+            | _ellipsoid(xyz, (cx + 50, 0, 60), (45, 60, 50))
+            | _ellipsoid(xyz, (cx, 20, 60), (15, 8, 20))
+        )
         left = both & (xyz[..., 0] < cx)
         right = both & (xyz[..., 0] >= cx)
     return ct, left | right, left, right
@@ -85,7 +95,9 @@ def _scene(
 @pytest.mark.parametrize("kind", ["two", "single_left", "single_right", "fragmented"])
 def test_components_go_to_the_side_they_lie_on(codes: str, kind: str) -> None:
     ct, merged, truth_left, truth_right = _scene(kind)
-    (ct_o, merged_o, tl_o, tr_o), aff = _reorient([ct, merged, truth_left, truth_right], _canonical_affine(), codes)
+    (ct_o, merged_o, tl_o, tr_o), aff = _reorient(
+        [ct, merged, truth_left, truth_right], _canonical_affine(), codes
+    )
     assert axcodes(aff) == tuple(codes)
     midline = estimate_midline_x(Volume(ct_o, aff))
     left, right, decisions = split_left_right(merged_o, aff, midline_x_mm=midline, pair="kidney")
@@ -108,7 +120,9 @@ def test_components_go_to_the_side_they_lie_on(codes: str, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["horseshoe", "lungs"])
 def test_a_component_crossing_the_midline_is_split_inside(codes: str, kind: str) -> None:
     ct, merged, truth_left, truth_right = _scene(kind)
-    (ct_o, merged_o, tl_o, tr_o), aff = _reorient([ct, merged, truth_left, truth_right], _canonical_affine(), codes)
+    (ct_o, merged_o, tl_o, tr_o), aff = _reorient(
+        [ct, merged, truth_left, truth_right], _canonical_affine(), codes
+    )
     midline = estimate_midline_x(Volume(ct_o, aff))
     left, right, decisions = split_left_right(merged_o, aff, midline_x_mm=midline, pair=kind)
     assert len(decisions) == 1 and decisions[0].side == "both"
@@ -133,7 +147,9 @@ def test_midline_comes_from_the_body_not_the_field_of_view() -> None:
 
 
 def test_empty_mask_gives_no_decisions() -> None:
-    left, right, decisions = split_left_right(np.zeros((5, 5, 5), bool), np.eye(4), midline_x_mm=0.0, pair="kidney")
+    left, right, decisions = split_left_right(
+        np.zeros((5, 5, 5), bool), np.eye(4), midline_x_mm=0.0, pair="kidney"
+    )
     assert not left.any() and not right.any() and decisions == []
 
 
@@ -141,7 +157,16 @@ def test_decision_record_is_complete() -> None:
     _, merged, _, _ = _scene("two")
     _, _, decisions = split_left_right(merged, _canonical_affine(), midline_x_mm=0.0, pair="kidney")
     d = decisions[0].as_dict()
-    assert set(d) == {"pair", "component", "voxels", "centroid_mm", "side", "method", "left_voxels",
-                      "right_voxels", "midline_x_mm"}
+    assert set(d) == {
+        "pair",
+        "component",
+        "voxels",
+        "centroid_mm",
+        "side",
+        "method",
+        "left_voxels",
+        "right_voxels",
+        "midline_x_mm",
+    }
     left_decision = next(x for x in decisions if x.side == "left")
     assert left_decision.centroid_mm[0] == pytest.approx(-55.0, abs=SPACING)

@@ -28,8 +28,13 @@ def _run(*argv: str) -> tuple[int, str, str]:
 
 
 def test_python_dash_m_workbench_runs() -> None:
-    proc = subprocess.run([sys.executable, "-m", "workbench", "sources", "--format", "json"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "sources", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert {r["source"] for r in rows} == set(all_protocols())
@@ -51,14 +56,20 @@ def test_ingest_stats_export(tmp_path: Path) -> None:
     code, out, _ = _run("--workspace", ws, "stats", "--by-source", "--format", "csv")
     assert out.splitlines()[0] == "class_name,source_id,annotated,present,absent,not_annotated"
     code, out, _ = _run("--workspace", ws, "export", "abdomenatlas", str(tmp_path / "out"), "--no-progress")
-    assert code == 0 and (tmp_path / "out" / "abdomenct_1k_00001" / "segmentations" / "kidney_left.nii.gz").exists()
+    assert (
+        code == 0
+        and (tmp_path / "out" / "abdomenct_1k_00001" / "segmentations" / "kidney_left.nii.gz").exists()
+    )
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["ingest", "no_such_source", "."], "unknown source 'no_such_source'; known sources: abdomenatlas10"),
-    (["ingest", "kits23", "/no/such/folder"], "/no/such/folder: dataset root is not a folder"),
-    (["export", "abdomenatlas", "OUT", "--class", "kidneys"], "unknown classes ['kidneys']"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ingest", "no_such_source", "."], "unknown source 'no_such_source'; known sources: abdomenatlas10"),
+        (["ingest", "kits23", "/no/such/folder"], "/no/such/folder: dataset root is not a folder"),
+        (["export", "abdomenatlas", "OUT", "--class", "kidneys"], "unknown classes ['kidneys']"),
+    ],
+)
 def test_errors_are_one_clear_line(argv: list[str], message: str, tmp_path: Path) -> None:
     code, _, err = _run("--workspace", str(tmp_path / "ws"), *argv)
     assert code == 2

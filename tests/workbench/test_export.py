@@ -22,7 +22,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict
     tmp = tmp_path_factory.mktemp("export")
     native = {}
     for source, seed in (("kits23", 11), ("lits", 12)):
-        phantom = make_phantom(seed, shape=(64, 56, 40), missing=("kidney_left",) if source == "kits23" else ())
+        phantom = make_phantom(
+            seed, shape=(64, 56, 40), missing=("kidney_left",) if source == "kits23" else ()
+        )
         native[source] = write_native(phantom, get_protocol(source), tmp / source, "case01")
     ws = Workspace.open(tmp / "ws")
     for source in native:
@@ -52,21 +54,29 @@ def test_layout_alignment_and_states(workspace, tmp_path: Path) -> None:  # type
 
 def test_manifest_hashes_match_the_files(workspace, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ws, _ = workspace
-    export_abdomenatlas(ws, tmp_path / "out", sources=["lits"], classes=["liver", "liver_tumor", "spleen"],
-                        progress=False)
+    export_abdomenatlas(
+        ws, tmp_path / "out", sources=["lits"], classes=["liver", "liver_tumor", "spleen"], progress=False
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     (case,) = manifest["cases"]
-    assert set(case["sha256"]) == {"ct.nii.gz", "segmentations/liver.nii.gz", "segmentations/liver_tumor.nii.gz"}
+    assert set(case["sha256"]) == {
+        "ct.nii.gz",
+        "segmentations/liver.nii.gz",
+        "segmentations/liver_tumor.nii.gz",
+    }
     for rel, digest in case["sha256"].items():
         assert hashlib.sha256((tmp_path / "out" / case["case"] / rel).read_bytes()).hexdigest() == digest
     assert case["origin"] == "original" and case["label_version"] == 1
 
 
-@pytest.mark.parametrize(("source", "case", "expected"), [
-    ("kits23", "case_00001", "kits23_case_00001"),
-    ("x", "../../etc", "x_.._.._etc"),
-    ("chaos_ct", "1 2", "chaos_ct_1_2"),
-])
+@pytest.mark.parametrize(
+    ("source", "case", "expected"),
+    [
+        ("kits23", "case_00001", "kits23_case_00001"),
+        ("x", "../../etc", "x_.._.._etc"),
+        ("chaos_ct", "1 2", "chaos_ct_1_2"),
+    ],
+)
 def test_case_names_are_safe(source: str, case: str, expected: str) -> None:
     assert export_case_name(source, case) == expected
     assert "/" not in export_case_name(source, case)

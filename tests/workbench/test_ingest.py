@@ -124,8 +124,9 @@ BAD_INPUTS = [
 def test_bad_input_is_skipped_with_one_clear_message(corrupt: str, message: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
     _write_cases("kits23", data, seeds=(0,))
-    bad = write_native(make_phantom(5, shape=(72, 64, 48)), get_protocol("kits23"), data, "case05",
-                       corrupt=corrupt)
+    bad = write_native(
+        make_phantom(5, shape=(72, 64, 48)), get_protocol("kits23"), data, "case05", corrupt=corrupt
+    )
     ws = Workspace.open(tmp_path / "ws")
     summary = ingest(ws, "kits23", data, progress=False)
     assert summary.added == [scan_id_for("kits23", "case00")]  # the rest of the ingest goes on
@@ -145,7 +146,10 @@ def test_the_same_scan_twice_is_refused(tmp_path: Path) -> None:
     ws = Workspace.open(tmp_path / "ws")
     summary = ingest(ws, "kits23", data, progress=False)
     assert len(summary.added) == 1
-    assert len(summary.skipped) == 1 and "same image is already in the catalog as scan kits23:case00" in summary.skipped[0][1]
+    assert (
+        len(summary.skipped) == 1
+        and "same image is already in the catalog as scan kits23:case00" in summary.skipped[0][1]
+    )
 
 
 def test_a_folder_that_is_not_the_source_is_refused(tmp_path: Path) -> None:

@@ -211,7 +211,7 @@ def test_kind_typo_is_refused(shared_fixtures: Path) -> None:
 
 def test_int16_without_scaling_stays_int16(tmp_path: Path) -> None:
     """No float copy of a CT: an unscaled int16 file reads as int16 (speed is checked in benchmarks/)."""
-    data = (np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) - 60)
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) - 60
     path = _save(data, tmp_path / "ct.nii.gz")
     volume = read_nifti(path)
     assert volume.array.dtype == np.int16
