@@ -34,9 +34,12 @@ File format (documented once here; every file in ``sources/`` obeys it):
     "5" = "bone"
 
     [native]                            # how the published files look (used by the phantom writers)
-    axcodes = "LPS"                     # direction of the array axes, as nibabel's aff2axcodes
+    axcodes = "LPS"                     # direction of the array axes, as nibabel's aff2axcodes; for a
+                                        # DICOM series: column, row, direction of rising file names
     label_dtype = "uint8"
     image_dtype = "int16"
+    mask_value = 1                      # per-class files: foreground value (default 1; 255 in DICOM)
+    class_file_suffix = ".nii.gz"       # per-class files: ending (default: that of the image)
 
     [approximate]                       # honest notes where the mapping is not exact
     femur_left = "whole femur, universal class is the head of femur"
