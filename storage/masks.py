@@ -40,6 +40,7 @@ import numpy as np
 from numcodecs import Zstd
 
 from harmonize.errors import HarmonizeError
+from harmonize.masks import CroppedMask
 
 MAGIC = b"CTMASKS1"
 TRAILER_MAGIC = b"CTMINDEX"
@@ -151,7 +152,7 @@ class MaskStore:
     def write_label_set(
         self,
         key: str,
-        masks: Mapping[str, np.ndarray],
+        masks: Mapping[str, np.ndarray | CroppedMask],
         shape: tuple[int, int, int],
         *,
         overwrite: bool = False,
@@ -161,7 +162,8 @@ class MaskStore:
         Args:
             key: label set key, e.g. ``"ls-000123"`` or a uuid: letters, digits, ``.``, ``_``, ``-``;
                 no ``/``; must not start with ``.``.
-            masks: class name -> (i, j, k) array of dtype bool, or of an integer dtype holding only 0 and 1.
+            masks: class name -> (i, j, k) array of dtype bool, or of an integer dtype holding only 0 and 1,
+                or a ``harmonize.masks.CroppedMask`` (a bool crop with its offset; never expanded).
                 Classes may overlap. Names must not contain path separators, ``..`` or control characters.
             shape: (i, j, k) voxel shape of the scan; every mask must have exactly this shape.
             overwrite: replace an existing label set (label sets are immutable; only repairs need this).
@@ -331,7 +333,16 @@ def _check_name(path: Path, name: str) -> str:
     return name
 
 
-def _check_mask(path: Path, name: str, mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def _check_mask(
+    path: Path, name: str, mask: np.ndarray | CroppedMask, shape: tuple[int, int, int]
+) -> np.ndarray | CroppedMask:
+    if isinstance(mask, CroppedMask):
+        # Already a tight bool crop (the harmonizer's output): no full-volume array is ever built.
+        if tuple(mask.shape) != shape:
+            raise HarmonizeError(path, f"class {name!r}: mask shape {mask.shape} != label set shape {shape}")
+        if mask.data.dtype != np.bool_:
+            raise HarmonizeError(path, f"class {name!r}: cropped mask dtype {mask.data.dtype} is not bool")
+        return mask
     if not isinstance(mask, np.ndarray):
         raise HarmonizeError(path, f"class {name!r}: mask is a {type(mask).__name__}, not a numpy array")
     if mask.shape != shape:
@@ -376,8 +387,16 @@ def _bbox(mask: np.ndarray) -> BBox | None:
     return (i0, i1), (int(j[0]), int(j[-1]) + 1), (int(k[0]), int(k[-1]) + 1)
 
 
-def _encode_class(name: str, mask: np.ndarray, offset: int) -> tuple[ClassEntry, bytes]:
+def _encode_class(name: str, mask: np.ndarray | CroppedMask, offset: int) -> tuple[ClassEntry, bytes]:
     """Crop, bit-pack and compress one (i, j, k) 0/1 mask; the entry records where its blob will sit."""
+    if isinstance(mask, CroppedMask):
+        origin = mask.offset
+        inner = _bbox(mask.data) if mask.data.size else None
+        if inner is None:
+            return ClassEntry(name, None, 0, 0, 0, 0), b""
+        crop = mask.data[tuple(slice(a, b) for a, b in inner)]
+        bbox: BBox = tuple((o + a, o + b) for o, (a, b) in zip(origin, inner))  # type: ignore[assignment]
+        return _encode_crop(name, crop, bbox, offset)
     if mask.dtype != np.bool_:
         # Validated to hold only 0/1: one-byte ints already are bools byte for byte.
         mask = mask.view(np.bool_) if mask.dtype.itemsize == 1 else mask != 0
@@ -385,7 +404,10 @@ def _encode_class(name: str, mask: np.ndarray, offset: int) -> tuple[ClassEntry,
     if bbox is None:
         return ClassEntry(name, None, 0, 0, 0, 0), b""
     (i0, i1), (j0, j1), (k0, k1) = bbox
-    crop = mask[i0:i1, j0:j1, k0:k1]
+    return _encode_crop(name, mask[i0:i1, j0:j1, k0:k1], bbox, offset)
+
+
+def _encode_crop(name: str, crop: np.ndarray, bbox: BBox, offset: int) -> tuple[ClassEntry, bytes]:
     voxels = int(np.count_nonzero(crop))
     # packbits keeps the memory order of its input; the codec reads raw memory, so force C order.
     packed = np.ascontiguousarray(np.packbits(crop, axis=-1))
@@ -393,7 +415,9 @@ def _encode_class(name: str, mask: np.ndarray, offset: int) -> tuple[ClassEntry,
     return ClassEntry(name, bbox, voxels, offset, len(blob), zlib.crc32(blob)), blob
 
 
-def _write_file(f: BinaryIO, checked: list[tuple[str, np.ndarray]], shape: tuple[int, int, int]) -> int:
+def _write_file(
+    f: BinaryIO, checked: list[tuple[str, np.ndarray | CroppedMask]], shape: tuple[int, int, int]
+) -> int:
     """Stream magic, blobs, index and trailer to ``f``; holds one encoded class at a time."""
     f.write(MAGIC)
     offset = len(MAGIC)

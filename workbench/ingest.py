@@ -250,7 +250,7 @@ def _store(
             series_uid_sha1=image.meta.get("series_uid_sha1"),
         )
     ls_id = new_label_set_id()
-    ws.masks.write_label_set(ls_id, {name: m.full() for name, m in hc.masks.items()}, hc.shape)
+    ws.masks.write_label_set(ls_id, dict(hc.masks), hc.shape)
     record = LabelSetRecord(
         id=ls_id,
         scan_id=scan_id,

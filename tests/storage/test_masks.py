@@ -515,3 +515,26 @@ def test_gc_with_keep_removes_orphan_label_sets(store: MaskStore) -> None:
     assert store.gc(keep={"ls-1", "ls-3"}) == []
     assert store.gc() == []
     assert store.keys() == ["ls-1", "ls-3"]
+
+
+@pytest.mark.parametrize("offset", [(0, 0, 0), (3, 1, 2), (9, 10, 5)])
+def test_cropped_masks_are_stored_without_expanding(tmp_path: Path, offset: tuple[int, int, int]) -> None:
+    from harmonize.masks import CroppedMask
+
+    shape = (12, 14, 9)
+    full = np.zeros(shape, bool)
+    full[offset[0] : offset[0] + 3, offset[1] : offset[1] + 4, offset[2] : offset[2] + 4] = True
+    full[offset[0], offset[1], offset[2]] = False  # not a box: the crop keeps holes
+    store = MaskStore(tmp_path)
+    cropped = CroppedMask.from_full(full)
+    # a loose crop (padding of False around the data) is tightened on write
+    loose = CroppedMask(shape, (0, 0, 0), full.copy())
+    store.write_label_set(
+        "ls-crop", {"liver": cropped, "spleen": loose, "empty": CroppedMask.empty(shape)}, shape
+    )
+    np.testing.assert_array_equal(store.read("ls-crop", "liver"), full)
+    np.testing.assert_array_equal(store.read("ls-crop", "spleen"), full)
+    assert not store.read("ls-crop", "empty").any()
+    expected_bbox = tuple((o, o + n) for o, n in zip(offset, (3, 4, 4)))
+    assert store.index("ls-crop").classes["liver"].bbox == expected_bbox
+    assert store.index("ls-crop").classes["spleen"].bbox == expected_bbox
