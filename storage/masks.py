@@ -395,8 +395,8 @@ def _encode_class(name: str, mask: np.ndarray | CroppedMask, offset: int) -> tup
         if inner is None:
             return ClassEntry(name, None, 0, 0, 0, 0), b""
         crop = mask.data[tuple(slice(a, b) for a, b in inner)]
-        bbox: BBox = tuple((o + a, o + b) for o, (a, b) in zip(origin, inner))  # type: ignore[assignment]
-        return _encode_crop(name, crop, bbox, offset)
+        shifted: BBox = tuple((o + a, o + b) for o, (a, b) in zip(origin, inner))  # type: ignore[assignment]
+        return _encode_crop(name, crop, shifted, offset)
     if mask.dtype != np.bool_:
         # Validated to hold only 0/1: one-byte ints already are bools byte for byte.
         mask = mask.view(np.bool_) if mask.dtype.itemsize == 1 else mask != 0
