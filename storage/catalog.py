@@ -39,7 +39,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Seconds a write waits for another process's lock before giving up with :class:`CatalogBusy`.
 LOCK_TIMEOUT_S = 60.0
 
@@ -195,6 +195,26 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (run_id, epoch, step)
     );
     ALTER TABLE text_vocabulary ADD COLUMN note VARCHAR;
+    """,
+    # v3: a reviewer can undo a decision. DuckDB cannot alter a CHECK constraint, so the review table is
+    # rebuilt with 'undo' allowed and ``undo_of`` (the review id an undo reverses); no row is lost.
+    3: """
+    CREATE TABLE review_v3 (
+        id VARCHAR PRIMARY KEY,
+        scan_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        label_set_id VARCHAR NOT NULL,
+        decision VARCHAR NOT NULL
+            CHECK (decision IN ('accept', 'reject', 'corrected', 'needs_correction', 'skip', 'undo')),
+        comment VARCHAR,
+        reviewer VARCHAR NOT NULL,
+        result_label_set_id VARCHAR,
+        created_at TIMESTAMP NOT NULL,
+        undo_of VARCHAR
+    );
+    INSERT INTO review_v3 SELECT *, NULL FROM review;
+    DROP TABLE review;
+    ALTER TABLE review_v3 RENAME TO review;
     """,
 }
 
@@ -517,12 +537,13 @@ class Catalog:
             )
 
     def add_train_record(self, run_id: str, record: dict[str, Any]) -> None:
-        """Store one per-epoch/round training record (idempotent on run, epoch and step)."""
+        """Store one per-epoch/round training record (idempotent on run, epoch and step); its loss is
+        ``mean_loss`` (or ``loss``), the whole record is kept as JSON."""
         with self.transaction() as con:
             con.execute(
                 "INSERT OR REPLACE INTO train_record VALUES (?, ?, ?, ?, ?, ?)",
                 [run_id, int(record.get("epoch", 0)), int(record.get("step", 0)),
-                 _finite_or_none(record["loss"]) if record.get("loss") is not None else None,
+                 _finite_or_none(record.get("mean_loss", record.get("loss", float("nan")))),
                  json.dumps(record, default=str), utc_now()],
             )
 

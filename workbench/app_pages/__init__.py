@@ -1,0 +1,1 @@
+"""The pages of the Streamlit app (``workbench/app.py``) and the helpers they share (``common``)."""

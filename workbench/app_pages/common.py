@@ -1,0 +1,100 @@
+"""Helpers the app's pages share: the workspace, cached volumes and masks, the reviewer name, errors.
+
+Volumes and masks are cached with ``st.cache_resource`` keyed by workspace, scan and label set, so a
+rerun (a slider move, a class change) never reads a file again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import streamlit as st
+
+from harmonize.errors import HarmonizeError
+from harmonize.readers import read_volume
+from storage.catalog import CatalogBusy
+from storage.workspace import Workspace, resolve_workspace
+from workbench import app_data
+from workbench.review import escape, validate_reviewer
+
+
+@st.cache_resource(show_spinner=False)
+def _open(root: str) -> Workspace:
+    return Workspace.open(root)
+
+
+def workspace() -> Workspace | None:
+    """The workspace of ``$WORKBENCH_HOME`` / ``./workspace``, or None when it has no catalog yet."""
+    root = resolve_workspace(None)
+    if not (root / "catalog.duckdb").exists():
+        return None
+    return _open(str(root))
+
+
+def demo_offer() -> None:
+    """The page shown without a workspace: explain, and offer to build the synthetic demo."""
+    root = resolve_workspace(None)
+    st.title("CT curation workbench")
+    st.warning(f"No workspace at `{root}` (set WORKBENCH_HOME or run from a folder with ./workspace).")
+    st.markdown(
+        "You can build the **demo workspace**: SYNTHETIC phantoms (no patient data) written in the native "
+        "file conventions of nine public sources and harmonized like real downloads."
+    )
+    cases = st.number_input("phantom cases per source", min_value=1, max_value=10, value=3, key="demo_cases")
+    if st.button("Build the synthetic demo workspace", key="build_demo"):
+        from workbench import demo
+
+        with st.spinner("writing and ingesting synthetic phantoms ..."):
+            lines = demo.build_demo(Workspace.open(root), cases_per_source=int(cases), progress=False)
+        st.success(lines[-1])
+        st.rerun()
+
+
+def sidebar(ws: Workspace) -> None:
+    """Workspace facts and the reviewer name (kept in the session)."""
+    with st.sidebar:
+        st.caption(f"workspace: `{ws.root}`")
+        if (ws.root / "DEMO.txt").exists():
+            st.info("Demo workspace: SYNTHETIC phantoms, no patient data.")
+        st.text_input("Reviewer name", key="reviewer", help="recorded with every decision")
+
+
+def reviewer(ws: Workspace) -> str | None:
+    """The validated reviewer name, or None after showing why it is missing or not allowed."""
+    name = st.session_state.get("reviewer", "")
+    if not name:
+        st.warning("Enter your reviewer name in the sidebar to record decisions.")
+        return None
+    try:
+        return validate_reviewer(ws, name)
+    except HarmonizeError as e:
+        st.error(escape(e.problem))
+        return None
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Show bad input and a busy catalog as messages, never as a traceback."""
+    try:
+        yield
+    except HarmonizeError as e:
+        st.error(f"{escape(e.path)}: {escape(e.problem)}")
+    except CatalogBusy as e:
+        st.error(f"The catalog is busy (another job is writing); try again in a moment. ({escape(e)})")
+    except (KeyError, ValueError) as e:
+        st.error(escape(e.args[0] if e.args else e))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def display_volume(root: str, scan_id: str, image_path: str) -> app_data.DisplayVolume:
+    """The CT of ``scan_id`` reoriented for display (read once per scan)."""
+    return app_data.to_display(read_volume(image_path, kind="image"))
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def display_mask(root: str, scan_id: str, image_path: str, mask_key: str, class_name: str) -> np.ndarray:
+    """One class of one label set in display order (read once per label set and class)."""
+    dv = display_volume(root, scan_id, image_path)
+    return dv.mask(_open(root).masks.read(mask_key, class_name))

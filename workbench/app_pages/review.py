@@ -1,0 +1,310 @@
+"""Review page: the ranked queue with filters, the case viewer, decisions, quick fixes, undo, and the
+3D Slicer / ITK-SNAP round trip."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from harmonize.taxonomy import class_names
+from workbench import app_data, review
+from workbench.app_pages import common
+
+ws = common.workspace()
+assert ws is not None
+root = str(ws.root)
+st.title("Review")
+QUEUE_ROWS = 200
+
+
+def remember(review_id: str, what: str, message: str) -> None:
+    """Keep the session's last action (so it can be undone after the queue moved on to the next item),
+    then rerun so the queue and the viewer show the new state, with ``message`` on top."""
+    st.session_state["last_action"] = {"id": review_id, "what": what}
+    st.session_state["flash"] = message
+    st.rerun()
+
+
+flash = st.session_state.pop("flash", None)
+if flash:
+    st.success(flash)
+last = st.session_state.get("last_action")
+if last:
+    u1, u2 = st.columns([3, 1])
+    u1.caption(f"Last action: {review.escape(last['what'])}")
+    if u2.button("Undo last action", key="undo_last"):
+        name = common.reviewer(ws)
+        if name:
+            with common.guarded():
+                review.undo(ws, last["id"], name)
+                st.session_state.pop("last_action")
+                st.session_state["flash"] = f"Undone: {review.escape(last['what'])}"
+                st.rerun()
+
+# ------------------------------------------------------------------------------------------ the queue
+with ws.catalog.session():
+    n_items = int(ws.catalog.query("SELECT count(*) AS n FROM uncertainty")["n"].iloc[0])
+    sources = ws.catalog.query("SELECT id FROM source ORDER BY id")["id"].tolist()
+    reasons = review.queue_reasons(ws) if n_items else []
+item = None
+if n_items == 0:
+    st.info(
+        "The review queue is empty: no pseudo-labels with uncertainty yet. Run a pseudo-labelling job "
+        "(`workbench pseudolabel`) to fill it. Meanwhile you can browse any scan below."
+    )
+else:
+    f1, f2, f3, f4 = st.columns(4)
+    f_classes = f1.multiselect("Class", class_names(), key="q_classes")
+    f_sources = f2.multiselect("Source", sources, key="q_sources")
+    f_reasons = f3.multiselect("Reason", reasons, key="q_reasons")
+    f_status = f4.selectbox("Status", review.QUEUE_STATUSES, key="q_status")
+    with common.guarded(), ws.catalog.session():
+        q = review.queue(
+            ws, classes=f_classes, sources=f_sources, reasons=f_reasons, status=f_status, limit=QUEUE_ROWS
+        )
+        st.caption(f"{len(q)} items shown (highest score first, at most {QUEUE_ROWS}); {n_items} in total")
+        st.dataframe(
+            q[
+                [
+                    "score",
+                    "scan_id",
+                    "class_name",
+                    "source_id",
+                    "origin",
+                    "version",
+                    "reasons",
+                    "status",
+                    "decided_by",
+                ]
+            ],
+            width="stretch",
+            hide_index=True,
+            height=240,
+        )
+        if q.empty:
+            st.success("Nothing matches these filters: the queue is done for them.")
+        else:
+            labels = [f"{r.score:.3f} · {r.scan_id} · {r.class_name}" for r in q.itertuples()]
+            pick = st.selectbox("Item", range(len(q)), format_func=labels.__getitem__, key="q_item")
+            item = q.iloc[int(pick or 0)].to_dict()
+
+# ------------------------------------------------------------------------------------- case selection
+if item is None:
+    with ws.catalog.session():
+        scans = app_data.scan_choices(ws)
+    if not scans:
+        st.stop()
+    default_scan = st.session_state.get("browse_scan")
+    scan_id = st.selectbox(
+        "Scan", scans, index=scans.index(default_scan) if default_scan in scans else 0, key="v_scan"
+    )
+    default_class = st.session_state.get("browse_class")
+    class_name = st.selectbox(
+        "Class",
+        class_names(),
+        index=class_names().index(default_class) if default_class in class_names() else 0,
+        key="v_class",
+    )
+    judged = None  # browsing: the current label set of the class
+    signals = None
+else:
+    scan_id, class_name, judged, signals = (
+        item["scan_id"],
+        item["class_name"],
+        item["label_set_id"],
+        item["signals"],
+    )
+
+with ws.catalog.session():
+    scan = review.scan_row(ws, scan_id)
+    sets = app_data.label_sets_of(ws, scan_id)
+    current = review.current_label_set(ws, scan_id, class_name)
+if sets.empty:
+    st.warning(f"Scan {scan_id} has no label set.")
+    st.stop()
+set_ids = sets["id"].tolist()
+set_label = {r.id: f"v{r.version} {r.origin} ({r.id})" for r in sets.itertuples()}
+shown = judged if judged in set_ids else (current if current in set_ids else set_ids[0])
+shown = st.selectbox(
+    "Label set",
+    set_ids,
+    index=set_ids.index(shown),
+    format_func=set_label.__getitem__,
+    key=f"v_ls_{scan_id}_{class_name}_{shown}",
+)
+mask_keys = dict(zip(sets["id"], sets["mask_key"]))
+with ws.catalog.session():
+    present = app_data.present_classes(ws, shown)
+    # side by side: the judged version next to the current one (e.g. pseudo vs original) where both exist
+    compare_with = (
+        current
+        if current and current != shown and class_name in app_data.present_classes(ws, current)
+        else None
+    )
+dv = common.display_volume(root, scan_id, scan["image_path"])
+
+# ------------------------------------------------------------------------------------------ the viewer
+# ------------------------------------------------------------------------------------------ the viewer
+
+
+@st.fragment
+def viewer() -> None:
+    """Slice, window and overlays. A fragment: moving the slider or changing a class reruns only this
+    part (the queue is not queried again); volume and masks come from the resource cache."""
+    c1, c2, c3, c4 = st.columns(4)
+    view = c1.radio("View", app_data.VIEWS, horizontal=True, key="v_view")
+    preset = c2.selectbox("Window", [*app_data.WL_PRESETS, "free"], key="v_preset")
+    if preset == "free":
+        width = c3.number_input("Width (HU)", 1.0, 5000.0, 400.0, key="v_width")
+        level = c4.number_input("Level (HU)", -1500.0, 3000.0, 40.0, key="v_level")
+    else:
+        width, level = app_data.WL_PRESETS[preset]
+        c3.caption(f"W {width:.0f} / L {level:.0f}")
+    overlay_names = st.multiselect(
+        "Overlays", present, default=[class_name] if class_name in present else [], key=f"v_overlays_{shown}"
+    )
+    opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="v_opacity")
+    masks = {
+        n: common.display_mask(root, scan_id, scan["image_path"], mask_keys[shown], n) for n in overlay_names
+    }
+    n_slices = dv.n_slices(view)
+    slice_key = f"v_slice_{scan_id}_{view}"
+    if slice_key not in st.session_state:
+        hint = app_data.uncertainty_slice_hint(signals, dv, view)
+        best = app_data.best_slice(masks[class_name], view) if class_name in masks else None
+        st.session_state[slice_key] = (
+            hint if hint is not None else (best if best is not None else n_slices // 2)
+        )
+    if st.button(f"Jump to the slice with most {class_name}", key="v_jump") and class_name in masks:
+        best = app_data.best_slice(masks[class_name], view)
+        if best is not None:
+            st.session_state[slice_key] = best
+    index = st.slider("Slice", 0, n_slices - 1, key=slice_key)
+    rgb = app_data.slice_image(dv, view, index, width, level, masks, opacity)
+    image = app_data.annotate_edges(rgb, app_data.view_labels(view))
+    compare = None
+    if compare_with is not None:
+        other = {
+            class_name: common.display_mask(
+                root, scan_id, scan["image_path"], mask_keys[compare_with], class_name
+            )
+        }
+        compare = app_data.annotate_edges(
+            app_data.slice_image(dv, view, index, width, level, other, opacity), app_data.view_labels(view)
+        )
+    if compare is None:
+        st.image(
+            image, caption=f"{scan_id} · {view} {index + 1}/{n_slices} · radiological (patient R on the left)"
+        )
+    else:
+        a, b = st.columns(2)
+        a.image(image, caption=f"{set_label[shown]} · {view} {index + 1}/{n_slices}")
+        b.image(compare, caption=f"current: {set_label[str(compare_with)]}")
+
+
+viewer()
+view = st.session_state.get("v_view", "axial")
+index = int(st.session_state.get(f"v_slice_{scan_id}_{view}", 0))
+
+# ---------------------------------------------------------------------------------------- decisions
+st.subheader(f"Decision on {class_name} of {scan_id}")
+comment = st.text_area("Comment", key="v_comment", height=68)
+b1, b2, b3, b4 = st.columns(4)
+clicked = None
+for col, decision, label in (
+    (b1, "accept", "Accept"),
+    (b2, "reject", "Reject"),
+    (b3, "needs_correction", "Needs correction"),
+    (b4, "skip", "Skip"),
+):
+    if col.button(label, key=f"d_{decision}"):
+        clicked = decision
+if clicked:
+    name = common.reviewer(ws)
+    if name:
+        with common.guarded():
+            rid = review.record_decision(ws, scan_id, class_name, shown, clicked, name, comment)
+            remember(
+                rid,
+                f"{clicked} of {class_name} on {scan_id}",
+                f"Recorded {clicked} by {review.escape(name)} ({rid}).",
+            )
+
+st.markdown("**Quick fixes** (each writes a new revised label set; undo restores the previous one)")
+q1, q2 = st.columns(2)
+if q1.button("Keep the largest component", key="fix_largest"):
+    name = common.reviewer(ws)
+    if name and class_name in present:
+        with common.guarded():
+            fixed = review.keep_largest(ws.masks.read(mask_keys[shown], class_name))
+            corr = review.correct(
+                ws, scan_id, class_name, fixed, name, comment or "keep largest component", shown
+            )
+            remember(
+                corr.review_id, f"correction of {class_name} on {scan_id}", f"Saved {corr.label_set_id}."
+            )
+with q2:
+    st.caption(
+        "Remove the component under one voxel of this slice (row and column counted in voxels, "
+        "from the top left, before display scaling)"
+    )
+    r_col, c_col = st.columns(2)
+    row = r_col.number_input("row", 0, 4096, 0, key="fix_row")
+    col_ = c_col.number_input("column", 0, 4096, 0, key="fix_col")
+    if st.button("Remove that component", key="fix_remove"):
+        name = common.reviewer(ws)
+        if name and class_name in present:
+            with common.guarded():
+                xyz = app_data.plane_to_display(dv, view, index, int(row), int(col_))
+                fixed = review.remove_component(
+                    ws.masks.read(mask_keys[shown], class_name), dv.to_file_index(xyz)
+                )
+                corr = review.correct(
+                    ws, scan_id, class_name, fixed, name, comment or "remove component", shown
+                )
+                remember(
+                    corr.review_id, f"correction of {class_name} on {scan_id}", f"Saved {corr.label_set_id}."
+                )
+
+st.subheader("History")
+with ws.catalog.session():
+    history = review.reviews(ws, scan_id, class_name)
+if history.empty:
+    st.caption("No decisions yet for this scan and class.")
+else:
+    st.dataframe(
+        history[
+            ["created_at", "decision", "reviewer", "comment", "label_set_id", "result_label_set_id", "undone"]
+        ],
+        width="stretch",
+        hide_index=True,
+    )
+    standing = history[(history["decision"] != "undo") & ~history["undone"].astype(bool)]
+    if not standing.empty:
+        newest = standing.iloc[0]
+        if st.button(f"Undo the newest decision ({newest['decision']} by {newest['reviewer']})", key="undo"):
+            name = common.reviewer(ws)
+            if name:
+                with common.guarded():
+                    review.undo(ws, str(newest["id"]), name)
+                    st.session_state["flash"] = "Undone."
+                    st.rerun()
+
+with st.expander("Edit in 3D Slicer or ITK-SNAP"):
+    if st.button("Export this case", key="slicer_export"):
+        with common.guarded():
+            out = ws.root / "slicer" / app_data.safe_name(scan_id)
+            files = review.export_case_for_slicer(ws, scan_id, out)
+            st.success(f"Wrote {', '.join(files)} to `{out}`; edit labels.nii.gz and upload it below.")
+    upload = st.file_uploader("Corrected label NIfTI", type=["nii", "gz"], key="slicer_upload")
+    if upload is not None and st.button("Import the correction", key="slicer_import"):
+        name = common.reviewer(ws)
+        if name:
+            with common.guarded():
+                corr = review.import_correction_upload(
+                    ws, scan_id, class_name, upload.name, upload.getvalue(), name, comment
+                )
+                remember(
+                    corr.review_id,
+                    f"imported correction of {class_name} on {scan_id}",
+                    f"Imported as {corr.label_set_id}.",
+                )
