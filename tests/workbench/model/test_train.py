@@ -1,0 +1,256 @@
+"""Tests for workbench.model.train / transforms / train_ddp: pipeline, resume after a kill, DDP, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from harmonize.errors import HarmonizeError
+from harmonize.phantoms import make_phantom
+from harmonize.volume import Volume
+from workbench.model.text import TextVocabulary
+from workbench.model.train import TrainCase, TrainConfig, parameter_digest, predict_item, train
+from workbench.model.transforms import PipelineConfig, augment_transforms, preprocess_transforms
+
+torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[3]
+NAMES = ("liver", "spleen", "kidney_right", "kidney_left", "liver_tumor")
+TINY = (4, 4, 8, 8, 16, 4)
+
+
+def _vocab(names=NAMES) -> TextVocabulary:
+    rng = np.random.default_rng(0)
+    return TextVocabulary(
+        names, names, "V1", "random-test-embeddings", "none", rng.standard_normal((len(names), 512))
+    )
+
+
+def _case(seed: int, annotated=NAMES, shape=(48, 48, 32), spacing=(6.0, 6.0, 6.0), tumors=True) -> TrainCase:
+    p = make_phantom(seed, shape=shape, spacing=spacing, tumors=tumors)
+    masks = {k: v for k, v in p.masks.items() if k in annotated}
+    return TrainCase(p.ct, masks, list(annotated), f"phantom{seed}")
+
+
+def test_to_item_builds_channels_and_annotation_vector() -> None:
+    case = _case(0, annotated=("liver", "spleen", "liver_tumor"))
+    item = case.to_item(NAMES)
+    assert item["image"].shape == (1, 48, 48, 32) and item["image"].dtype == np.float32
+    assert item["label"].shape == (5, 48, 48, 32) and item["label"].dtype == np.uint8
+    np.testing.assert_array_equal(item["annotated"], [1, 1, 0, 0, 1])
+    np.testing.assert_array_equal(item["label"][0], case.masks["liver"])
+    assert item["label"][2].sum() == 0  # not annotated -> no mask, flagged by 'annotated'
+
+
+@pytest.mark.parametrize(
+    ("masks", "annotated", "match"),
+    [
+        ({"pancreas": np.zeros((4, 4, 4), bool)}, ["pancreas"], "not in the vocabulary"),
+        ({"liver": np.zeros((4, 4, 4), bool)}, ["spleen"], "does not annotate"),
+        ({"liver": np.zeros((4, 4, 3), bool)}, ["liver"], "shape"),
+        ({}, ["aorta"], "not in the vocabulary"),
+    ],
+)
+def test_to_item_rejects_inconsistent_cases(masks, annotated, match) -> None:
+    case = TrainCase(Volume(np.zeros((4, 4, 4), np.int16), np.eye(4)), masks, annotated, "bad")
+    with pytest.raises(HarmonizeError, match=match):
+        case.to_item(NAMES)
+
+
+def test_preprocess_reorients_resamples_windows_and_crops(tmp_path: Path) -> None:
+    # An LPS-ordered 2 mm volume: air border, one box of 100 HU, one voxel of 1000 HU.
+    arr = np.full((20, 16, 12), -1000.0, np.float32)
+    arr[4:16, 4:12, 2:10] = 100.0
+    arr[5, 5, 5] = 1000.0
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0])
+    label = np.zeros((1, 20, 16, 12), np.uint8)
+    label[0, 6:10, 6:10, 4:8] = 1
+    item = {"image": arr[None], "label": label, "annotated": np.ones(1, np.float32), "affine": affine}
+    out = preprocess_transforms(PipelineConfig(spacing_mm=(4.0, 4.0, 4.0), patch=(4, 4, 4)))(item)
+    img, lab = out["image"], out["label"]
+    assert tuple(img.shape[1:]) == (6, 4, 4)  # foreground box 24x16x16 mm -> 6x4x4 voxels at 4 mm
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+    np.testing.assert_allclose(np.diag(np.asarray(img.affine))[:3], [4.0, 4.0, 4.0])  # RAS, 4 mm
+    assert lab.shape[0] == 1 and set(np.unique(np.asarray(lab)).tolist()) <= {0, 1}
+
+
+def test_augment_draws_patches_with_tumour_oversampling() -> None:
+    case = _case(3)
+    pipe = PipelineConfig(
+        spacing_mm=(6.0, 6.0, 6.0),
+        patch=(8, 8, 8),
+        num_samples=40,
+        ratios=(0.0, 0.0, 1.0),
+        rotate90_p=0.0,
+        shift_p=0.0,
+    )
+    pre = preprocess_transforms(pipe)(case.to_item(NAMES))
+    aug = augment_transforms(pipe, NAMES)
+    aug.set_random_state(seed=1)
+    patches = aug(pre)
+    assert len(patches) == 40
+    tumour = NAMES.index("liver_tumor")
+    # Only tumour-centred patches were asked for: every patch holds tumour voxels.
+    assert all(np.asarray(p["label"][tumour]).any() for p in patches)
+    assert all(tuple(p["image"].shape) == (1, 8, 8, 8) for p in patches)
+    np.testing.assert_array_equal(patches[0]["annotated"], np.ones(5))
+
+
+def _config(**kw) -> TrainConfig:
+    # small_unet needs more than one voxel at 1/16 scale (instance norm): 32 x 32 x 16 patches.
+    pipe = PipelineConfig(spacing_mm=(6.0, 6.0, 6.0), patch=(32, 32, 16), num_samples=1)
+    base = {"pipeline": pipe, "epochs": 2, "checkpoint_every": 2, "small_features": TINY, "lr": 1e-3}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    cases = [_case(0), _case(1, annotated=("liver", "spleen"))]
+    vocab = _vocab()
+    records: list[dict] = []
+    full = train(
+        cases, _config(), tmp_path / "full", vocabulary=vocab, progress=False, on_round_end=records.append
+    )
+    assert full.step == 4 and [r["epoch"] for r in records] == [0, 1]
+    assert {"mean_loss", "seconds", "step", "patches"} <= set(records[0])
+
+    def kill_at_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cases, _config(), tmp_path / "resumed", vocabulary=vocab, progress=False, on_step_end=kill_at_3)
+    # The last checkpoint is step 2 (checkpoint_every=2); resuming redoes step 3 and runs step 4.
+    resumed = train(cases, _config(), tmp_path / "resumed", vocabulary=vocab, progress=False)
+    assert resumed.step == 4
+    assert parameter_digest(resumed.model) == parameter_digest(full.model)
+    from workbench.model.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(tmp_path / "resumed" / "last.pt", vocab)
+    assert loaded.state["step"] == 4
+    assert all(int(s["step"]) == 4 for s in loaded.optimizer_state["state"].values())
+    lines = (tmp_path / "resumed" / "rounds.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4]
+    # Asking for more epochs continues from step 4 and keeps the optimizer's moments.
+    more = train(cases, _config(epochs=3), tmp_path / "resumed", vocabulary=vocab, progress=False)
+    assert more.step == 6
+
+
+def test_resume_refuses_another_vocabulary(tmp_path: Path) -> None:
+    from workbench.model.checkpoint import VocabularyMismatch
+
+    cases = [_case(0)]
+    train(cases, _config(max_steps=1), tmp_path, vocabulary=_vocab(), progress=False)
+    other = _vocab(("liver", "spleen", "kidney_right", "kidney_left", "pancreas"))
+    with pytest.raises(VocabularyMismatch):
+        train(cases, _config(max_steps=2), tmp_path, vocabulary=other, progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_with_identical_parameters(tmp_path: Path) -> None:
+    cases = []
+    for seed in range(4):
+        p = make_phantom(seed, shape=(48, 48, 32), spacing=(6.0, 6.0, 6.0))
+        nib.save(nib.Nifti1Image(p.ct.array, p.ct.affine), tmp_path / f"ct{seed}.nii.gz")
+        masks = {}
+        for name in ("liver", "spleen"):
+            np.save(tmp_path / f"{name}{seed}.npy", p.masks[name])
+            masks[name] = f"{name}{seed}.npy"
+        cases.append(
+            {
+                "image": f"ct{seed}.nii.gz",
+                "masks": masks,
+                "annotated": ["liver", "spleen"],
+                "case_id": f"c{seed}",
+            }
+        )
+    vocab = _vocab(("liver", "spleen"))
+    (tmp_path / "vocab.json").write_bytes(vocab.to_bytes())
+    spec = {
+        "out_dir": "run",
+        "vocabulary": "vocab.json",
+        "config": _config(epochs=2).to_dict(),
+        "cases": cases,
+        "progress": False,
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "workbench.model.train_ddp",
+        "--spec",
+        str(tmp_path / "spec.json"),
+    ]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    finals = [json.loads((tmp_path / "run" / f"final_rank{r}.json").read_text()) for r in (0, 1)]
+    # 4 cases, 1 per rank per step -> 2 steps per epoch, 2 epochs.
+    assert [f["step"] for f in finals] == [4, 4] and [f["world_size"] for f in finals] == [2, 2]
+    assert finals[0]["params_sha256"] == finals[1]["params_sha256"]
+    from workbench.model.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(tmp_path / "run" / "last.pt", vocab)
+    assert parameter_digest(loaded.model) == finals[0]["params_sha256"]
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_the_liver_on_phantoms(tmp_path: Path) -> None:
+    """~150 CPU steps of small_unet at 4.5 mm on 4 phantoms, Dice on 2 held-out phantoms.
+
+    Measured here: liver Dice 0.976 after 150 steps (about 1 minute on 2 idle cores). Spleen and kidneys
+    (10x smaller at this spacing) stay at Dice 0 within this budget, so only the liver is asserted; they
+    are still trained (and their unannotated-vs-annotated handling is covered by the loss tests).
+    """
+    names = ("liver", "spleen", "kidney_right", "kidney_left")
+    vocab = _vocab(names)
+    grid = {"shape": (64, 64, 42), "spacing": (4.5, 4.5, 4.5), "tumors": False}
+    train_cases = [_case(s, annotated=names, **grid) for s in range(4)]
+    pipe = PipelineConfig(
+        spacing_mm=(4.5, 4.5, 4.5), patch=(32, 32, 32), num_samples=2, ratios=(1.0, 3.0, 0.0)
+    )
+    config = TrainConfig(
+        pipeline=pipe,
+        epochs=1000,
+        max_steps=150,
+        checkpoint_every=10**6,
+        lr=2e-3,
+        small_features=(8, 16, 32, 64, 128, 16),
+    )
+    result = train(train_cases, config, tmp_path, vocabulary=vocab, progress=False)
+    from workbench.model.loss import dice_score
+
+    dice = []
+    for seed in (100, 101):  # held out
+        case = _case(seed, annotated=names, **grid)
+        probs, pre = predict_item(result.model, case.to_item(names), pipe)
+        truth = torch.as_tensor(np.asarray(pre["label"])).bool()
+        dice.append(dice_score((probs > 0.5)[None], truth[None])[0])
+    per_class = dict(zip(names, torch.stack(dice).mean(0).tolist()))
+    assert per_class["liver"] > 0.85, per_class
