@@ -16,6 +16,7 @@ Tables (schema version :data:`SCHEMA_VERSION`; ``docs/catalog.md`` describes eve
 * ``split_decision``: how each component of a merged left/right pair was assigned.
 * ``run``, ``text_vocabulary``, ``uncertainty``, ``review``: model runs, text embeddings, review signals
   and decisions (filled by later stages).
+* ``round``: one row per active-learning round (``workbench.rounds``).
 * ``ingest_issue``: files an ingest skipped, with the reason.
 
 Example:
@@ -39,7 +40,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 #: Seconds a write waits for another process's lock before giving up with :class:`CatalogBusy`.
 LOCK_TIMEOUT_S = 60.0
 
@@ -215,6 +216,50 @@ _MIGRATIONS: dict[int, str] = {
     INSERT INTO review_v3 SELECT *, NULL FROM review;
     DROP TABLE review;
     ALTER TABLE review_v3 RENAME TO review;
+    """,
+    # v4: the held-out split, chosen once per workspace (``method``: 'stratified' for the first choice,
+    # 'hash' for scans added later), and one row per scored scan x class of an 'evaluate' run.
+    4: """
+    CREATE TABLE split (
+        scan_id VARCHAR PRIMARY KEY,
+        split VARCHAR NOT NULL CHECK (split IN ('train', 'held_out')),
+        method VARCHAR NOT NULL,
+        fraction DOUBLE NOT NULL,
+        seed BIGINT NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE evaluation (
+        run_id VARCHAR NOT NULL,
+        scan_id VARCHAR NOT NULL,
+        source_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        truth_state VARCHAR NOT NULL CHECK (truth_state IN ('annotated_present', 'annotated_absent')),
+        truth_voxels BIGINT NOT NULL,
+        predicted_voxels BIGINT NOT NULL,
+        dice DOUBLE NOT NULL,
+        nsd DOUBLE NOT NULL,
+        tolerance_mm DOUBLE NOT NULL,
+        truth_label_set_id VARCHAR,
+        prediction_label_set_id VARCHAR,
+        PRIMARY KEY (run_id, scan_id, class_name)
+    );
+    """,
+    # v5: one row per active-learning round (workbench.rounds): its runs, checkpoint, inputs (training-set
+    # composition by label origin, review counts) and metrics (the held-out evaluation summary) as JSON.
+    5: """
+    CREATE TABLE round (
+        round_number INTEGER PRIMARY KEY,
+        train_run_id VARCHAR NOT NULL,
+        pseudolabel_run_id VARCHAR,
+        evaluate_run_id VARCHAR,
+        checkpoint_path VARCHAR NOT NULL,
+        checkpoint_sha256 VARCHAR NOT NULL,
+        previous_checkpoint_sha256 VARCHAR,
+        reviewed INTEGER NOT NULL,
+        inputs VARCHAR NOT NULL,
+        metrics VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    );
     """,
 }
 
@@ -685,7 +730,66 @@ class Catalog:
         with self.connect(read_only=True) as con:
             return {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}  # type: ignore[index]
 
+    # -- held-out split and evaluation (v4) ---------------------------------------------------------
+    def split_assignments(self) -> dict[str, str]:
+        """scan id -> ``train`` / ``held_out`` for every scan the split has assigned."""
+        df = self.query("SELECT scan_id, split FROM split")
+        return dict(zip(df["scan_id"].astype(str), df["split"].astype(str)))
+
+    def add_split_assignments(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store split rows (keys ``scan_id, split, method, fraction, seed``); a scan that already has a
+        split keeps it (first writer wins), so concurrent callers agree."""
+        if not rows:
+            return
+        table = pa.table(
+            {
+                "scan_id": [str(r["scan_id"]) for r in rows],
+                "split": [str(r["split"]) for r in rows],
+                "method": [str(r["method"]) for r in rows],
+                "fraction": [float(r["fraction"]) for r in rows],
+                "seed": pa.array([int(r["seed"]) for r in rows], pa.int64()),
+            }
+        )
+        with self.transaction() as con:
+            con.register("split_in", table)
+            con.execute(
+                "INSERT INTO split SELECT scan_id, split, method, fraction, seed, ? FROM split_in "
+                "ON CONFLICT DO NOTHING",
+                [utc_now()],
+            )
+            con.unregister("split_in")
+
+    def add_evaluation_items(self, run_id: str, tolerance_mm: float, items: Sequence[dict[str, Any]]) -> None:
+        """Store one ``evaluation`` row per scored scan x class of evaluate run ``run_id`` (one
+        transaction; item keys as the table's columns)."""
+        if not items:
+            return
+        table = pa.table(
+            {
+                "run_id": [run_id] * len(items),
+                "scan_id": [str(i["scan_id"]) for i in items],
+                "source_id": [str(i["source_id"]) for i in items],
+                "class_name": [str(i["class_name"]) for i in items],
+                "truth_state": [str(i["truth_state"]) for i in items],
+                "truth_voxels": pa.array([int(i["truth_voxels"]) for i in items], pa.int64()),
+                "predicted_voxels": pa.array([int(i["predicted_voxels"]) for i in items], pa.int64()),
+                "dice": [float(i["dice"]) for i in items],
+                "nsd": [float(i["nsd"]) for i in items],
+                "tolerance_mm": [float(tolerance_mm)] * len(items),
+                "truth_label_set_id": [_str_or_none(i.get("truth_label_set_id")) for i in items],
+                "prediction_label_set_id": [_str_or_none(i.get("prediction_label_set_id")) for i in items],
+            }
+        )
+        with self.transaction() as con:
+            con.register("ev_in", table)
+            con.execute("INSERT INTO evaluation SELECT * FROM ev_in")
+            con.unregister("ev_in")
+
 
 def _finite_or_none(x: float) -> float | None:
     x = float(x)
     return x if x == x and abs(x) != float("inf") else None
+
+
+def _str_or_none(x: Any) -> str | None:
+    return None if x is None or (isinstance(x, float) and x != x) else str(x)

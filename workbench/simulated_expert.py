@@ -1,0 +1,423 @@
+"""A simulated expert reviewer for benchmarks and the demo: corrects queued items with the ground truth.
+
+For each queued item (scan id, class, label set id) the expert looks up the truth mask from a provider
+``(scan_id, class_name) -> bool mask on the scan's grid`` and:
+
+* ACCEPTS the item (``review.record_decision(..., "accept")``) when the label set's mask of the class is
+  already within ``accept_dice`` (default 0.95) Dice of the truth (both empty counts as Dice 1);
+* otherwise CORRECTS it (``review.correct``) with the truth mask: a new ``revised`` label set whose parent
+  is the judged label set, and a ``corrected`` review row. An item whose label set does not annotate the
+  class is always corrected.
+
+Every action is an ordinary, versioned review by the reviewer name (default ``simulated expert``), so the
+training set, the queue and the app see it exactly as a human's. Each reviewed item costs the same fixed
+``cost_per_item`` (accepting costs as much as correcting: the expert has to look either way); the expert
+stops when the next item would exceed ``budget`` and skips, without charging, an item whose scan x class
+it already reviewed in this session.
+
+Truth providers:
+
+* :class:`PhantomTruth` regenerates a synthetic phantom from its :class:`PhantomSpec` (seed, shape, ...)
+  and moves its RAS-ordered masks onto the scan's voxel grid (any orientation the source wrote);
+* :class:`StoredTruth` reads truth masks written to a separate mask store (:meth:`StoredTruth.write`).
+
+Example:
+    >>> truth = PhantomTruth(ws, {"btcv:demo000": PhantomSpec(1000)})  # doctest: +SKIP
+    >>> expert = SimulatedExpert(ws, truth, budget=20)  # doctest: +SKIP
+    >>> expert.review_items(workbench.review.queue(ws))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from nibabel import orientations as nio
+
+from harmonize.errors import HarmonizeError
+from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
+from harmonize.phantoms import Phantom, make_phantom
+from harmonize.taxonomy import class_names
+from storage.masks import MaskStore
+from storage.workspace import Workspace
+from workbench import review
+from workbench.evaluation import ScanTruth
+
+#: (scan id, class name) -> (i, j, k) bool truth mask on the scan's grid (all False when absent).
+TruthProvider = Callable[[str, str], np.ndarray]
+
+DEFAULT_REVIEWER = "simulated expert"
+DEFAULT_ACCEPT_DICE = 0.95
+#: World positions of the regenerated phantom and the scan's grid may differ by this much (mm): DICOM
+#: writes positions as decimal strings.
+GRID_TOLERANCE_MM = 0.05
+
+
+class BudgetExhausted(RuntimeError):
+    """The next item would cost more than the budget that is left."""
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two bool masks of one shape; 1.0 when both are empty."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+# ----------------------------------------------------------------------------------------- truth
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """The arguments of ``harmonize.phantoms.make_phantom`` that rebuild one scan's phantom exactly.
+
+    Args:
+        seed: phantom seed.
+        shape: (nx, ny, nz) voxels in RAS order.
+        spacing: mm along x, y, z.
+        missing: classes or pair names left out.
+        tumors: True, False or tumour class names.
+        variant: None, ``"horseshoe"`` or ``"fragmented_kidney"``.
+    """
+
+    seed: int
+    shape: tuple[int, int, int] = (96, 96, 64)
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    missing: tuple[str, ...] = ()
+    tumors: bool | tuple[str, ...] = True
+    variant: str | None = None
+
+    def make(self) -> Phantom:
+        """The phantom (same arguments, same voxels)."""
+        return make_phantom(
+            self.seed,
+            shape=self.shape,
+            spacing=self.spacing,
+            missing=self.missing,
+            tumors=self.tumors,
+            variant=self.variant,
+        )
+
+
+def to_scan_grid(
+    array: np.ndarray,
+    affine: np.ndarray,
+    scan_affine: np.ndarray,
+    scan_shape: Sequence[int],
+    *,
+    where: str | Path = "scan",
+    tolerance_mm: float = GRID_TOLERANCE_MM,
+) -> np.ndarray:
+    """Move a volume onto a scan's voxel grid that differs from its own only by axis flips/permutations.
+
+    Args:
+        array: (i, j, k) array on the grid of ``affine``.
+        affine: (4, 4) voxel -> RAS+ mm of ``array``.
+        scan_affine / scan_shape: the target grid.
+        where: names the scan in errors.
+        tolerance_mm: largest allowed difference between the moved affine and ``scan_affine``.
+
+    Returns:
+        The array reoriented to ``scan_shape`` (a view where possible).
+
+    Raises:
+        HarmonizeError: the grids are not the same voxels (shape, spacing or origin differ).
+    """
+    src = np.asarray(affine, dtype=np.float64)
+    dst = np.asarray(scan_affine, dtype=np.float64)
+    ornt = nio.ornt_transform(nio.io_orientation(src), nio.io_orientation(dst))
+    moved = nio.apply_orientation(array, ornt)
+    moved_affine = src @ nio.inv_ornt_aff(ornt, array.shape)
+    shape = tuple(int(s) for s in scan_shape)
+    if moved.shape != shape:
+        raise HarmonizeError(where, f"truth grid {moved.shape} does not match the scan's shape {shape}")
+    diff = float(np.abs(moved_affine - dst).max())
+    if diff > tolerance_mm:
+        raise HarmonizeError(
+            where, f"truth grid is {diff:.3g} mm off the scan's affine (tolerance {tolerance_mm} mm)"
+        )
+    return moved
+
+
+class PhantomTruth:
+    """Truth by regenerating each scan's phantom (a few hundred ms per 96 x 96 x 64 phantom; the last
+    ``cache_size`` phantoms are kept, moved to their scan's grid).
+
+    Args:
+        ws: the workspace (for each scan's grid).
+        specs: scan id -> its :class:`PhantomSpec`.
+        cache_size: phantoms kept in memory.
+    """
+
+    def __init__(self, ws: Workspace, specs: Mapping[str, PhantomSpec], cache_size: int = 4) -> None:
+        self.ws = ws
+        self.specs = dict(specs)
+        self.cache_size = max(1, int(cache_size))
+        self._cache: OrderedDict[str, tuple[dict[str, np.ndarray], np.ndarray]] = OrderedDict()
+
+    def _load(self, scan_id: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        if scan_id in self._cache:
+            self._cache.move_to_end(scan_id)
+            return self._cache[scan_id]
+        if scan_id not in self.specs:
+            raise HarmonizeError(self.ws.catalog.path, f"no phantom spec for scan {scan_id!r}")
+        row = review.scan_row(self.ws, scan_id)
+        shape = tuple(int(s) for s in row["shape"])
+        aff = review.scan_affine(row)
+        phantom = self.specs[scan_id].make()
+        where = str(row["image_path"])
+        masks = {
+            n: to_scan_grid(m, phantom.ct.affine, aff, shape, where=where) for n, m in phantom.masks.items()
+        }
+        ct = to_scan_grid(phantom.ct.array, phantom.ct.affine, aff, shape, where=where)
+        self._cache[scan_id] = (masks, ct)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return masks, ct
+
+    def __call__(self, scan_id: str, class_name: str) -> np.ndarray:
+        """The truth mask of one class on the scan's grid (all False when the phantom lacks it)."""
+        masks, ct = self._load(scan_id)
+        m = masks.get(class_name)
+        return np.zeros(ct.shape, dtype=bool) if m is None else np.asarray(m, dtype=bool)
+
+    def masks(self, scan_id: str) -> dict[str, np.ndarray]:
+        """Every present class's truth mask on the scan's grid."""
+        return dict(self._load(scan_id)[0])
+
+    def image(self, scan_id: str) -> np.ndarray:
+        """The phantom's CT (HU) on the scan's grid, for the HU statistics of corrections."""
+        return self._load(scan_id)[1]
+
+    def scan_truth(self, scan_id: str) -> ScanTruth:
+        """The phantom's complete truth as an evaluation truth: all 32 classes annotated (present where the
+        phantom has them), on the scan's grid, with the scan's source and spacing."""
+        masks, ct = self._load(scan_id)
+        row = review.scan_row(self.ws, scan_id)
+        return ScanTruth(
+            scan_id=scan_id,
+            source_id=str(row["source_id"]),
+            spacing=tuple(float(s) for s in row["spacing"]),  # type: ignore[arg-type]
+            states={n: ANNOTATED_PRESENT if n in masks else ANNOTATED_ABSENT for n in class_names()},
+            masks=dict(masks),
+            shape=tuple(int(s) for s in ct.shape),  # type: ignore[arg-type]
+        )
+
+
+_KEY_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class StoredTruth:
+    """Truth read from a mask store kept apart from the workspace's (e.g. ``<ws>/truth``), one label set
+    per scan holding its present classes.
+
+    Args:
+        root: the truth mask store's folder (created if missing).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.store = MaskStore(root)
+
+    @staticmethod
+    def key(scan_id: str) -> str:
+        """The store key of a scan: readable prefix plus a hash (scan ids hold ':' and may collide once
+        sanitised)."""
+        digest = hashlib.sha1(scan_id.encode()).hexdigest()[:12]
+        return f"truth-{_KEY_SAFE.sub('_', scan_id)[:120]}-{digest}"
+
+    def write(self, scan_id: str, masks: Mapping[str, np.ndarray], shape: Sequence[int]) -> None:
+        """Store a scan's truth (present classes -> (i, j, k) bool masks of ``shape``); replaces it."""
+        self.store.write_label_set(
+            self.key(scan_id),
+            {n: np.asarray(m, dtype=bool) for n, m in masks.items() if np.any(m)},
+            tuple(int(s) for s in shape),  # type: ignore[arg-type]
+            overwrite=True,
+        )
+
+    def __call__(self, scan_id: str, class_name: str) -> np.ndarray:
+        key = self.key(scan_id)
+        if not self.store.exists(key):
+            raise HarmonizeError(self.store.root, f"no stored truth for scan {scan_id!r}")
+        if class_name in self.store.names(key):
+            return np.asarray(self.store.read(key, class_name), dtype=bool)
+        return np.zeros(self.store.index(key).shape, dtype=bool)
+
+
+# ---------------------------------------------------------------------------------------- expert
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """What the expert did with one item.
+
+    Args:
+        scan_id / class_name / label_set_id: the item (the label set version that was judged).
+        action: ``"accept"`` or ``"corrected"``.
+        dice_before: Dice of the judged mask against the truth (0 when the label set does not annotate
+            the class and the truth has it; 1 when both are empty).
+        review_id: the review row written.
+        result_label_set_id: the ``revised`` label set a correction wrote (None for an accept).
+        cost: what the item cost.
+    """
+
+    scan_id: str
+    class_name: str
+    label_set_id: str
+    action: str
+    dice_before: float
+    review_id: str
+    result_label_set_id: str | None
+    cost: float
+
+
+@dataclass
+class SimulatedExpert:
+    """A reviewer that accepts or corrects queued items from the truth, within a budget.
+
+    Args:
+        ws: the workspace.
+        truth: the truth provider.
+        budget: total cost the expert may spend (in the unit of ``cost_per_item``; items by default).
+        cost_per_item: fixed cost of one reviewed item (> 0).
+        accept_dice: accept when the judged mask's Dice against the truth is at least this.
+        reviewer: the reviewer name on every review row.
+        image: optional scan id -> (i, j, k) CT in HU, for the HU statistics of corrected classes
+            (``PhantomTruth.image``); without it they are NaN.
+    """
+
+    ws: Workspace
+    truth: TruthProvider
+    budget: float
+    cost_per_item: float = 1.0
+    accept_dice: float = DEFAULT_ACCEPT_DICE
+    reviewer: str = DEFAULT_REVIEWER
+    image: Callable[[str], np.ndarray] | None = None
+    spent: float = 0.0
+    outcomes: list[ReviewOutcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.cost_per_item > 0:
+            raise ValueError(f"cost_per_item must be > 0, got {self.cost_per_item}")
+        if not self.budget >= 0:
+            raise ValueError(f"budget must be >= 0, got {self.budget}")
+        if not 0.0 <= self.accept_dice <= 1.0:
+            raise ValueError(f"accept_dice must be in [0, 1], got {self.accept_dice}")
+        self.reviewer = review.validate_reviewer(self.ws, self.reviewer)
+
+    @property
+    def remaining(self) -> float:
+        """Budget left."""
+        return self.budget - self.spent
+
+    def can_afford(self) -> bool:
+        """True when one more item fits in the budget."""
+        return self.spent + self.cost_per_item <= self.budget + 1e-9
+
+    def _judged_mask(self, label_set_id: str, class_name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The label set's mask of the class; None when the label set does not annotate it."""
+        row = self.ws.catalog.query("SELECT mask_key FROM label_set WHERE id = ?", [label_set_id])
+        if row.empty:
+            raise HarmonizeError(self.ws.catalog.path, f"no label set {label_set_id!r} in the catalog")
+        state = self.ws.catalog.coverage(label_set_id).get(class_name, NOT_ANNOTATED)
+        if state == NOT_ANNOTATED:
+            return None
+        if state == ANNOTATED_PRESENT:
+            return np.asarray(self.ws.masks.read(str(row["mask_key"].iloc[0]), class_name), dtype=bool)
+        return np.zeros(shape, dtype=bool)
+
+    def review(self, scan_id: str, class_name: str, label_set_id: str) -> ReviewOutcome:
+        """Accept or correct one item and charge its cost.
+
+        Raises:
+            BudgetExhausted: the item does not fit in the remaining budget (nothing is written).
+            HarmonizeError: unknown scan, class or label set; a truth mask of the wrong shape.
+        """
+        if not self.can_afford():
+            raise BudgetExhausted(
+                f"{self.reviewer}: {self.spent:g} of the budget {self.budget:g} spent; "
+                f"an item costs {self.cost_per_item:g}"
+            )
+        truth = np.asarray(self.truth(scan_id, class_name), dtype=bool)
+        shape = tuple(int(s) for s in review.scan_row(self.ws, scan_id)["shape"])
+        if truth.shape != shape:
+            raise HarmonizeError(
+                self.ws.catalog.path, f"truth of {scan_id} {class_name} has shape {truth.shape}, scan {shape}"
+            )
+        judged = self._judged_mask(label_set_id, class_name, shape)
+        score = dice(judged, truth) if judged is not None else (0.0 if truth.any() else 1.0)
+        if judged is not None and score >= self.accept_dice:
+            review_id = review.record_decision(
+                self.ws,
+                scan_id,
+                class_name,
+                label_set_id,
+                "accept",
+                self.reviewer,
+                f"simulated: Dice {score:.3f} vs truth >= {self.accept_dice:g}",
+            )
+            result = None
+            action = "accept"
+        else:
+            corr = review.correct(
+                self.ws,
+                scan_id,
+                class_name,
+                truth,
+                self.reviewer,
+                f"simulated: Dice {score:.3f} vs truth < {self.accept_dice:g}, replaced by the truth",
+                base_label_set_id=label_set_id,
+                image=None if self.image is None else self.image(scan_id),
+            )
+            review_id, result, action = corr.review_id, corr.label_set_id, "corrected"
+        self.spent += self.cost_per_item
+        outcome = ReviewOutcome(
+            scan_id, class_name, label_set_id, action, score, review_id, result, self.cost_per_item
+        )
+        self.outcomes.append(outcome)
+        return outcome
+
+    def review_items(
+        self, items: pd.DataFrame | Iterable[Mapping[str, Any]], limit: int | None = None
+    ) -> list[ReviewOutcome]:
+        """Review items in order until the budget (or ``limit`` items) is used up.
+
+        Args:
+            items: rows with ``scan_id``, ``class_name``, ``label_set_id`` (``review.queue`` or
+                ``workbench.queue.rank`` output, or plain dicts), highest priority first.
+            limit: review at most this many items in this call.
+
+        Returns:
+            The outcomes of this call. Items whose scan x class this expert already reviewed are skipped
+            at no cost (a correction made the judged version stale).
+        """
+        rows = items.to_dict("records") if isinstance(items, pd.DataFrame) else list(items)
+        seen = {(o.scan_id, o.class_name) for o in self.outcomes}
+        done: list[ReviewOutcome] = []
+        for r in rows:
+            if (limit is not None and len(done) >= limit) or not self.can_afford():
+                break
+            key = (str(r["scan_id"]), str(r["class_name"]))
+            if key in seen:
+                continue
+            done.append(self.review(key[0], key[1], str(r["label_set_id"])))
+            seen.add(key)
+        return done
+
+    def counts(self) -> dict[str, float]:
+        """Items accepted and corrected, and the budget spent and left."""
+        return {
+            "accepted": sum(o.action == "accept" for o in self.outcomes),
+            "corrected": sum(o.action == "corrected" for o in self.outcomes),
+            "spent": self.spent,
+            "remaining": self.remaining,
+        }
