@@ -547,33 +547,56 @@ class Catalog:
         with self.transaction() as con:
             con.execute("DELETE FROM text_vocabulary WHERE sha256 = ? OR name = ?", [sha256, name])
             con.execute(
-                "INSERT INTO text_vocabulary (sha256, name, encoder, weights, template, class_names, prompts, "
-                "dim, embeddings, created_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [sha256, name, encoder, weights, template, list(class_names), list(prompts), dim, embeddings,
-                 utc_now(), note],
+                "INSERT INTO text_vocabulary (sha256, name, encoder, weights, template, class_names, "
+                "prompts, dim, embeddings, created_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    sha256,
+                    name,
+                    encoder,
+                    weights,
+                    template,
+                    list(class_names),
+                    list(prompts),
+                    dim,
+                    embeddings,
+                    utc_now(),
+                    note,
+                ],
             )
 
     def vocabulary(self, name_or_sha: str) -> dict[str, Any]:
         """A stored vocabulary row by name or hash; ``KeyError`` lists what is stored."""
-        df = self.query("SELECT * FROM text_vocabulary WHERE name = ? OR sha256 = ?", [name_or_sha, name_or_sha])
+        df = self.query(
+            "SELECT * FROM text_vocabulary WHERE name = ? OR sha256 = ?", [name_or_sha, name_or_sha]
+        )
         if df.empty:
             known = self.query("SELECT name FROM text_vocabulary ORDER BY name")["name"].tolist()
-            raise KeyError(f"no text vocabulary {name_or_sha!r} in the catalog; stored: {known or 'none'} "
-                           "(create one with `workbench embed`)")
+            raise KeyError(
+                f"no text vocabulary {name_or_sha!r} in the catalog; stored: {known or 'none'} "
+                "(create one with `workbench embed`)"
+            )
         return df.iloc[0].to_dict()
 
     def start_run(self, run_id: str, kind: str, **fields: Any) -> None:
         """Record the start of a model run (``kind``: train, pseudolabel, evaluate, ...)."""
         cols = ["checkpoint_sha256", "text_encoder", "vocabulary_sha256", "device", "config"]
-        values = [fields.get(c) if not isinstance(fields.get(c), dict) else json.dumps(fields[c]) for c in cols]
+        values = [
+            fields.get(c) if not isinstance(fields.get(c), dict) else json.dumps(fields[c]) for c in cols
+        ]
         with self.transaction() as con:
             con.execute(
                 f"INSERT INTO run (id, kind, {', '.join(cols)}, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [run_id, kind, *values, utc_now()],
             )
 
-    def finish_run(self, run_id: str, *, metrics: dict[str, Any] | None = None,
-                   timings: dict[str, Any] | None = None, checkpoint_sha256: str | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        metrics: dict[str, Any] | None = None,
+        timings: dict[str, Any] | None = None,
+        checkpoint_sha256: str | None = None,
+    ) -> None:
         with self.transaction() as con:
             con.execute(
                 "UPDATE run SET finished_at = ?, metrics = ?, timings = ?, "
@@ -587,9 +610,14 @@ class Catalog:
         with self.transaction() as con:
             con.execute(
                 "INSERT OR REPLACE INTO train_record VALUES (?, ?, ?, ?, ?, ?)",
-                [run_id, int(record.get("epoch", 0)), int(record.get("step", 0)),
-                 _finite_or_none(record.get("mean_loss", record.get("loss", float("nan")))),
-                 json.dumps(record, default=str), utc_now()],
+                [
+                    run_id,
+                    int(record.get("epoch", 0)),
+                    int(record.get("step", 0)),
+                    _finite_or_none(record.get("mean_loss", record.get("loss", float("nan")))),
+                    json.dumps(record, default=str),
+                    utc_now(),
+                ],
             )
 
     # -- reads -------------------------------------------------------------------------------------

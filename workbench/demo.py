@@ -2,7 +2,10 @@
 then ingested like real downloads.
 
 Everything in it is SYNTHETIC (``harmonize.phantoms``): plausible HU and anatomy, not patients. The
-workspace says so in its catalog (``schema_meta.demo``) and in ``DEMO.txt``.
+workspace says so in its catalog (``schema_meta.demo``) and in ``DEMO.txt``. Each phantom's generation spec
+(seed, shape, missing organs, variant) is kept in ``demo_data/phantoms.json`` so that its complete truth can
+be regenerated (:func:`demo_truth_specs` -> ``PhantomTruth``). :func:`run_demo_round` then trains a tiny
+model, pseudo-labels, ranks the queue and runs one active-learning round with the simulated expert.
 
 Example:
     >>> from storage.workspace import Workspace
@@ -11,10 +14,14 @@ Example:
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from harmonize.errors import HarmonizeError
 from harmonize.phantoms import make_phantom, write_native
 from harmonize.protocols import get_protocol
 from storage.workspace import Workspace
@@ -35,6 +42,7 @@ DEMO_SOURCES = (
     "totalsegmentator",
 )
 DEMO_SHAPE = (96, 96, 64)
+PHANTOMS_JSON = "phantoms.json"
 NOTICE = (
     "This workspace was built by `workbench demo` from SYNTHETIC phantoms (harmonize.phantoms), written in\n"
     "the native file conventions of several public sources and ingested like real downloads.\n"
@@ -54,6 +62,7 @@ def write_demo_data(root: Path, cases_per_source: int = 3, progress: bool = True
     """Write the demo phantoms; returns source id -> dataset root. Every case is a distinct phantom;
     every third one has lost its left kidney, and one has a horseshoe kidney."""
     roots = {}
+    specs = []
     jobs = [(s, i) for s in DEMO_SOURCES for i in range(cases_per_source)]
     for n, (source, i) in enumerate(tqdm(jobs, desc="demo phantoms", unit="case", disable=not progress)):
         missing = ("kidney_left",) if i % 3 == 2 else ()
@@ -61,7 +70,74 @@ def write_demo_data(root: Path, cases_per_source: int = 3, progress: bool = True
         phantom = make_phantom(1000 + n, shape=DEMO_SHAPE, missing=missing, variant=variant)
         roots[source] = root / source
         write_native(phantom, get_protocol(source), roots[source], _case_id(source, i))
+        specs.append(
+            {
+                "source": source,
+                "case_id": _case_id(source, i),
+                "seed": 1000 + n,
+                "shape": list(DEMO_SHAPE),
+                "missing": list(missing),
+                "variant": variant,
+            }
+        )
+    # The generation spec of every phantom, so its complete truth can be regenerated (PhantomTruth).
+    (root / PHANTOMS_JSON).write_text(json.dumps(specs, indent=1) + "\n")
     return roots
+
+
+def demo_truth_specs(ws: Workspace) -> dict[str, Any]:
+    """Scan id -> ``PhantomSpec`` of every demo scan in the catalog (from ``demo_data/phantoms.json``)."""
+    from workbench.simulated_expert import PhantomSpec
+
+    path = ws.root / "demo_data" / PHANTOMS_JSON
+    if not path.exists():
+        raise HarmonizeError(path, "no phantom specs (build the demo with this version of `workbench demo`)")
+    out: dict[str, Any] = {}
+    for r in json.loads(path.read_text()):
+        scan = ws.catalog.scan_by_case(r["source"], r["case_id"])
+        if scan is not None:
+            out[str(scan["id"])] = PhantomSpec(
+                int(r["seed"]), shape=tuple(r["shape"]), missing=tuple(r["missing"]), variant=r["variant"]
+            )
+    return out
+
+
+def run_demo_round(
+    ws: Workspace, review_budget: int = 20, steps: int = 8, progress: bool = True
+) -> list[str]:
+    """Train a tiny model (round 1), pseudo-label, rank the queue, then one active-learning round in which
+    the simulated expert corrects ``review_budget`` queued items with the phantoms' truth (round 2).
+
+    Returns summary lines (with the wall time of each round).
+    """
+    from workbench.modeling import embed
+    from workbench.queue import format_queue, rank
+    from workbench.rounds import run_round, tiny_config
+    from workbench.simulated_expert import PhantomTruth, SimulatedExpert
+
+    t0 = time.perf_counter()
+    vocab, _ = embed(ws, encoder="minilm")
+    truth = PhantomTruth(ws, demo_truth_specs(ws))
+    config = tiny_config(steps=steps)
+    lines = []
+    first = run_round(
+        ws, vocabulary=vocab, config=config, from_scratch=True, truth=truth.scan_truth, progress=progress
+    )
+    lines += first.lines()
+    lines += ["review queue (top 5):", *format_queue(rank(ws, first.pseudolabel_run_id), 5)]
+    expert = SimulatedExpert(ws, truth, budget=review_budget, image=truth.image)
+    second = run_round(
+        ws,
+        vocabulary=vocab,
+        config=config,
+        review_budget=review_budget,
+        reviewer=expert,
+        truth=truth.scan_truth,
+        progress=progress,
+    )
+    lines += second.lines()
+    lines.append(f"demo rounds took {time.perf_counter() - t0:.0f} s")
+    return lines
 
 
 def build_demo(ws: Workspace, cases_per_source: int = 3, progress: bool = True) -> list[str]:

@@ -102,7 +102,10 @@ def import_release_vocabulary(
 
 
 def catalog_train_cases(
-    ws: Workspace, *, sources: Sequence[str] | None = None, origins: Sequence[str] = ("revised", "original", "pseudo")
+    ws: Workspace,
+    *,
+    sources: Sequence[str] | None = None,
+    origins: Sequence[str] = ("revised", "original", "pseudo"),
 ) -> list[TrainCase]:
     """The catalog's training set as ``TrainCase`` objects (masks read lazily from the mask store)."""
     return [
@@ -149,21 +152,36 @@ def train_from_catalog(
     started = time.time()
     if rank == 0:
         ws.catalog.start_run(
-            run_id, "train", text_encoder=vocab.encoder_id, vocabulary_sha256=vocab.sha256, device="cpu",
+            run_id,
+            "train",
+            text_encoder=vocab.encoder_id,
+            vocabulary_sha256=vocab.sha256,
+            device="cpu",
             config={**config.to_dict(), "sources": list(sources or []), "cases": len(cases)},
         )
 
     def record(rec: dict[str, Any]) -> None:
         ws.catalog.add_train_record(run_id, rec)
 
-    result = train(cases, config, out_dir, vocabulary=vocab, resume=resume, progress=progress,
-                   on_round_end=record if rank == 0 else None)
+    result = train(
+        cases,
+        config,
+        out_dir,
+        vocabulary=vocab,
+        resume=resume,
+        progress=progress,
+        on_round_end=record if rank == 0 else None,
+    )
     if rank == 0:
         sha = None
         if result.checkpoint is not None and result.checkpoint.exists():
             with result.checkpoint.open("rb") as f:
                 sha = hashlib.file_digest(f, "sha256").hexdigest()
         last = result.records[-1] if result.records else {}
-        ws.catalog.finish_run(run_id, metrics={"step": result.step, "epoch": result.epoch, **last},
-                              timings={"seconds": round(time.time() - started, 2)}, checkpoint_sha256=sha)
+        ws.catalog.finish_run(
+            run_id,
+            metrics={"step": result.step, "epoch": result.epoch, **last},
+            timings={"seconds": round(time.time() - started, 2)},
+            checkpoint_sha256=sha,
+        )
     return run_id, result

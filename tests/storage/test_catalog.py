@@ -178,9 +178,18 @@ def test_a_v1_catalog_is_migrated_in_place(tmp_path: Path) -> None:
 
 def test_vocabulary_round_trip_and_clear_error(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "c.duckdb")
-    with pytest.raises(KeyError, match="no text vocabulary 'clip'.*stored: none"):
+    with pytest.raises(KeyError, match=r"no text vocabulary 'clip'.*stored: none"):
         cat.vocabulary("clip")
-    cat.add_vocabulary("clip", "abc", "enc", "w", "V1", ["liver"], ["A computerized tomography of a Liver."],
-                       b"\x00" * 2048, 512)
+    cat.add_vocabulary(
+        "clip",
+        "abc",
+        "enc",
+        "w",
+        "V1",
+        ["liver"],
+        ["A computerized tomography of a Liver."],
+        b"\x00" * 2048,
+        512,
+    )
     row = cat.vocabulary("abc")
     assert row["name"] == "clip" and list(row["class_names"]) == ["liver"] and len(row["embeddings"]) == 2048

@@ -18,12 +18,14 @@ from workbench.training_set import assemble_training_set
 SHAPE = (64, 56, 40)
 
 
-def _add(ws: Workspace, scan_id: str, origin: str, version: int, masks: dict[str, np.ndarray],
-         known: set[str]) -> str:
+def _add(
+    ws: Workspace, scan_id: str, origin: str, version: int, masks: dict[str, np.ndarray], known: set[str]
+) -> str:
     ls_id = f"ls-{origin}-{version}"
     ws.masks.write_label_set(ls_id, masks, SHAPE)
     coverage = {
-        n: ("annotated_present" if n in masks and masks[n].any() else "annotated_absent") if n in known
+        n: ("annotated_present" if n in masks and masks[n].any() else "annotated_absent")
+        if n in known
         else "not_annotated"
         for n in class_names()
     }

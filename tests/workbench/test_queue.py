@@ -1,0 +1,204 @@
+"""The review queue: scores and reasons from signals, the long-tail boost, never re-serving a decided item."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.catalog import utc_now
+from storage.workspace import Workspace
+from workbench import queue as q
+from workbench.uncertainty import store_uncertainty
+
+
+def test_the_issue_example_reads_as_words() -> None:
+    score, reasons = q.assess("kidney_left", {"volume_z": 3.1, "components": 2, "expected_components": 1})
+    assert reasons == ["volume 3.1 sd above the catalog mean", "2 components (annotated scans: 1)"]
+    sev_volume = (3.1 - 2.0) / 1.5
+    expected = 1 - (1 - q.WEIGHTS["volume"] * sev_volume) * (1 - q.WEIGHTS["components"] * 0.8)
+    assert score == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("signals", "reason"),
+    [
+        (
+            {"side": "left", "side_offset_mm": -42.0},
+            "centroid 42 mm on the patient's right of the body midline",
+        ),
+        (
+            {"side": "right", "side_offset_mm": -10.0},
+            "centroid 10 mm on the patient's left of the body midline",
+        ),
+        (
+            {"present": False, "in_region": True, "expected_presence": 0.95, "n_reference": 20},
+            "predicted absent although the scan covers where it lies (present in 95% of 20 annotated scans)",
+        ),
+        ({"outside_parent": 0.8, "parent": "liver"}, "80% lies outside its organ (liver)"),
+        ({"overlap": 0.3, "overlap_with": "stomach"}, "30% overlaps stomach"),
+        ({"volume_z": -2.9}, "volume 2.9 sd below the catalog mean"),
+        ({"tta_disagreement": 0.6}, "test-time augmentations disagree (1 - Dice 0.60)"),
+        ({"entropy": 0.8}, "uncertain (mean entropy 0.80 bits)"),
+    ],
+)
+def test_each_signal_gives_its_reason(signals: dict[str, object], reason: str) -> None:
+    score, reasons = q.assess("kidney_left", signals)
+    assert reasons == [reason] and score > 0.3
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        {"side": "left", "side_offset_mm": 30.0},  # right side for a left organ
+        {"present": False, "in_region": False, "expected_presence": 1.0},  # outside the scan's region
+        {"present": False, "in_region": True, "expected_presence": 0.3},  # often absent anyway
+        {"outside_parent": 0.02},
+        {"overlap": 0.01, "overlap_with": "stomach"},
+        {"volume_z": 1.5},
+        {"components": 1, "expected_components": 1},
+        {"tta_disagreement": 0.1, "entropy": 0.2},
+        {},
+    ],
+)
+def test_plausible_items_score_zero_and_give_no_reason(signals: dict[str, object]) -> None:
+    assert q.assess("kidney_left", signals) == (0.0, [])
+
+
+def test_reasons_are_ordered_by_weighted_severity() -> None:
+    _, reasons = q.assess(
+        "spleen", {"entropy": 0.8, "side": "left", "side_offset_mm": -50.0, "volume_z": 2.5}
+    )
+    # weighted severities: side 1.0 * 1.0, entropy 0.4 * 1.0, volume 0.85 * (0.5 / 1.5)
+    assert [r.split()[0] for r in reasons] == ["centroid", "uncertain", "volume"]
+
+
+@pytest.mark.parametrize(("n_rare", "n_common"), [(0, 10), (3, 100), (10, 1000)])
+def test_long_tail_boost_favours_rare_classes(n_rare: int, n_common: int) -> None:
+    sig = {"volume_z": 3.0}
+    base, _ = q.assess("spleen", sig)
+    rare, _ = q.assess("spleen", sig, n_rare, long_tail_boost=0.5)
+    common, _ = q.assess("spleen", sig, n_common, long_tail_boost=0.5)
+    assert rare == pytest.approx(base * (1 + 0.5 / (1 + n_rare) ** 0.5))
+    assert rare > common > base
+    assert q.assess("spleen", sig, n_rare, long_tail_boost=0.0)[0] == base
+
+
+def _item(scan: str, cls: str, ls: str, signals: dict[str, object], run: str = "run-1") -> dict[str, object]:
+    return {
+        "scan_id": scan,
+        "class_name": cls,
+        "run_id": run,
+        "label_set_id": ls,
+        "score": 0.0,
+        "signals": signals,
+        "reasons": [],
+    }
+
+
+def _review(
+    ws: Workspace, rid: str, scan: str, cls: str, ls: str, decision: str, undo_of: str | None = None
+) -> None:
+    with ws.catalog.transaction() as con:
+        con.execute(
+            "INSERT INTO review (id, scan_id, class_name, label_set_id, decision, comment, reviewer, "
+            "result_label_set_id, created_at, undo_of) VALUES (?, ?, ?, ?, ?, '', 'dr', NULL, ?, ?)",
+            [rid, scan, cls, ls, decision, utc_now(), undo_of],
+        )
+
+
+@pytest.fixture()
+def ws(tmp_path: Path) -> Workspace:
+    ws = Workspace.open(tmp_path / "ws")
+    store_uncertainty(
+        ws,
+        [
+            _item("a:1", "kidney_left", "ls-a", {"volume_z": 3.1, "components": 2, "expected_components": 1}),
+            _item("a:1", "spleen", "ls-a", {"entropy": 0.3}),
+            _item("b:2", "liver_tumor", "ls-b", {"outside_parent": 0.9, "parent": "liver"}),
+            _item("b:2", "spleen", "ls-b", {"overlap": 0.1, "overlap_with": "stomach"}, run="run-2"),
+        ],
+    )
+    return ws
+
+
+def test_rank_orders_by_score_and_explains(ws: Workspace) -> None:
+    df = q.rank(ws)
+    assert list(zip(df["scan_id"], df["class_name"])) == [
+        ("b:2", "liver_tumor"),
+        ("a:1", "kidney_left"),
+        ("b:2", "spleen"),
+        ("a:1", "spleen"),
+    ]
+    assert (
+        df["summary"].iloc[1]
+        == "kidney_left: volume 3.1 sd above the catalog mean; 2 components (annotated scans: 1)"
+    )
+    assert df["summary"].iloc[3] == "spleen: no specific finding"
+    assert list(df["score"]) == sorted(df["score"], reverse=True)
+    assert list(q.rank(ws, "run-2")["class_name"]) == ["spleen"]
+    assert len(q.rank(ws, limit=2)) == 2
+
+
+def test_decided_items_are_never_served_again_for_the_same_label_version(ws: Workspace) -> None:
+    _review(ws, "rv-1", "b:2", "liver_tumor", "ls-b", "reject")
+    _review(ws, "rv-2", "a:1", "kidney_left", "ls-OTHER", "accept")  # another version: still pending here
+    _review(ws, "rv-3", "a:1", "spleen", "ls-a", "skip")
+    _review(ws, "rv-4", "a:1", "spleen", "ls-a", "undo", undo_of="rv-3")  # undone: back in the queue
+    items = set(zip(q.rank(ws)["scan_id"], q.rank(ws)["class_name"]))
+    assert items == {("a:1", "kidney_left"), ("b:2", "spleen"), ("a:1", "spleen")}
+    assert len(q.rank(ws, include_decided=True)) == 4
+
+
+def test_rescore_stores_scores_and_reasons(ws: Workspace) -> None:
+    assert q.rescore(ws) == 4
+    stored = ws.catalog.query("SELECT * FROM uncertainty WHERE class_name = 'liver_tumor'").iloc[0]
+    expected, reasons = q.assess("liver_tumor", {"outside_parent": 0.9, "parent": "liver"}, 0)
+    assert stored["score"] == pytest.approx(expected) and list(stored["reasons"]) == reasons
+    assert json.loads(stored["signals"])["parent"] == "liver"
+
+
+def test_format_queue_lines(ws: Workspace) -> None:
+    lines = q.format_queue(q.rank(ws), 2)
+    assert len(lines) == 2 and lines[0].startswith("   1  ") and "liver_tumor: 90% lies outside" in lines[0]
+    assert q.format_queue(q.rank(ws).head(0), 5) == ["the queue is empty (no undecided uncertainty items)"]
+
+
+@pytest.mark.parametrize(
+    ("z", "z_run", "expected"),
+    [
+        (3.0, None, 3.0),
+        (3.0, 5.0, 3.0),
+        (4.0, 2.5, 2.5),
+        (-4.0, -3.0, -3.0),
+        (3.0, -1.0, 0.0),
+        (None, 2.0, None),
+    ],
+)
+def test_volume_z_counts_only_as_far_as_catalog_and_run_agree(
+    z: float | None, z_run: float | None, expected: float | None
+) -> None:
+    assert q._volume_z({"volume_z": z, "volume_z_run": z_run}) == expected
+
+
+def test_run_statistics_are_robust_and_need_enough_items() -> None:
+    vols = [100.0, 110.0, 90.0, 105.0, 95.0, 400.0]
+    records = [
+        {
+            "run_id": "r",
+            "class_name": "spleen",
+            "signals": {"volume_ml": v, "tta_disagreement": t, "entropy": None},
+        }
+        for v, t in zip(vols, [0.1, 0.2, 0.3, 0.2, 0.2, 0.9])
+    ]
+    few = [{"run_id": "r", "class_name": "liver", "signals": {"volume_ml": 1000.0}} for _ in range(4)]
+    q.add_run_statistics(records + few)
+    logv = np.log(vols)
+    med = np.median(logv)
+    scale = max(1.4826 * np.median(np.abs(logv - med)), 0.15)
+    assert records[-1]["signals"]["volume_z_run"] == pytest.approx((np.log(400.0) - med) / scale, abs=1e-3)
+    assert records[0]["signals"]["tta_run_median"] == pytest.approx(0.2)
+    assert "entropy_run_median" not in records[0]["signals"]
+    assert all("volume_z_run" not in r["signals"] for r in few)

@@ -1,0 +1,721 @@
+"""Uncertainty of pseudo-labels, per scan x class: the signals that put an item in the review queue.
+
+Signals (keys of ``uncertainty.signals``, JSON; see :data:`SIGNAL_KEYS`):
+
+* ``entropy``: mean binary entropy (bits, 0..1) of the class's sigmoid inside its final mask plus a
+  one-voxel border, on the inference grid (where the model is unsure).
+* ``tta_disagreement``: ``1 - Dice`` between the main prediction and a test-time augmentation (a coarser
+  grid, other window tiling, an intensity shift; never a mirror: left and right are different classes).
+* ``overlap`` / ``overlap_with``: the largest fraction of the mask shared with a class it must not overlap
+  (a tumour may overlap its organ; two organs may not), annotated masks of the scan included.
+* plausibility against the catalog's statistics of ANNOTATED scans (:class:`ReferenceStats`):
+  ``volume_z`` (z-score of log volume), ``components`` vs ``expected_components``, ``side_offset_mm``
+  (centroid's distance from the body midline towards the class's own side; negative = wrong side),
+  ``outside_parent`` (fraction of a tumour outside its dilated organ), and for a class predicted absent,
+  ``in_region`` + ``expected_presence`` (the scan covers where the class lies, judged from the other
+  organs' positions, and how often annotated scans have it).
+
+``workbench.queue.assess`` turns them into the score and the reasons. The viewer's map is the voxel-wise
+maximum entropy over the predicted classes, float16 on the inference grid with its affine, in
+``<ws>/uncertainty/<run_id>/<scan>.npz`` (written atomically); :func:`load_uncertainty_map` resamples it
+onto the scan's original grid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from harmonize.masks import CroppedMask
+from harmonize.taxonomy import class_by_name
+from storage.workspace import Workspace
+
+SIGNAL_KEYS = (
+    "present",
+    "voxels",
+    "volume_ml",
+    "entropy",
+    "tta_disagreement",
+    "overlap",
+    "overlap_with",
+    "volume_z",
+    "components",
+    "expected_components",
+    "side",
+    "side_offset_mm",
+    "parent",
+    "outside_parent",
+    "in_region",
+    "expected_presence",
+    "n_reference",
+)
+#: Margin (mm) around a parent organ inside which a tumour still counts as inside (as post-processing).
+PARENT_MARGIN_MM = 5.0
+#: Reference statistics need this many annotated present scans of a class.
+MIN_REFERENCE = 3
+#: Floor of the standard deviation of log volume (a handful of near-identical scans must not turn a 10%
+#: difference into 5 sd).
+MIN_LOG_VOLUME_SD = 0.15
+_STRUCT26 = np.ones((3, 3, 3), dtype=bool)
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# ------------------------------------------------------------------------------------- reference
+
+
+@dataclass
+class ClassReference:
+    """Statistics of one class over the catalog's annotated scans (current original label sets).
+
+    Args:
+        n_annotated: scans whose source annotates the class.
+        n_present: of those, scans where it is present.
+        log_volume_mean / log_volume_sd: of ln(volume in mL) over present scans.
+        components_p95: 95th percentile of the component count.
+        z_offsets: anchor class -> (mean, sd, n) of (centroid z of this class - centroid z of the anchor),
+            RAS+ mm, over scans where both are present.
+        radius_mm: radius of a sphere of the median volume (a size scale for region checks).
+    """
+
+    n_annotated: int
+    n_present: int
+    log_volume_mean: float | None = None
+    log_volume_sd: float | None = None
+    components_p95: int | None = None
+    z_offsets: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    radius_mm: float = 0.0
+
+    @property
+    def presence(self) -> float:
+        return self.n_present / self.n_annotated if self.n_annotated else 0.0
+
+
+ReferenceStats = dict[str, ClassReference]
+
+
+def reference_stats(ws: Workspace) -> ReferenceStats:
+    """Per class, the statistics of the catalog's annotated scans (their current ``original`` labels)."""
+    df = ws.catalog.query(
+        """
+        WITH cur AS (
+            SELECT arg_max(id, version) AS ls, scan_id FROM label_set WHERE origin = 'original'
+            GROUP BY scan_id
+        )
+        SELECT cur.scan_id, c.class_name, c.state, st.volume_ml, st.components, st.centroid_mm
+        FROM cur JOIN class_coverage c ON c.label_set_id = cur.ls
+        LEFT JOIN class_stats st ON st.label_set_id = cur.ls AND st.class_name = c.class_name
+        WHERE c.state <> 'not_annotated'
+        """
+    )
+    return reference_from_rows(df.to_dict("records"))
+
+
+def reference_from_rows(rows: Sequence[Mapping[str, Any]]) -> ReferenceStats:
+    """Build :data:`ReferenceStats` from rows ``scan_id, class_name, state, volume_ml, components,
+    centroid_mm`` (centroid RAS+ mm; None for absent classes)."""
+    by_class: dict[str, list[Mapping[str, Any]]] = {}
+    z_of: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_class.setdefault(str(r["class_name"]), []).append(r)
+        if r["state"] == "annotated_present" and r.get("centroid_mm") is not None:
+            z_of.setdefault(str(r["scan_id"]), {})[str(r["class_name"])] = float(list(r["centroid_mm"])[2])
+    out: ReferenceStats = {}
+    for name, rs in by_class.items():
+        present = [r for r in rs if r["state"] == "annotated_present" and r.get("volume_ml")]
+        ref = ClassReference(n_annotated=len(rs), n_present=len(present))
+        if len(present) >= MIN_REFERENCE:
+            logv = np.log([float(r["volume_ml"]) for r in present])
+            ref.log_volume_mean = float(logv.mean())
+            ref.log_volume_sd = float(max(logv.std(ddof=1), MIN_LOG_VOLUME_SD))
+            ref.components_p95 = math.ceil(float(np.percentile([int(r["components"]) for r in present], 95)))
+            ref.radius_mm = float((3 * math.exp(float(np.median(logv))) * 1000 / (4 * math.pi)) ** (1 / 3))
+            offsets: dict[str, list[float]] = {}
+            for r in present:
+                zs = z_of.get(str(r["scan_id"]), {})
+                for anchor, za in zs.items():
+                    if anchor != name:
+                        offsets.setdefault(anchor, []).append(zs[name] - za)
+            for anchor, vals in offsets.items():
+                if len(vals) >= MIN_REFERENCE:
+                    ref.z_offsets[anchor] = (float(np.mean(vals)), float(np.std(vals, ddof=1)), len(vals))
+        out[name] = ref
+    return out
+
+
+# ----------------------------------------------------------------------------------- signals
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in bits of Bernoulli(p), elementwise, float32 (0 at p = 0 or 1, 1 at p = 0.5)."""
+    q = np.clip(np.asarray(p, dtype=np.float32), 1e-6, 1 - 1e-6)
+    return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+
+
+def entropy_signal(prob: np.ndarray, mask: np.ndarray) -> float:
+    """Mean binary entropy (bits) of ``prob`` inside ``mask`` and its one-voxel (26-neighbour) border.
+
+    Args:
+        prob: (X, Y, Z) class probability on the inference grid.
+        mask: (X, Y, Z) bool final mask on the same grid. When empty, the region is where ``prob`` >= 0.2
+            (the model's near-misses); 0.0 when there is none.
+    """
+    region = ndimage.binary_dilation(mask, _STRUCT26) if mask.any() else np.asarray(prob) >= 0.2
+    if not region.any():
+        return 0.0
+    return float(binary_entropy(np.asarray(prob)[region]).mean())
+
+
+def dice_disagreement(a: np.ndarray, b: np.ndarray) -> float:
+    """``1 - Dice`` of two bool masks; 0.0 when both are empty."""
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    if total == 0:
+        return 0.0
+    return 1.0 - 2.0 * int(np.count_nonzero(a & b)) / total
+
+
+def may_overlap(a: str, b: str) -> bool:
+    """Whether classes ``a`` and ``b`` may share voxels: one lies inside the other (a tumour in its
+    organ), or both lie inside a common organ (a liver tumour and a hepatic vessel)."""
+    ca, cb = class_by_name(a), class_by_name(b)
+    return a in cb.parents or b in ca.parents or bool(set(ca.parents) & set(cb.parents))
+
+
+def _intersection(a: CroppedMask, b: CroppedMask) -> int:
+    lo = np.maximum(a.offset, b.offset)
+    hi = np.minimum(np.add(a.offset, a.data.shape), np.add(b.offset, b.data.shape))
+    if (hi <= lo).any():
+        return 0
+    sa = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(lo, hi, a.offset))
+    sb = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(lo, hi, b.offset))
+    return int(np.count_nonzero(a.data[sa] & b.data[sb]))
+
+
+def overlap_signal(
+    name: str, mask: CroppedMask, others: Mapping[str, CroppedMask]
+) -> tuple[float, str | None]:
+    """(largest fraction of ``mask`` shared with a class it must not overlap, that class) — (0.0, None)
+    when there is none. ``others`` maps class name -> mask on the same grid (predicted or annotated)."""
+    voxels = mask.voxels
+    if voxels == 0:
+        return 0.0, None
+    best, with_ = 0.0, None
+    for other, m in others.items():
+        if other == name or m.is_empty or may_overlap(name, other):
+            continue
+        frac = _intersection(mask, m) / voxels
+        if frac > best:
+            best, with_ = frac, other
+    return best, with_
+
+
+def label_components(data: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a bool array: (labels, count). connected-components-3d when installed
+    (several times faster on large masks), else scipy."""
+    try:
+        import cc3d
+    except ImportError:
+        labels, n = ndimage.label(data, structure=_STRUCT26)
+        return labels, int(n)
+    labels, n = cc3d.connected_components(data, connectivity=26, return_N=True)
+    return labels, int(n)
+
+
+def component_count(mask: CroppedMask) -> int:
+    """Number of 26-connected components."""
+    if mask.is_empty:
+        return 0
+    return label_components(mask.data)[1]
+
+
+def centroid_mm(mask: CroppedMask, affine: np.ndarray) -> np.ndarray | None:
+    """RAS+ centroid (mm) of a mask, or None when empty."""
+    if mask.is_empty:
+        return None
+    idx = np.nonzero(mask.data)
+    ijk = np.array([i.mean() for i in idx]) + np.asarray(mask.offset, dtype=np.float64)
+    return np.asarray(affine)[:3, :3] @ ijk + np.asarray(affine)[:3, 3]
+
+
+def side_offset(name: str, centroid: np.ndarray | None, midline_x_mm: float) -> float | None:
+    """Distance (mm) of the centroid from the midline towards the class's own side (RAS+: the patient's
+    right is +x); negative means the wrong side. None for unpaired classes or an empty mask."""
+    side = class_by_name(name).side
+    if side is None or centroid is None:
+        return None
+    return float((centroid[0] - midline_x_mm) * (1.0 if side == "right" else -1.0))
+
+
+def parent_region(
+    parents: Sequence[CroppedMask], spacing: tuple[float, float, float], margin_mm: float, box: CroppedMask
+) -> np.ndarray:
+    """Bool array of ``box.data``'s shape: inside the union of ``parents`` with holes filled, grown by
+    ``margin_mm`` (the tumour-inside-organ test, shared with post-processing).
+
+    Args:
+        parents: masks of the parent organs (empty ones are ignored).
+        spacing: voxel size (mm) along i, j, k.
+        margin_mm: growth distance.
+        box: the mask whose bounding box the answer covers.
+    """
+    out = np.zeros(box.data.shape, dtype=bool)
+    pad = [math.ceil(margin_mm / max(s, 1e-6)) for s in spacing]
+    lo = np.subtract(box.offset, pad)
+    hi = np.add(np.add(box.offset, box.data.shape), pad)
+    window = np.zeros(tuple(hi - lo), dtype=bool)
+    for p in parents:
+        if p.is_empty:
+            continue
+        filled = _filled(p)
+        a = np.maximum(lo, p.offset)
+        b = np.minimum(hi, np.add(p.offset, p.data.shape))
+        if (b <= a).any():
+            continue
+        src = tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(a, b, p.offset))
+        dst = tuple(slice(int(x - w), int(y - w)) for x, y, w in zip(a, b, lo))
+        window[dst] |= filled[src]
+    if not window.any():
+        return out
+    if margin_mm > 0:
+        window = ndimage.distance_transform_edt(~window, sampling=spacing) <= margin_mm
+    inner = tuple(slice(p_, p_ + n) for p_, n in zip(pad, box.data.shape))
+    return window[inner]
+
+
+_FILLED_CACHE: dict[int, tuple[CroppedMask, np.ndarray]] = {}
+
+
+def _filled(m: CroppedMask) -> np.ndarray:
+    # Filling a large organ's holes is the costly part; a job asks for the same parent once per child.
+    hit = _FILLED_CACHE.get(id(m))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    filled = ndimage.binary_fill_holes(m.data)
+    if len(_FILLED_CACHE) > 16:
+        _FILLED_CACHE.clear()
+    _FILLED_CACHE[id(m)] = (m, filled)
+    return filled
+
+
+def outside_parent_signal(
+    mask: CroppedMask, parents: Sequence[CroppedMask], spacing: tuple[float, float, float]
+) -> float:
+    """Fraction of ``mask``'s voxels outside its (hole-filled, :data:`PARENT_MARGIN_MM`-grown) parents."""
+    voxels = mask.voxels
+    if voxels == 0:
+        return 0.0
+    inside = parent_region(parents, spacing, PARENT_MARGIN_MM, mask)
+    return 1.0 - int(np.count_nonzero(mask.data & inside)) / voxels
+
+
+def expected_z(
+    name: str, anchors: Mapping[str, float], reference: ReferenceStats
+) -> tuple[float, float] | None:
+    """(expected centroid z, its sd) of ``name`` from the z of other classes present in the scan
+    (``anchors``: class -> RAS+ z mm), inverse-variance weighted over the reference offsets; None when no
+    anchor has a reference offset."""
+    ref = reference.get(name)
+    if ref is None:
+        return None
+    num = den = 0.0
+    for anchor, z in anchors.items():
+        off = ref.z_offsets.get(anchor)
+        if off is None:
+            continue
+        mean, sd, _ = off
+        w = 1.0 / max(sd, 5.0) ** 2
+        num += w * (z + mean)
+        den += w
+    if den == 0:
+        return None
+    return num / den, math.sqrt(1.0 / den)
+
+
+def scan_z_range(affine: np.ndarray, shape: Sequence[int]) -> tuple[float, float]:
+    """(min, max) RAS+ z (mm) of the scan's voxel centres."""
+    corners = np.array(
+        [[a, b, c] for a in (0, shape[0] - 1) for b in (0, shape[1] - 1) for c in (0, shape[2] - 1)]
+    )
+    z = corners @ np.asarray(affine)[2, :3] + np.asarray(affine)[2, 3]
+    return float(z.min()), float(z.max())
+
+
+@dataclass
+class ScanContext:
+    """What the signals of one scan need besides its masks.
+
+    Args:
+        affine: (4, 4) voxel -> RAS+ mm of the original grid.
+        shape: original (i, j, k) shape.
+        midline_x_mm: RAS+ x of the body midline.
+        known: annotated classes of the scan's original labels -> mask (empty for annotated absent).
+        known_centroids: annotated present classes -> RAS+ centroid (mm).
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    midline_x_mm: float
+    known: dict[str, CroppedMask] = field(default_factory=dict)
+    known_centroids: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        s = np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0)
+        return float(s[0]), float(s[1]), float(s[2])
+
+
+def plausibility_signals(
+    name: str,
+    mask: CroppedMask,
+    masks: Mapping[str, CroppedMask],
+    ctx: ScanContext,
+    reference: ReferenceStats,
+) -> dict[str, Any]:
+    """The catalog-statistics and anatomy signals of one class (no probabilities needed).
+
+    Args:
+        name: the class.
+        mask: its final mask on the original grid.
+        masks: every predicted class's final mask (for overlap, parents and anchors).
+        ctx: the scan's geometry, midline and annotated masks.
+        reference: :func:`reference_stats` of the catalog.
+
+    Returns:
+        A dict with the keys of :data:`SIGNAL_KEYS` except ``entropy`` and ``tta_disagreement``.
+    """
+    cls = class_by_name(name)
+    ref = reference.get(name)
+    voxel_ml = float(abs(np.linalg.det(np.asarray(ctx.affine)[:3, :3]))) / 1000.0
+    voxels = mask.voxels
+    sig: dict[str, Any] = {
+        "present": voxels > 0,
+        "voxels": voxels,
+        "volume_ml": round(voxels * voxel_ml, 4),
+        "side": cls.side,
+        "n_reference": ref.n_annotated if ref else 0,
+    }
+    everything = {**ctx.known, **masks}
+    sig["overlap"], sig["overlap_with"] = overlap_signal(name, mask, everything)
+    sig["components"] = component_count(mask)
+    sig["expected_components"] = 1 if cls.single_component else (ref.components_p95 if ref else None)
+    c = centroid_mm(mask, ctx.affine)
+    sig["side_offset_mm"] = side_offset(name, c, ctx.midline_x_mm)
+    sig["volume_z"] = None
+    if voxels and ref is not None and ref.log_volume_mean is not None and ref.log_volume_sd:
+        sig["volume_z"] = (math.log(voxels * voxel_ml) - ref.log_volume_mean) / ref.log_volume_sd
+    sig["parent"] = None
+    sig["outside_parent"] = None
+    if cls.parents:
+        parents = [everything[p] for p in cls.parents if p in everything]
+        sig["parent"] = " or ".join(cls.parents)
+        if parents:
+            sig["outside_parent"] = outside_parent_signal(mask, parents, ctx.spacing)
+    sig["in_region"] = None
+    sig["expected_presence"] = ref.presence if ref and ref.n_annotated else None
+    if not voxels and not cls.is_tumor:
+        anchors: dict[str, float] = {k: float(v[2]) for k, v in ctx.known_centroids.items()}
+        for other, m in masks.items():
+            if other != name and not m.is_empty:
+                cm = centroid_mm(m, ctx.affine)
+                if cm is not None:
+                    anchors[other] = float(cm[2])
+        guess = expected_z(name, anchors, reference)
+        if guess is not None:
+            z0, z1 = scan_z_range(ctx.affine, ctx.shape)
+            # Inside the field of view by at least half the organ's size (it cannot hide beyond the edge).
+            half = 0.5 * (ref.radius_mm if ref else 0.0)
+            sig["in_region"] = bool(z0 + half <= guess[0] <= z1 - half)
+    return sig
+
+
+def affine_resample(
+    src: np.ndarray,
+    matrix: np.ndarray,
+    offset: np.ndarray,
+    output_shape: Sequence[int],
+    *,
+    order: int,
+    mode: str = "constant",
+    cval: float = 0.0,
+) -> np.ndarray:
+    """``scipy.ndimage.affine_transform`` (output voxel ``o`` reads ``src`` at ``matrix @ o + offset``),
+    fast for axis-aligned grids.
+
+    Two grids that differ by axis order, flips and spacing (an LPS or IPL scan and the RAS inference grid)
+    give a ``matrix`` with one non-zero per row and column. scipy then takes its slow general path; here the
+    source is transposed and flipped to line up with the output first, so the separable zoom-and-shift
+    path does the work (tens of times faster on a 512 x 512 grid). Other matrices go the general way.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    big = np.abs(m) > 1e-9 * max(1.0, float(np.abs(m).max()))
+    shape = tuple(int(v) for v in output_shape)
+    if not (big.sum(axis=0) == 1).all() or not (big.sum(axis=1) == 1).all():
+        return ndimage.affine_transform(
+            src, m, offset=offset, output_shape=shape, order=order, mode=mode, cval=cval
+        )
+    # Row r of the matrix is source axis r; its non-zero column c is the output axis it follows.
+    perm = [int(np.flatnonzero(big[:, c])[0]) for c in range(3)]  # output axis c follows source perm[c]
+    scale = np.array([m[perm[c], c] for c in range(3)])
+    shift = np.asarray(offset, dtype=np.float64)[perm].copy()  # offset is in source axes
+    aligned = np.transpose(src, perm)
+    for i in range(3):
+        if scale[i] < 0:
+            # x' = (n - 1) - x on the flipped axis.
+            aligned = np.flip(aligned, axis=i)
+            shift[i] = aligned.shape[i] - 1 - shift[i]
+            scale[i] = -scale[i]
+    if order == 1 and mode in ("constant", "nearest"):
+        return _separable_linear(aligned, scale, shift, shape, mode, cval)
+    return ndimage.affine_transform(
+        np.ascontiguousarray(aligned),
+        scale,
+        offset=shift,
+        output_shape=shape,
+        order=order,
+        mode=mode,
+        cval=cval,
+    )
+
+
+def _separable_linear(
+    src: np.ndarray, scale: np.ndarray, shift: np.ndarray, shape: tuple[int, ...], mode: str, cval: float
+) -> np.ndarray:
+    """Linear interpolation at ``scale * o + shift`` per axis, one axis at a time (float32).
+
+    scipy's ``order=1`` with ``mode='constant'`` (a sample beyond ``[0, n - 1]`` on any axis is ``cval``)
+    or ``mode='nearest'`` (coordinates clipped to the edge), several times faster than its spline code on
+    large outputs: each pass is two gathers and a blend along one axis.
+    """
+    out = np.asarray(src, dtype=np.float32)
+    for axis in range(3):
+        n = out.shape[axis]
+        x = scale[axis] * np.arange(shape[axis], dtype=np.float64) + shift[axis]
+        outside = (x < 0) | (x > n - 1)
+        x = np.clip(x, 0, n - 1)
+        i0 = np.minimum(np.floor(x).astype(np.intp), max(n - 2, 0))
+        i1 = np.minimum(i0 + 1, n - 1)
+        view = [1, 1, 1]
+        view[axis] = -1
+        w = (x - i0).astype(np.float32).reshape(view)
+        a = np.take(out, i0, axis=axis)
+        out = a + (np.take(out, i1, axis=axis) - a) * w
+        if mode == "constant" and outside.any():
+            idx: list[Any] = [slice(None)] * 3
+            idx[axis] = outside
+            out[tuple(idx)] = cval
+    return out
+
+
+def to_grid(
+    mask: CroppedMask, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int]
+) -> np.ndarray:
+    """Nearest-neighbour resampling of a mask onto another grid (both voxel -> RAS+ mm).
+
+    Returns:
+        bool array of ``dst_shape``.
+    """
+    out = np.zeros(tuple(int(s) for s in dst_shape), dtype=bool)
+    if mask.is_empty:
+        return out
+    # Only the destination voxels inside the mask's box (mapped over) can be True.
+    to_dst = np.linalg.inv(np.asarray(dst_affine)) @ np.asarray(src_affine)
+    lo = np.asarray(mask.offset, dtype=np.float64) - 0.5
+    hi = lo + np.asarray(mask.data.shape)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    d = corners @ to_dst[:3, :3].T + to_dst[:3, 3]
+    d0 = np.clip(np.floor(d.min(axis=0)).astype(int), 0, out.shape)
+    d1 = np.clip(np.ceil(d.max(axis=0)).astype(int) + 1, 0, out.shape)
+    if (d1 <= d0).any():
+        return out
+    to_src = np.linalg.inv(to_dst)
+    offset = to_src[:3, :3] @ d0 + to_src[:3, 3] - np.asarray(mask.offset)
+    crop = affine_resample(mask.data.view(np.uint8), to_src[:3, :3], offset, tuple(d1 - d0), order=0)
+    out[tuple(slice(a, b) for a, b in zip(d0, d1))] = crop.astype(bool)
+    return out
+
+
+def scan_signals(
+    masks: Mapping[str, CroppedMask],
+    ctx: ScanContext,
+    reference: ReferenceStats,
+    probs: np.ndarray | None = None,
+    prob_names: Sequence[str] = (),
+    prob_affine: np.ndarray | None = None,
+    tta_probs: np.ndarray | None = None,
+) -> tuple[dict[str, dict[str, Any]], np.ndarray | None]:
+    """Every signal of every predicted class of one scan, and the viewer's entropy map.
+
+    Args:
+        masks: predicted class -> final mask on the original grid (empty when predicted absent).
+        ctx: geometry, midline and annotated masks of the scan.
+        reference: the catalog's annotated-scan statistics.
+        probs: (C, X, Y, Z) float16/32 probabilities on the inference grid, channel c = ``prob_names[c]``;
+            None skips entropy and TTA.
+        prob_names: class of each channel.
+        prob_affine: (4, 4) voxel -> RAS+ mm of the inference grid.
+        tta_probs: (C, X, Y, Z) probabilities of the test-time augmentation on the same grid, or None.
+
+    Returns:
+        ``(signals, entropy_map)``: class -> signal dict; float16 (X, Y, Z) voxel-wise max entropy over the
+        predicted classes (None without ``probs``).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    emap: np.ndarray | None = None
+    channel = {n: i for i, n in enumerate(prob_names)}
+    for name, mask in masks.items():
+        sig = plausibility_signals(name, mask, masks, ctx, reference)
+        sig["entropy"] = None
+        sig["tta_disagreement"] = None
+        if probs is not None and name in channel and prob_affine is not None:
+            p = probs[channel[name]]
+            low = to_grid(mask, ctx.affine, prob_affine, p.shape)
+            sig["entropy"] = round(entropy_signal(p, low), 4)
+            h = binary_entropy(p).astype(np.float16)
+            emap = h if emap is None else np.maximum(emap, h)
+            if tta_probs is not None:
+                sig["tta_disagreement"] = round(
+                    dice_disagreement(p >= 0.5, tta_probs[channel[name]] >= 0.5), 4
+                )
+        out[name] = {k: _jsonable(sig.get(k)) for k in SIGNAL_KEYS}
+    return out, emap
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return round(f, 4) if math.isfinite(f) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+# ---------------------------------------------------------------------------------- storage
+
+
+def uncertainty_rows(
+    scan_id: str,
+    run_id: str,
+    label_set_id: str,
+    signals: Mapping[str, Mapping[str, Any]],
+    n_annotated: Mapping[str, int],
+) -> list[dict[str, Any]]:
+    """Rows for the ``uncertainty`` table, scored by ``workbench.queue.assess``."""
+    from workbench.queue import assess
+
+    rows = []
+    for name, sig in signals.items():
+        score, reasons = assess(name, sig, n_annotated.get(name, 0))
+        rows.append(
+            {
+                "scan_id": scan_id,
+                "class_name": name,
+                "run_id": run_id,
+                "label_set_id": label_set_id,
+                "score": score,
+                "signals": dict(sig),
+                "reasons": reasons,
+            }
+        )
+    return rows
+
+
+def store_uncertainty(ws: Workspace, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write uncertainty rows (``scan_id, class_name, run_id, label_set_id, score, signals`` (dict or JSON
+    text), ``reasons`` (list of str)) in ONE catalog transaction; a row with the same scan, class and run
+    is replaced."""
+    if not rows:
+        return
+    import json
+
+    import pyarrow as pa
+
+    table = pa.table(
+        {
+            "scan_id": [r["scan_id"] for r in rows],
+            "class_name": [r["class_name"] for r in rows],
+            "run_id": [r["run_id"] for r in rows],
+            "label_set_id": [r["label_set_id"] for r in rows],
+            "score": pa.array([float(r["score"]) for r in rows], pa.float64()),
+            "signals": [
+                r["signals"] if isinstance(r["signals"], str) else json.dumps(r["signals"]) for r in rows
+            ],
+            "reasons": pa.array([list(r["reasons"]) for r in rows], pa.list_(pa.string())),
+        }
+    )
+    with ws.catalog.transaction() as con:
+        con.register("unc_in", table)
+        con.execute(
+            "INSERT OR REPLACE INTO uncertainty (scan_id, class_name, run_id, label_set_id, score, signals, "
+            "reasons) SELECT scan_id, class_name, run_id, label_set_id, score, signals, reasons FROM unc_in"
+        )
+        con.unregister("unc_in")
+
+
+def scan_key(scan_id: str) -> str:
+    """A file name for a scan id (``kits23:case_00001`` -> ``kits23__case_00001``)."""
+    return _SAFE.sub("_", scan_id.replace(":", "__"))
+
+
+def uncertainty_map_path(ws: Workspace, run_id: str, scan_id: str) -> Path:
+    return ws.root / "uncertainty" / scan_key(run_id) / f"{scan_key(scan_id)}.npz"
+
+
+def write_uncertainty_map(
+    ws: Workspace, run_id: str, scan_id: str, entropy: np.ndarray, affine: np.ndarray, classes: Sequence[str]
+) -> Path:
+    """Write the entropy map (float16 (X, Y, Z), voxel -> RAS+ ``affine``) as a compressed ``.npz``,
+    atomically (temp file + rename); returns its path."""
+    path = uncertainty_map_path(ws, run_id, scan_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}.{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                entropy=np.asarray(entropy, dtype=np.float16),
+                affine=np.asarray(affine, dtype=np.float64),
+                classes=np.array(list(classes), dtype=str),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_uncertainty_map(
+    ws: Workspace, run_id: str, scan_id: str, *, on_original_grid: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The entropy map of one scan: (float16 array, its (4, 4) affine).
+
+    With ``on_original_grid`` the map is resampled (trilinear) onto the scan's original grid, so it
+    overlays the CT voxel for voxel; otherwise it is the stored inference-grid map.
+    """
+    from harmonize.errors import HarmonizeError
+
+    path = uncertainty_map_path(ws, run_id, scan_id)
+    if not path.is_file():
+        raise HarmonizeError(path, f"no uncertainty map for scan {scan_id} in run {run_id}")
+    with np.load(path) as z:
+        entropy, affine = z["entropy"], z["affine"]
+    if not on_original_grid:
+        return entropy, affine
+    row = ws.catalog.query("SELECT shape, affine FROM scan WHERE id = ?", [scan_id])
+    if row.empty:
+        raise HarmonizeError(path, f"scan {scan_id} is not in the catalog")
+    shape = tuple(int(s) for s in row["shape"].iloc[0])
+    orig = np.asarray(list(row["affine"].iloc[0]), dtype=np.float64).reshape(4, 4)
+    m = np.linalg.inv(affine) @ orig
+    out = affine_resample(entropy.astype(np.float32), m[:3, :3], m[:3, 3], shape, order=1, mode="nearest")
+    return out.astype(np.float16), orig
