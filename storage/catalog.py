@@ -672,7 +672,8 @@ class Catalog:
         df = con.execute(
             """
             SELECT s.*, l.id AS ls_id, l.version AS ls_version, l.label_sha256 AS ls_label_sha256,
-                   l.label_bytes AS ls_label_bytes, l.label_mtime AS ls_label_mtime
+                   l.label_bytes AS ls_label_bytes, l.label_mtime AS ls_label_mtime,
+                   (SELECT max(version) FROM label_set a WHERE a.scan_id = s.id) AS ls_max_version
             FROM scan s LEFT JOIN (
                 SELECT * FROM label_set WHERE origin = 'original'
                 QUALIFY row_number() OVER (PARTITION BY scan_id ORDER BY version DESC) = 1

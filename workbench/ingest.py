@@ -185,7 +185,8 @@ def _ingest_case(
             )
         parent = None
         if existing is not None and has_labels:
-            parent = {"id": existing["ls_id"], "version": existing["ls_version"]}
+            # the new version follows every label set of the scan (pseudo and revised ones too)
+            parent = {"id": existing["ls_id"], "version": existing["ls_max_version"]}
         _store(
             ws,
             protocol,

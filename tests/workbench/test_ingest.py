@@ -211,3 +211,34 @@ def test_a_killed_ingest_leaves_no_half_scan_and_resumes(tmp_path: Path) -> None
     assert len(summary.unchanged) == 2 and len(summary.added) == 2
     assert ws.catalog.counts()["scan"] == 4
     assert set(ws.masks.keys()) == ws.catalog.mask_keys()  # the orphan was collected
+
+
+def test_a_changed_label_file_after_pseudo_labels_gets_the_next_free_version(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from harmonize.taxonomy import class_names
+    from storage.catalog import LabelSetRecord
+
+    data = tmp_path / "data"
+    _write_cases("lits", data, seeds=(0,))
+    ws = Workspace.open(tmp_path / "ws")
+    ingest(ws, "lits", data, progress=False)
+    scan = scan_id_for("lits", "case00")
+    original = ws.catalog.latest_original(scan)
+    ws.masks.write_label_set("ls-pseudo", {}, tuple(ws.catalog.scan_by_case("lits", "case00")["shape"]))
+    ws.catalog.add_label_set(
+        LabelSetRecord("ls-pseudo", scan, 2, "pseudo", "ls-pseudo"),
+        dict.fromkeys(class_names(), "not_annotated"),
+        [],
+    )
+    label = next(p for p in data.rglob("*") if p.is_file() and "seg" in p.name)
+    img = nib.load(label)
+    arr = np.asanyarray(img.dataobj).copy()
+    arr[arr == 2] = 1
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), label)
+    summary = ingest(ws, "lits", data, progress=False)
+    assert summary.updated == [scan] and summary.skipped == []
+    versions = ws.catalog.label_sets(scan)
+    assert versions["version"].tolist() == [1, 2, 3]
+    newest = versions.iloc[-1]
+    assert newest["origin"] == "original" and newest["parent_id"] == original["id"]
