@@ -20,25 +20,10 @@ SCAN = "btcv:demo000"
 TIMEOUT = 60
 
 
-@pytest.fixture(scope="session")
-def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The one-case-per-source demo workspace, built once per session (same folder as test_review's)."""
-    from workbench.demo import build_demo
-
-    base = tmp_path_factory.getbasetemp() / "demo-template-1"
-    if not (base / ".built").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        build_demo(Workspace.open(base), cases_per_source=1, progress=False)
-        (base / ".built").write_text("ok")
-    return base
-
-
 @pytest.fixture
-def ws(demo_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    root = tmp_path / "ws"
-    shutil.copytree(demo_template, root, ignore=shutil.ignore_patterns("demo_data", ".built"))
-    monkeypatch.setenv("WORKBENCH_HOME", str(root))
-    return Workspace.open(root)
+def ws(demo_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    monkeypatch.setenv("WORKBENCH_HOME", str(demo_ws.root))
+    return demo_ws
 
 
 @pytest.fixture

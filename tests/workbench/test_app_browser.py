@@ -16,13 +16,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from storage.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,17 +61,8 @@ def _wait(check: Any, timeout: float, what: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workbench.demo import build_demo
-
-    base = tmp_path_factory.getbasetemp() / "demo-template-1"
-    if not (base / ".built").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        build_demo(Workspace.open(base), cases_per_source=1, progress=False)
-        (base / ".built").write_text("ok")
-    root = tmp_path_factory.mktemp("browser") / "ws"
-    shutil.copytree(base, root, ignore=shutil.ignore_patterns("demo_data", ".built"))
-    return root
+def workspace(demo_copy: Callable[[Path], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo_copy(tmp_path_factory.mktemp("browser") / "ws")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -18,24 +17,9 @@ from workbench.cli import main
 from workbench.training_set import TrainingEntry, assemble_training_set
 
 
-@pytest.fixture(scope="session")
-def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The one-case-per-source demo workspace, built once per session (same folder as test_review's)."""
-    from workbench.demo import build_demo
-
-    base = tmp_path_factory.getbasetemp() / "demo-template-1"
-    if not (base / ".built").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        build_demo(Workspace.open(base), cases_per_source=1, progress=False)
-        (base / ".built").write_text("ok")
-    return base
-
-
 @pytest.fixture
-def ws(demo_template: Path, tmp_path: Path) -> Workspace:
-    root = tmp_path / "ws"
-    shutil.copytree(demo_template, root, ignore=shutil.ignore_patterns("demo_data", ".built"))
-    return Workspace.open(root)
+def ws(demo_ws: Workspace) -> Workspace:
+    return demo_ws
 
 
 @pytest.mark.parametrize(

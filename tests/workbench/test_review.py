@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -22,29 +21,9 @@ SCAN = "btcv:demo000"
 KITS = "kits23:demo000"
 
 
-def _template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo workspace with one case per source, built once per test session (shared by test files)."""
-    from workbench.demo import build_demo
-
-    base = tmp_path_factory.getbasetemp() / "demo-template-1"
-    if not (base / ".built").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        build_demo(Workspace.open(base), cases_per_source=1, progress=False)
-        (base / ".built").write_text("ok")
-    return base
-
-
-@pytest.fixture(scope="session")
-def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _template(tmp_path_factory)
-
-
 @pytest.fixture
-def ws(demo_template: Path, tmp_path: Path) -> Workspace:
-    """A private copy of the demo workspace (catalog + masks; the images stay in the template)."""
-    root = tmp_path / "ws"
-    shutil.copytree(demo_template, root, ignore=shutil.ignore_patterns("demo_data", ".built"))
-    return Workspace.open(root)
+def ws(demo_ws: Workspace) -> Workspace:
+    return demo_ws
 
 
 def add_pseudo(ws: Workspace, scan_id: str, masks: dict[str, np.ndarray], run_id: str = "run-1") -> str:
