@@ -38,7 +38,7 @@ from harmonize.laterality import (
     split_left_right,
 )
 from harmonize.layout import CaseFiles
-from harmonize.masks import CroppedMask
+from harmonize.masks import CroppedMask, crop_affine
 from harmonize.protocols import Protocol
 from harmonize.stats import ClassStats, bbox_slices, class_stats
 from harmonize.taxonomy import CLASSES, PAIRS
@@ -99,12 +99,6 @@ def check_same_grid(image: Volume, label: Volume, label_path: str | Path) -> Non
         )
 
 
-def _shifted_affine(affine: np.ndarray, offset: tuple[int, ...]) -> np.ndarray:
-    out = np.array(affine, dtype=np.float64)
-    out[:3, 3] = affine[:3, :3] @ np.asarray(offset, dtype=np.float64) + affine[:3, 3]
-    return out
-
-
 def _midline(
     image: Volume | None, masks: Mapping[str, CroppedMask], affine: np.ndarray, shape: tuple[int, int, int]
 ) -> tuple[float, str]:
@@ -140,7 +134,7 @@ def _finish(
     midline: tuple[float, str] | None = None
     for target, cm in target_masks.items():
         if target not in PAIRS:
-            masks[target] = _union(masks.get(target), cm)
+            masks[target] = cm.union(masks.get(target))
             continue
         left_name, right_name = PAIRS[target]
         if cm.is_empty:
@@ -148,11 +142,11 @@ def _finish(
         if midline is None:
             midline = _midline(image, target_masks, affine, shape)
         left, right, decisions = split_left_right(
-            cm.data, _shifted_affine(affine, cm.offset), midline_x_mm=midline[0], pair=target
+            cm.data, crop_affine(affine, cm.offset), midline_x_mm=midline[0], pair=target
         )
         splits.extend(decisions)
-        masks[left_name] = _union(masks.get(left_name), CroppedMask.from_full(left, cm.offset, shape))
-        masks[right_name] = _union(masks.get(right_name), CroppedMask.from_full(right, cm.offset, shape))
+        masks[left_name] = CroppedMask.from_full(left, cm.offset, shape).union(masks.get(left_name))
+        masks[right_name] = CroppedMask.from_full(right, cm.offset, shape).union(masks.get(right_name))
 
     annotated = set(protocol.annotated) - not_annotated_here
     coverage: dict[str, str] = {}
@@ -184,20 +178,6 @@ def _finish(
         native_voxels=native_voxels,
         notes=notes,
     )
-
-
-def _union(a: CroppedMask | None, b: CroppedMask) -> CroppedMask:
-    if a is None or a.is_empty:
-        return b
-    if b.is_empty:
-        return a
-    lo = np.minimum(a.offset, b.offset)
-    hi = np.maximum(np.add(a.offset, a.data.shape), np.add(b.offset, b.data.shape))
-    out = np.zeros(tuple(hi - lo), dtype=bool)
-    for m in (a, b):
-        start = np.subtract(m.offset, lo)
-        out[tuple(slice(s, s + n) for s, n in zip(start, m.data.shape))] |= m.data
-    return CroppedMask(a.shape, tuple(int(v) for v in lo), out)  # type: ignore[arg-type]
 
 
 def harmonize_label_map(
@@ -306,7 +286,7 @@ def harmonize_class_files(
         cm = CroppedMask.from_full(fg)
         for t in protocol.files[stem]:
             drawn.add(t)
-            target_masks[t] = _union(target_masks.get(t), cm)
+            target_masks[t] = cm.union(target_masks.get(t))
     if shape is None or affine is None:
         raise HarmonizeError(paths.get("", case_id), "no per-class file of the protocol was found")
     missing_stems = sorted(set(protocol.files) - set(files))

@@ -17,6 +17,13 @@ import numpy as np
 from harmonize.stats import bbox_slices
 
 
+def crop_affine(affine: np.ndarray, offset: tuple[int, ...] | list[int]) -> np.ndarray:
+    """The voxel -> RAS+ affine of a crop whose first voxel sits at ``offset`` of the full grid."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = out[:3, :3] @ np.asarray(offset, dtype=np.float64) + out[:3, 3]
+    return out
+
+
 @dataclass(frozen=True)
 class CroppedMask:
     """A bool mask of ``shape`` that is zero outside ``data`` placed at ``offset``.
@@ -62,6 +69,20 @@ class CroppedMask:
     @property
     def is_empty(self) -> bool:
         return self.data.size == 0 or not self.data.any()
+
+    def union(self, other: CroppedMask | None) -> CroppedMask:
+        """The voxel-wise OR of two masks of the same volume, cropped to both (``None`` is empty)."""
+        if other is None or other.is_empty:
+            return self
+        if self.is_empty:
+            return other
+        lo = np.minimum(self.offset, other.offset)
+        hi = np.maximum(np.add(self.offset, self.data.shape), np.add(other.offset, other.data.shape))
+        out = np.zeros(tuple(hi - lo), dtype=bool)
+        for m in (self, other):
+            start = np.subtract(m.offset, lo)
+            out[tuple(slice(int(s), int(s) + n) for s, n in zip(start, m.data.shape))] |= m.data
+        return CroppedMask(self.shape, tuple(int(v) for v in lo), out)  # type: ignore[arg-type]
 
     def full(self) -> np.ndarray:
         """The (i, j, k) bool mask of the whole volume."""

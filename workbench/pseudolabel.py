@@ -42,7 +42,7 @@ from tqdm import tqdm
 from harmonize.errors import HarmonizeError
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
 from harmonize.laterality import SplitDecision, estimate_midline_x, split_left_right
-from harmonize.masks import CroppedMask
+from harmonize.masks import CroppedMask, crop_affine
 from harmonize.stats import class_stats
 from harmonize.taxonomy import CLASSES, PAIRS, class_by_name, class_names
 from harmonize.volume import Volume
@@ -302,26 +302,6 @@ class PostprocessResult:
     splits: list[SplitDecision] = field(default_factory=list)
 
 
-def _shifted(affine: np.ndarray, offset: Sequence[int]) -> np.ndarray:
-    out = np.array(affine, dtype=np.float64)
-    out[:3, 3] = affine[:3, :3] @ np.asarray(offset, dtype=np.float64) + affine[:3, 3]
-    return out
-
-
-def _union(a: CroppedMask, b: CroppedMask) -> CroppedMask:
-    if a.is_empty:
-        return b
-    if b.is_empty:
-        return a
-    lo = np.minimum(a.offset, b.offset)
-    hi = np.maximum(np.add(a.offset, a.data.shape), np.add(b.offset, b.data.shape))
-    out = np.zeros(tuple(hi - lo), dtype=bool)
-    for m in (a, b):
-        s = np.subtract(m.offset, lo)
-        out[tuple(slice(int(x), int(x) + n) for x, n in zip(s, m.data.shape))] |= m.data
-    return CroppedMask(a.shape, tuple(int(v) for v in lo), out)  # type: ignore[arg-type]
-
-
 def largest_component(mask: CroppedMask) -> tuple[CroppedMask, int, int]:
     """(mask with only its largest 26-connected component, components before, voxels removed)."""
     if mask.is_empty:
@@ -372,11 +352,11 @@ def postprocess(
     for pair, (left, right) in PAIRS.items():
         if left not in out or right not in out:
             continue
-        pooled = _union(out[left], out[right])
+        pooled = out[left].union(out[right])
         if pooled.is_empty:
             continue
         lmask, rmask, decisions = split_left_right(
-            pooled.data, _shifted(np.asarray(affine), pooled.offset), midline_x_mm=midline_x_mm, pair=pair
+            pooled.data, crop_affine(np.asarray(affine), pooled.offset), midline_x_mm=midline_x_mm, pair=pair
         )
         new_l = CroppedMask.from_full(lmask, pooled.offset, pooled.shape)
         new_r = CroppedMask.from_full(rmask, pooled.offset, pooled.shape)
