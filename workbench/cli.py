@@ -14,6 +14,10 @@
     workbench [--workspace DIR] queue [--top N] [--run RUN_ID] [--long-tail-boost B]
     workbench [--workspace DIR] evaluate RUN_ID [--tolerance-mm MM] [--fraction F] [--seed N]
                                 [--min-tumour-voxels N]
+    workbench [--workspace DIR] embed [--encoder minilm|clip] [--clip-weights FILE|TAG] [--template V1..V4]
+                                [--name NAME] [--import-release TXT_ENCODING_PTH]
+    workbench [--workspace DIR] train --vocabulary NAME [--backbone B] [--spacing MM] [--patch N]
+                                [--epochs N] [--max-steps N] [--source ID ...] [--fresh]
 
 The workspace is ``--workspace``, else ``$WORKBENCH_HOME``, else ``./workspace``.
 """
