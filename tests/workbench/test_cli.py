@@ -85,3 +85,16 @@ def test_workspace_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert resolve_workspace() == tmp_path / "env"
     assert resolve_workspace(tmp_path / "flag") == tmp_path / "flag"
     assert os.environ["WORKBENCH_HOME"] == str(tmp_path / "env")
+
+
+def test_embed_stores_a_vocabulary_and_clip_offline_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ws = str(tmp_path / "ws")
+    code, out, _ = _run("--workspace", ws, "embed", "--encoder", "minilm", "--template", "V2")
+    assert code == 0 and "stored text vocabulary 'minilm-V2': 32 classes" in out and "not CLIP" in out
+    code, _, err = _run("--workspace", ws, "embed", "--encoder", "clip")
+    assert code == 2 and err.startswith("workbench: error: CLIP weights") and "local file" in err
+    code, _, err = _run("--workspace", ws, "train", "--vocabulary", "nope")
+    assert code == 2 and "no text vocabulary 'nope'" in err
