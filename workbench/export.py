@@ -39,19 +39,21 @@ def export_case_name(source_id: str, case_id: str) -> str:
     return _SAFE.sub("_", f"{source_id}_{case_id}")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    path = Path(path)
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     nib.save(img, path)
 
 
-def _ct_array(volume_array: np.ndarray) -> np.ndarray:
+def ct_array(volume_array: np.ndarray) -> np.ndarray:
     """CT voxels as int16 when they are integral HU in range (smaller files), else float32."""
     a = volume_array
     if np.issubdtype(a.dtype, np.integer) and a.min() >= -32768 and a.max() <= 32767:
@@ -128,16 +130,16 @@ def _export_case(
     tmp = case_dir.parent / f".partial-{case_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "segmentations").mkdir(parents=True)
-    _save_nifti(_ct_array(image.array), image.affine, tmp / "ct.nii.gz")
+    save_nifti(ct_array(image.array), image.affine, tmp / "ct.nii.gz")
     known = [n for n in wanted if states.get(n) in (ANNOTATED_PRESENT, ANNOTATED_ABSENT)]
     present = [n for n in known if states[n] == ANNOTATED_PRESENT]
     masks = ws.masks.read_many(row["mask_key"], present) if present else {}
-    files = {"ct.nii.gz": _sha256(tmp / "ct.nii.gz")}
+    files = {"ct.nii.gz": file_sha256(tmp / "ct.nii.gz")}
     for name in known:
         mask = masks[name].astype(np.uint8) if name in masks else np.zeros(image.shape, np.uint8)
         path = tmp / "segmentations" / f"{name}.nii.gz"
-        _save_nifti(mask, image.affine, path)
-        files[f"segmentations/{name}.nii.gz"] = _sha256(path)
+        save_nifti(mask, image.affine, path)
+        files[f"segmentations/{name}.nii.gz"] = file_sha256(path)
     shutil.rmtree(case_dir, ignore_errors=True)
     tmp.rename(case_dir)
     return {

@@ -43,7 +43,7 @@ from harmonize.errors import HarmonizeError
 from harmonize.readers import read_volume
 from harmonize.taxonomy import class_names
 from storage.workspace import Workspace
-from workbench.export import _ct_array, _save_nifti, _sha256, export_case_name
+from workbench.export import ct_array, export_case_name, file_sha256, save_nifti
 from workbench.review import paint_order
 from workbench.training_set import ORIGIN_PRIORITY, TrainingEntry, assemble_training_set
 
@@ -76,8 +76,8 @@ def label_map(entry: TrainingEntry, values: dict[str, int], shape: tuple[int, in
 
 def _atomic_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> str:
     tmp = path.parent / f".partial-{path.name}"
-    _save_nifti(array, affine, tmp)
-    digest = _sha256(tmp)
+    save_nifti(array, affine, tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, path)
     return digest
 
@@ -86,7 +86,7 @@ def _atomic_json(obj: Any, path: Path) -> str:
     tmp = path.parent / f".partial-{path.name}"
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, path)
-    return _sha256(path)
+    return file_sha256(path)
 
 
 def _entries(
@@ -128,7 +128,7 @@ def _write_cases(
             raise HarmonizeError(path, f"image of scan {e.scan_id} is no longer there")
         image = read_volume(path, kind="image")
         img_rel, lab_rel = f"imagesTr/{image_name(case)}", f"labelsTr/{case}.nii.gz"
-        sha_img = _atomic_nifti(_ct_array(image.array), image.affine, out / img_rel)
+        sha_img = _atomic_nifti(ct_array(image.array), image.affine, out / img_rel)
         labels = label_map(e, values, image.shape)
         sha_lab = _atomic_nifti(labels, image.affine, out / lab_rel)
         known = [c for c in exported if c in e.annotated]

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.workspace import Workspace
+from workbench.export import file_sha256
 from workbench.model.text import (
     DEFAULT_TEMPLATE,
     ClipTextEncoder,
@@ -175,8 +175,7 @@ def train_from_catalog(
     if rank == 0:
         sha = None
         if result.checkpoint is not None and result.checkpoint.exists():
-            with result.checkpoint.open("rb") as f:
-                sha = hashlib.file_digest(f, "sha256").hexdigest()
+            sha = file_sha256(result.checkpoint)
         last = result.records[-1] if result.records else {}
         ws.catalog.finish_run(
             run_id,

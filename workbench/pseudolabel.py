@@ -27,7 +27,6 @@ unreadable gets one line in the summary; nothing of it is written.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import uuid
@@ -49,6 +48,7 @@ from harmonize.volume import Volume
 from storage.catalog import LabelSetRecord
 from storage.workspace import Workspace
 from workbench import uncertainty as unc
+from workbench.export import file_sha256
 
 THRESHOLD = 0.5
 #: Test-time augmentation: inference grid coarser by this factor, intensity shifted by this much (of the
@@ -126,14 +126,6 @@ class Segmenter:
             backbone=str(loaded.model.config.get("backbone", "")),
             path=str(path),
         )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_device(device: str) -> str:

@@ -796,7 +796,7 @@ def export_case_for_slicer(ws: Workspace, scan_id: str, out_dir: str | Path) -> 
     Returns:
         name -> path of every file written.
     """
-    from workbench.export import _ct_array, _save_nifti
+    from workbench.export import ct_array, save_nifti
     from workbench.training_set import assemble_training_set
 
     scan = scan_row(ws, scan_id)
@@ -822,8 +822,8 @@ def export_case_for_slicer(ws: Workspace, scan_id: str, out_dir: str | Path) -> 
         "itksnap_labels.txt": out / "itksnap_labels.txt",
         "labels.json": out / "labels.json",
     }
-    _save_nifti(_ct_array(image.array), image.affine, files["ct.nii.gz"])
-    _save_nifti(labels, image.affine, files["labels.nii.gz"])
+    save_nifti(ct_array(image.array), image.affine, files["ct.nii.gz"])
+    save_nifti(labels, image.affine, files["labels.nii.gz"])
     files["labels.ctbl"].write_text(slicer_color_table(present))
     files["itksnap_labels.txt"].write_text(itksnap_label_description(present))
     files["labels.json"].write_text(json.dumps(meta, indent=1))

@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -41,6 +40,7 @@ from harmonize.errors import HarmonizeError
 from storage.catalog import utc_now
 from storage.workspace import Workspace
 from workbench.evaluation import DEFAULT_FRACTION, ScanTruth, evaluate, held_out_split, training_scan_ids
+from workbench.export import file_sha256
 from workbench.model.train import TrainCase, TrainConfig, train
 from workbench.model.transforms import PipelineConfig
 from workbench.training_set import TrainingEntry, assemble_training_set
@@ -126,11 +126,6 @@ class RoundResult:
         out.append(f"  pseudo-label run {self.pseudolabel_run_id}; queue rebuilt")
         out.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
         return out
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def rounds(ws: Workspace) -> pd.DataFrame:
@@ -287,7 +282,7 @@ def run_round(
         if not prev.exists():
             raise HarmonizeError(prev, "previous round's checkpoint does not exist")
         init_state = load_checkpoint(prev, vocab).model.state_dict()
-        prev_sha = _sha256(prev)
+        prev_sha = file_sha256(prev)
     out_dir = ws.root / MODELS_DIR / f"round-{number:03d}-{uuid.uuid4().hex[:6]}"
     train_run = "train-" + uuid.uuid4().hex[:12]
     ws.catalog.start_run(
@@ -311,7 +306,7 @@ def run_round(
     if result.checkpoint is None or not result.checkpoint.exists():
         raise HarmonizeError(out_dir, "training wrote no checkpoint")
     ckpt = result.checkpoint
-    sha = _sha256(ckpt)
+    sha = file_sha256(ckpt)
     last = result.records[-1] if result.records else {}
     ws.catalog.finish_run(
         train_run,
