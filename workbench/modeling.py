@@ -9,8 +9,8 @@
 Example:
     >>> from storage.workspace import Workspace
     >>> ws = Workspace.open("ws")  # doctest: +SKIP
-    >>> vocab = embed(ws, encoder="minilm")  # doctest: +SKIP
-    >>> train_from_catalog(ws, "ws/models/r1", vocabulary=vocab.name)  # doctest: +SKIP
+    >>> name, vocab = embed(ws, encoder="minilm")  # doctest: +SKIP
+    >>> run_id, result = train_from_catalog(ws, "ws/models/r1", vocabulary=name)  # doctest: +SKIP
 """
 
 from __future__ import annotations
