@@ -146,8 +146,11 @@ def slice_image(
     level: float,
     overlays: Mapping[str, np.ndarray] | None = None,
     opacity: float = 0.4,
+    entropy: np.ndarray | None = None,
+    entropy_opacity: float = 0.5,
 ) -> np.ndarray:
-    """One slice as an RGB image, windowed, with coloured class overlays, scaled to physical aspect.
+    """One slice as an RGB image, windowed, with coloured class overlays and an optional uncertainty heat
+    overlay on top, scaled to physical aspect.
 
     Args:
         dv: the display volume.
@@ -156,6 +159,8 @@ def slice_image(
         width / level: window in HU.
         overlays: class name -> (x, y, z) bool mask in display order (``dv.mask``).
         opacity: overlay alpha in [0, 1].
+        entropy: (x, y, z) entropy map in bits in display order (:func:`display_entropy`), or None.
+        entropy_opacity: alpha of the heat colours in [0, 1] (:func:`uncertainty_overlay`).
 
     Returns:
         (rows, cols, 3) uint8; rows/cols as in the module docstring, at least :data:`MIN_DISPLAY_PX` on
@@ -169,6 +174,8 @@ def slice_image(
         plane = _plane(m, view, index)
         if plane.any():
             rgb[plane] = (1 - alpha) * rgb[plane] + alpha * np.asarray(class_color(name), np.float32)
+    if entropy is not None:
+        rgb = uncertainty_overlay(rgb, _plane(entropy, view, index), entropy_opacity)
     out = rgb.astype(np.uint8)
     row_mm, col_mm = _pixel_mm(dv, view)
     h_mm, w_mm = out.shape[0] * row_mm, out.shape[1] * col_mm
@@ -186,23 +193,166 @@ def best_slice(mask: np.ndarray, view: str) -> int | None:
     return None if counts.max(initial=0) == 0 else int(np.argmax(counts))
 
 
-def uncertainty_slice_hint(signals: str | None, dv: DisplayVolume, view: str) -> int | None:
-    """The slice named by an uncertainty item's signals (``most_uncertain_voxel`` as file (i, j, k), or
-    ``most_uncertain_slice`` as a file k index for axial), else None."""
-    import json
+def uncertainty_slice_hint(
+    entropy: np.ndarray | None, view: str, region: np.ndarray | None = None
+) -> int | None:
+    """The slice a queue item opens on: the most uncertain slice of its run's entropy map.
 
-    try:
-        sig = json.loads(signals) if signals else {}
-    except ValueError:
+    The uncertainty signals hold no voxel position (see ``workbench.uncertainty.SIGNAL_KEYS``: scalar
+    statistics only), so the map itself gives the hint.
+
+    Args:
+        entropy: (x, y, z) entropy map in display order (:func:`display_entropy`), or None without a map.
+        view: ``axial``, ``coronal`` or ``sagittal``.
+        region: (x, y, z) bool display mask of the item's class, or None; see :func:`most_uncertain_slice`.
+
+    Returns:
+        The slice index along the view's axis, or None without a map or with an all-zero map.
+    """
+    if entropy is None:
         return None
-    ijk = sig.get("most_uncertain_voxel")
-    if isinstance(ijk, list) and len(ijk) == 3:
-        probe = np.zeros(dv.file_shape, bool)
-        try:
-            probe[tuple(int(v) for v in ijk)] = True
-        except (IndexError, ValueError):
+    return most_uncertain_slice(entropy, view, region)
+
+
+# ------------------------------------------------------------------------------------ uncertainty map
+
+#: Entropy (bits) below which a voxel is left uncoloured: the model is confident there (p < 1.3 % or
+#: p > 98.7 %), and colouring it would only hide the CT.
+ENTROPY_FLOOR = 0.1
+#: The heat colour map of the uncertainty overlay: entropy in bits -> RGB (0-255), linear in between.
+#: Dark red at the floor, through orange and yellow, to near-white at 1 bit (p = 0.5). It is a ramp in
+#: brightness, unlike the fixed-brightness class colours, so the two overlays do not read alike.
+HEAT_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (ENTROPY_FLOOR, (110, 0, 0)),
+    (0.4, (220, 40, 0)),
+    (0.7, (255, 160, 0)),
+    (1.0, (255, 255, 210)),
+)
+#: What the colours mean, for the viewer's legend.
+HEAT_LEGEND = (
+    f"Uncertainty: voxel-wise binary entropy of the model's probability (maximum over the predicted "
+    f"classes). Dark red = {ENTROPY_FLOOR:g} bit, orange, yellow, near-white = 1 bit (probability 0.5: "
+    f"the model cannot decide). Below {ENTROPY_FLOOR:g} bit the CT is left uncoloured."
+)
+
+
+def entropy_colors(entropy: np.ndarray) -> np.ndarray:
+    """Heat colours of entropy values: ``(...,)`` bits -> ``(..., 3)`` float32 RGB 0-255 (:data:`HEAT_STOPS`;
+    values outside [floor, 1] get the end colours)."""
+    h = np.asarray(entropy, dtype=np.float32)
+    xs = [x for x, _ in HEAT_STOPS]
+    return np.stack(
+        [np.interp(h, xs, [c[ch] for _, c in HEAT_STOPS]).astype(np.float32) for ch in range(3)], axis=-1
+    )
+
+
+def entropy_legend(width: int = 240, height: int = 12) -> np.ndarray:
+    """A (height, width, 3) uint8 colour bar of :data:`HEAT_STOPS`, floor on the left, 1 bit on the right."""
+    row = entropy_colors(np.linspace(ENTROPY_FLOOR, 1.0, width))
+    return np.repeat(row[None], height, axis=0).astype(np.uint8)
+
+
+def display_entropy(dv: DisplayVolume, entropy: np.ndarray) -> np.ndarray:
+    """An entropy map on the CT's grid, in file voxel order, reoriented like the CT.
+
+    Args:
+        dv: the display volume of the scan.
+        entropy: (i, j, k) entropy in bits, shape ``dv.file_shape``
+            (``workbench.uncertainty.load_uncertainty_map`` resamples the stored map onto that grid).
+
+    Returns:
+        (x, y, z) float16 entropy in display order.
+
+    Raises:
+        ValueError: the map's shape is not the scan's.
+    """
+    if tuple(entropy.shape) != tuple(dv.file_shape):
+        raise ValueError(
+            f"uncertainty map shape {tuple(entropy.shape)} does not match the scan's {tuple(dv.file_shape)}"
+        )
+    return dv.mask(np.asarray(entropy, dtype=np.float16))
+
+
+def uncertainty_overlay(rgb: np.ndarray, entropy_plane: np.ndarray, opacity: float) -> np.ndarray:
+    """Blend the heat colours of one entropy plane over an RGB plane of the same size.
+
+    Args:
+        rgb: (rows, cols, 3) RGB 0-255 (uint8 or float), the windowed slice before display scaling.
+        entropy_plane: (rows, cols) entropy in bits, same plane (``_plane`` of the display map).
+        opacity: alpha of the heat colours in [0, 1].
+
+    Returns:
+        (rows, cols, 3) float32: ``rgb`` where entropy < :data:`ENTROPY_FLOOR`, else
+        ``(1 - opacity) * rgb + opacity * entropy_colors(entropy)``.
+    """
+    out = np.asarray(rgb, dtype=np.float32).copy()
+    h = np.asarray(entropy_plane, dtype=np.float32)
+    hot = h >= ENTROPY_FLOOR
+    if hot.any():
+        alpha = float(np.clip(opacity, 0.0, 1.0))
+        out[hot] = (1 - alpha) * out[hot] + alpha * entropy_colors(h[hot])
+    return out
+
+
+def _near(region: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice]] | None:
+    """``region`` plus a one-voxel border (where a mask's entropy peaks: its edge), cropped to its
+    bounding box + 1; returns (crop mask, crop slices), or None for an empty region."""
+    from scipy import ndimage
+
+    bounds = []
+    for axis in range(3):
+        hit = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
             return None
-        return best_slice(dv.mask(probe), view)
+        bounds.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, region.shape[axis])))
+    box = (bounds[0], bounds[1], bounds[2])
+    return ndimage.binary_dilation(region[box]), box
+
+
+def most_uncertain_slice(entropy: np.ndarray, view: str, region: np.ndarray | None = None) -> int | None:
+    """The ``view`` slice with the largest SUM of entropy (not the maximum: every predicted edge holds
+    voxels near 1 bit, so the maximum ties on most slices; the sum finds where the model is unsure over
+    the largest area).
+
+    Args:
+        entropy: (x, y, z) entropy in bits, display order.
+        view: ``axial``, ``coronal`` or ``sagittal``.
+        region: (x, y, z) bool display mask of a class, or None. When it has voxels, only the region plus
+            a one-voxel border counts (the class's own uncertainty); otherwise the whole map.
+
+    Returns:
+        The slice index along the view's axis (the first of equal sums), or None when nothing counted
+        is above zero.
+    """
+    axis = VIEW_AXIS[view]
+    others = tuple(a for a in range(3) if a != axis)
+    near = _near(np.asarray(region, bool)) if region is not None else None
+    if near is None:
+        sums = np.asarray(entropy, np.float64).sum(axis=others)
+    else:
+        crop, box = near
+        sums = np.zeros(entropy.shape[axis], np.float64)
+        part = np.where(crop, np.asarray(entropy[box], np.float64), 0.0).sum(axis=others)
+        sums[box[axis]] = part
+    return None if sums.max(initial=0.0) <= 0 else int(np.argmax(sums))
+
+
+def uncertainty_unavailable(ws: Workspace, run_id: str | None, scan_id: str) -> str | None:
+    """Why the viewer cannot show an uncertainty map for ``scan_id`` (a sentence), or None when
+    ``<ws>/uncertainty/<run_id>/<scan>.npz`` exists.
+
+    Args:
+        ws: the workspace.
+        run_id: the pseudo-labelling run of the item or of the shown label set; None for original or
+            revised labels.
+        scan_id: catalog scan id.
+    """
+    from workbench.uncertainty import uncertainty_map_path
+
+    if not run_id:
+        return "no uncertainty map: these labels do not come from a pseudo-labelling run"
+    if not uncertainty_map_path(ws, run_id, scan_id).is_file():
+        return f"no uncertainty map: run {run_id} wrote none for this scan"
     return None
 
 
@@ -409,7 +559,9 @@ def volume_summary(ws: Workspace, outliers_per_class: int = 5) -> tuple[pd.DataF
 
 
 def volume_figure(summary: pd.DataFrame, outliers: pd.DataFrame, log: bool = True) -> go.Figure:
-    """Box plot per class from precomputed quartiles, with the outlier scans as points (hover: scan id)."""
+    """Box plot per class from precomputed quartiles, with the outlier scans as points whose
+    ``customdata`` is ``[scan_id, class_name]`` (hover shows the scan; :func:`outlier_from_selection`
+    decodes a click)."""
     fig = go.Figure()
     if not summary.empty:
         fig.add_trace(
@@ -432,8 +584,8 @@ def volume_figure(summary: pd.DataFrame, outliers: pd.DataFrame, log: bool = Tru
                 y=outliers["volume_ml"].tolist(),
                 mode="markers",
                 name="outliers",
-                text=outliers["scan_id"].tolist(),
-                hovertemplate="%{text}: %{y:.1f} mL",
+                customdata=outliers[["scan_id", "class_name"]].astype(str).values.tolist(),
+                hovertemplate="%{customdata[0]}: %{y:.1f} mL (click to open)",
                 marker={"color": "#d62828", "size": 7},
             )
         )
@@ -441,6 +593,27 @@ def volume_figure(summary: pd.DataFrame, outliers: pd.DataFrame, log: bool = Tru
     if log:
         fig.update_yaxes(type="log")
     return fig
+
+
+def outlier_from_selection(event: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """The (scan_id, class_name) of the first clicked outlier point in a Streamlit plotly selection event
+    (``st.plotly_chart(..., on_select="rerun")``: ``{"selection": {"points": [{"customdata": [scan_id,
+    class_name], ...}], "point_indices": [...], "box": [], "lasso": []}}``), or None when no selected
+    point carries such customdata (no selection, a click on a box, malformed data)."""
+    if not isinstance(event, Mapping):
+        return None
+    selection = event.get("selection")
+    points = selection.get("points") if isinstance(selection, Mapping) else None
+    for point in points if isinstance(points, list) else []:
+        data = point.get("customdata") if isinstance(point, Mapping) else None
+        if (
+            isinstance(data, (list, tuple))
+            and len(data) == 2
+            and all(isinstance(v, str) and v for v in data)
+            and data[1] in class_names()
+        ):
+            return str(data[0]), str(data[1])
+    return None
 
 
 # ------------------------------------------------------------------------------------------ review data

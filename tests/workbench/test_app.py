@@ -14,6 +14,7 @@ from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord
 from storage.workspace import Workspace
 from workbench import review
+from workbench.uncertainty import write_uncertainty_map
 
 APP = str(Path(__file__).resolve().parents[2] / "workbench" / "app.py")
 SCAN = "btcv:demo000"
@@ -116,6 +117,9 @@ def test_review_page_empty_queue_state_and_browse(ws: Workspace) -> None:
     at = _app("review")
     assert any("review queue is empty" in i.value for i in at.info)
     assert len(at.image) == 1
+    # original labels: no run, no map; the checkbox and the jump are disabled and a caption says why
+    assert at.checkbox(key="v_unc").disabled and at.button(key="v_jump_unc").disabled
+    assert any("not come from a pseudo-labelling run" in c.value for c in at.caption)
     at.selectbox(key="v_class").set_value("liver").run()
     at.radio(key="v_view").set_value("coronal").run()
     assert not at.exception and len(at.image) == 1
@@ -197,3 +201,188 @@ def test_export_page_refuses_a_path_like_name(ws: Workspace) -> None:
     _button(at, "x_go")
     assert any("plain folder name" in e.value for e in at.error)
     assert not (ws.root.parent / "outside").exists()
+
+
+# ------------------------------------------------------------------------------------ uncertainty map
+
+HOT_K = 33  # the colon block (file i, j, k 20..39) is most uncertain on this slice
+
+
+@pytest.fixture
+def mapped(ws: Workspace, queued: str) -> np.ndarray:
+    """Run-1's entropy map of SCAN on its own grid: 0.9 bit on k = HOT_K inside the colon block, and a
+    larger 1-bit slab on k = 5 far from the colon (it wins only when the whole map counts)."""
+    row = review.scan_row(ws, SCAN)
+    shape = tuple(int(s) for s in row["shape"])
+    entropy = np.zeros(shape, np.float32)
+    entropy[20:40, 20:40, HOT_K] = 0.9
+    entropy[0:12, :, 5] = 1.0
+    assert 12 * shape[1] * 1.0 > 20 * 20 * 0.9
+    write_uncertainty_map(ws, "run-1", SCAN, entropy, review.scan_affine(row), ["colon", "intestine"])
+    return entropy
+
+
+def test_uncertainty_map_overlay_and_jump(ws: Workspace, mapped: np.ndarray) -> None:
+    at = _app("review")
+    key = f"v_slice_{SCAN}_axial"
+    # BTCV is LPS, so display z = file k; the item opens on its most uncertain slice within the colon
+    assert at.slider(key=key).value == HOT_K
+    assert not at.checkbox(key="v_unc").disabled and len(at.image) == 1
+    plain = at.image[0].value
+    at.checkbox(key="v_unc").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.image) == 2  # the legend bar (above) and the slice
+    legend, heat = at.image
+    assert "entropy" in legend.captions[0] and SCAN in heat.captions[0]
+    assert heat.value != plain
+    at.slider(key=key).set_value(3).run()
+    _button(at, "v_jump_unc")
+    assert at.slider(key=key).value == HOT_K
+    at.radio(key="v_view").set_value("coronal").run()
+    _button(at, "v_jump_unc")
+    # coronal = display y = 255 - file j for LPS; the colon block's hot rows are j 20..39 (equal sums,
+    # the first display index wins)
+    n_y = int(review.scan_row(ws, SCAN)["shape"][1])
+    assert at.slider(key=f"v_slice_{SCAN}_coronal").value == n_y - 1 - 39
+
+
+# ---------------------------------------------------------------------------------- outliers -> review
+
+
+def test_an_outlier_opens_over_a_non_empty_queue(ws: Workspace, queued: str) -> None:
+    at = _app()
+    at.session_state["browse_scan"] = "kits23:demo000"
+    at.session_state["browse_class"] = "kidney_left"
+    at.switch_page("app_pages/review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Viewing outlier kits23:demo000" in i.value for i in at.info)
+    assert at.subheader[0].value == "Decision on kidney_left of kits23:demo000"
+    assert "kits23:demo000" in at.image[0].captions[0]
+    _button(at, "d_accept")
+    rows = ws.catalog.query("SELECT scan_id, class_name, reviewer FROM review")
+    assert rows.values.tolist() == [["kits23:demo000", "kidney_left", "Dr Ada"]]
+    _button(at, "back_to_queue")
+    assert "browse_scan" not in at.session_state
+    assert at.subheader[0].value == f"Decision on colon of {SCAN}"
+
+
+def test_an_outlier_presets_the_pickers_when_the_queue_is_empty(ws: Workspace) -> None:
+    at = _app()
+    at.session_state["browse_scan"] = "kits23:demo000"
+    at.session_state["browse_class"] = "kidney_tumor"
+    at.switch_page("app_pages/review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="v_scan").value == "kits23:demo000"
+    assert at.selectbox(key="v_class").value == "kidney_tumor"
+    assert "browse_scan" not in at.session_state  # consumed: the reviewer can pick another scan
+    at.selectbox(key="v_scan").set_value(SCAN).run()
+    assert at.subheader[0].value == f"Decision on kidney_tumor of {SCAN}"
+
+
+def test_an_outlier_link_to_an_unknown_scan_is_an_error_message(ws: Workspace, queued: str) -> None:
+    at = _app()
+    at.session_state["browse_scan"] = "nowhere:0"
+    at.switch_page("app_pages/review.py").run()
+    assert not at.exception
+    assert any("nowhere:0" in e.value for e in at.error)
+
+
+# ----------------------------------------------------------------------------------------- concurrency
+
+# A stand-in for `workbench pseudolabel` in another process: per step, a pseudo label set (masks + catalog
+# rows in one transaction) and its uncertainty row (another transaction), as pseudolabel writes them,
+# until the stop file appears. Prints the number of steps done after each one.
+WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from harmonize.taxonomy import class_names
+from storage.catalog import LabelSetRecord
+from storage.workspace import Workspace
+from workbench.uncertainty import store_uncertainty
+
+ws = Workspace.open(sys.argv[1])
+stop = Path(sys.argv[2])
+scans = ws.catalog.query("SELECT id, shape FROM scan ORDER BY id")
+coverage = {c: "not_annotated" for c in class_names()}
+coverage["colon"] = "annotated_present"
+n = 0
+while not stop.exists():
+    scan_id, shape = scans.iloc[n % len(scans)]
+    shape = tuple(int(s) for s in shape)
+    ls_id = f"ls-bg-{n}"
+    mask = np.zeros(shape, bool)
+    mask[:4, :4, :4] = True
+    ws.masks.write_label_set(ls_id, {"colon": mask}, shape)
+    record = LabelSetRecord(
+        id=ls_id, scan_id=scan_id, version=100 + n, origin="pseudo", mask_key=ls_id, run_id="run-bg"
+    )
+    ws.catalog.add_label_set(record, coverage, [])
+    store_uncertainty(ws, [{"scan_id": scan_id, "class_name": "colon", "run_id": f"run-bg-{n}",
+                            "label_set_id": ls_id, "score": 0.1, "signals": {"entropy": 0.1},
+                            "reasons": ["high_entropy"]}])
+    n += 1
+    print(n, flush=True)
+    time.sleep(0.01)
+"""
+
+
+def _shown(at: AppTest) -> tuple[str, str]:
+    """(scan_id, class_name) of the case under the decision buttons."""
+    text = at.subheader[0].value.removeprefix("Decision on ")
+    class_name, scan_id = text.split(" of ", 1)
+    return scan_id, class_name
+
+
+def _no_lock_messages(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [m.value for m in [*at.error, *at.warning]]
+    assert not shown, shown  # neither "database is locked" nor "catalog is busy", nor anything else
+
+
+def test_two_reviewers_and_a_background_writer_lose_no_decision(
+    ws: Workspace, queued: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    stop = tmp_path / "stop"
+    repo = Path(APP).parents[1]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(ws.root), str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(repo)},
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "1"  # the writer runs before the reviewers start
+        sessions = {name: _app("review", reviewer=name) for name in ("Dr Ada", "Dr Bob")}
+        expected: list[tuple[str, str, str]] = []
+        for _ in range(3):
+            for name, at in sessions.items():
+                # the case on this reviewer's screen, rendered before the other reviewer's last click
+                # and the writer's latest steps: the decision must land on it
+                scan_id, class_name = _shown(at)
+                at.button(key="d_accept").click().run()
+                _no_lock_messages(at)
+                assert any(f"by {name}" in s.value for s in at.success)
+                expected.append((scan_id, class_name, name))
+        stop.touch()
+        out, _ = writer.communicate(timeout=60)
+    finally:
+        stop.touch()
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0
+    steps = int(out.split()[-1]) if out.split() else 1
+    assert steps > 1  # it kept writing while the reviewers worked
+    rows = ws.catalog.query(
+        "SELECT scan_id, class_name, reviewer FROM review WHERE decision = 'accept' ORDER BY created_at, id"
+    )
+    assert sorted(map(tuple, rows.values.tolist())) == sorted(expected)
+    assert expected[:2] == [(SCAN, "colon", "Dr Ada"), (SCAN, "colon", "Dr Bob")]  # both saw the top item
+    assert ws.catalog.query("SELECT count(*) AS n FROM label_set WHERE run_id = 'run-bg'")["n"].iloc[0] == (
+        steps
+    )

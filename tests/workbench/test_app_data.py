@@ -182,3 +182,199 @@ def test_volume_summary_matches_pandas_quantiles(ws: Workspace) -> None:
 def test_safe_name() -> None:
     assert app_data.safe_name("kits23:00001") == "kits23_00001"
     assert app_data.safe_name("../..") == "case"
+
+
+# ------------------------------------------------------------------------------------ uncertainty map
+
+
+def _file_order(code: str, world: np.ndarray) -> np.ndarray:
+    """``world`` ((x, y, z) on the NX x NY x NZ grid) stored in the file voxel order of ``code``."""
+    vol, _ = _volume(code)
+    out = np.zeros(vol.array.shape, world.dtype)
+    for i, j, k in np.ndindex(*out.shape):
+        x, y, z, _ = AFFINES[code] @ np.array([i, j, k, 1.0])
+        out[i, j, k] = world[round(x), round(y), round(z)]
+    return out
+
+
+def _entropy_world() -> tuple[np.ndarray, np.ndarray]:
+    """An entropy map and a class region in world (x, y, z) order: inside the region two uncertain voxels,
+    (5, 3, 2) at 1 bit and (4, 2, 1) at 0.6 bit; far outside it a 2 x 2 x 1 block at 1 bit at x 0..1,
+    y 0..1, z 0, which wins every view when the whole map counts."""
+    entropy = np.zeros((NX, NY, NZ), np.float32)
+    entropy[5, 3, 2] = 1.0
+    entropy[4, 2, 1] = 0.6
+    entropy[0:2, 0:2, 0] = 1.0
+    region = np.zeros((NX, NY, NZ), bool)
+    region[4:7, 2:4, 1:3] = True
+    return entropy, region
+
+
+@pytest.mark.parametrize("code", list(AFFINES))
+@pytest.mark.parametrize(
+    ("view", "in_region", "whole_map"),
+    [("axial", 2, 0), ("coronal", 3, 0), ("sagittal", 5, 0)],
+)
+def test_most_uncertain_slice_in_display_order(code: str, view: str, in_region: int, whole_map: int) -> None:
+    vol, _ = _volume(code)
+    dv = app_data.to_display(vol)
+    entropy_w, region_w = _entropy_world()
+    entropy = app_data.display_entropy(dv, _file_order(code, entropy_w))
+    region = dv.mask(_file_order(code, region_w))
+    assert entropy.shape == (NX, NY, NZ) and entropy.dtype == np.float16
+    assert np.array_equal(entropy, entropy_w.astype(np.float16))  # display index = world coordinate here
+    assert app_data.most_uncertain_slice(entropy, view, region) == in_region
+    assert app_data.most_uncertain_slice(entropy, view) == whole_map
+    assert app_data.most_uncertain_slice(entropy, view, np.zeros_like(region)) == whole_map
+    assert app_data.uncertainty_slice_hint(entropy, view, region) == in_region
+    assert app_data.uncertainty_slice_hint(None, view, region) is None
+    assert app_data.most_uncertain_slice(np.zeros_like(entropy), view) is None
+
+
+@pytest.mark.parametrize("view", app_data.VIEWS)
+def test_the_region_border_counts_but_not_beyond(view: str) -> None:
+    region = np.zeros((9, 9, 9), bool)
+    region[4, 4, 4] = True
+    entropy = np.zeros((9, 9, 9), np.float32)
+    entropy[4, 4, 5] = 0.5  # face neighbour: the one-voxel border
+    entropy[4, 5, 5] = 0.9  # edge neighbour: outside the 6-connected border
+    entropy[4, 4, 7] = 1.0  # two voxels away
+    expected = {"axial": 5, "coronal": 4, "sagittal": 4}[view]
+    assert app_data.most_uncertain_slice(entropy, view, region) == expected
+
+
+def test_display_entropy_refuses_another_grid() -> None:
+    dv = app_data.to_display(_volume("RAS")[0])
+    with pytest.raises(ValueError, match="does not match"):
+        app_data.display_entropy(dv, np.zeros((NX, NY, NZ + 1), np.float16))
+
+
+@pytest.mark.parametrize(
+    ("bits", "expected"),
+    [
+        (0.0, (110, 0, 0)),  # below the floor: the end colour (never drawn, see the overlay)
+        (app_data.ENTROPY_FLOOR, (110, 0, 0)),
+        (0.4, (220, 40, 0)),
+        (0.55, (237.5, 100, 0)),  # halfway between the 0.4 and 0.7 stops
+        (1.0, (255, 255, 210)),
+    ],
+)
+def test_entropy_colors_follow_the_stops(bits: float, expected: tuple[float, float, float]) -> None:
+    assert app_data.entropy_colors(np.array([bits]))[0].tolist() == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("opacity", [0.0, 0.5, 1.0])
+def test_uncertainty_overlay_blends_above_the_floor(opacity: float) -> None:
+    rgb = np.full((1, 3, 3), 100, np.uint8)
+    plane = np.array([[0.05, 0.4, 1.0]], np.float32)
+    out = app_data.uncertainty_overlay(rgb, plane, opacity)
+    assert out[0, 0].tolist() == [100, 100, 100]
+    for col, colour in ((1, (220, 40, 0)), (2, (255, 255, 210))):
+        expected = [(1 - opacity) * 100 + opacity * c for c in colour]
+        assert out[0, col].tolist() == pytest.approx(expected)
+    assert rgb[0, 1].tolist() == [100, 100, 100]  # the input is not changed
+
+
+def test_slice_image_draws_the_heat_overlay_on_top() -> None:
+    arr = np.full((10, 10, 5), 40.0, np.float32)
+    dv = app_data.to_display(Volume(arr, np.eye(4)))
+    mask = np.ones((10, 10, 5), bool)
+    entropy = np.zeros((10, 10, 5), np.float16)
+    entropy[:, :, 2] = 1.0
+    hot = app_data.slice_image(dv, "axial", 2, 400, 40, {"liver": mask}, 1.0, entropy, 1.0)
+    assert tuple(hot[5, 5]) == (255, 255, 210)
+    cold = app_data.slice_image(dv, "axial", 1, 400, 40, {"liver": mask}, 1.0, entropy, 1.0)
+    assert tuple(cold[5, 5]) == app_data.class_color("liver")
+
+
+def test_entropy_legend_runs_from_the_floor_to_one_bit() -> None:
+    bar = app_data.entropy_legend(width=50, height=4)
+    assert bar.shape == (4, 50, 3) and bar.dtype == np.uint8
+    assert tuple(bar[0, 0]) == (110, 0, 0) and tuple(bar[3, -1]) == (255, 255, 210)
+
+
+def test_uncertainty_unavailable_says_why(ws: Workspace) -> None:
+    from workbench.uncertainty import write_uncertainty_map
+
+    scan_id = "btcv:demo000"
+    assert "pseudo-labelling run" in str(app_data.uncertainty_unavailable(ws, None, scan_id))
+    assert "run-x wrote none" in str(app_data.uncertainty_unavailable(ws, "run-x", scan_id))
+    write_uncertainty_map(ws, "run-x", scan_id, np.zeros((2, 2, 2)), np.eye(4), ["liver"])
+    assert app_data.uncertainty_unavailable(ws, "run-x", scan_id) is None
+
+
+# ---------------------------------------------------------------------------------- clickable outliers
+
+
+def _event(points: list[dict[str, object]]) -> dict[str, object]:
+    """A selection event shaped like Streamlit's ``PlotlyState`` for a click."""
+    return {
+        "selection": {
+            "points": points,
+            "point_indices": [p.get("point_index", 0) for p in points],
+            "box": [],
+            "lasso": [],
+        }
+    }
+
+
+POINT = {"curve_number": 1, "point_number": 2, "point_index": 2, "x": "liver", "y": 3200.0}
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (_event([{**POINT, "customdata": ["lits:demo000", "liver"]}]), ("lits:demo000", "liver")),
+        # a click on the box trace first (no customdata), then an outlier
+        (
+            _event([{"curve_number": 0, "x": "liver"}, {**POINT, "customdata": ["a:1", "spleen"]}]),
+            ("a:1", "spleen"),
+        ),
+        (_event([]), None),
+        (_event([{"curve_number": 0, "point_index": 0, "x": "liver", "y": 1.0}]), None),
+        (_event([{**POINT, "customdata": ["a:1", "not_a_class"]}]), None),
+        (_event([{**POINT, "customdata": ["a:1"]}]), None),
+        (_event([{**POINT, "customdata": 7}]), None),
+        ({"selection": {}}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_outlier_from_selection(event: dict[str, object] | None, expected: tuple[str, str] | None) -> None:
+    assert app_data.outlier_from_selection(event) == expected
+
+
+def test_outlier_from_a_streamlit_plotly_state() -> None:
+    import json
+
+    from streamlit.elements.plotly_chart import PlotlyChartSelectionSerde
+
+    state = PlotlyChartSelectionSerde().deserialize(
+        json.dumps(_event([{**POINT, "customdata": ["kits23:demo000", "kidney_left"]}]))
+    )
+    assert app_data.outlier_from_selection(state) == ("kits23:demo000", "kidney_left")
+    assert app_data.outlier_from_selection(PlotlyChartSelectionSerde().deserialize(None)) is None
+
+
+def test_volume_figure_points_carry_scan_and_class() -> None:
+    import pandas as pd
+
+    summary = pd.DataFrame(
+        {
+            "class_name": ["liver"],
+            "n": [5],
+            "q1": [1.0],
+            "median": [2.0],
+            "q3": [3.0],
+            "lo": [1.0],
+            "hi": [6.0],
+        }
+    )
+    outliers = pd.DataFrame(
+        {"scan_id": ["a:1", "b:2"], "class_name": ["liver", "liver"], "volume_ml": [90.0, 0.1]}
+    )
+    fig = app_data.volume_figure(summary, outliers)
+    points = fig.data[1]
+    assert [list(c) for c in points.customdata] == [["a:1", "liver"], ["b:2", "liver"]]
+    click = _event([{"curve_number": 1, "point_index": 1, "customdata": list(points.customdata[1])}])
+    assert app_data.outlier_from_selection(click) == ("b:2", "liver")

@@ -6,6 +6,8 @@ rerun (a slider move, a class change) never reads a file again.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,6 +20,12 @@ from storage.catalog import CatalogBusy
 from storage.workspace import Workspace, resolve_workspace
 from workbench import app_data
 from workbench.review import escape, validate_reviewer
+from workbench.uncertainty import load_uncertainty_map
+
+#: Environment variable naming a file that the viewer appends its server-side render time to (one line
+#: per render: ``viewer <seconds> <start, Unix epoch seconds>``); ``benchmarks/bench_app.py`` sets it.
+#: Unset: nothing is written.
+TIMING_LOG_ENV = "WORKBENCH_TIMING_LOG"
 
 
 @st.cache_resource(show_spinner=False)
@@ -98,3 +106,21 @@ def display_mask(root: str, scan_id: str, image_path: str, mask_key: str, class_
     """One class of one label set in display order (read once per label set and class)."""
     dv = display_volume(root, scan_id, image_path)
     return dv.mask(_open(root).masks.read(mask_key, class_name))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def display_uncertainty(root: str, run_id: str, scan_id: str, image_path: str) -> np.ndarray:
+    """The entropy map of ``run_id`` for ``scan_id``, resampled to the CT's grid and reoriented like it:
+    (x, y, z) float16 bits in display order (read once per run and scan)."""
+    dv = display_volume(root, scan_id, image_path)
+    entropy, _ = load_uncertainty_map(_open(root), run_id, scan_id)
+    return app_data.display_entropy(dv, entropy)
+
+
+def record_timing(what: str, started_at: float) -> None:
+    """Append ``what <seconds since started_at> <started_at>`` to the file named by :data:`TIMING_LOG_ENV`,
+    when it is set (``started_at``: ``time.time()`` when the render began)."""
+    path = os.environ.get(TIMING_LOG_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{what} {time.time() - started_at:.6f} {started_at:.6f}\n")

@@ -10,6 +10,15 @@ from workbench.app_pages import common
 
 ws = common.workspace()
 assert ws is not None
+
+
+def open_in_review(scan_id: str, class_name: str) -> None:
+    """Show one scan x class in the Review page's viewer (it overrides the queue item there)."""
+    st.session_state["browse_scan"] = scan_id
+    st.session_state["browse_class"] = class_name
+    st.switch_page("app_pages/review.py")
+
+
 st.title("Long tail")
 with common.guarded():
     log = st.toggle("Logarithmic counts", key="lt_log")
@@ -33,7 +42,17 @@ with common.guarded():
             app_data.heatmap_figure(co, "Class co-occurrence (scans with both present)", "scans"),
             width="stretch",
         )
-        st.plotly_chart(app_data.volume_figure(summary, outliers, log=True), width="stretch")
+        clicked = st.plotly_chart(
+            app_data.volume_figure(summary, outliers, log=True),
+            width="stretch",
+            on_select="rerun",
+            selection_mode="points",
+            key="lt_volume",
+        )
+        st.caption("Click a red outlier point to open that scan and class in the Review page.")
+        target = app_data.outlier_from_selection(clicked)
+        if target is not None:
+            open_in_review(*target)
         st.subheader("Volume outliers")
         if outliers.empty:
             st.caption("No volume outside the Tukey fences.")
@@ -48,6 +67,4 @@ with common.guarded():
             )
             if st.button("Open in Review", key="lt_open"):
                 row = outliers.iloc[int(pick)]
-                st.session_state["browse_scan"] = row["scan_id"]
-                st.session_state["browse_class"] = row["class_name"]
-                st.switch_page("app_pages/review.py")
+                open_in_review(str(row["scan_id"]), str(row["class_name"]))

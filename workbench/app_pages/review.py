@@ -1,10 +1,16 @@
-"""Review page: the ranked queue with filters, the case viewer, decisions, quick fixes, undo, and the
-3D Slicer / ITK-SNAP round trip."""
+"""Review page: the ranked queue with filters, the case viewer (with the run's uncertainty map), decisions,
+quick fixes, undo, and the 3D Slicer / ITK-SNAP round trip. A case opened from the Long tail page
+(``browse_scan`` / ``browse_class`` in the session) is shown instead of the queue item until "Back to the
+queue"."""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import streamlit as st
 
+from harmonize.errors import HarmonizeError
 from harmonize.taxonomy import class_names
 from workbench import app_data, review
 from workbench.app_pages import common
@@ -88,36 +94,59 @@ else:
             item = q.iloc[int(pick or 0)].to_dict()
 
 # ------------------------------------------------------------------------------------- case selection
-if item is None:
+# A case opened elsewhere (a Long tail outlier) arrives as browse_scan / browse_class. With items in the
+# queue it overrides the queue item until "Back to the queue"; with an empty queue it presets the pickers.
+focus_scan = st.session_state.get("browse_scan")
+focus_class = st.session_state.get("browse_class")
+if focus_class not in class_names():
+    focus_class = class_names()[0]
+if n_items and focus_scan:
+    o1, o2 = st.columns([3, 1])
+    o1.info(
+        f"Viewing outlier {review.escape(focus_scan)} · {focus_class} (opened from the Long tail), "
+        "not the queue item."
+    )
+    if o2.button("Back to the queue", key="back_to_queue"):
+        st.session_state.pop("browse_scan", None)
+        st.session_state.pop("browse_class", None)
+        st.rerun()
+    item = None
+    scan_id, class_name = str(focus_scan), str(focus_class)
+elif item is None:
     with ws.catalog.session():
         scans = app_data.scan_choices(ws)
+    if focus_scan:  # a one-shot request: preset the pickers, then let the reviewer change them
+        st.session_state.pop("browse_scan", None)
+        st.session_state.pop("browse_class", None)
+        st.session_state["v_scan"] = focus_scan
+        st.session_state["v_class"] = focus_class
+    picked = st.session_state.get("v_scan")
+    if picked and picked not in scans:  # e.g. an outlier beyond the picker's first scans stays selected
+        scans.append(str(picked))
     if not scans:
         st.stop()
-    default_scan = st.session_state.get("browse_scan")
-    scan_id = st.selectbox(
-        "Scan", scans, index=scans.index(default_scan) if default_scan in scans else 0, key="v_scan"
-    )
-    default_class = st.session_state.get("browse_class")
-    class_name = st.selectbox(
-        "Class",
-        class_names(),
-        index=class_names().index(default_class) if default_class in class_names() else 0,
-        key="v_class",
-    )
+    scan_id = st.selectbox("Scan", scans, key="v_scan")
+    class_name = st.selectbox("Class", class_names(), key="v_class")
+if item is None:
     judged = None  # browsing: the current label set of the class
-    signals = None
+    run_id = None
 else:
-    scan_id, class_name, judged, signals = (
+    scan_id, class_name, judged, run_id = (
         item["scan_id"],
         item["class_name"],
         item["label_set_id"],
-        item["signals"],
+        item["run_id"],
     )
 
-with ws.catalog.session():
-    scan = review.scan_row(ws, scan_id)
-    sets = app_data.label_sets_of(ws, scan_id)
-    current = review.current_label_set(ws, scan_id, class_name)
+try:
+    with ws.catalog.session():
+        scan = review.scan_row(ws, scan_id)
+        sets = app_data.label_sets_of(ws, scan_id)
+        current = review.current_label_set(ws, scan_id, class_name)
+except HarmonizeError as e:  # e.g. an outlier link to a scan that is gone
+    st.error(review.escape(e.problem))
+    st.session_state.pop("browse_scan", None)
+    st.stop()
 if sets.empty:
     st.warning(f"Scan {scan_id} has no label set.")
     st.stop()
@@ -132,6 +161,10 @@ shown = st.selectbox(
     key=f"v_ls_{scan_id}_{class_name}_{shown}",
 )
 mask_keys = dict(zip(sets["id"], sets["mask_key"]))
+if run_id is None:  # browsing: a pseudo label set's own run may have a map
+    shown_run = sets.set_index("id").loc[shown, "run_id"]
+    run_id = str(shown_run) if isinstance(shown_run, str) and shown_run else None
+no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
 with ws.catalog.session():
     present = app_data.present_classes(ws, shown)
     # side by side: the judged version next to the current one (e.g. pseudo vs original) where both exist
@@ -143,13 +176,21 @@ with ws.catalog.session():
 dv = common.display_volume(root, scan_id, scan["image_path"])
 
 # ------------------------------------------------------------------------------------------ the viewer
-# ------------------------------------------------------------------------------------------ the viewer
+
+
+def class_region() -> np.ndarray | None:
+    """The item's class mask in display order (cached), or None when the shown label set lacks it."""
+    if class_name not in present:
+        return None
+    return common.display_mask(root, scan_id, scan["image_path"], mask_keys[shown], class_name)
 
 
 @st.fragment
 def viewer() -> None:
-    """Slice, window and overlays. A fragment: moving the slider or changing a class reruns only this
-    part (the queue is not queried again); volume and masks come from the resource cache."""
+    """Slice, window, overlays and the uncertainty map. A fragment: moving the slider or changing a class
+    reruns only this part (the queue is not queried again); volume, masks and map come from the resource
+    cache."""
+    started = time.time()
     c1, c2, c3, c4 = st.columns(4)
     view = c1.radio("View", app_data.VIEWS, horizontal=True, key="v_view")
     preset = c2.selectbox("Window", [*app_data.WL_PRESETS, "free"], key="v_preset")
@@ -166,10 +207,24 @@ def viewer() -> None:
     masks = {
         n: common.display_mask(root, scan_id, scan["image_path"], mask_keys[shown], n) for n in overlay_names
     }
+    entropy = None
+    if no_map is None and run_id is not None:
+        with common.guarded():
+            entropy = common.display_uncertainty(root, run_id, scan_id, scan["image_path"])
+    u1, u2, u3, u4 = st.columns([1, 1, 1, 2])
+    show_map = u1.checkbox("Uncertainty map", key="v_unc", disabled=entropy is None) and entropy is not None
+    heat_opacity = u2.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="v_unc_opacity", disabled=not show_map)
+    jump_map = u3.button("Jump to the most uncertain slice", key="v_jump_unc", disabled=entropy is None)
+    if entropy is None:
+        u4.caption(no_map or "the uncertainty map could not be read")
+    elif show_map:
+        u4.image(app_data.entropy_legend(), caption=app_data.HEAT_LEGEND)
+    else:
+        u4.caption(f"uncertainty map of run {run_id}: most uncertain slice = largest sum of entropy")
     n_slices = dv.n_slices(view)
     slice_key = f"v_slice_{scan_id}_{view}"
     if slice_key not in st.session_state:
-        hint = app_data.uncertainty_slice_hint(signals, dv, view)
+        hint = app_data.uncertainty_slice_hint(entropy, view, class_region()) if item is not None else None
         best = app_data.best_slice(masks[class_name], view) if class_name in masks else None
         st.session_state[slice_key] = (
             hint if hint is not None else (best if best is not None else n_slices // 2)
@@ -178,8 +233,13 @@ def viewer() -> None:
         best = app_data.best_slice(masks[class_name], view)
         if best is not None:
             st.session_state[slice_key] = best
+    if jump_map and entropy is not None:
+        most = app_data.most_uncertain_slice(entropy, view, class_region())
+        if most is not None:
+            st.session_state[slice_key] = most
     index = st.slider("Slice", 0, n_slices - 1, key=slice_key)
-    rgb = app_data.slice_image(dv, view, index, width, level, masks, opacity)
+    heat = entropy if show_map else None
+    rgb = app_data.slice_image(dv, view, index, width, level, masks, opacity, heat, heat_opacity)
     image = app_data.annotate_edges(rgb, app_data.view_labels(view))
     compare = None
     if compare_with is not None:
@@ -189,7 +249,8 @@ def viewer() -> None:
             )
         }
         compare = app_data.annotate_edges(
-            app_data.slice_image(dv, view, index, width, level, other, opacity), app_data.view_labels(view)
+            app_data.slice_image(dv, view, index, width, level, other, opacity, heat, heat_opacity),
+            app_data.view_labels(view),
         )
     if compare is None:
         st.image(
@@ -199,6 +260,7 @@ def viewer() -> None:
         a, b = st.columns(2)
         a.image(image, caption=f"{set_label[shown]} · {view} {index + 1}/{n_slices}")
         b.image(compare, caption=f"current: {set_label[str(compare_with)]}")
+    common.record_timing("viewer", started)
 
 
 viewer()
@@ -218,15 +280,22 @@ for col, decision, label in (
 ):
     if col.button(label, key=f"d_{decision}"):
         clicked = decision
+# The decision lands on the case that was ON SCREEN when the button was clicked: the previous full
+# render's. Another reviewer (or a pseudo-labelling job) can move the queue between that render and this
+# rerun, and the item recomputed above may then be a different one.
+seen = st.session_state.get("v_seen") or (scan_id, class_name, shown)
+st.session_state["v_seen"] = (scan_id, class_name, shown)
 if clicked:
     name = common.reviewer(ws)
     if name:
+        d_scan, d_class, d_set = seen
         with common.guarded():
-            rid = review.record_decision(ws, scan_id, class_name, shown, clicked, name, comment)
+            rid = review.record_decision(ws, d_scan, d_class, d_set, clicked, name, comment)
             remember(
                 rid,
-                f"{clicked} of {class_name} on {scan_id}",
-                f"Recorded {clicked} by {review.escape(name)} ({rid}).",
+                f"{clicked} of {d_class} on {d_scan}",
+                f"Recorded {clicked} of {d_class} on {review.escape(d_scan)} by {review.escape(name)} "
+                f"({rid}).",
             )
 
 st.markdown("**Quick fixes** (each writes a new revised label set; undo restores the previous one)")
