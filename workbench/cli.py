@@ -278,6 +278,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        grad_clip=args.grad_clip,
+        lr_schedule=args.lr_schedule,
     )
     out = args.out or str(ws.root / "models" / "latest")
     run_id, result = train_from_catalog(
@@ -428,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic spacing in mm (paper: 1.5)")
     p.add_argument("--patch", type=int, default=64, help="cubic patch size in voxels (paper: 96)")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="constant (the paper) or a cosine decay to 5%% of --lr over the run",
+    )
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm (needed for high --lr)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--checkpoint-every", type=int, default=100)

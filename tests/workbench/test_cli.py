@@ -98,3 +98,57 @@ def test_embed_stores_a_vocabulary_and_clip_offline_fails_in_one_line(
     assert code == 2 and err.startswith("workbench: error: CLIP weights") and "local file" in err
     code, _, err = _run("--workspace", ws, "train", "--vocabulary", "nope")
     assert code == 2 and "no text vocabulary 'nope'" in err
+
+
+def test_train_records_its_schedule_and_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_native(make_phantom(22, shape=(48, 48, 32)), get_protocol("msd_spleen"), tmp_path / "d", "spleen_1")
+    ws = str(tmp_path / "ws")
+    assert _run("--workspace", ws, "ingest", "msd_spleen", str(tmp_path / "d"), "--no-progress")[0] == 0
+    assert _run("--workspace", ws, "embed", "--encoder", "minilm")[0] == 0
+    argv = [
+        "--spacing",
+        "6",
+        "--patch",
+        "32",
+        "--epochs",
+        "5",
+        "--max-steps",
+        "2",
+        "--lr",
+        "2e-3",
+        "--no-progress",
+    ]
+    flags = ["--lr-schedule", "cosine", "--grad-clip", "1.0"]
+    code, out, err = _run("--workspace", ws, "train", "--vocabulary", "minilm-V1", *argv, *flags)
+    assert code == 0, err
+    assert "2 steps" in out
+    from storage.workspace import Workspace
+
+    run = Workspace.open(ws).catalog.query("SELECT config FROM run WHERE kind = 'train'")
+    config = json.loads(run["config"].iloc[0])
+    assert config["lr_schedule"] == "cosine" and config["grad_clip"] == 1.0 and config["lr"] == 2e-3
+
+
+@pytest.mark.parametrize(
+    ("backbone", "patch", "ok"),
+    [
+        ("small_unet", 16, False),
+        ("small_unet", 32, True),
+        ("small_unet", 40, False),
+        ("swinunetr", 64, True),
+        ("swinunetr", 48, False),
+        ("unet3d", 24, True),
+        ("unet3d", 20, False),
+    ],
+)
+def test_train_config_checks_the_patch_against_the_backbone(backbone: str, patch: int, ok: bool) -> None:
+    from workbench.model.train import TrainConfig
+    from workbench.model.transforms import PipelineConfig
+
+    make = lambda: TrainConfig(backbone=backbone, pipeline=PipelineConfig(patch=(patch,) * 3))  # noqa: E731
+    if ok:
+        make()
+    else:
+        with pytest.raises(ValueError, match=f"does not fit the {backbone} backbone"):
+            make()

@@ -8,7 +8,9 @@ present and the names of the classes the scan's source annotates) and a ``TextVo
 
 Every step draws ``cases_per_step`` scans per process and ``pipeline.num_samples`` patches from each;
 the loss is ``partial_label_loss`` (classes the source does not annotate get no gradient). Optimiser:
-AdamW (lr 1e-4, weight decay 1e-5 as in the paper; no LR schedule).
+AdamW (lr 1e-4, weight decay 1e-5 as in the paper; constant learning rate by default, or a cosine decay
+over the run's steps with ``lr_schedule="cosine"``, which short CPU runs at high learning rates need to
+settle).
 
 Resuming: ``out_dir/last.pt`` (model, optimizer state, step, epoch, config, vocabulary) is written
 atomically every ``checkpoint_every`` steps and at each epoch end. ``train(..., resume=True)`` continues
@@ -48,6 +50,9 @@ from workbench.model.transforms import PipelineConfig, augment_transforms, prepr
 
 CHECKPOINT_NAME = "last.pt"
 RECORDS_NAME = "rounds.jsonl"
+LR_SCHEDULES = ("constant", "cosine")
+#: Total downsampling of each backbone: patch sides must be multiples of it.
+BACKBONE_STRIDE = {"swinunetr": 32, "unet3d": 8, "small_unet": 16}
 
 
 @dataclass
@@ -121,6 +126,11 @@ class TrainConfig:
         num_threads: torch CPU threads, if set.
         grad_clip: clip the gradient's global L2 norm to this value, if set (the dynamic heads multiply
             three generated weight matrices, so large learning rates need it).
+        lr_schedule: 'constant' (the paper), or 'cosine': step s of T uses
+            ``lr * (min_lr_ratio + (1 - min_lr_ratio) * (1 + cos(pi * s / T)) / 2)``, T being this run's
+            total steps (``max_steps`` or all epochs); it depends only on the step, so a resumed run takes
+            the same learning rates.
+        min_lr_ratio: the cosine schedule's final learning rate as a fraction of ``lr``.
     """
 
     backbone: str = "small_unet"
@@ -135,6 +145,32 @@ class TrainConfig:
     small_features: tuple[int, ...] = SMALL_UNET_FEATURES
     num_threads: int | None = None
     grad_clip: float | None = None
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        stride = BACKBONE_STRIDE.get("unet3d" if self.backbone == "unet" else self.backbone)
+        patch = tuple(int(p) for p in self.pipeline.patch)
+        if stride and any(p % stride or p < stride for p in patch):
+            raise ValueError(
+                f"patch {patch} does not fit the {self.backbone} backbone: every side must be a positive "
+                f"multiple of {stride}"
+            )
+        # small_unet's instance norm needs more than one voxel at its deepest level (1/16).
+        if self.backbone == "small_unet" and math.prod(p // 16 for p in patch) < 2:
+            raise ValueError(
+                f"patch {patch} does not fit the small_unet backbone: at 1/16 it leaves one voxel, which "
+                "instance normalisation cannot train on (use 32 on one side at least)"
+            )
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of step ``step`` (0-based) of a run of ``total`` steps."""
+        if self.lr_schedule == "constant" or total <= 1:
+            return self.lr
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict (tuples become lists)."""
@@ -307,6 +343,8 @@ def train(
         loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step, total)
         optimizer.step()
         step += 1
         loss_value = float(loss.detach())

@@ -221,12 +221,13 @@ def test_ddp_two_cpu_processes_end_with_identical_parameters(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_the_liver_on_phantoms(tmp_path: Path) -> None:
-    """~150 CPU steps of small_unet at 4.5 mm on 4 phantoms, Dice on 2 held-out phantoms.
+def test_tiny_model_learns_the_large_organs_on_phantoms(tmp_path: Path) -> None:
+    """300 CPU steps of small_unet at 4.5 mm on 4 phantoms; Dice on 2 held-out phantoms, every class.
 
-    Measured here: liver Dice 0.976 after 150 steps (about 1 minute on 2 idle cores). Spleen and kidneys
-    (10x smaller at this spacing) stay at Dice 0 within this budget, so only the liver is asserted; they
-    are still trained (and their unannotated-vs-annotated handling is covered by the loss tests).
+    Measured here (2 idle cores, about 2 minutes): liver 0.984, spleen 0.976, right kidney 0.949, left
+    kidney 0.975. What makes it learn the small organs in this budget: a high learning rate (2e-3) that
+    gradient clipping keeps from diverging (the heads multiply three generated weight matrices) and a
+    cosine decay that lets it settle; without the decay the kidneys still swing between 0.4 and 0.9.
     """
     names = ("liver", "spleen", "kidney_right", "kidney_left")
     vocab = _vocab(names)
@@ -238,9 +239,11 @@ def test_tiny_model_learns_the_liver_on_phantoms(tmp_path: Path) -> None:
     config = TrainConfig(
         pipeline=pipe,
         epochs=1000,
-        max_steps=150,
+        max_steps=300,
         checkpoint_every=10**6,
         lr=2e-3,
+        grad_clip=1.0,
+        lr_schedule="cosine",
         small_features=(8, 16, 32, 64, 128, 16),
     )
     result = train(train_cases, config, tmp_path, vocabulary=vocab, progress=False)
@@ -253,4 +256,25 @@ def test_tiny_model_learns_the_liver_on_phantoms(tmp_path: Path) -> None:
         truth = torch.as_tensor(np.asarray(pre["label"])).bool()
         dice.append(dice_score((probs > 0.5)[None], truth[None])[0])
     per_class = dict(zip(names, torch.stack(dice).mean(0).tolist()))
-    assert per_class["liver"] > 0.85, per_class
+    assert all(d > 0.85 for d in per_class.values()), per_class
+    assert result.records[-1]["lr"] == pytest.approx(2e-3 * 0.05, rel=0.02)  # the decay ran to its end
+
+
+@pytest.mark.parametrize(
+    ("schedule", "step", "expected"),
+    [
+        ("constant", 0, 1e-3),
+        ("constant", 99, 1e-3),
+        ("cosine", 0, 1e-3),
+        ("cosine", 50, 1e-3 * (0.05 + 0.95 * 0.5)),  # half way: cos(pi / 2) = 0
+        ("cosine", 100, 1e-3 * 0.05),
+    ],
+)
+def test_lr_schedule(schedule: str, step: int, expected: float) -> None:
+    config = TrainConfig(lr=1e-3, lr_schedule=schedule)
+    assert config.lr_at(step, 100) == pytest.approx(expected)
+
+
+def test_lr_schedule_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
