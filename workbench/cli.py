@@ -158,7 +158,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.round:
         from workbench.demo import run_demo_round
 
-        for line in run_demo_round(ws, review_budget=args.budget, progress=not args.no_progress):
+        lines = run_demo_round(ws, review_budget=args.budget, steps=args.steps, progress=not args.no_progress)
+        for line in lines:
             print(line)
     return 0
 
@@ -255,7 +256,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         )
     else:
         name, vocab = embed(
-            ws, encoder=args.encoder, template=args.template, name=args.name, clip_weights=args.clip_weights
+            ws,
+            encoder=args.encoder,
+            template=args.template,
+            name=args.name,
+            clip_weights=args.clip_weights,
+            classes=args.classes,
         )
     print(
         f"stored text vocabulary {name!r}: {vocab.n_classes} classes, encoder {vocab.encoder_id}, "
@@ -343,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a tiny model, pseudo-label, rank the queue and run one round with the simulated expert",
     )
     p.add_argument("--budget", type=int, default=20, help="items the simulated expert reviews in the round")
+    p.add_argument("--steps", type=int, default=400, help="training steps of the first model")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
@@ -416,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--template", choices=("V1", "V2", "V3", "V4"), default="V1")
     p.add_argument("--name", help="vocabulary name (default <encoder>-<template>)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="embed only these classes, in this order (repeatable; default all 32)",
+    )
     p.add_argument(
         "--import-release",
         metavar="TXT_ENCODING_PTH",

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harmonize.taxonomy import class_names
 from storage.workspace import Workspace
 from workbench.export import file_sha256
 from workbench.model.text import (
@@ -80,12 +81,28 @@ def embed(
     template: str = DEFAULT_TEMPLATE,
     name: str | None = None,
     clip_weights: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> tuple[str, TextVocabulary]:
-    """Embed the 32 class names and store the vocabulary; returns ``(name, vocabulary)``.
+    """Embed class names and store the vocabulary; returns ``(name, vocabulary)``.
 
-    The default name is ``<encoder>-<template>`` (``minilm-V1``).
+    Args:
+        ws: the workspace.
+        encoder: 'minilm' (offline stand-in, not CLIP) or 'clip' (open_clip ViT-B-32).
+        template: prompt template 'V1'..'V4'.
+        name: vocabulary name (default ``<encoder>-<template>``, e.g. ``minilm-V1``).
+        clip_weights: a local open_clip checkpoint for 'clip'.
+        classes: universal class names in channel order (default all 32, in taxonomy order); a model
+            trained with a smaller vocabulary learns and predicts only those classes.
+
+    Raises:
+        KeyError: an unknown class name.
     """
-    vocab = build_vocabulary(make_encoder(encoder, clip_weights), template=template)
+    if classes is not None:
+        known = set(class_names())
+        unknown = [c for c in classes if c not in known]
+        if unknown or not classes:
+            raise KeyError(f"unknown classes {unknown}" if unknown else "no class to embed")
+    vocab = build_vocabulary(make_encoder(encoder, clip_weights), classes, template=template)
     name = name or f"{encoder}-{template}"
     note = "offline stand-in encoder, not CLIP" if encoder == "minilm" else ""
     store_vocabulary(ws, vocab, name, note)
@@ -144,7 +161,7 @@ def train_from_catalog(
 
     vocab = load_vocabulary(ws, vocabulary)
     config = config or TrainConfig()
-    cases = catalog_train_cases(ws, sources=sources)
+    cases = [c.restricted_to(vocab.class_names) for c in catalog_train_cases(ws, sources=sources)]
     if not cases:
         raise ValueError(f"the catalog at {ws.root} has no scan with a known class to train on")
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -271,10 +271,12 @@ def run_round(
     inputs["reviewed"] = len(outcomes)
     inputs["review_budget"] = int(review_budget)
     inputs["corrected"] = sum(getattr(o, "action", "") == "corrected" for o in outcomes)
-    cases = [TrainCase(e.image_path, e.masks, e.annotated, e.scan_id) for e in entries]
-
-    # 3. fine-tune
+    # 3. fine-tune (on the vocabulary's classes: a model of fewer classes ignores the others)
     vocab = load_vocabulary(ws, vocabulary)
+    cases = [
+        TrainCase(e.image_path, e.masks, e.annotated, e.scan_id).restricted_to(vocab.class_names)
+        for e in entries
+    ]
     init_state = None
     prev_sha = None
     if previous_checkpoint is not None:

@@ -100,34 +100,34 @@ def test_embed_stores_a_vocabulary_and_clip_offline_fails_in_one_line(
     assert code == 2 and "no text vocabulary 'nope'" in err
 
 
-def test_train_records_its_schedule_and_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_with_a_two_class_vocabulary_records_its_schedule_and_clip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    write_native(make_phantom(22, shape=(48, 48, 32)), get_protocol("msd_spleen"), tmp_path / "d", "spleen_1")
+    write_native(make_phantom(22, shape=(48, 48, 32)), get_protocol("abdomenct_1k"), tmp_path / "d", "00001")
     ws = str(tmp_path / "ws")
-    assert _run("--workspace", ws, "ingest", "msd_spleen", str(tmp_path / "d"), "--no-progress")[0] == 0
-    assert _run("--workspace", ws, "embed", "--encoder", "minilm")[0] == 0
-    argv = [
-        "--spacing",
-        "6",
-        "--patch",
-        "32",
-        "--epochs",
-        "5",
-        "--max-steps",
-        "2",
-        "--lr",
-        "2e-3",
-        "--no-progress",
-    ]
-    flags = ["--lr-schedule", "cosine", "--grad-clip", "1.0"]
-    code, out, err = _run("--workspace", ws, "train", "--vocabulary", "minilm-V1", *argv, *flags)
+    assert _run("--workspace", ws, "ingest", "abdomenct_1k", str(tmp_path / "d"), "--no-progress")[0] == 0
+    code, out, _ = _run("--workspace", ws, "embed", "--class", "spleen", "--class", "liver", "--name", "two")
+    assert code == 0 and "stored text vocabulary 'two': 2 classes" in out
+    code, _, err = _run("--workspace", ws, "embed", "--class", "kidneys")
+    assert code == 2 and "unknown classes ['kidneys']" in err
+    # The scan annotates five classes; the model has heads for two and trains on those only.
+    argv = ["--spacing", "6", "--patch", "32", "--epochs", "5", "--max-steps", "2", "--no-progress"]
+    flags = ["--lr", "2e-3", "--lr-schedule", "cosine", "--grad-clip", "1.0"]
+    code, out, err = _run("--workspace", ws, "train", "--vocabulary", "two", *argv, *flags)
     assert code == 0, err
     assert "2 steps" in out
     from storage.workspace import Workspace
+    from workbench.model.checkpoint import load_checkpoint
+    from workbench.modeling import load_vocabulary
 
-    run = Workspace.open(ws).catalog.query("SELECT config FROM run WHERE kind = 'train'")
+    workspace = Workspace.open(ws)
+    run = workspace.catalog.query("SELECT config FROM run WHERE kind = 'train'")
     config = json.loads(run["config"].iloc[0])
     assert config["lr_schedule"] == "cosine" and config["grad_clip"] == 1.0 and config["lr"] == 2e-3
+    vocab = load_vocabulary(workspace, "two")
+    assert vocab.class_names == ("spleen", "liver")
+    assert load_checkpoint(workspace.root / "models" / "latest" / "last.pt", vocab).model.n_classes == 2
 
 
 @pytest.mark.parametrize(

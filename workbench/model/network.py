@@ -356,13 +356,17 @@ class UniversalModel(nn.Module):
             head_input: [1, 8, X, Y, Z].
             params: [C, 153] in the order w1(64), w2(64), w3(8), b1(8), b2(8), b3(1).
             chunk: voxels per pass; bounds the [8C, chunk] intermediates' memory (default
-                ``HEAD_CHUNK_CPU`` on a CPU, ``HEAD_CHUNK_GPU`` elsewhere).
+                ``HEAD_CHUNK_CPU`` for inference on a CPU, ``HEAD_CHUNK_GPU`` on a GPU or in training).
 
         Returns:
             logits [1, C, X, Y, Z].
         """
         if chunk is None:
-            chunk = HEAD_CHUNK_CPU if head_input.device.type == "cpu" else HEAD_CHUNK_GPU
+            # Under autograd every chunk's intermediates are kept for the backward pass anyway, and many
+            # small ops cost more than they save: small chunks only for inference on a CPU.
+            building_graph = torch.is_grad_enabled() and (head_input.requires_grad or params.requires_grad)
+            cpu_inference = head_input.device.type == "cpu" and not building_graph
+            chunk = HEAD_CHUNK_CPU if cpu_inference else HEAD_CHUNK_GPU
         c, k = params.shape[0], HEAD_CHANNELS
         w1, w2, w3, b1, b2, b3 = torch.split(params, [*WEIGHT_NUMS, *BIAS_NUMS], dim=1)
         w1, b1 = w1.reshape(c * k, k), b1.reshape(c * k, 1)

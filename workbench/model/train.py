@@ -80,6 +80,17 @@ class TrainCase:
 
         return read_volume(Path(self.image), kind="image")
 
+    def restricted_to(self, class_names: Sequence[str]) -> TrainCase:
+        """This case with only the classes a model of ``class_names`` has heads for (its other annotated
+        classes and their masks are left out, as if the source did not annotate them)."""
+        keep = set(class_names)
+        return TrainCase(
+            self.image,
+            {n: m for n, m in self.masks.items() if n in keep},
+            [n for n in self.annotated if n in keep],
+            self.case_id,
+        )
+
     def to_item(self, class_names: Sequence[str]) -> dict[str, Any]:
         """The pipeline item: image (1,x,y,z) float32 HU, label (C,x,y,z) uint8, annotated (C,), affine."""
         vol = self.load_volume()

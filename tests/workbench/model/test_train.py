@@ -50,6 +50,15 @@ def test_to_item_builds_channels_and_annotation_vector() -> None:
     assert item["label"][2].sum() == 0  # not annotated -> no mask, flagged by 'annotated'
 
 
+def test_restricted_to_keeps_only_the_vocabulary_classes() -> None:
+    case = _case(0, annotated=("liver", "spleen", "liver_tumor"))
+    kept = case.restricted_to(("spleen", "kidney_left"))
+    assert list(kept.annotated) == ["spleen"] and set(kept.masks) == {"spleen"}
+    assert kept.image is case.image and kept.case_id == case.case_id
+    item = kept.to_item(("spleen", "kidney_left"))  # the unrestricted case would raise here
+    np.testing.assert_array_equal(item["annotated"], [1, 0])
+
+
 @pytest.mark.parametrize(
     ("masks", "annotated", "match"),
     [
