@@ -231,12 +231,14 @@ def test_ddp_two_cpu_processes_end_with_identical_parameters(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_tiny_model_learns_the_large_organs_on_phantoms(tmp_path: Path) -> None:
-    """300 CPU steps of small_unet at 4.5 mm on 4 phantoms; Dice on 2 held-out phantoms, every class.
+    """500 CPU steps of small_unet at 4.5 mm on 4 phantoms; Dice on 2 held-out phantoms, every class.
 
-    Measured here (2 idle cores, about 2 minutes): liver 0.984, spleen 0.976, right kidney 0.949, left
-    kidney 0.975. What makes it learn the small organs in this budget: a high learning rate (2e-3) that
+    Measured here (2 idle cores, about 2.5 minutes): liver 0.987, spleen 0.988, right kidney 0.986, left
+    kidney 0.983. What makes it learn the small organs in this budget: a high learning rate (2e-3) that
     gradient clipping keeps from diverging (the heads multiply three generated weight matrices) and a
-    cosine decay that lets it settle; without the decay the kidneys still swing between 0.4 and 0.9.
+    cosine decay that lets it settle. The first half of the run is chaotic (the kidneys swing between 0.2
+    and 0.9, and a 300-step run ended at 0.59 for one kidney on a rebuilt checkout), so the decay gets 500
+    steps: from step 300 on every class stayed above 0.94.
     """
     names = ("liver", "spleen", "kidney_right", "kidney_left")
     vocab = _vocab(names)
@@ -248,7 +250,7 @@ def test_tiny_model_learns_the_large_organs_on_phantoms(tmp_path: Path) -> None:
     config = TrainConfig(
         pipeline=pipe,
         epochs=1000,
-        max_steps=300,
+        max_steps=500,
         checkpoint_every=10**6,
         lr=2e-3,
         grad_clip=1.0,
