@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from harmonize.errors import HarmonizeError
+from harmonize.geometry import GRID_TOLERANCE_MM, bbox_slices, grid_difference_mm, same_grid
 from harmonize.laterality import (
     SplitDecision,
     estimate_midline_x,
@@ -40,7 +41,7 @@ from harmonize.laterality import (
 from harmonize.layout import CaseFiles
 from harmonize.masks import CroppedMask, crop_affine
 from harmonize.protocols import Protocol
-from harmonize.stats import ClassStats, bbox_slices, class_stats
+from harmonize.stats import ClassStats, class_stats
 from harmonize.taxonomy import CLASSES, PAIRS
 from harmonize.volume import Volume
 
@@ -48,9 +49,6 @@ ANNOTATED_PRESENT = "annotated_present"
 ANNOTATED_ABSENT = "annotated_absent"
 NOT_ANNOTATED = "not_annotated"
 COVERAGE_STATES = (ANNOTATED_PRESENT, ANNOTATED_ABSENT, NOT_ANNOTATED)
-
-#: Affine entries of image and label may differ by this much (mm) and still be the same grid.
-GRID_TOLERANCE_MM = 1e-2
 
 
 @dataclass
@@ -90,7 +88,7 @@ def check_same_grid(image: Volume, label: Volume, label_path: str | Path) -> Non
     """Raise :class:`HarmonizeError` naming ``label_path`` unless label and image share one voxel grid."""
     if image.shape != label.shape:
         raise HarmonizeError(label_path, f"label shape {label.shape} differs from image shape {image.shape}")
-    diff = float(np.abs(image.affine - label.affine).max())
+    diff = grid_difference_mm(image.affine, label.affine)
     if diff > GRID_TOLERANCE_MM:
         raise HarmonizeError(
             label_path,
@@ -276,7 +274,7 @@ def harmonize_class_files(
             check_same_grid(image, vol, where)
         elif shape is None:
             shape, affine = vol.shape, vol.affine
-        elif vol.shape != shape or affine is None or np.abs(vol.affine - affine).max() > GRID_TOLERANCE_MM:
+        elif affine is None or not same_grid(vol.affine, affine, vol.shape, shape):
             raise HarmonizeError(where, "per-class files of this case are not on one voxel grid")
         arr = vol.array
         if not np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.bool_):

@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from harmonize.geometry import STRUCT26, bbox_slices, label_components
 from harmonize.volume import Volume
 
 #: A component is split per voxel when at least this fraction of it lies on the minority side.
 CROSSING_FRACTION = 0.2
 #: Erosion steps tried to separate a crossing component into one core per side.
 MAX_EROSION = 3
-
-_STRUCT26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -125,10 +124,11 @@ def split_left_right(
     if not mask.any():
         return left, right, []
     # Work inside the mask's bounding box: components and erosion are the expensive part.
-    box = _bbox_slices(mask)
+    box = bbox_slices(mask)
+    assert box is not None  # callers pass non-empty masks
     crop = mask[box]
     origin = np.array([s.start for s in box], dtype=np.float64)
-    labels, n = ndimage.label(crop, structure=_STRUCT26)
+    labels, n = label_components(crop)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     left_crop = left[box]
@@ -181,10 +181,10 @@ def _split_crossing(
     """Bool array (comp's shape): True where a voxel of a midline-crossing component goes left."""
     eroded = comp
     for _ in range(MAX_EROSION):
-        eroded = ndimage.binary_erosion(eroded, structure=_STRUCT26)
+        eroded = ndimage.binary_erosion(eroded, structure=STRUCT26)
         if not eroded.any():
             break
-        cores, n = ndimage.label(eroded, structure=_STRUCT26)
+        cores, n = label_components(eroded)
         if n < 2:
             continue
         sizes = np.bincount(cores.ravel(), minlength=n + 1)[1:]
@@ -207,12 +207,3 @@ def _split_crossing(
         return owner == left_label, "cores"
     ijk = np.argwhere(np.ones(comp.shape, dtype=bool)) + origin
     return (_world_x(ijk, affine) < midline_x_mm).reshape(comp.shape), "midline"
-
-
-def _bbox_slices(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(out)  # type: ignore[return-value]

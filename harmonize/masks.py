@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harmonize.stats import bbox_slices
+from harmonize.geometry import bbox_slices
 
 
 def crop_affine(affine: np.ndarray, offset: tuple[int, ...] | list[int]) -> np.ndarray:

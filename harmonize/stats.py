@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-_STRUCT26 = np.ones((3, 3, 3), dtype=bool)
+from harmonize.geometry import bbox_slices, label_components
 
 
 @dataclass(frozen=True)
@@ -46,18 +45,6 @@ class ClassStats:
         return asdict(self)
 
 
-def bbox_slices(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Tight bounding box of a 3D mask as slices, or ``None`` when it is empty."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if len(nz) == 0:
-            return None
-        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(out)  # type: ignore[return-value]
-
-
 def class_stats(
     name: str,
     mask: np.ndarray,
@@ -82,7 +69,7 @@ def class_stats(
         nan = float("nan")
         return ClassStats(name, 0, 0.0, 0, (-1,) * 6, (nan, nan, nan), nan, nan)  # type: ignore[arg-type]
     crop = mask[box]
-    _, n_components = ndimage.label(crop, structure=_STRUCT26)
+    _, n_components = label_components(crop)
     idx = np.nonzero(crop)
     voxels = len(idx[0])
     origin = np.array([s.start for s in box], dtype=np.float64) + np.asarray(offset, dtype=np.float64)

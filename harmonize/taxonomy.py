@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import colorsys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -162,3 +164,31 @@ def expand_target(target: str) -> tuple[str, ...]:
     if target in PAIRS:
         return PAIRS[target]
     return (class_by_name(target).name,)
+
+
+def paint_order(names: Sequence[str]) -> list[str]:
+    """Classes in the order they are painted into ONE label map, later wins where masks overlap: organs
+    and vessels first, then structures inside an organ (hepatic vessel), then tumours and cysts; ties in
+    universal index order. So a liver tumour stays visible inside the liver.
+
+    Example:
+        >>> paint_order(["liver_tumor", "hepatic_vessel", "liver"])
+        ['liver', 'hepatic_vessel', 'liver_tumor']
+    """
+
+    def key(n: str) -> tuple[int, int]:
+        c = class_by_name(n)
+        depth = 2 if c.is_tumor else (1 if c.parents else 0)
+        return depth, c.index
+
+    return sorted(names, key=key)
+
+
+def class_color(name: str) -> tuple[int, int, int]:
+    """A fixed, distinct RGB colour (0-255) per universal class (golden-ratio hues; tumours darker), the
+    same in the app, the Slicer and ITK-SNAP colour tables and every export."""
+    c = class_by_name(name)
+    hue = (c.index * 0.618033988749895) % 1.0
+    value = 0.75 if c.is_tumor else 0.95
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.8, value)
+    return int(r * 255), int(g * 255), int(b * 255)

@@ -82,10 +82,3 @@ def axcodes(affine: np.ndarray) -> tuple[str, str, str]:
         world_axis = int(np.argmax(np.abs(col)))
         codes.append(_AXIS_LETTERS[world_axis][int(col[world_axis] > 0)])
     return tuple(codes)  # type: ignore[return-value]
-
-
-def same_grid(
-    a: np.ndarray, b: np.ndarray, shape_a: tuple[int, ...], shape_b: tuple[int, ...], atol_mm: float = 1e-3
-) -> bool:
-    """Whether two (affine, shape) pairs describe the same voxel grid, within ``atol_mm``."""
-    return tuple(shape_a) == tuple(shape_b) and bool(np.allclose(a, b, atol=atol_mm))

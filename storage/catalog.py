@@ -26,9 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,228 +42,12 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = 5
+from storage.schema import MIGRATIONS, SCHEMA_VERSION
+
 #: Seconds a write waits for another process's lock before giving up with :class:`CatalogBusy`.
 LOCK_TIMEOUT_S = 60.0
-
-ORIGINS = ("original", "pseudo", "revised")
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE source (
-        id VARCHAR PRIMARY KEY,
-        name VARCHAR NOT NULL,
-        protocol_version INTEGER NOT NULL,
-        annotated VARCHAR[] NOT NULL,
-        merged_pairs VARCHAR[] NOT NULL,
-        layout_kind VARCHAR NOT NULL,
-        reference VARCHAR,
-        registered_at TIMESTAMP NOT NULL
-    );
-    CREATE TABLE scan (
-        id VARCHAR PRIMARY KEY,
-        source_id VARCHAR NOT NULL,
-        case_id VARCHAR NOT NULL,
-        image_path VARCHAR NOT NULL,
-        label_path VARCHAR NOT NULL,
-        image_sha256 VARCHAR NOT NULL,
-        image_bytes BIGINT,
-        image_mtime DOUBLE,
-        shape INTEGER[3] NOT NULL,
-        spacing DOUBLE[3] NOT NULL,
-        axcodes VARCHAR NOT NULL,
-        affine DOUBLE[16] NOT NULL,
-        hu_min DOUBLE,
-        hu_max DOUBLE,
-        image_format VARCHAR,
-        series_uid_sha1 VARCHAR,
-        ingested_at TIMESTAMP NOT NULL,
-        UNIQUE (source_id, case_id)
-    );
-    CREATE INDEX scan_sha ON scan (image_sha256);
-    CREATE TABLE label_set (
-        id VARCHAR PRIMARY KEY,
-        scan_id VARCHAR NOT NULL,
-        version INTEGER NOT NULL,
-        origin VARCHAR NOT NULL CHECK (origin IN ('original', 'pseudo', 'revised')),
-        parent_id VARCHAR,
-        run_id VARCHAR,
-        author VARCHAR,
-        protocol_version INTEGER,
-        label_sha256 VARCHAR,
-        label_bytes BIGINT,
-        label_mtime DOUBLE,
-        mask_key VARCHAR NOT NULL,
-        midline_x_mm DOUBLE,
-        midline_method VARCHAR,
-        native_voxels VARCHAR,
-        notes VARCHAR[],
-        created_at TIMESTAMP NOT NULL,
-        UNIQUE (scan_id, version)
-    );
-    CREATE TABLE class_coverage (
-        label_set_id VARCHAR NOT NULL,
-        scan_id VARCHAR NOT NULL,
-        class_name VARCHAR NOT NULL,
-        state VARCHAR NOT NULL CHECK (state IN ('annotated_present', 'annotated_absent', 'not_annotated')),
-        PRIMARY KEY (label_set_id, class_name)
-    );
-    CREATE TABLE class_stats (
-        label_set_id VARCHAR NOT NULL,
-        class_name VARCHAR NOT NULL,
-        voxels BIGINT NOT NULL,
-        volume_ml DOUBLE NOT NULL,
-        components INTEGER NOT NULL,
-        bbox INTEGER[6] NOT NULL,
-        centroid_mm DOUBLE[3] NOT NULL,
-        hu_mean DOUBLE,
-        hu_std DOUBLE,
-        PRIMARY KEY (label_set_id, class_name)
-    );
-    CREATE TABLE split_decision (
-        label_set_id VARCHAR NOT NULL,
-        pair VARCHAR NOT NULL,
-        component INTEGER NOT NULL,
-        voxels BIGINT NOT NULL,
-        centroid_mm DOUBLE[3] NOT NULL,
-        side VARCHAR NOT NULL,
-        method VARCHAR NOT NULL,
-        left_voxels BIGINT NOT NULL,
-        right_voxels BIGINT NOT NULL,
-        midline_x_mm DOUBLE NOT NULL
-    );
-    CREATE TABLE run (
-        id VARCHAR PRIMARY KEY,
-        kind VARCHAR NOT NULL,
-        checkpoint_sha256 VARCHAR,
-        text_encoder VARCHAR,
-        vocabulary_sha256 VARCHAR,
-        device VARCHAR,
-        config VARCHAR,
-        metrics VARCHAR,
-        timings VARCHAR,
-        started_at TIMESTAMP NOT NULL,
-        finished_at TIMESTAMP
-    );
-    CREATE TABLE text_vocabulary (
-        sha256 VARCHAR PRIMARY KEY,
-        name VARCHAR NOT NULL,
-        encoder VARCHAR NOT NULL,
-        weights VARCHAR,
-        template VARCHAR NOT NULL,
-        class_names VARCHAR[] NOT NULL,
-        prompts VARCHAR[] NOT NULL,
-        dim INTEGER NOT NULL,
-        embeddings BLOB NOT NULL,
-        created_at TIMESTAMP NOT NULL
-    );
-    CREATE TABLE uncertainty (
-        scan_id VARCHAR NOT NULL,
-        class_name VARCHAR NOT NULL,
-        run_id VARCHAR NOT NULL,
-        label_set_id VARCHAR NOT NULL,
-        score DOUBLE NOT NULL,
-        signals VARCHAR,
-        reasons VARCHAR[],
-        PRIMARY KEY (scan_id, class_name, run_id)
-    );
-    CREATE TABLE review (
-        id VARCHAR PRIMARY KEY,
-        scan_id VARCHAR NOT NULL,
-        class_name VARCHAR NOT NULL,
-        label_set_id VARCHAR NOT NULL,
-        decision VARCHAR NOT NULL
-            CHECK (decision IN ('accept', 'reject', 'corrected', 'needs_correction', 'skip')),
-        comment VARCHAR,
-        reviewer VARCHAR NOT NULL,
-        result_label_set_id VARCHAR,
-        created_at TIMESTAMP NOT NULL
-    );
-    CREATE TABLE ingest_issue (
-        source_id VARCHAR NOT NULL,
-        path VARCHAR NOT NULL,
-        problem VARCHAR NOT NULL,
-        seen_at TIMESTAMP NOT NULL
-    );
-    """,
-    # v2: one row per training record (epoch / round) of a run, so progress is queryable while it runs.
-    2: """
-    CREATE TABLE train_record (
-        run_id VARCHAR NOT NULL,
-        epoch INTEGER NOT NULL,
-        step BIGINT NOT NULL,
-        loss DOUBLE,
-        record VARCHAR NOT NULL,
-        created_at TIMESTAMP NOT NULL,
-        PRIMARY KEY (run_id, epoch, step)
-    );
-    ALTER TABLE text_vocabulary ADD COLUMN note VARCHAR;
-    """,
-    # v3: a reviewer can undo a decision. DuckDB cannot alter a CHECK constraint, so the review table is
-    # rebuilt with 'undo' allowed and ``undo_of`` (the review id an undo reverses); no row is lost.
-    3: """
-    CREATE TABLE review_v3 (
-        id VARCHAR PRIMARY KEY,
-        scan_id VARCHAR NOT NULL,
-        class_name VARCHAR NOT NULL,
-        label_set_id VARCHAR NOT NULL,
-        decision VARCHAR NOT NULL
-            CHECK (decision IN ('accept', 'reject', 'corrected', 'needs_correction', 'skip', 'undo')),
-        comment VARCHAR,
-        reviewer VARCHAR NOT NULL,
-        result_label_set_id VARCHAR,
-        created_at TIMESTAMP NOT NULL,
-        undo_of VARCHAR
-    );
-    INSERT INTO review_v3 SELECT *, NULL FROM review;
-    DROP TABLE review;
-    ALTER TABLE review_v3 RENAME TO review;
-    """,
-    # v4: the held-out split, chosen once per workspace (``method``: 'stratified' for the first choice,
-    # 'hash' for scans added later), and one row per scored scan x class of an 'evaluate' run.
-    4: """
-    CREATE TABLE split (
-        scan_id VARCHAR PRIMARY KEY,
-        split VARCHAR NOT NULL CHECK (split IN ('train', 'held_out')),
-        method VARCHAR NOT NULL,
-        fraction DOUBLE NOT NULL,
-        seed BIGINT NOT NULL,
-        created_at TIMESTAMP NOT NULL
-    );
-    CREATE TABLE evaluation (
-        run_id VARCHAR NOT NULL,
-        scan_id VARCHAR NOT NULL,
-        source_id VARCHAR NOT NULL,
-        class_name VARCHAR NOT NULL,
-        truth_state VARCHAR NOT NULL CHECK (truth_state IN ('annotated_present', 'annotated_absent')),
-        truth_voxels BIGINT NOT NULL,
-        predicted_voxels BIGINT NOT NULL,
-        dice DOUBLE NOT NULL,
-        nsd DOUBLE NOT NULL,
-        tolerance_mm DOUBLE NOT NULL,
-        truth_label_set_id VARCHAR,
-        prediction_label_set_id VARCHAR,
-        PRIMARY KEY (run_id, scan_id, class_name)
-    );
-    """,
-    # v5: one row per active-learning round (workbench.rounds): its runs, checkpoint, inputs (training-set
-    # composition by label origin, review counts) and metrics (the held-out evaluation summary) as JSON.
-    5: """
-    CREATE TABLE round (
-        round_number INTEGER PRIMARY KEY,
-        train_run_id VARCHAR NOT NULL,
-        pseudolabel_run_id VARCHAR,
-        evaluate_run_id VARCHAR,
-        checkpoint_path VARCHAR NOT NULL,
-        checkpoint_sha256 VARCHAR NOT NULL,
-        previous_checkpoint_sha256 VARCHAR,
-        reviewed INTEGER NOT NULL,
-        inputs VARCHAR NOT NULL,
-        metrics VARCHAR NOT NULL,
-        created_at TIMESTAMP NOT NULL
-    );
-    """,
-}
+#: How often :meth:`Catalog.add_label_set` retries when concurrent writers take the same version.
+_VERSION_RETRIES = 20
 
 
 class CatalogBusy(RuntimeError):
@@ -274,6 +60,12 @@ class CatalogError(RuntimeError):
 
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_label_set_id(prefix: str = "ls-") -> str:
+    """A fresh label set id, also its mask key: the mask file is written under it before the catalog row
+    (a kill in between leaves an orphan file for ``gc``, never a row without masks)."""
+    return prefix + uuid.uuid4().hex[:20]
 
 
 @dataclass(frozen=True)
@@ -300,11 +92,14 @@ class ScanRecord:
 
 @dataclass(frozen=True)
 class LabelSetRecord:
-    """One immutable version of a scan's labels (see the ``label_set`` table)."""
+    """One immutable version of a scan's labels (see the ``label_set`` table).
+
+    ``version=None`` lets :meth:`Catalog.add_label_set` allocate the scan's next version number.
+    """
 
     id: str
     scan_id: str
-    version: int
+    version: int | None
     origin: str
     mask_key: str
     parent_id: str | None = None
@@ -403,7 +198,7 @@ class Catalog:
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
             con.execute("BEGIN TRANSACTION")
-            con.execute(_MIGRATIONS[version])
+            con.execute(MIGRATIONS[version])
             con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('schema_version', ?)", [str(version)])
             con.execute("COMMIT")
 
@@ -421,9 +216,38 @@ class Catalog:
         stats: Sequence[dict[str, Any]],
         splits: Sequence[dict[str, Any]] = (),
         scan: ScanRecord | None = None,
-    ) -> None:
+    ) -> LabelSetRecord:
         """Write a label set with its coverage, statistics and split decisions (and its scan, if new)
-        in ONE transaction: a reader sees all of it or none of it, also after a kill."""
+        in ONE transaction: a reader sees all of it or none of it, also after a kill.
+
+        With ``label_set.version=None`` the version is allocated here, inside the transaction (the
+        scan's highest version + 1); when another writer takes the same number first (a reviewer's
+        correction beside a pseudo-label job), the write is retried with the next one.
+
+        Returns:
+            The record as stored (with its version).
+        """
+        allocate = label_set.version is None
+        for attempt in range(_VERSION_RETRIES):
+            try:
+                return self._insert_label_set(label_set, coverage, stats, splits, scan, allocate)
+            except (duckdb.ConstraintException, duckdb.TransactionException) as e:
+                # A concurrent connection of this process surfaces the clash at COMMIT, another process
+                # at the INSERT; either way only an allocated version is worth another try.
+                if not allocate or "duplicate key" not in str(e).lower() or attempt == _VERSION_RETRIES - 1:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _insert_label_set(
+        self,
+        label_set: LabelSetRecord,
+        coverage: dict[str, str],
+        stats: Sequence[dict[str, Any]],
+        splits: Sequence[dict[str, Any]],
+        scan: ScanRecord | None,
+        allocate: bool,
+    ) -> LabelSetRecord:
         now = utc_now()
         with self.transaction() as con:
             if scan is not None:
@@ -450,6 +274,11 @@ class Catalog:
                     ],
                 )
             ls = label_set
+            if allocate:
+                row = con.execute(
+                    "SELECT coalesce(max(version), 0) + 1 FROM label_set WHERE scan_id = ?", [ls.scan_id]
+                ).fetchone()
+                ls = dataclasses.replace(ls, version=int(row[0]))  # type: ignore[index]
             con.execute(
                 "INSERT INTO label_set VALUES (" + ", ".join(["?"] * 17) + ")",
                 [
@@ -524,6 +353,7 @@ class Catalog:
                     "centroid_mm::DOUBLE[3], side, method, left_voxels, right_voxels, midline_x_mm FROM sp_in"
                 )
                 con.unregister("sp_in")
+        return ls
 
     def log_issue(self, source_id: str, path: str, problem: str) -> None:
         """Record a file that an ingest skipped."""
@@ -813,6 +643,18 @@ class Catalog:
             con.register("ev_in", table)
             con.execute("INSERT INTO evaluation SELECT * FROM ev_in")
             con.unregister("ev_in")
+
+    # -- pseudo-labelling: runs, scans to label, uncertainty (workbench.pseudolabel) -----------------
+    # (named queries of the pseudo-label wing go here)
+
+    # -- review: decisions, corrections, the queue (workbench.review) --------------------------------
+    # (named queries of the review wing go here)
+
+    # -- learning: split, training rows, evaluation, rounds (workbench.learning) ---------------------
+    # (named queries of the learning wing go here)
+
+    # -- exports, training sets and the app's dashboards (workbench.export, workbench.app_data) ------
+    # (named queries of the export and app wings go here)
 
 
 def _finite_or_none(x: float) -> float | None:

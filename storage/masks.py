@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numcodecs import Zstd
 
+from harmonize import geometry
 from harmonize.errors import HarmonizeError
 from harmonize.masks import CroppedMask
 
@@ -63,7 +64,7 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 _IN_FLIGHT: set[str] = set()
 _IN_FLIGHT_LOCK = threading.Lock()
 
-BBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+BBox = geometry.BBox
 
 
 class LabelSetExistsError(HarmonizeError):
@@ -364,34 +365,11 @@ def _min_max(a: np.ndarray) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------- encoding
 
 
-def _bbox(mask: np.ndarray) -> BBox | None:
-    """Half-open bounding box of the True voxels of a bool (i, j, k) mask, or None when there are none."""
-    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
-        # The reductions below are fast on C order (whole contiguous slabs); a transpose makes F order C.
-        box = _bbox(mask.T)
-        return None if box is None else (box[2], box[1], box[0])
-    # i range from whole-slab reductions, then one OR of the occupied slabs gives the (j, k) footprint.
-    i = np.flatnonzero(mask.any(axis=(1, 2)))
-    if i.size == 0:
-        return None
-    i0, i1 = int(i[0]), int(i[-1]) + 1
-    slabs = mask[i0:i1]
-    if slabs.flags.c_contiguous and (slabs.shape[1] * slabs.shape[2]) % 8 == 0:
-        # OR of whole slabs as uint64 words: 8 voxels per operation (bool is one byte, 0 or 1).
-        words = slabs.view(np.uint8).reshape(i1 - i0, -1).view(np.uint64)
-        jk = np.bitwise_or.reduce(words, axis=0).view(np.uint8).reshape(slabs.shape[1:]) != 0
-    else:
-        jk = slabs.any(axis=0)
-    j = np.flatnonzero(jk.any(axis=1))
-    k = np.flatnonzero(jk.any(axis=0))
-    return (i0, i1), (int(j[0]), int(j[-1]) + 1), (int(k[0]), int(k[-1]) + 1)
-
-
 def _encode_class(name: str, mask: np.ndarray | CroppedMask, offset: int) -> tuple[ClassEntry, bytes]:
     """Crop, bit-pack and compress one (i, j, k) 0/1 mask; the entry records where its blob will sit."""
     if isinstance(mask, CroppedMask):
         origin = mask.offset
-        inner = _bbox(mask.data) if mask.data.size else None
+        inner = geometry.bbox(mask.data) if mask.data.size else None
         if inner is None:
             return ClassEntry(name, None, 0, 0, 0, 0), b""
         crop = mask.data[tuple(slice(a, b) for a, b in inner)]
@@ -400,7 +378,7 @@ def _encode_class(name: str, mask: np.ndarray | CroppedMask, offset: int) -> tup
     if mask.dtype != np.bool_:
         # Validated to hold only 0/1: one-byte ints already are bools byte for byte.
         mask = mask.view(np.bool_) if mask.dtype.itemsize == 1 else mask != 0
-    bbox = _bbox(mask)
+    bbox = geometry.bbox(mask)
     if bbox is None:
         return ClassEntry(name, None, 0, 0, 0, 0), b""
     (i0, i1), (j0, j1), (k0, k1) = bbox

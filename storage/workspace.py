@@ -1,4 +1,16 @@
-"""A workspace is one folder: ``catalog.duckdb`` plus the mask store ``masks/``.
+"""A workspace is one folder: ``catalog.duckdb``, the mask store ``masks/``, and one subfolder per kind of
+file the workbench writes (every folder is named here once, as nnU-Net's ``paths.py`` does):
+
+====================  ==============================================================================
+``masks/``            the mask store (:class:`storage.masks.MaskStore`)
+``uncertainty/``      uncertainty maps, ``<run>/<scan>.npz`` (:mod:`storage.maps`)
+``models/``           checkpoints of ``workbench train`` and of active-learning rounds
+``reports/``          evaluation reports, ``<run>/``
+``exports/``          exports made from the app
+``imports/``          staging of uploaded corrections
+``slicer/``           cases exported for editing in 3D Slicer / ITK-SNAP
+``demo_data/``        the demo's synthetic phantoms (``workbench demo``)
+====================  ==============================================================================
 
 It is chosen by ``--workspace``, else the ``WORKBENCH_HOME`` environment variable, else ``./workspace``.
 
@@ -45,3 +57,38 @@ class Workspace:
     @property
     def exists(self) -> bool:
         return (self.root / "catalog.duckdb").exists()
+
+    @property
+    def maps(self) -> Path:
+        """Uncertainty maps, one ``.npz`` per run x scan."""
+        return self.root / "uncertainty"
+
+    @property
+    def models(self) -> Path:
+        """Checkpoints written by ``workbench train`` and by active-learning rounds."""
+        return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        """Evaluation reports, one folder per evaluate run."""
+        return self.root / "reports"
+
+    @property
+    def exports(self) -> Path:
+        """Exports started from the app."""
+        return self.root / "exports"
+
+    @property
+    def imports(self) -> Path:
+        """Staging folder of uploaded corrections (files live here only while they are read)."""
+        return self.root / "imports"
+
+    @property
+    def slicer(self) -> Path:
+        """Cases exported for editing in 3D Slicer or ITK-SNAP."""
+        return self.root / "slicer"
+
+    @property
+    def demo_data(self) -> Path:
+        """The demo's synthetic phantoms."""
+        return self.root / "demo_data"

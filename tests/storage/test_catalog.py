@@ -159,23 +159,6 @@ def test_a_second_process_waits_for_the_lock_then_gives_up_clearly(tmp_path: Pat
     assert cat.counts()["ingest_issue"] == 1
 
 
-def test_a_v1_catalog_is_migrated_in_place(tmp_path: Path) -> None:
-    from storage.catalog import _MIGRATIONS
-
-    path = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute(_MIGRATIONS[1])
-    con.execute("INSERT INTO schema_meta VALUES ('schema_version', '1')")
-    con.execute("INSERT INTO ingest_issue VALUES ('kits23', '/x', 'kept across the migration', now())")
-    con.close()
-    cat = Catalog(path)
-    assert cat.schema_version == SCHEMA_VERSION >= 2
-    assert cat.query("SELECT problem FROM ingest_issue")["problem"].tolist() == ["kept across the migration"]
-    cat.add_train_record("run-1", {"epoch": 1, "step": 10, "loss": 0.5})
-    assert cat.query("SELECT loss FROM train_record")["loss"].tolist() == [0.5]
-
-
 def test_vocabulary_round_trip_and_clear_error(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "c.duckdb")
     with pytest.raises(KeyError, match=r"no text vocabulary 'clip'.*stored: none"):

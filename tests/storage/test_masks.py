@@ -172,18 +172,6 @@ def test_slab_touching_faces(store: MaskStore, shape: tuple[int, int, int], axis
     np.testing.assert_array_equal(store.read("ls-slab", "slab"), m)
 
 
-@pytest.mark.parametrize("order", ["C", "F"])
-@pytest.mark.parametrize("shape", [(1, 8, 1), (6, 8, 16), (7, 3, 5), (2, 1, 8)])
-def test_bbox_of_contiguous_layouts(shape: tuple[int, int, int], order: str) -> None:
-    rng = np.random.default_rng(sum(shape))
-    for _ in range(20):
-        m = np.zeros(shape, bool, order=order)  # type: ignore[call-overload]
-        m[tuple(int(rng.integers(0, s)) for s in shape)] = True
-        m[tuple(int(rng.integers(0, s)) for s in shape)] = True
-        assert masks_mod._bbox(m) == _expected_bbox(m)
-    assert masks_mod._bbox(np.zeros(shape, bool, order=order)) is None  # type: ignore[call-overload]
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_bbox_matches_nonzero_for_random_blobs(store: MaskStore, seed: int) -> None:
     rng = np.random.default_rng(seed)

@@ -1,0 +1,113 @@
+"""The shared voxel geometry: bounding boxes, components, grids, resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from harmonize import geometry
+from harmonize.masks import CroppedMask
+
+
+def _expected_bbox(m: np.ndarray) -> tuple[tuple[int, int], ...] | None:
+    nz = np.nonzero(m)
+    if nz[0].size == 0:
+        return None
+    return tuple((int(a.min()), int(a.max()) + 1) for a in nz)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("shape", [(1, 8, 1), (6, 8, 16), (7, 3, 5), (2, 1, 8)])
+def test_bbox_of_contiguous_layouts(shape: tuple[int, int, int], order: str) -> None:
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(20):
+        m = np.zeros(shape, bool, order=order)  # type: ignore[call-overload]
+        m[tuple(int(rng.integers(0, s)) for s in shape)] = True
+        m[tuple(int(rng.integers(0, s)) for s in shape)] = True
+        assert geometry.bbox(m) == _expected_bbox(m)
+        box = geometry.bbox_slices(m)
+        assert box is not None and int(m[box].sum()) == int(m.sum())
+    assert geometry.bbox(np.zeros(shape, bool, order=order)) is None  # type: ignore[call-overload]
+    assert geometry.bbox_slices(np.zeros(shape, bool)) is None
+
+
+def test_bbox_of_a_non_bool_mask() -> None:
+    m = np.zeros((4, 5, 6), np.uint8)
+    m[1, 2, 3] = 7
+    assert geometry.bbox(m) == ((1, 2), (2, 3), (3, 4))
+
+
+@pytest.mark.parametrize(
+    ("offsets", "n"),
+    [
+        ([(0, 0, 0), (1, 1, 1)], 1),  # corner neighbours are connected (26-connectivity)
+        ([(0, 0, 0), (2, 2, 2)], 2),
+        ([(0, 0, 0), (0, 1, 0), (4, 4, 4)], 2),
+        ([], 0),
+    ],
+)
+def test_label_components_is_26_connected(offsets: list[tuple[int, int, int]], n: int) -> None:
+    m = np.zeros((5, 5, 5), bool)
+    for o in offsets:
+        m[o] = True
+    labels, count = geometry.label_components(m)
+    assert count == n
+    assert labels.shape == m.shape and set(np.unique(labels[m])) == set(range(1, n + 1))
+    # scipy with the full 3x3x3 structure agrees on the partition.
+    ref, ref_n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    assert ref_n == n and len(set(zip(ref[m].tolist(), labels[m].tolist()))) == n
+
+
+def test_largest_component_keeps_the_biggest_and_counts_the_rest() -> None:
+    m = np.zeros((10, 10, 10), bool)
+    m[0:3, 0:3, 0:3] = True  # 27 voxels
+    m[6:8, 6:8, 6:8] = True  # 8 voxels
+    m[9, 0, 9] = True
+    kept, n, removed = geometry.largest_component(m)
+    assert (n, removed, int(kept.sum())) == (3, 9, 27)
+    assert kept[0:3, 0:3, 0:3].all()
+    single, n1, removed1 = geometry.largest_component(kept)
+    assert (n1, removed1) == (1, 0) and np.array_equal(single, kept)
+
+
+@pytest.mark.parametrize(
+    ("shift_mm", "same"), [(0.0, True), (0.5 * geometry.GRID_TOLERANCE_MM, True), (0.1, False)]
+)
+def test_same_grid_tolerance(shift_mm: float, same: bool) -> None:
+    a = np.diag([1.5, 1.5, 3.0, 1.0])
+    b = a.copy()
+    b[0, 3] += shift_mm
+    assert geometry.same_grid(a, b, (4, 4, 4), (4, 4, 4)) is same
+    assert not geometry.same_grid(a, a, (4, 4, 4), (4, 4, 5))
+    assert geometry.grid_difference_mm(a, b) == pytest.approx(shift_mm)
+
+
+def test_mask_to_grid_onto_a_flipped_coarser_grid() -> None:
+    # Source: 1 mm RAS grid; destination: 2 mm grid with the first axis flipped (L instead of R).
+    src_affine = np.eye(4)
+    dst_affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    dst_affine[0, 3] = 14.0
+    full = np.zeros((16, 16, 16), bool)
+    full[4:8, 4:8, 4:8] = True
+    out = geometry.mask_to_grid(CroppedMask.from_full(full), src_affine, dst_affine, (8, 8, 8))
+    # Destination voxel (i, j, k) sits at world x = 14 - 2 i, y = 2 j, z = 2 k.
+    expected = np.zeros((8, 8, 8), bool)
+    for i, j, k in np.ndindex(8, 8, 8):
+        x, y, z = 14 - 2 * i, 2 * j, 2 * k
+        expected[i, j, k] = 4 <= x < 8 and 4 <= y < 8 and 4 <= z < 8
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_threshold_to_grid_matches_a_full_trilinear_resample() -> None:
+    rng = np.random.default_rng(0)
+    prob = np.zeros((12, 12, 12), np.float32)
+    prob[3:9, 4:8, 2:10] = rng.random((6, 4, 8)).astype(np.float32)
+    src_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    dst_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    dst_shape = (24, 24, 24)
+    got = geometry.threshold_to_grid(prob, src_affine, dst_affine, dst_shape, threshold=0.5).full()
+    to_src = np.linalg.inv(src_affine) @ dst_affine
+    ref = ndimage.affine_transform(prob, to_src[:3, :3], to_src[:3, 3], dst_shape, order=1) >= 0.5
+    np.testing.assert_array_equal(got, ref)
+    assert geometry.threshold_to_grid(np.zeros((4, 4, 4)), src_affine, dst_affine, dst_shape).is_empty
