@@ -574,6 +574,40 @@ class Catalog:
         sort = ["_o", "source_id"] if by_source else ["_o"]
         return df.sort_values(sort).drop(columns="_o").reset_index(drop=True)
 
+    def long_tail_table(self, by_source: bool = False) -> pd.DataFrame:
+        """The long-tail table as ``workbench stats`` prints it: per class (and source) annotated /
+        present / absent / not-annotated scans.
+
+        Without ``by_source`` every one of the 32 classes has a row (column ``class``; zeros where nothing
+        is known), plus one column per source with the number of its scans that annotate the class. With
+        ``by_source`` it is :meth:`long_tail` ``(by_source=True)``.
+        """
+        from harmonize.taxonomy import class_names
+
+        long = self.long_tail(by_source=True)
+        if by_source:
+            return long
+        cols = ["annotated", "present", "absent", "not_annotated"]
+        total = long.groupby("class_name")[cols].sum() if not long.empty else pd.DataFrame(columns=cols)
+        table = total.reindex(class_names(), fill_value=0)
+        if not long.empty:
+            per_source = long.pivot_table(
+                index="class_name", columns="source_id", values="annotated", aggfunc="sum", fill_value=0
+            )
+            table = table.join(per_source.reindex(class_names(), fill_value=0))
+        table.index.name = "class"
+        return table.reset_index().astype({c: "int64" for c in table.columns})
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store one workspace-wide ``schema_meta`` value (e.g. ``demo``)."""
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO schema_meta VALUES (?, ?)", [key, value])
+
+    def meta(self, key: str) -> str | None:
+        """A ``schema_meta`` value, ``None`` when it was never set."""
+        df = self.query("SELECT value FROM schema_meta WHERE key = ?", [key])
+        return None if df.empty else str(df["value"].iloc[0])
+
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for summaries and the app's overview)."""
         tables = (

@@ -31,48 +31,9 @@ from collections.abc import Sequence
 import pandas as pd
 
 from harmonize.errors import HarmonizeError
-from harmonize.protocols import all_protocols
-from harmonize.taxonomy import class_names
+from harmonize.protocols import sources_table
 from storage.catalog import CatalogBusy, CatalogError
 from storage.workspace import Workspace
-
-
-def sources_table() -> pd.DataFrame:
-    """One row per built-in source: id, name, layout, annotated classes, merged pairs."""
-    rows = []
-    for p in all_protocols().values():
-        rows.append(
-            {
-                "source": p.id,
-                "name": p.name,
-                "layout": p.layout.kind,
-                "n_classes": len(p.annotated),
-                "annotated": ", ".join(p.annotated),
-                "split": ", ".join(p.merged_pairs),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def stats_table(ws: Workspace, by_source: bool = False) -> pd.DataFrame:
-    """The long-tail table: per class (and source) annotated / present / absent / not-annotated scans.
-
-    Without ``by_source`` every one of the 32 classes has a row (zeros where nothing is known), plus one
-    column per source with the number of scans of that source that annotate the class.
-    """
-    long = ws.catalog.long_tail(by_source=True)
-    if by_source:
-        return long
-    cols = ["annotated", "present", "absent", "not_annotated"]
-    total = long.groupby("class_name")[cols].sum() if not long.empty else pd.DataFrame(columns=cols)
-    table = total.reindex(class_names(), fill_value=0)
-    if not long.empty:
-        per_source = long.pivot_table(
-            index="class_name", columns="source_id", values="annotated", aggfunc="sum", fill_value=0
-        )
-        table = table.join(per_source.reindex(class_names(), fill_value=0))
-    table.index.name = "class"
-    return table.reset_index().astype({c: "int64" for c in table.columns})
 
 
 def _print_table(df: pd.DataFrame, fmt: str) -> None:
@@ -111,7 +72,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
-    _print_table(stats_table(ws, by_source=args.by_source), args.format)
+    _print_table(ws.catalog.long_tail_table(by_source=args.by_source), args.format)
     return 0
 
 

@@ -89,7 +89,7 @@ def demo_truth_specs(ws: Workspace) -> dict[str, Any]:
     """Scan id -> ``PhantomSpec`` of every demo scan in the catalog (from ``demo_data/phantoms.json``)."""
     from workbench.simulated_expert import PhantomSpec
 
-    path = ws.root / "demo_data" / PHANTOMS_JSON
+    path = ws.demo_data / PHANTOMS_JSON
     if not path.exists():
         raise HarmonizeError(path, "no phantom specs (build the demo with this version of `workbench demo`)")
     out: dict[str, Any] = {}
@@ -168,13 +168,12 @@ def run_demo_round(
 
 def build_demo(ws: Workspace, cases_per_source: int = 3, progress: bool = True) -> list[str]:
     """Write the demo data into ``ws.root/demo_data`` (once) and ingest it; returns summary lines."""
-    data = ws.root / "demo_data"
+    data = ws.demo_data
     if not (data / ".complete").exists():
         write_demo_data(data, cases_per_source, progress)
         (data / ".complete").write_text("ok\n")
     (ws.root / "DEMO.txt").write_text(NOTICE)
-    with ws.catalog.transaction() as con:
-        con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('demo', 'synthetic phantoms')")
+    ws.catalog.set_meta("demo", "synthetic phantoms")
     lines = [
         "demo workspace from SYNTHETIC phantoms (no patient data), in the native conventions of: "
         + ", ".join(DEMO_SOURCES)

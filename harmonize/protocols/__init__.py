@@ -64,6 +64,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from harmonize.taxonomy import CLASSES, PAIRS, expand_target
 
 LAYOUT_KINDS = ("paired", "per_class_files", "dicom_png")
@@ -264,3 +266,20 @@ def get_protocol(source_id: str) -> Protocol:
     if source_id not in protos:
         raise KeyError(f"unknown source {source_id!r}; known sources: {', '.join(protos)}")
     return protos[source_id]
+
+
+def sources_table() -> pd.DataFrame:
+    """One row per built-in source: ``source, name, layout, n_classes, annotated, split`` (the last two
+    comma-separated class and pair names), in source id order."""
+    rows = [
+        {
+            "source": p.id,
+            "name": p.name,
+            "layout": p.layout.kind,
+            "n_classes": len(p.annotated),
+            "annotated": ", ".join(p.annotated),
+            "split": ", ".join(p.merged_pairs),
+        }
+        for p in all_protocols().values()
+    ]
+    return pd.DataFrame(rows)
