@@ -19,7 +19,6 @@ the ingest goes on and the summary lists what was skipped.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from harmonize.harmonizer import HarmonizedCase, harmonize_case
 from harmonize.layout import CaseFiles, find_cases
 from harmonize.protocols import Protocol, get_protocol
 from harmonize.volume import Volume
-from storage.catalog import LabelSetRecord, ScanRecord
+from storage.catalog import LabelSetRecord, ScanRecord, new_label_set_id
 from storage.workspace import Workspace
 
 
@@ -61,10 +60,6 @@ class IngestSummary:
 def scan_id_for(source_id: str, case_id: str) -> str:
     """The catalog id of a scan: ``<source>:<case>``."""
     return f"{source_id}:{case_id}"
-
-
-def new_label_set_id() -> str:
-    return "ls-" + uuid.uuid4().hex[:20]
 
 
 def _stat(path: Path) -> tuple[int, float]:

