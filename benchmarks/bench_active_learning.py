@@ -13,7 +13,7 @@ Setup (all synthetic and seeded; every step is the product's own code):
 * the workspace is then copied twice. In each copy ``--rounds`` more rounds run, each one: the simulated
   expert (``SimulatedExpert``: accepts a pseudo-label whose Dice against the phantom truth is >= 0.9,
   otherwise replaces it by the truth; cost 1 per item) reviews ``--budget`` items, (a) in the order of our
-  queue (``workbench.queue.rank``) or (b) in a seeded random order of the same undecided items; then the
+  queue (``workbench.review.rank``) or (b) in a seeded random order of the same undecided items; then the
   model is fine-tuned from the previous round on the new training set (revised > original > pseudo),
   evaluated on the held-out scans, and pseudo-labels the training scans again.
 

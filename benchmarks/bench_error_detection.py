@@ -15,7 +15,7 @@ Setup (all synthetic, seeded):
 Items are scan x class for the 5 organs, plus the liver tumour items that carry a fault (the small model
 does not find phantom tumours, and natural tumour misses are out of this benchmark's scope). An item is
 FAULTY when a fault was injected into it or when its pseudo-label is grossly wrong by itself (Dice with
-the truth < 0.5). The queue (``workbench.queue.rank``) is compared with the entropy-only score and with
+the truth < 0.5). The queue (``workbench.review.rank``) is compared with the entropy-only score and with
 random order by the sensitivity and precision of its top-k.
 
 Usage:
@@ -166,7 +166,7 @@ def main() -> None:
     from storage.workspace import Workspace
     from workbench.ingest import ingest
     from workbench.pseudolabel import pseudolabel
-    from workbench.queue import rank
+    from workbench.review import rank
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()

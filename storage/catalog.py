@@ -683,6 +683,264 @@ class Catalog:
 
     # -- review: decisions, corrections, the queue (workbench.review) --------------------------------
     # (named queries of the review wing go here)
+    def scan_row(self, scan_id: str) -> dict[str, Any] | None:
+        """The ``scan`` row of one scan.
+
+        Returns:
+            Every column of the ``scan`` table as a dict (``id, source_id, case_id, image_path, shape,
+            spacing, affine`` as 16 row-major floats, ...); None when the catalog has no such scan.
+        """
+        df = self.query("SELECT * FROM scan WHERE id = ?", [scan_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def label_set_row(self, label_set_id: str) -> dict[str, Any] | None:
+        """The ``label_set`` row of one label set.
+
+        Returns:
+            Every column of the ``label_set`` table as a dict (``id, scan_id, version, origin, parent_id,
+            mask_key, midline_x_mm, ...``); None when the catalog has no such label set.
+        """
+        df = self.query("SELECT * FROM label_set WHERE id = ?", [label_set_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def current_label_set(self, scan_id: str, class_name: str) -> str | None:
+        """The label set that is current for one scan x class (the ``current_label`` view: highest origin
+        priority revised > original > pseudo, newest version, among label sets whose coverage knows the
+        class).
+
+        Returns:
+            Its ``label_set_id``; None when no label set of the scan knows the class.
+        """
+        sql = "SELECT label_set_id FROM current_label WHERE scan_id = ? AND class_name = ?"
+        df = self.query(sql, [scan_id, class_name])
+        return None if df.empty else str(df["label_set_id"].iloc[0])
+
+    def current_label_before(self, scan_id: str, class_name: str, version: int) -> dict[str, Any] | None:
+        """The label set that was current for one scan x class among the scan's versions older than
+        ``version`` (the rule of ``current_label``, restricted to those versions).
+
+        Returns:
+            Its ``label_set`` row as a dict (every column); None when no older label set knows the class.
+        """
+        # Imported here, not at the top: the review wing adds to this module only below its marker.
+        from storage.schema import ORIGIN_PRIORITY
+
+        df = self.query(
+            """
+            SELECT l.* FROM label_set l JOIN class_coverage c ON c.label_set_id = l.id
+            WHERE l.scan_id = ? AND c.class_name = ? AND c.state <> 'not_annotated' AND l.version < ?
+            ORDER BY list_position(?, l.origin) DESC, l.version DESC
+            LIMIT 1
+            """,
+            [scan_id, class_name, int(version), sorted(ORIGIN_PRIORITY, key=ORIGIN_PRIORITY.__getitem__)],
+        )
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def class_stats_rows(self, label_set_id: str, *, exclude: str | None = None) -> list[dict[str, Any]]:
+        """The ``class_stats`` rows of one label set in the form :meth:`add_label_set` takes them, so a new
+        version can carry them over.
+
+        Args:
+            label_set_id: the label set.
+            exclude: leave out this class (the one a correction replaces).
+
+        Returns:
+            One dict per class with ``name, voxels, volume_ml, components, bbox`` (6 ints),
+            ``centroid_mm`` (3 floats), ``hu_mean, hu_std`` (NaN where unknown).
+        """
+        df = self.query(
+            "SELECT * FROM class_stats WHERE label_set_id = ? AND class_name IS DISTINCT FROM ?",
+            [label_set_id, exclude],
+        )
+        return [
+            {
+                "name": r["class_name"],
+                "voxels": int(r["voxels"]),
+                "volume_ml": float(r["volume_ml"]),
+                "components": int(r["components"]),
+                "bbox": [int(v) for v in r["bbox"]],
+                "centroid_mm": [float(v) for v in r["centroid_mm"]],
+                "hu_mean": float("nan") if pd.isna(r["hu_mean"]) else float(r["hu_mean"]),
+                "hu_std": float("nan") if pd.isna(r["hu_std"]) else float(r["hu_std"]),
+            }
+            for r in df.to_dict("records")
+        ]
+
+    def add_review(
+        self,
+        scan_id: str,
+        class_name: str,
+        label_set_id: str,
+        decision: str,
+        comment: str,
+        reviewer: str,
+        *,
+        result_label_set_id: str | None = None,
+        undo_of: str | None = None,
+    ) -> str:
+        """Store one ``review`` row (one transaction), stamped with the current UTC time.
+
+        Args:
+            scan_id / class_name / label_set_id: what was judged (the label set version).
+            decision: the ``review.decision`` value (the table's CHECK lists the allowed ones).
+            comment / reviewer: as typed (validated by the caller).
+            result_label_set_id: the label set a correction (or the undo of one) wrote.
+            undo_of: the review id an ``undo`` row reverses.
+
+        Returns:
+            The new review id (``rv-`` + 20 hex digits).
+        """
+        review_id = "rv-" + uuid.uuid4().hex[:20]
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO review (id, scan_id, class_name, label_set_id, decision, comment, reviewer, "
+                "result_label_set_id, created_at, undo_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    review_id,
+                    scan_id,
+                    class_name,
+                    label_set_id,
+                    decision,
+                    comment,
+                    reviewer,
+                    result_label_set_id,
+                    utc_now(),
+                    undo_of,
+                ],
+            )
+        return review_id
+
+    def reviews(self, scan_id: str | None = None, class_name: str | None = None) -> pd.DataFrame:
+        """Review rows, newest first (``created_at``, then ``id``, descending).
+
+        Args:
+            scan_id / class_name: keep only rows of this scan / class (None: all).
+
+        Returns:
+            Every column of ``review`` plus ``undone`` (bool: a decision that does not stand in
+            ``standing_review`` because a later undo reversed it; False for undo rows).
+        """
+        sql = (
+            "SELECT r.*, (r.decision <> 'undo' AND r.id NOT IN (SELECT id FROM standing_review)) AS undone "
+            "FROM review r WHERE (? IS NULL OR r.scan_id = ?) AND (? IS NULL OR r.class_name = ?) "
+            "ORDER BY r.created_at DESC, r.id DESC"
+        )
+        return self.query(sql, [scan_id, scan_id, class_name, class_name])
+
+    def review_queue(
+        self,
+        *,
+        classes: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        reasons: Sequence[str] | None = None,
+        status: str = "pending",
+        reviewer: str | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """The review queue as the app lists it: uncertainty items of catalog scans, highest score first
+        (then scan, class, run), each with the newest standing decision (``standing_review``) on the SAME
+        label set version.
+
+        Args:
+            classes / sources: keep only these classes / source ids (None or empty: all).
+            reasons: keep items with at least one of these reasons.
+            status: ``pending`` (no standing decision), ``decided`` (any), ``all``, or one decision value.
+            reviewer: keep items whose standing decision is by this reviewer.
+            limit: at most this many rows.
+
+        Returns:
+            Columns ``scan_id, source_id, case_id, class_name, run_id, label_set_id, origin, version, score,
+            signals`` (JSON text), ``reasons`` (list of str), ``status`` (``pending`` or the decision),
+            ``decided_by, decided_at, review_id``.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if classes:
+            where.append("u.class_name IN (SELECT unnest(?))")
+            params.append(list(classes))
+        if sources:
+            where.append("s.source_id IN (SELECT unnest(?))")
+            params.append(list(sources))
+        if reasons:
+            where.append("len(list_intersect(coalesce(u.reasons, []), ?)) > 0")
+            params.append(list(reasons))
+        if status == "pending":
+            where.append("d.decision IS NULL")
+        elif status == "decided":
+            where.append("d.decision IS NOT NULL")
+        elif status != "all":
+            where.append("d.decision = ?")
+            params.append(status)
+        if reviewer:
+            where.append("d.reviewer = ?")
+            params.append(reviewer)
+        sql = f"""
+            WITH newest AS (
+                SELECT * FROM standing_review
+                QUALIFY row_number() OVER (
+                    PARTITION BY scan_id, class_name, label_set_id ORDER BY created_at DESC, id DESC
+                ) = 1
+            )
+            SELECT u.scan_id, s.source_id, s.case_id, u.class_name, u.run_id, u.label_set_id,
+                   l.origin, l.version, u.score, u.signals, u.reasons,
+                   coalesce(d.decision, 'pending') AS status, d.reviewer AS decided_by,
+                   d.created_at AS decided_at, d.id AS review_id
+            FROM uncertainty u
+            JOIN scan s ON s.id = u.scan_id
+            LEFT JOIN label_set l ON l.id = u.label_set_id
+            LEFT JOIN newest d
+              ON d.scan_id = u.scan_id AND d.class_name = u.class_name AND d.label_set_id = u.label_set_id
+            {"WHERE " + " AND ".join(where) if where else ""}
+            ORDER BY u.score DESC, u.scan_id, u.class_name, u.run_id
+            {"LIMIT " + str(int(limit)) if limit is not None else ""}
+        """
+        df = self.query(sql, params)
+        df["reasons"] = df["reasons"].map(lambda r: [] if r is None else list(r))
+        return df
+
+    def ranking_items(self, run_id: str | None = None, *, include_decided: bool = False) -> pd.DataFrame:
+        """The uncertainty items the CLI's ranking scores (``workbench.review.rank``).
+
+        Args:
+            run_id: only items of this pseudo-label run (None: every run).
+            include_decided: also items with a standing decision (``standing_review``) on the same scan,
+                class and label set version; left out by default.
+
+        Returns:
+            Columns ``scan_id, class_name, run_id, label_set_id, signals`` (JSON text), one row per
+            ``uncertainty`` row, ordered by scan, class and run.
+        """
+        sql = """
+            SELECT u.scan_id, u.class_name, u.run_id, u.label_set_id, u.signals
+            FROM uncertainty u
+            WHERE (? IS NULL OR u.run_id = ?)
+              AND (? OR NOT EXISTS (
+                  SELECT 1 FROM standing_review d
+                  WHERE d.scan_id = u.scan_id AND d.class_name = u.class_name
+                    AND d.label_set_id = u.label_set_id))
+            ORDER BY u.scan_id, u.class_name, u.run_id
+        """
+        return self.query(sql, [run_id, run_id, bool(include_decided)])
+
+    def queue_reasons(self) -> list[str]:
+        """Every distinct reason in the ``uncertainty`` table, sorted (the queue's reason filter)."""
+        df = self.query("SELECT DISTINCT unnest(reasons) AS r FROM uncertainty ORDER BY r")
+        return [str(r) for r in df["r"]]
+
+    def queue_size(self) -> int:
+        """The number of ``uncertainty`` rows: review queue items of every status."""
+        df = self.query("SELECT count(*) AS n FROM uncertainty")
+        return int(df["n"].iloc[0])
+
+    def source_ids(self) -> list[str]:
+        """The id of every registered source, sorted (the queue's source filter)."""
+        return [str(s) for s in self.query("SELECT id FROM source ORDER BY id")["id"]]
+
+    def annotated_counts(self) -> dict[str, int]:
+        """Class name -> scans whose current original labels annotate it (present or absent): the
+        ``annotated`` column of :meth:`long_tail`, for the queue's long-tail boost."""
+        df = self.long_tail()
+        return {str(r["class_name"]): int(r["annotated"]) for r in df.to_dict("records")}
 
     # -- learning: split, training rows, evaluation, rounds (workbench.learning) ---------------------
     # (named queries of the learning wing go here)

@@ -180,7 +180,7 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
-    from workbench.queue import format_queue, rank
+    from workbench.review import format_queue, rank
 
     ws = Workspace.open(args.workspace)
     df = rank(ws, args.run, long_tail_boost=args.long_tail_boost, limit=args.top)

@@ -126,7 +126,7 @@ def run_demo_round(
 
     from workbench.model.network import SMALL_UNET_FEATURES
     from workbench.modeling import embed
-    from workbench.queue import format_queue, rank
+    from workbench.review import format_queue, rank
     from workbench.rounds import run_round, tiny_config
     from workbench.simulated_expert import PhantomTruth, SimulatedExpert
 

@@ -14,7 +14,7 @@ might belong to an unknown class, so it is ``ignore`` (no loss) instead of backg
 every exported class gets true background 0. A scan that knows none of them is left out.
 
 Overlaps (a tumour inside its organ, the hepatic vessels inside the liver) are resolved by painting in
-:func:`workbench.review.paint_order` (organs and vessels, then structures inside organs, then tumours and
+:func:`harmonize.taxonomy.paint_order` (organs and vessels, then structures inside organs, then tumours and
 cysts; later wins), so the tumour keeps its own value and the organ's label is the organ minus the
 tumour, the usual nnU-Net convention (e.g. KiTS, LiTS).
 
@@ -41,10 +41,9 @@ from tqdm import tqdm
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers import read_volume
-from harmonize.taxonomy import class_names
+from harmonize.taxonomy import class_names, paint_order
 from storage.workspace import Workspace
 from workbench.export import ct_array, export_case_name, file_sha256, save_nifti
-from workbench.review import paint_order
 from workbench.training_set import ORIGIN_PRIORITY, TrainingEntry, assemble_training_set
 
 ProgressFn = Callable[[int, int, str], None]

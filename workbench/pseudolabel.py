@@ -720,13 +720,11 @@ def write_scan_result(ws: Workspace, result: ScanResult, run_id: str, seg: Segme
             ws.masks.delete(ls_id)  # the catalog refused: leave no orphan behind
             raise
     if result.signals is not None:
-        from workbench.queue import annotated_counts
-
         if result.entropy_map is not None and result.map_affine is not None:
             unc.write_uncertainty_map(
                 ws, run_id, job.scan_id, result.entropy_map, result.map_affine, result.map_classes
             )
-        rows = unc.uncertainty_rows(job.scan_id, run_id, ls_id, result.signals, annotated_counts(ws))
+        rows = unc.uncertainty_rows(job.scan_id, run_id, ls_id, result.signals, ws.catalog.annotated_counts())
         unc.store_uncertainty(ws, rows)
     return ls_id
 

@@ -11,7 +11,7 @@ One round (:func:`run_round`), in this order:
    (``all_classes``) in a separate run and scored by :func:`workbench.evaluation.evaluate` (against the
    catalog's expert labels, or given truths); skipped, and said so in the metrics, when nothing is held out;
 5. **pseudo-label** the training scans again (the classes they lack) with uncertainty signals, which
-   rebuilds the review queue (``workbench.queue.rank`` of that run).
+   rebuilds the review queue (``workbench.review.rank`` of that run).
 
 Every round is one row of the catalog's ``round`` table (round number, the run ids, checkpoint path and
 sha256, inputs as JSON: scans and scan x class items by label origin, the review counts; metrics as JSON:
@@ -173,7 +173,7 @@ def training_inputs(entries: Sequence[TrainingEntry], held_out: set[str]) -> dic
 
 def training_queue(ws: Workspace, run_id: str | None, train_ids: set[str]) -> pd.DataFrame:
     """The ranked, undecided queue of a pseudo-label run (default: every run), training scans only."""
-    from workbench.queue import rank
+    from workbench.review import rank
 
     q = rank(ws, run_id)
     return q[q["scan_id"].isin(train_ids)].reset_index(drop=True)

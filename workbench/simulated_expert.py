@@ -393,7 +393,7 @@ class SimulatedExpert:
 
         Args:
             items: rows with ``scan_id``, ``class_name``, ``label_set_id`` (``review.queue`` or
-                ``workbench.queue.rank`` output, or plain dicts), highest priority first.
+                ``workbench.review.rank`` output, or plain dicts), highest priority first.
             limit: review at most this many items in this call.
 
         Returns:

@@ -20,7 +20,7 @@ from workbench.ingest import ingest
 from workbench.model.text import TextVocabulary
 from workbench.modeling import store_vocabulary
 from workbench.pseudolabel import pseudolabel
-from workbench.queue import rank
+from workbench.review import rank
 from workbench.rounds import (
     learning_curves,
     rounds,

@@ -1,17 +1,19 @@
-"""The review queue: scores and reasons from signals, the long-tail boost, never re-serving a decided item."""
+"""Queue scores and reasons from uncertainty signals, run statistics and rescore (``workbench.queue``)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from storage.catalog import utc_now
 from storage.workspace import Workspace
 from workbench import queue as q
-from workbench.uncertainty import store_uncertainty
+
+
+@pytest.fixture()
+def ws(uncertainty_ws: Workspace) -> Workspace:
+    return uncertainty_ws
 
 
 def test_the_issue_example_reads_as_words() -> None:
@@ -86,84 +88,12 @@ def test_long_tail_boost_favours_rare_classes(n_rare: int, n_common: int) -> Non
     assert q.assess("spleen", sig, n_rare, long_tail_boost=0.0)[0] == base
 
 
-def _item(scan: str, cls: str, ls: str, signals: dict[str, object], run: str = "run-1") -> dict[str, object]:
-    return {
-        "scan_id": scan,
-        "class_name": cls,
-        "run_id": run,
-        "label_set_id": ls,
-        "score": 0.0,
-        "signals": signals,
-        "reasons": [],
-    }
-
-
-def _review(
-    ws: Workspace, rid: str, scan: str, cls: str, ls: str, decision: str, undo_of: str | None = None
-) -> None:
-    with ws.catalog.transaction() as con:
-        con.execute(
-            "INSERT INTO review (id, scan_id, class_name, label_set_id, decision, comment, reviewer, "
-            "result_label_set_id, created_at, undo_of) VALUES (?, ?, ?, ?, ?, '', 'dr', NULL, ?, ?)",
-            [rid, scan, cls, ls, decision, utc_now(), undo_of],
-        )
-
-
-@pytest.fixture()
-def ws(tmp_path: Path) -> Workspace:
-    ws = Workspace.open(tmp_path / "ws")
-    store_uncertainty(
-        ws,
-        [
-            _item("a:1", "kidney_left", "ls-a", {"volume_z": 3.1, "components": 2, "expected_components": 1}),
-            _item("a:1", "spleen", "ls-a", {"entropy": 0.3}),
-            _item("b:2", "liver_tumor", "ls-b", {"outside_parent": 0.9, "parent": "liver"}),
-            _item("b:2", "spleen", "ls-b", {"overlap": 0.1, "overlap_with": "stomach"}, run="run-2"),
-        ],
-    )
-    return ws
-
-
-def test_rank_orders_by_score_and_explains(ws: Workspace) -> None:
-    df = q.rank(ws)
-    assert list(zip(df["scan_id"], df["class_name"])) == [
-        ("b:2", "liver_tumor"),
-        ("a:1", "kidney_left"),
-        ("b:2", "spleen"),
-        ("a:1", "spleen"),
-    ]
-    assert (
-        df["summary"].iloc[1]
-        == "kidney_left: volume 3.1 sd above the catalog mean; 2 components (annotated scans: 1)"
-    )
-    assert df["summary"].iloc[3] == "spleen: no specific finding"
-    assert list(df["score"]) == sorted(df["score"], reverse=True)
-    assert list(q.rank(ws, "run-2")["class_name"]) == ["spleen"]
-    assert len(q.rank(ws, limit=2)) == 2
-
-
-def test_decided_items_are_never_served_again_for_the_same_label_version(ws: Workspace) -> None:
-    _review(ws, "rv-1", "b:2", "liver_tumor", "ls-b", "reject")
-    _review(ws, "rv-2", "a:1", "kidney_left", "ls-OTHER", "accept")  # another version: still pending here
-    _review(ws, "rv-3", "a:1", "spleen", "ls-a", "skip")
-    _review(ws, "rv-4", "a:1", "spleen", "ls-a", "undo", undo_of="rv-3")  # undone: back in the queue
-    items = set(zip(q.rank(ws)["scan_id"], q.rank(ws)["class_name"]))
-    assert items == {("a:1", "kidney_left"), ("b:2", "spleen"), ("a:1", "spleen")}
-    assert len(q.rank(ws, include_decided=True)) == 4
-
-
 def test_rescore_stores_scores_and_reasons(ws: Workspace) -> None:
     assert q.rescore(ws) == 4
     stored = ws.catalog.query("SELECT * FROM uncertainty WHERE class_name = 'liver_tumor'").iloc[0]
     expected, reasons = q.assess("liver_tumor", {"outside_parent": 0.9, "parent": "liver"}, 0)
     assert stored["score"] == pytest.approx(expected) and list(stored["reasons"]) == reasons
     assert json.loads(stored["signals"])["parent"] == "liver"
-
-
-def test_format_queue_lines(ws: Workspace) -> None:
-    lines = q.format_queue(q.rank(ws), 2)
-    assert len(lines) == 2 and lines[0].startswith("   1  ") and "liver_tumor: 90% lies outside" in lines[0]
-    assert q.format_queue(q.rank(ws).head(0), 5) == ["the queue is empty (no undecided uncertainty items)"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,203 @@
+"""Corrections, quick fixes and edited NIfTI imports (``workbench.review.corrections``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from harmonize.errors import HarmonizeError
+from storage.workspace import Workspace
+from workbench import review
+from workbench.training_set import assemble_training_set
+
+SCAN = "btcv:demo000"
+
+
+def test_correcting_a_pseudo_label_makes_a_revised_set_without_promoting_other_guesses(
+    ws: Workspace, add_pseudo: Callable[..., str], blob: Callable[..., np.ndarray]
+) -> None:
+    shape = tuple(int(s) for s in review.scan_row(ws, SCAN)["shape"])
+    pseudo = add_pseudo(
+        ws, SCAN, {"liver": blob(shape, (10, 10, 10), 8), "colon": blob(shape, (30, 30, 30), 5)}
+    )
+    fixed = blob(shape, (11, 11, 11), 6)
+    corr = review.correct(ws, SCAN, "liver", fixed, "Dr Ada", "trimmed", pseudo)
+    ls = ws.catalog.label_sets(SCAN).set_index("id").loc[corr.label_set_id]
+    assert (ls["origin"], ls["parent_id"], ls["author"]) == ("revised", pseudo, "Dr Ada")
+    cov = ws.catalog.coverage(corr.label_set_id)
+    assert cov["liver"] == "annotated_present"
+    assert cov["colon"] == "not_annotated"  # the unreviewed pseudo colon is not promoted
+    assert np.array_equal(ws.masks.read(corr.label_set_id, "liver"), fixed)
+    stats = ws.catalog.query("SELECT * FROM class_stats WHERE label_set_id = ?", [corr.label_set_id])
+    assert stats.set_index("class_name").loc["liver", "voxels"] == 6**3
+    row = ws.catalog.query("SELECT * FROM review WHERE id = ?", [corr.review_id]).iloc[0]
+    assert (row["decision"], row["label_set_id"], row["result_label_set_id"]) == (
+        "corrected",
+        pseudo,
+        corr.label_set_id,
+    )
+    entry = assemble_training_set(ws, scan_ids=[SCAN])[0]
+    assert entry.origins["liver"] == "revised" and entry.origins["colon"] == "pseudo"
+    assert entry.origins["kidney_left"] == "original"
+
+
+def test_correcting_an_original_label_copies_the_other_classes(
+    ws: Workspace, original_mask: Callable[..., np.ndarray]
+) -> None:
+    orig = ws.catalog.latest_original(SCAN)
+    assert orig is not None
+    kidney = original_mask(ws, SCAN, "kidney_left")
+    fixed = review.keep_largest(kidney) & ~np.roll(kidney, 2, axis=0)
+    corr = review.correct(ws, SCAN, "kidney_left", fixed, "Dr Ada")  # base defaults to the current label
+    assert ws.catalog.label_sets(SCAN).set_index("id").loc[corr.label_set_id, "parent_id"] == orig["id"]
+    old_cov, new_cov = ws.catalog.coverage(orig["id"]), ws.catalog.coverage(corr.label_set_id)
+    assert {n: s for n, s in new_cov.items() if n != "kidney_left"} == {
+        n: s for n, s in old_cov.items() if n != "kidney_left"
+    }
+    for cls in ws.masks.names(orig["mask_key"]):
+        if cls != "kidney_left" and old_cov[cls] == "annotated_present":
+            assert np.array_equal(ws.masks.read(corr.label_set_id, cls), original_mask(ws, SCAN, cls))
+    assert review.current_label_set(ws, SCAN, "kidney_left") == corr.label_set_id
+
+
+def test_an_empty_correction_records_the_class_as_absent(ws: Workspace) -> None:
+    shape = tuple(int(s) for s in review.scan_row(ws, SCAN)["shape"])
+    corr = review.correct(ws, SCAN, "kidney_tumor", np.zeros(shape, np.uint8), "Dr Ada")
+    assert ws.catalog.coverage(corr.label_set_id)["kidney_tumor"] == "annotated_absent"
+
+
+@pytest.mark.parametrize("bad", ["shape", "values"])
+def test_bad_corrected_masks_are_refused(ws: Workspace, bad: str) -> None:
+    shape = tuple(int(s) for s in review.scan_row(ws, SCAN)["shape"])
+    mask = np.zeros((4, 4, 4), bool) if bad == "shape" else np.full(shape, 2, np.uint8)
+    before = ws.catalog.counts()["label_set"], len(ws.masks.keys())
+    with pytest.raises(HarmonizeError, match="mask"):
+        review.correct(ws, SCAN, "liver", mask, "Dr Ada")
+    assert (ws.catalog.counts()["label_set"], len(ws.masks.keys())) == before
+
+
+# -------------------------------------------------------------------------------------- quick fixes
+
+
+@pytest.mark.parametrize(
+    ("sizes", "remove_at", "expected"),
+    [
+        ((3, 2), (1, 1, 1), 2**3),  # remove the 27-voxel cube, keep the 8-voxel one
+        ((3, 2), (12, 12, 12), 3**3),
+        ((4, 1), (12, 12, 12), 4**3),
+    ],
+)
+def test_remove_component(
+    blob: Callable[..., np.ndarray], sizes: tuple[int, int], remove_at: tuple[int, int, int], expected: int
+) -> None:
+    m = blob((16, 16, 16), (0, 0, 0), sizes[0]) | blob((16, 16, 16), (12, 12, 12), sizes[1])
+    out = review.remove_component(m, remove_at)
+    assert int(out.sum()) == expected and m.sum() == sizes[0] ** 3 + sizes[1] ** 3  # input untouched
+
+
+@pytest.mark.parametrize("voxel", [(15, 15, 15), (99, 0, 0), (-1, 0, 0)])
+def test_remove_component_needs_a_voxel_of_the_mask(
+    blob: Callable[..., np.ndarray], voxel: tuple[int, int, int]
+) -> None:
+    with pytest.raises(ValueError, match="voxel"):
+        review.remove_component(blob((16, 16, 16), (0, 0, 0), 3), voxel)
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [(3, 2, 27), (2, 4, 64), (1, 1, 1), (0, 0, 0)])
+def test_keep_largest(blob: Callable[..., np.ndarray], a: int, b: int, expected: int) -> None:
+    m = blob((16, 16, 16), (0, 0, 0), a) | blob((16, 16, 16), (10, 10, 10), b)
+    assert int(review.keep_largest(m).sum()) == expected
+
+
+def test_diagonal_voxels_are_one_component() -> None:
+    m = np.zeros((5, 5, 5), bool)
+    m[1, 1, 1] = m[2, 2, 2] = True  # 26-connected
+    assert int(review.keep_largest(m).sum()) == 2
+
+
+# ------------------------------------------------------------------- edited NIfTI files and uploads
+
+
+def _write_label(
+    tmp_path: Path,
+    ws: Workspace,
+    *,
+    shape_delta: int = 0,
+    shift_mm: float = 0.0,
+    values: tuple[int, ...] = (0, 1),
+    name: str = "fix.nii.gz",
+) -> Path:
+    scan = review.scan_row(ws, SCAN)
+    shape = tuple(int(s) for s in scan["shape"])
+    shape = (shape[0] + shape_delta, shape[1], shape[2])
+    data = np.zeros(shape, np.uint8)
+    for n, v in enumerate(values):
+        data[n, 0, 0] = v
+    affine = review.scan_affine(scan).copy()
+    affine[0, 3] += shift_mm
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shape_delta": 1}, "shape"),
+        ({"shift_mm": 0.5}, "affine differs"),
+        ({"values": (0, 1, 40)}, "label values"),
+    ],
+)
+def test_import_refuses_wrong_geometry_and_values(
+    ws: Workspace, tmp_path: Path, kwargs: dict, match: str
+) -> None:
+    path = _write_label(tmp_path, ws, **kwargs)
+    n = ws.catalog.counts()["label_set"]
+    with pytest.raises(HarmonizeError, match=match) as err:
+        review.import_correction(ws, SCAN, "liver", path, "Dr Ada")
+    assert err.value.path == str(path)
+    assert ws.catalog.counts()["label_set"] == n
+
+
+def test_import_accepts_a_shift_within_tolerance_and_a_value_map(ws: Workspace, tmp_path: Path) -> None:
+    path = _write_label(tmp_path, ws, shift_mm=0.005, values=(0, 7, 9))
+    corr = review.import_correction(ws, SCAN, "liver", path, "Dr Ada", value_map={0: 0, 7: 1, 9: 0})
+    assert int(ws.masks.read(corr.label_set_id, "liver").sum()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("../../etc/evil.nii.gz", None),
+        ("sub/dir.nii.gz", None),
+        ("C:\\x\\y.nii", None),
+        (".hidden.nii.gz", None),
+        ("notes.txt", None),
+        ("fake.nii.gz", b"this is not a NIfTI file at all" * 20),
+        ("fake.nii", b"\x00" * 400),
+    ],
+)
+def test_bad_uploads_are_refused_and_nothing_is_written(
+    ws: Workspace, tmp_path: Path, name: str, data: bytes | None
+) -> None:
+    payload = data if data is not None else _write_label(tmp_path, ws).read_bytes()
+    before = sorted(p.relative_to(ws.root) for p in ws.root.rglob("*"))
+    n = ws.catalog.counts()["label_set"]
+    with pytest.raises(HarmonizeError) as err:
+        review.import_correction_upload(ws, SCAN, "liver", name, payload, "Dr Ada")
+    assert "NIfTI" in err.value.problem
+    after = sorted(p.relative_to(ws.root) for p in ws.root.rglob("*") if p.name != "imports")
+    assert after == [p for p in before if p.name != "imports"]
+    assert ws.catalog.counts()["label_set"] == n
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_a_good_upload_is_imported(ws: Workspace, tmp_path: Path) -> None:
+    payload = _write_label(tmp_path, ws, values=(0, 1, 1)).read_bytes()
+    corr = review.import_correction_upload(ws, SCAN, "liver", "liver_fixed.nii.gz", payload, "Dr Ada")
+    assert int(ws.masks.read(corr.label_set_id, "liver").sum()) == 2
+    assert list((ws.root / "imports").iterdir()) == []

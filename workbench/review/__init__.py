@@ -1,0 +1,83 @@
+"""Review of labels: decisions, corrections, quick fixes, undo, the ranked queue, 3D Slicer round trips.
+
+Every write keeps history; nothing is overwritten or deleted. A decision is one ``review`` row on one
+label set version; a correction is a new ``revised`` label set plus a ``corrected`` review row; an undo is
+one more review row (and, for a correction, one more ``revised`` set restoring the earlier state).
+
+Modules:
+
+* :mod:`workbench.review.validation`: reviewer, comment, class and upload-name checks, ``escape``, and the
+  scan / label set lookups that refuse unknown ids.
+* :mod:`workbench.review.decisions`: ``record_decision``, ``reviews``, ``current_label_set``, ``undo``.
+* :mod:`workbench.review.corrections`: ``correct``, the quick fixes ``keep_largest`` /
+  ``remove_component``, and the import of an edited NIfTI (file or upload).
+* :mod:`workbench.review.ranking`: the app's filtered ``queue``, the CLI's ``rank`` and ``format_queue``.
+* :mod:`workbench.review.slicer`: a case exported for 3D Slicer / ITK-SNAP with their colour tables.
+
+Each write is one short catalog transaction (the catalog retries while another process holds the DuckDB
+lock), so two reviewers and a background pseudo-labelling job never lose a decision.
+
+Example:
+    >>> rid = record_decision(ws, "kits23:00001", "liver", "ls-abc", "accept", "Dr Ada", "")  # doctest: +SKIP
+    >>> undo(ws, rid, "Dr Ada")  # doctest: +SKIP
+"""
+
+from workbench.review.corrections import (
+    Correction,
+    correct,
+    import_correction,
+    import_correction_upload,
+    keep_largest,
+    label_values_to_mask,
+    remove_component,
+)
+from workbench.review.decisions import (
+    ALL_DECISIONS,
+    DECISIONS,
+    current_label_set,
+    record_decision,
+    reviews,
+    undo,
+)
+from workbench.review.ranking import QUEUE_STATUSES, format_queue, queue, queue_reasons, rank
+from workbench.review.slicer import export_case_for_slicer, itksnap_label_description, slicer_color_table
+from workbench.review.validation import (
+    MAX_COMMENT_LEN,
+    MAX_REVIEWER_LEN,
+    escape,
+    scan_affine,
+    scan_row,
+    validate_comment,
+    validate_reviewer,
+)
+
+__all__ = [
+    "ALL_DECISIONS",
+    "DECISIONS",
+    "MAX_COMMENT_LEN",
+    "MAX_REVIEWER_LEN",
+    "QUEUE_STATUSES",
+    "Correction",
+    "correct",
+    "current_label_set",
+    "escape",
+    "export_case_for_slicer",
+    "format_queue",
+    "import_correction",
+    "import_correction_upload",
+    "itksnap_label_description",
+    "keep_largest",
+    "label_values_to_mask",
+    "queue",
+    "queue_reasons",
+    "rank",
+    "record_decision",
+    "remove_component",
+    "reviews",
+    "scan_affine",
+    "scan_row",
+    "slicer_color_table",
+    "undo",
+    "validate_comment",
+    "validate_reviewer",
+]

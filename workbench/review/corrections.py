@@ -1,0 +1,401 @@
+"""Corrections: a reviewer's corrected mask of one class becomes a new ``revised`` label set.
+
+A correction is a NEW label set of origin ``revised`` (``parent_id`` = the label set it corrects) plus a
+``corrected`` review row pointing at it (``result_label_set_id``). The revised set holds the corrected
+class and, when the base is an ``original`` or ``revised`` set, a copy of the base's other classes (masks,
+coverage, statistics), so it is a complete version. Classes of a ``pseudo`` base are NOT copied (they stay
+``not_annotated`` in the revised set): a correction of one class must not promote the model's other,
+unreviewed guesses above the original labels (training priority is revised > original > pseudo, per
+class).
+
+The corrected mask comes from the app's quick fixes (:func:`keep_largest`, :func:`remove_component`, on
+``harmonize.geometry``'s 26-connected components), from any caller of :func:`correct`, or from an edited
+NIfTI file (:func:`import_correction`; :func:`import_correction_upload` for the app's uploads), e.g. the
+label map of :func:`workbench.review.slicer.export_case_for_slicer` edited in 3D Slicer or ITK-SNAP.
+
+Example:
+    >>> corr = correct(ws, "btcv:demo000", "liver", fixed, "Dr Ada", "trimmed")  # doctest: +SKIP
+    >>> corr.label_set_id  # doctest: +SKIP
+    'ls-4f1c...'
+"""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from harmonize.errors import HarmonizeError
+from harmonize.geometry import GRID_TOLERANCE_MM, grid_difference_mm, label_components, largest_component
+from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
+from harmonize.stats import class_stats
+from harmonize.taxonomy import class_by_name, class_names
+from storage.catalog import LabelSetRecord, new_label_set_id
+from storage.files import atomic_write_bytes
+from storage.workspace import Workspace
+from workbench.review.validation import (
+    check_class,
+    check_upload_name,
+    label_set_row,
+    scan_affine,
+    scan_row,
+    validate_comment,
+    validate_reviewer,
+)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What :func:`correct` wrote: the ``corrected`` review row and the new ``revised`` label set."""
+
+    review_id: str
+    label_set_id: str
+
+
+def write_revised(
+    ws: Workspace,
+    scan: Mapping[str, Any],
+    base: Mapping[str, Any],
+    class_name: str,
+    mask: np.ndarray,
+    state: str,
+    author: str,
+    note: str,
+    image: np.ndarray | None,
+) -> str:
+    """Write a revised label set: ``class_name`` = ``mask`` with ``state``; the base's other classes
+    copied unless the base is pseudo. Masks first (atomic file), then one catalog transaction, which
+    allocates the scan's next version.
+
+    Args:
+        ws: the workspace.
+        scan: the scan's catalog row.
+        base: the catalog row of the label set this one revises (its parent).
+        class_name: the class that changes.
+        mask: its (i, j, k) bool mask on the scan's grid.
+        state: its coverage state (``annotated_present`` or ``annotated_absent``).
+        author: who made the change.
+        note: the label set's note.
+        image: the (i, j, k) CT in HU for the class's HU statistics (None: NaN).
+
+    Returns:
+        The new label set's id (also its mask key).
+    """
+    shape = tuple(int(s) for s in scan["shape"])
+    affine = scan_affine(scan)
+    base_cov = ws.catalog.coverage(str(base["id"]))
+    copy_others = base["origin"] != "pseudo"
+    coverage = {n: NOT_ANNOTATED for n in class_names()}
+    masks: dict[str, np.ndarray] = {}
+    stats: list[dict[str, Any]] = []
+    if copy_others:
+        coverage.update({n: s for n, s in base_cov.items() if n != class_name})
+        stored = set(ws.masks.names(str(base["mask_key"])))
+        others = [n for n in class_names() if n != class_name and coverage[n] == ANNOTATED_PRESENT]
+        masks.update(ws.masks.read_many(str(base["mask_key"]), [n for n in others if n in stored]))
+        stats += ws.catalog.class_stats_rows(str(base["id"]), exclude=class_name)
+    coverage[class_name] = state
+    if state == ANNOTATED_PRESENT:
+        masks[class_name] = mask
+        stats.append(class_stats(class_name, mask, affine, image).as_dict())
+    ls_id = new_label_set_id()
+    ws.masks.write_label_set(ls_id, masks, shape)  # type: ignore[arg-type]
+    record = LabelSetRecord(
+        id=ls_id,
+        scan_id=str(scan["id"]),
+        version=None,
+        origin="revised",
+        mask_key=ls_id,
+        parent_id=str(base["id"]),
+        author=author,
+        midline_x_mm=None if pd.isna(base.get("midline_x_mm")) else float(base["midline_x_mm"]),
+        notes=(note,),
+    )
+    try:
+        ws.catalog.add_label_set(record, coverage, stats)
+    except BaseException:
+        ws.masks.delete(ls_id)  # the catalog refused: leave no orphan mask file
+        raise
+    return ls_id
+
+
+def correct(
+    ws: Workspace,
+    scan_id: str,
+    class_name: str,
+    new_mask: np.ndarray,
+    reviewer: str,
+    comment: str | None = "",
+    base_label_set_id: str | None = None,
+    *,
+    image: np.ndarray | None = None,
+) -> Correction:
+    """Store a corrected mask of one class as a new ``revised`` label set and a ``corrected`` review row.
+
+    Args:
+        ws: the workspace.
+        scan_id: catalog scan id.
+        class_name: the corrected universal class.
+        new_mask: (i, j, k) bool (or 0/1 integer) mask on the scan's grid, in file voxel order; an empty
+            mask records the class as ``annotated_absent``.
+        reviewer: who corrected it.
+        comment: free text.
+        base_label_set_id: the label set that was corrected (default: the current label set of the scan x
+            class, else the scan's newest label set).
+        image: the (i, j, k) CT in HU, for the HU statistics of the class (NaN without it).
+
+    Returns:
+        The :class:`Correction` (review id, new label set id).
+
+    Raises:
+        HarmonizeError: bad reviewer/comment, unknown scan, class or label set, or a mask of the wrong
+            shape or values. Nothing is stored then.
+    """
+    name = validate_reviewer(ws, reviewer)
+    text = validate_comment(ws, comment)
+    class_name = check_class(ws, class_name)
+    scan = scan_row(ws, scan_id)
+    shape = tuple(int(s) for s in scan["shape"])
+    mask = np.asarray(new_mask)
+    if mask.shape != shape:
+        raise HarmonizeError(ws.catalog.path, f"corrected mask shape {mask.shape} != scan shape {shape}")
+    if mask.dtype != np.bool_:
+        if not np.issubdtype(mask.dtype, np.integer) or (mask.size and (mask.min() < 0 or mask.max() > 1)):
+            raise HarmonizeError(ws.catalog.path, "corrected mask must be bool or hold only 0 and 1")
+        mask = mask.astype(bool)
+    if base_label_set_id is None:
+        base_label_set_id = ws.catalog.current_label_set(scan_id, class_name)
+    if base_label_set_id is None:
+        latest = ws.catalog.label_sets(scan_id)
+        if latest.empty:
+            raise HarmonizeError(ws.catalog.path, f"scan {scan_id} has no label set to correct")
+        base_label_set_id = str(latest["id"].iloc[-1])
+    base = label_set_row(ws, base_label_set_id, scan_id)
+    state = ANNOTATED_PRESENT if mask.any() else ANNOTATED_ABSENT
+    note = f"correction of {class_name} by {name} (base {base_label_set_id}, origin {base['origin']})"
+    ls_id = write_revised(ws, scan, base, class_name, mask, state, name, note, image)
+    review_id = ws.catalog.add_review(
+        scan_id, class_name, base_label_set_id, "corrected", text, name, result_label_set_id=ls_id
+    )
+    return Correction(review_id, ls_id)
+
+
+# ------------------------------------------------------------------------------------------ quick fixes
+
+
+def remove_component(mask: np.ndarray, voxel: Sequence[int]) -> np.ndarray:
+    """A copy of ``mask`` without the 26-connected component that contains ``voxel``.
+
+    Args:
+        mask: (i, j, k) bool mask.
+        voxel: (i, j, k) index of a voxel of the component to remove.
+
+    Returns:
+        The (i, j, k) bool mask without that component (``mask`` itself is not changed).
+
+    Raises:
+        ValueError: ``voxel`` lies outside the volume or is not in the mask.
+    """
+    m = np.asarray(mask, dtype=bool)
+    v = tuple(int(x) for x in voxel)
+    if len(v) != m.ndim or any(x < 0 or x >= s for x, s in zip(v, m.shape)):
+        raise ValueError(f"voxel {v} lies outside the volume of shape {m.shape}")
+    if not m[v]:
+        raise ValueError(f"voxel {v} is not in the mask: pick a voxel of the component to remove")
+    labels, _ = label_components(m)
+    return m & (labels != labels[v])
+
+
+def keep_largest(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 26-connected component (``harmonize.geometry.largest_component``).
+
+    Args:
+        mask: (i, j, k) bool mask.
+
+    Returns:
+        A new (i, j, k) bool mask with its largest component (empty stays empty; of equal-sized
+        components the first in scan order is kept).
+    """
+    return largest_component(mask)[0]
+
+
+# ------------------------------------------------------------------------------- edited NIfTI files
+
+
+def _load_nifti(path: Path) -> nib.Nifti1Image:
+    """Load ``path`` as NIfTI-1/2 or raise one clear HarmonizeError (checks the magic, not the suffix)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(2)
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(path, "rb") as f:  # type: ignore[operator]
+            header = f.read(348 + 4)
+    except (OSError, EOFError) as e:
+        raise HarmonizeError(path, f"cannot read the file: {e}") from None
+    magic_ok = len(header) >= 348 and (
+        header[344:348] in (b"n+1\x00", b"ni1\x00") or header[4:8] == b"n+2\x00"
+    )
+    if not magic_ok:
+        raise HarmonizeError(path, "not a NIfTI file (no NIfTI header magic)")
+    try:
+        img: Any = nib.load(str(path))
+        img.get_fdata(dtype=np.float32)  # force the read: a truncated file fails here, not later
+    except Exception as e:  # nibabel raises many types for broken files
+        raise HarmonizeError(path, f"not a readable NIfTI file: {e}") from None
+    if len(img.shape) != 3:
+        raise HarmonizeError(path, f"label image must be 3D, got shape {img.shape}")
+    return img  # type: ignore[return-value]
+
+
+def label_values_to_mask(
+    path: str | Path, data: np.ndarray, class_name: str, value_map: Mapping[int, int] | None = None
+) -> np.ndarray:
+    """Turn an imported label image into one class's bool mask.
+
+    Rules: with ``value_map`` (label value -> 0/1) every value in the file must be in the map. Without it,
+    a file holding only 0 and 1 is a binary mask; otherwise it is a label map in the convention of
+    :func:`workbench.review.slicer.export_case_for_slicer` (value = universal class index, 1-based): the
+    class's own index is foreground, other class indices are background.
+
+    Args:
+        path: the file (named in errors).
+        data: its (i, j, k) label values.
+        class_name: the class to extract.
+        value_map: label value -> 0/1, or None for the rules above.
+
+    Returns:
+        The (i, j, k) bool mask of the class.
+
+    Raises:
+        HarmonizeError: non-integral values, or values the rule does not cover (listed).
+    """
+    arr = np.asarray(data)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.array_equal(arr, np.round(arr)):
+            raise HarmonizeError(path, "label values are not integers")
+        arr = arr.astype(np.int64)
+    values = {int(v) for v in np.unique(arr)}
+    if value_map is not None:
+        mapped = {int(k): int(v) for k, v in value_map.items()}
+        bad = sorted(values - set(mapped))
+        if bad or any(v not in (0, 1) for v in mapped.values()):
+            raise HarmonizeError(path, f"label values {bad} are not in the value map {mapped} (0/1 targets)")
+        fg = [k for k, v in mapped.items() if v == 1]
+        return np.isin(arr, fg)
+    if values <= {0, 1}:
+        return arr == 1
+    index = class_by_name(class_name).index
+    bad = sorted(v for v in values if v != 0 and not 1 <= v <= len(class_names()))
+    if bad:
+        raise HarmonizeError(
+            path,
+            f"label values {bad} are neither 0/1 nor universal class indices 1-{len(class_names())}; "
+            "pass a value map",
+        )
+    return arr == index
+
+
+def import_correction(
+    ws: Workspace,
+    scan_id: str,
+    class_name: str,
+    nifti_path: str | Path,
+    reviewer: str,
+    comment: str | None = "",
+    *,
+    value_map: Mapping[int, int] | None = None,
+    base_label_set_id: str | None = None,
+) -> Correction:
+    """Import a corrected label NIfTI (from 3D Slicer or ITK-SNAP) for one class as a correction.
+
+    Checks (each failure is one HarmonizeError naming the file, and nothing is stored): NIfTI content
+    (header magic, readable voxels), shape equal to the scan's and affine within
+    :data:`harmonize.geometry.GRID_TOLERANCE_MM` of it, label values. Writes only to the workspace's
+    catalog and store.
+
+    Args:
+        ws: the workspace.
+        scan_id / class_name: what was corrected.
+        nifti_path: the edited NIfTI (e.g. the ``labels.nii.gz`` of
+            :func:`workbench.review.slicer.export_case_for_slicer`).
+        reviewer / comment: as in :func:`correct`.
+        value_map: label value -> 0/1 (see :func:`label_values_to_mask`).
+        base_label_set_id: as in :func:`correct`.
+
+    Returns:
+        The :class:`Correction`.
+    """
+    path = Path(nifti_path)
+    validate_reviewer(ws, reviewer)
+    validate_comment(ws, comment)
+    class_name = check_class(ws, class_name)
+    scan = scan_row(ws, scan_id)
+    img = _load_nifti(path)
+    shape = tuple(int(s) for s in scan["shape"])
+    if tuple(img.shape) != shape:
+        raise HarmonizeError(path, f"shape {tuple(img.shape)} differs from scan {scan_id}'s shape {shape}")
+    diff = grid_difference_mm(np.asarray(img.affine), scan_affine(scan))
+    if diff > GRID_TOLERANCE_MM:
+        raise HarmonizeError(
+            path,
+            f"affine differs from scan {scan_id}'s by up to {diff:.4g} mm (tolerance "
+            f"{GRID_TOLERANCE_MM} mm): the file is not on the scan's voxel grid",
+        )
+    mask = label_values_to_mask(path, np.asanyarray(img.dataobj), class_name, value_map)
+    return correct(ws, scan_id, class_name, mask, reviewer, comment, base_label_set_id)
+
+
+def import_correction_upload(
+    ws: Workspace,
+    scan_id: str,
+    class_name: str,
+    file_name: str,
+    data: bytes,
+    reviewer: str,
+    comment: str | None = "",
+    *,
+    value_map: Mapping[int, int] | None = None,
+    base_label_set_id: str | None = None,
+) -> Correction:
+    """:func:`import_correction` for uploaded bytes (the app): the name must be a plain ``.nii``/``.nii.gz``
+    file name; the bytes are staged in the workspace's ``imports`` folder and removed afterwards.
+
+    Args:
+        ws: the workspace.
+        scan_id / class_name: what was corrected.
+        file_name: the uploaded file's name (checked by
+            :func:`workbench.review.validation.check_upload_name`; errors name it).
+        data: the file's bytes.
+        reviewer / comment / value_map / base_label_set_id: as in :func:`import_correction`.
+
+    Returns:
+        The :class:`Correction`.
+    """
+    name = check_upload_name(file_name)
+    staging = ws.imports
+    staging.mkdir(exist_ok=True)
+    suffix = ".nii.gz" if name.lower().endswith(".gz") else ".nii"
+    tmp = staging / f"upload-{uuid.uuid4().hex[:16]}{suffix}"
+    atomic_write_bytes(tmp, data)
+    try:
+        return import_correction(
+            ws,
+            scan_id,
+            class_name,
+            tmp,
+            reviewer,
+            comment,
+            value_map=value_map,
+            base_label_set_id=base_label_set_id,
+        )
+    except HarmonizeError as e:
+        raise HarmonizeError(name, e.problem) from None
+    finally:
+        tmp.unlink(missing_ok=True)

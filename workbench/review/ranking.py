@@ -1,0 +1,140 @@
+"""The review queue, listed and ranked: what a reviewer should look at next.
+
+Two views of the same ``uncertainty`` items, with ONE rule for what is decided: a decision stands on the
+scan, class and label set VERSION it judged, unless an undo reversed it (the catalog's
+``standing_review`` view). A decision on one version never hides the item of a newer version.
+
+* :func:`queue` (the app): the stored scores, filtered by class, source, reason, status and reviewer, each
+  item with its standing decision.
+* :func:`rank` (the CLI, active-learning rounds): the scores recomputed from the stored signals with the
+  run's own statistics and the catalog's long tail (``workbench.queue``'s scoring), undecided items only
+  unless asked; :func:`format_queue` prints it.
+
+Example:
+    >>> for line in format_queue(rank(ws), top=3):  # doctest: +SKIP
+    ...     print(line)
+       1  0.849  kits23:00001  kidney_left: volume 3.1 sd above the catalog mean; 2 components
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pandas as pd
+
+from storage.workspace import Workspace
+from workbench.queue import DEFAULT_LONG_TAIL_BOOST, add_run_statistics, assess
+from workbench.review.decisions import DECISIONS
+
+#: Queue status filter values: ``pending`` (no standing decision on that label set version), ``decided``
+#: (any standing decision), ``all``, or one standing decision.
+QUEUE_STATUSES = ("pending", "decided", "all", *DECISIONS, "corrected")
+
+
+def queue(
+    ws: Workspace,
+    *,
+    classes: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+    reasons: Sequence[str] | None = None,
+    status: str = "pending",
+    reviewer: str | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """The ranked review queue: uncertainty items (highest score first) with their scan and standing
+    decision.
+
+    Args:
+        ws: the workspace.
+        classes / sources: keep only these (None: all).
+        reasons: keep items with at least one of these reasons.
+        status: one of :data:`QUEUE_STATUSES`; ``pending`` (default) leaves out items already decided for
+            the same label set version.
+        reviewer: keep items whose standing decision is by this reviewer.
+        limit: at most this many rows.
+
+    Returns:
+        One row per scan x class x run of the ``uncertainty`` table, with ``source_id``, ``case_id``,
+        ``origin`` and ``version`` of the judged label set, ``score``, ``signals`` (JSON text),
+        ``reasons`` (list), and the standing decision on THAT label set version: ``status`` (``pending``
+        or the decision), ``decided_by``, ``decided_at``, ``review_id``. A decision that was undone does
+        not stand.
+
+    Raises:
+        ValueError: ``status`` is not one of :data:`QUEUE_STATUSES`.
+    """
+    if status not in QUEUE_STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(QUEUE_STATUSES)}")
+    return ws.catalog.review_queue(
+        classes=classes, sources=sources, reasons=reasons, status=status, reviewer=reviewer, limit=limit
+    )
+
+
+def queue_reasons(ws: Workspace) -> list[str]:
+    """The reasons the queue can be filtered by.
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        Every distinct reason in the uncertainty table, sorted.
+    """
+    return ws.catalog.queue_reasons()
+
+
+def rank(
+    ws: Workspace,
+    run_id: str | None = None,
+    *,
+    long_tail_boost: float = DEFAULT_LONG_TAIL_BOOST,
+    limit: int | None = None,
+    include_decided: bool = False,
+) -> pd.DataFrame:
+    """The review queue: uncertainty items scored from their stored signals, highest first.
+
+    Args:
+        ws: the workspace.
+        run_id: only items of this pseudo-label run (default: every run).
+        long_tail_boost: see ``workbench.queue.assess``.
+        limit: at most this many items.
+        include_decided: also list items a reviewer already decided (for audits); never in the default.
+
+    Returns:
+        DataFrame with ``scan_id, class_name, run_id, label_set_id, score, reasons`` (list of str),
+        ``summary`` (``"kidney_left: volume 3.1 sd above the catalog mean; 2 components"``) and ``signals``
+        (dict), sorted by score (then scan, class).
+    """
+    df = ws.catalog.ranking_items(run_id, include_decided=include_decided)
+    counts = ws.catalog.annotated_counts()
+    records = df.to_dict("records")
+    for r in records:
+        r["signals"] = json.loads(r["signals"]) if r["signals"] else {}
+    add_run_statistics(records)
+    rows = []
+    for r in records:
+        signals = r["signals"]
+        score, reasons = assess(r["class_name"], signals, counts.get(r["class_name"], 0), long_tail_boost)
+        summary = r["class_name"] + (": " + "; ".join(reasons) if reasons else ": no specific finding")
+        rows.append({**r, "signals": signals, "score": score, "reasons": reasons, "summary": summary})
+    cols = ["scan_id", "class_name", "run_id", "label_set_id", "score", "reasons", "summary", "signals"]
+    out = pd.DataFrame(rows, columns=cols)
+    out = out.sort_values(["score", "scan_id", "class_name"], ascending=[False, True, True], kind="stable")
+    out = out.reset_index(drop=True)
+    return out.head(limit) if limit is not None else out
+
+
+def format_queue(df: pd.DataFrame, top: int) -> list[str]:
+    """Printable lines of a ranked queue.
+
+    Args:
+        df: :func:`rank`'s output.
+        top: at most this many lines.
+
+    Returns:
+        One line per item: rank, score, scan and the item's summary (one line saying so when empty).
+    """
+    lines = []
+    for i, r in enumerate(df.head(top).to_dict("records"), start=1):
+        lines.append(f"{i:4d}  {r['score']:.3f}  {r['scan_id']}  {r['summary']}")
+    return lines or ["the queue is empty (no undecided uncertainty items)"]
