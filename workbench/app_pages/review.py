@@ -48,8 +48,8 @@ if last:
 
 # ------------------------------------------------------------------------------------------ the queue
 with ws.catalog.session():
-    n_items = int(ws.catalog.query("SELECT count(*) AS n FROM uncertainty")["n"].iloc[0])
-    sources = ws.catalog.query("SELECT id FROM source ORDER BY id")["id"].tolist()
+    n_items = ws.catalog.uncertainty_count()
+    sources = ws.catalog.source_ids()
     reasons = review.queue_reasons(ws) if n_items else []
 item = None
 if n_items == 0:
@@ -361,7 +361,7 @@ else:
 with st.expander("Edit in 3D Slicer or ITK-SNAP"):
     if st.button("Export this case", key="slicer_export"):
         with common.guarded():
-            out = ws.root / "slicer" / app_data.safe_name(scan_id)
+            out = ws.slicer / app_data.safe_name(scan_id)
             files = review.export_case_for_slicer(ws, scan_id, out)
             st.success(f"Wrote {', '.join(files)} to `{out}`; edit labels.nii.gz and upload it below.")
     upload = st.file_uploader("Corrected label NIfTI", type=["nii", "gz"], key="slicer_upload")
