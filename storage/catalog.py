@@ -598,16 +598,6 @@ class Catalog:
         table.index.name = "class"
         return table.reset_index().astype({c: "int64" for c in table.columns})
 
-    def set_meta(self, key: str, value: str) -> None:
-        """Store one workspace-wide ``schema_meta`` value (e.g. ``demo``)."""
-        with self.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO schema_meta VALUES (?, ?)", [key, value])
-
-    def meta(self, key: str) -> str | None:
-        """A ``schema_meta`` value, ``None`` when it was never set."""
-        df = self.query("SELECT value FROM schema_meta WHERE key = ?", [key])
-        return None if df.empty else str(df["value"].iloc[0])
-
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for summaries and the app's overview)."""
         tables = (
@@ -947,6 +937,219 @@ class Catalog:
 
     # -- exports, training sets and the app's dashboards (workbench.export, workbench.app_data) ------
     # (named queries of the export and app wings go here)
+    @staticmethod
+    def _where_in(filters: Sequence[tuple[str, Sequence[Any] | None]]) -> tuple[str, list[Any]]:
+        """A ``WHERE column IN (...) AND ...`` clause for every ``(column, values)`` pair whose values are
+        given (None or empty: no filter on that column), and its parameters (one list per column).
+
+        Returns:
+            ``(clause, params)``; ``clause`` is ``""`` when no filter is given.
+        """
+        parts, params = [], []
+        for column, values in filters:
+            if values:
+                parts.append(f"{column} IN (SELECT unnest(?))")
+                params.append(list(values))
+        return ("WHERE " + " AND ".join(parts) if parts else ""), params
+
+    def current_original_label_sets(self, sources: Sequence[str] | None = None) -> pd.DataFrame:
+        """Each scan's newest ``original`` label set (view ``current_original``) with the scan's files.
+
+        Args:
+            sources: only scans of these sources (default: all).
+
+        Returns:
+            One row per scan, ordered by ``source_id, case_id``; columns ``scan_id, source_id, case_id,
+            image_path, label_set_id, origin, version, mask_key``.
+        """
+        where, params = self._where_in([("s.source_id", sources)])
+        sql = f"""
+            SELECT s.id AS scan_id, s.source_id, s.case_id, s.image_path, l.id AS label_set_id, l.origin,
+                   l.version, l.mask_key
+            FROM scan s JOIN current_original cur ON cur.scan_id = s.id
+            JOIN label_set l ON l.id = cur.label_set_id
+            {where}
+            ORDER BY s.source_id, s.case_id
+        """
+        return self.query(sql, params)
+
+    def coverages(self, label_set_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The coverage of several label sets in one query.
+
+        Returns:
+            label set id -> class name -> state; a label set without coverage rows is missing.
+        """
+        df = self.query(
+            "SELECT label_set_id, class_name, state FROM class_coverage "
+            "WHERE label_set_id IN (SELECT unnest(?))",
+            [list(label_set_ids)],
+        )
+        out: dict[str, dict[str, str]] = {}
+        for ls_id, name, state in df.itertuples(index=False):
+            out.setdefault(str(ls_id), {})[str(name)] = str(state)
+        return out
+
+    def training_rows(
+        self,
+        origins: Sequence[str],
+        sources: Sequence[str] | None = None,
+        scan_ids: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Per scan x class with known state, the label set that answers for it under the merge priority
+        ``revised > original > pseudo`` (newest version first) among ``origins`` (``current_label_of``).
+
+        Args:
+            origins: the label origins that may contribute.
+            sources: only scans of these sources (default: all).
+            scan_ids: only these scans (default: all).
+
+        Returns:
+            One row per scan x known class, unordered; columns ``scan_id, source_id, image_path,
+            class_name, state, label_set_id, mask_key, origin``.
+        """
+        where, params = self._where_in([("s.source_id", sources), ("s.id", scan_ids)])
+        sql = f"""
+            SELECT s.id AS scan_id, s.source_id, s.image_path, c.class_name, c.state, c.label_set_id,
+                   c.mask_key, c.origin
+            FROM current_label_of(?) c JOIN scan s ON s.id = c.scan_id
+            {where}
+        """
+        return self.query(sql, [list(origins), *params])
+
+    def source_summary(self) -> pd.DataFrame:
+        """Per registered source, its scans and label sets by origin.
+
+        Returns:
+            One row per source, ordered by id; columns ``source, name, protocol_version, scans,
+            original, pseudo, revised`` (counts).
+        """
+        return self.query(
+            """
+            SELECT s.id AS source, s.name, s.protocol_version, count(DISTINCT sc.id) AS scans,
+                   count(l.id) FILTER (WHERE l.origin = 'original') AS original,
+                   count(l.id) FILTER (WHERE l.origin = 'pseudo') AS pseudo,
+                   count(l.id) FILTER (WHERE l.origin = 'revised') AS revised
+            FROM source s LEFT JOIN scan sc ON sc.source_id = s.id LEFT JOIN label_set l ON l.scan_id = sc.id
+            GROUP BY ALL ORDER BY s.id
+            """
+        )
+
+    def label_sets_per_origin(self) -> pd.DataFrame:
+        """Returns: one row per label origin present, ordered by origin; columns ``origin, label_sets``."""
+        return self.query("SELECT origin, count(*) AS label_sets FROM label_set GROUP BY 1 ORDER BY 1")
+
+    def recent_runs(self, limit: int = 20) -> pd.DataFrame:
+        """Returns: the newest ``limit`` model runs, newest first; columns ``id, kind, device,
+        text_encoder, started_at, finished_at``."""
+        return self.query(
+            "SELECT id, kind, device, text_encoder, started_at, finished_at FROM run "
+            "ORDER BY started_at DESC LIMIT ?",
+            [limit],
+        )
+
+    def queue_status_counts(self) -> dict[str, int]:
+        """How many uncertainty items wait for a decision, by the newest standing decision
+        (``standing_review``) on the item's scan x class x label set.
+
+        Returns:
+            ``{"pending": items without a standing decision, "needs_correction": items whose newest
+            standing decision is ``needs_correction``}``.
+        """
+        row = self.query(
+            """
+            WITH standing AS (
+                SELECT scan_id, class_name, label_set_id, arg_max(decision, created_at) AS decision
+                FROM standing_review GROUP BY scan_id, class_name, label_set_id
+            )
+            SELECT count(*) FILTER (WHERE d.decision IS NULL) AS pending,
+                   count(*) FILTER (WHERE d.decision = 'needs_correction') AS needs_correction
+            FROM uncertainty u LEFT JOIN standing d USING (scan_id, class_name, label_set_id)
+            """
+        ).iloc[0]
+        return {"pending": int(row["pending"] or 0), "needs_correction": int(row["needs_correction"] or 0)}
+
+    def unlabeled_scan_count(self) -> int:
+        """Returns: the number of scans without any label set."""
+        df = self.query("SELECT count(*) AS n FROM scan WHERE id NOT IN (SELECT scan_id FROM label_set)")
+        return int(df["n"].iloc[0])
+
+    def mark_demo(self, note: str = "synthetic phantoms") -> None:
+        """Mark the catalog as the synthetic demo workspace's (``schema_meta`` key ``demo``)."""
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('demo', ?)", [note])
+
+    def is_demo(self) -> bool:
+        """Returns: True when :meth:`mark_demo` marked this catalog (the synthetic demo workspace)."""
+        return not self.query("SELECT value FROM schema_meta WHERE key = 'demo'").empty
+
+    def ingest_issues(self, limit: int = 200) -> pd.DataFrame:
+        """Returns: the newest ``limit`` files an ingest skipped, newest first; columns of ``ingest_issue``
+        (``source_id, path, problem, seen_at``)."""
+        return self.query("SELECT * FROM ingest_issue ORDER BY seen_at DESC LIMIT ?", [limit])
+
+    def cooccurrence_counts(self) -> pd.DataFrame:
+        """Pairs of classes present together in each scan's current original labels (``current_original``).
+
+        Returns:
+            One row per ordered pair present together at least once (``a == b`` included: the present
+            count), unordered; columns ``a, b, n`` (scans).
+        """
+        return self.query(
+            """
+            WITH p AS (SELECT c.label_set_id, c.class_name FROM class_coverage c
+                       JOIN current_original cur USING (label_set_id)
+                       WHERE c.state = 'annotated_present')
+            SELECT a.class_name AS a, b.class_name AS b, count(*) AS n
+            FROM p a JOIN p b ON a.label_set_id = b.label_set_id GROUP BY 1, 2
+            """
+        )
+
+    def volume_distribution(self, outliers_per_class: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The per-class volume distribution of the current original labels (``current_original``),
+        computed in the database: no per-scan rows leave it except the outliers.
+
+        Args:
+            outliers_per_class: at most this many outliers per class, furthest from the median first.
+
+        Returns:
+            ``(summary, outliers)``, both unordered. ``summary``: one row per class with columns
+            ``class_name, n, q1, median, q3, lo, hi`` (mL; ``lo``/``hi`` the Tukey fences clipped to the
+            data). ``outliers``: the scans beyond the fences, columns ``scan_id, class_name, volume_ml,
+            label_set_id``.
+        """
+        base = """
+            WITH v AS (SELECT cur.scan_id, st.label_set_id, st.class_name, st.volume_ml
+                       FROM class_stats st JOIN current_original cur USING (label_set_id)),
+            q AS (SELECT class_name, count(*) AS n, quantile_cont(volume_ml, 0.25) AS q1,
+                         median(volume_ml) AS median, quantile_cont(volume_ml, 0.75) AS q3,
+                         min(volume_ml) AS vmin, max(volume_ml) AS vmax
+                  FROM v GROUP BY class_name)
+        """
+        with self.connect(read_only=True) as con:
+            summary = con.execute(
+                base
+                + """
+                SELECT class_name, n, q1, median, q3,
+                       greatest(vmin, q1 - 1.5 * (q3 - q1)) AS lo, least(vmax, q3 + 1.5 * (q3 - q1)) AS hi
+                FROM q
+                """
+            ).df()
+            outliers = con.execute(
+                base
+                + """
+                SELECT v.scan_id, v.class_name, v.volume_ml, v.label_set_id FROM v JOIN q USING (class_name)
+                WHERE v.volume_ml < q.q1 - 1.5 * (q.q3 - q.q1) OR v.volume_ml > q.q3 + 1.5 * (q.q3 - q.q1)
+                QUALIFY row_number() OVER (
+                    PARTITION BY v.class_name ORDER BY abs(v.volume_ml - q.median) DESC
+                ) <= ?
+                """,
+                [outliers_per_class],
+            ).df()
+        return summary, outliers
+
+    def scan_ids(self, limit: int = 5000) -> list[str]:
+        """Returns: scan ids, sorted, at most ``limit``."""
+        return [str(s) for s in self.query("SELECT id FROM scan ORDER BY id LIMIT ?", [limit])["id"]]
 
 
 def _finite_or_none(x: float) -> float | None:

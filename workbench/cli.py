@@ -77,8 +77,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from workbench.export import export_abdomenatlas
-    from workbench.export_formats import export_monai, export_nnunet
+    from workbench.export import export_abdomenatlas, export_monai, export_nnunet
 
     ws = Workspace.open(args.workspace)
     origins = args.origin or ["revised", "original", "pseudo"]

@@ -173,7 +173,7 @@ def build_demo(ws: Workspace, cases_per_source: int = 3, progress: bool = True) 
         write_demo_data(data, cases_per_source, progress)
         (data / ".complete").write_text("ok\n")
     (ws.root / "DEMO.txt").write_text(NOTICE)
-    ws.catalog.set_meta("demo", "synthetic phantoms")
+    ws.catalog.mark_demo("synthetic phantoms")
     lines = [
         "demo workspace from SYNTHETIC phantoms (no patient data), in the native conventions of: "
         + ", ".join(DEMO_SOURCES)

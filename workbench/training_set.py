@@ -2,7 +2,8 @@
 
 Rule (DESIGN.md): for every scan x class, the label comes from the highest-priority label set that
 knows the class (its coverage is not ``not_annotated``): ``revised`` > ``original`` > ``pseudo``, the
-newest version first within one origin. A class no label set knows stays unknown: it gets no gradient
+newest version first within one origin (:data:`storage.schema.ORIGIN_PRIORITY`, applied in the catalog by
+:meth:`storage.catalog.Catalog.training_rows`). A class no label set knows stays unknown: it gets no gradient
 (partial-label loss) and no mask. Masks are read from the mask store only when the trainer asks for them.
 
 Example:
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harmonize.taxonomy import class_names
 from storage.masks import MaskStore
+from storage.schema import ORIGIN_PRIORITY
 from storage.workspace import Workspace
 
-ORIGIN_PRIORITY = {"revised": 3, "original": 2, "pseudo": 1}
+__all__ = ["ORIGIN_PRIORITY", "LazyMasks", "TrainingEntry", "assemble_training_set"]
 
 
 class LazyMasks(Mapping[str, np.ndarray]):
@@ -85,32 +88,10 @@ def assemble_training_set(
     Returns:
         Entries sorted by scan id; scans with no known class are left out.
     """
-    from harmonize.taxonomy import class_names
-
     unknown = sorted(set(origins) - set(ORIGIN_PRIORITY))
     if unknown:
         raise ValueError(f"unknown origins {unknown}; use {sorted(ORIGIN_PRIORITY)}")
-    where, params = ["l.origin IN (SELECT unnest(?))"], [list(origins)]
-    if sources:
-        where.append("s.source_id IN (SELECT unnest(?))")
-        params.append(list(sources))
-    if scan_ids:
-        where.append("s.id IN (SELECT unnest(?))")
-        params.append(list(scan_ids))
-    sql = f"""
-        SELECT s.id AS scan_id, s.source_id, s.image_path, c.class_name, c.state, l.id AS label_set_id,
-               l.mask_key, l.origin
-        FROM class_coverage c
-        JOIN label_set l ON l.id = c.label_set_id
-        JOIN scan s ON s.id = l.scan_id
-        WHERE c.state <> 'not_annotated' AND {" AND ".join(where)}
-        QUALIFY row_number() OVER (
-            PARTITION BY s.id, c.class_name
-            ORDER BY CASE l.origin WHEN 'revised' THEN 3 WHEN 'original' THEN 2 ELSE 1 END DESC,
-                     l.version DESC
-        ) = 1
-    """
-    rows = ws.catalog.query(sql, params)
+    rows = ws.catalog.training_rows(origins, sources=sources, scan_ids=scan_ids)
     order = {n: i for i, n in enumerate(class_names())}
     entries = []
     for scan_id, group in rows.groupby("scan_id", sort=True):

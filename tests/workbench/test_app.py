@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord
 from storage.workspace import Workspace
-from workbench import review
+from workbench import app_data, review
 from workbench.uncertainty import write_uncertainty_map
 
 APP = str(Path(__file__).resolve().parents[2] / "workbench" / "app.py")
@@ -109,8 +110,16 @@ def test_long_tail_page_and_log_scale(ws: Workspace) -> None:
     at = _app("long_tail")
     assert at.title[0].value == "Long tail"
     assert len(at.get("plotly_chart")) == 5
+    assert [_yaxis_type(c) for c in at.get("plotly_chart")] == [None, None, None, None, "log"]
     at.toggle(key="lt_log").set_value(True).run()
     assert not at.exception
+    # the toggle turns the two count charts logarithmic; the volume chart is always logarithmic
+    assert [_yaxis_type(c) for c in at.get("plotly_chart")] == ["log", "log", None, None, "log"]
+
+
+def _yaxis_type(chart: Any) -> str | None:
+    """The y axis type (``log``, or None for the default) of a plotly chart element of an AppTest."""
+    return json.loads(chart.proto.spec)["layout"].get("yaxis", {}).get("type")
 
 
 def test_review_page_empty_queue_state_and_browse(ws: Workspace) -> None:
@@ -123,6 +132,7 @@ def test_review_page_empty_queue_state_and_browse(ws: Workspace) -> None:
     at.selectbox(key="v_class").set_value("liver").run()
     at.radio(key="v_view").set_value("coronal").run()
     assert not at.exception and len(at.image) == 1
+    assert " · coronal " in at.image[0].captions[0]
 
 
 @pytest.mark.parametrize("decision", ["accept", "reject", "needs_correction"])
@@ -172,6 +182,12 @@ def test_slice_slider_and_window_presets(ws: Workspace, queued: str) -> None:
     for preset in ("liver", "lung", "bone", "free"):
         at.selectbox(key="v_preset").set_value(preset).run()
         assert not at.exception
+        if preset == "free":  # width and level become inputs, starting at the abdomen window
+            assert (at.number_input(key="v_width").value, at.number_input(key="v_level").value) == (400, 40)
+        else:
+            width, level = app_data.WL_PRESETS[preset]
+            assert f"W {width:.0f} / L {level:.0f}" in [c.value for c in at.caption]
+            assert at.image[0].value != first  # another window, another picture
     _button(at, "v_jump")
     # BTCV is LPS, so display z = file k: the colon block covers k 20..39 equally, the first max wins
     assert at.slider(key=key).value == 20

@@ -8,6 +8,7 @@ import streamlit as st
 
 from harmonize.taxonomy import class_names
 from workbench.app_pages import common
+from workbench.export import export_abdomenatlas, export_monai, export_nnunet
 
 ws = common.workspace()
 assert ws is not None
@@ -18,7 +19,7 @@ FORMATS = {
     "abdomenatlas": "AbdomenAtlas layout (<case>/ct.nii.gz + segmentations/<class>.nii.gz, original labels)",
 }
 fmt = st.selectbox("Format", list(FORMATS), format_func=lambda f: f"{f}: {FORMATS[f]}", key="x_format")
-sources = ws.catalog.query("SELECT id FROM source ORDER BY id")["id"].tolist()
+sources = ws.catalog.source_ids()
 chosen_sources = st.multiselect("Sources (none = all)", sources, key="x_sources")
 chosen_classes = st.multiselect("Classes (none = all 32)", class_names(), key="x_classes")
 origins = ["revised", "original", "pseudo"]
@@ -40,7 +41,7 @@ if st.button("Export", key="x_go"):
     elif not origins:
         st.error("Choose at least one label origin.")
     else:
-        out = ws.root / "exports" / name
+        out = ws.exports / name
         bar = st.progress(0.0, text="starting")
 
         def on_progress(done: int, total: int, case: str) -> None:
@@ -48,8 +49,6 @@ if st.button("Export", key="x_go"):
 
         with common.guarded():
             if fmt == "nnunet":
-                from workbench.export_formats import export_nnunet
-
                 manifest = export_nnunet(
                     ws,
                     out,
@@ -60,8 +59,6 @@ if st.button("Export", key="x_go"):
                     on_progress=on_progress,
                 )
             elif fmt == "monai":
-                from workbench.export_formats import export_monai
-
                 manifest = export_monai(
                     ws,
                     out,
@@ -74,8 +71,6 @@ if st.button("Export", key="x_go"):
                     on_progress=on_progress,
                 )
             else:
-                from workbench.export import export_abdomenatlas
-
                 with st.spinner("exporting ..."):
                     manifest = export_abdomenatlas(
                         ws,

@@ -1,11 +1,11 @@
-"""Exports of harmonized labels in standard layouts.
+"""The AbdomenAtlas export: one folder per case, one binary file per class.
 
-``abdomenatlas`` (this module): ``OUT/<case>/ct.nii.gz`` plus ``OUT/<case>/segmentations/<class>.nii.gz``,
-binary uint8 on exactly the CT's grid (same shape and affine), one file for every class whose state is
-known (``annotated_present`` -> its mask, ``annotated_absent`` -> all zeros); ``not_annotated`` classes get
-no file, so "absent" and "unknown" stay apart. ``OUT/manifest.json`` lists every case with its scan, label
-set, origin and per-class state, and the SHA-256 of every file written, so an export can be checked and
-reproduced.
+``OUT/<case>/ct.nii.gz`` plus ``OUT/<case>/segmentations/<class>.nii.gz``, binary uint8 on exactly the
+CT's grid (same shape and affine), one file for every class whose state is known (``annotated_present``
+-> its mask, ``annotated_absent`` -> all zeros); ``not_annotated`` classes get no file, so "absent" and
+"unknown" stay apart. The labels are each scan's current ``original`` label set. ``OUT/manifest.json``
+lists every case with its scan, label set, origin and per-class state, and the SHA-256 of every file
+written, so an export can be checked and reproduced.
 
 Each case is written into a hidden temp folder and renamed into place, so an interrupted export never
 leaves a half-written case folder; re-running it rewrites what is missing.
@@ -13,15 +13,11 @@ leaves a half-written case folder; re-running it rewrites what is missing.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
@@ -29,38 +25,9 @@ from harmonize.errors import HarmonizeError
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT
 from harmonize.readers import read_volume
 from harmonize.taxonomy import class_names
+from storage.files import PARTIAL_PREFIX, atomic_write_json, file_sha256
 from storage.workspace import Workspace
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def export_case_name(source_id: str, case_id: str) -> str:
-    """Folder name of a case in an export: ``<source>_<case>`` with unsafe characters replaced."""
-    return _SAFE.sub("_", f"{source_id}_{case_id}")
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    path = Path(path)
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, path)
-
-
-def ct_array(volume_array: np.ndarray) -> np.ndarray:
-    """CT voxels as int16 when they are integral HU in range (smaller files), else float32."""
-    a = volume_array
-    if np.issubdtype(a.dtype, np.integer) and a.min() >= -32768 and a.max() <= 32767:
-        return a.astype(np.int16, copy=False)
-    if np.issubdtype(a.dtype, np.floating) and np.array_equal(a, np.round(a)):
-        return a.astype(np.int16)
-    return a.astype(np.float32, copy=False)
+from workbench.export.nifti import ct_array, export_case_name, save_nifti
 
 
 def export_abdomenatlas(
@@ -89,34 +56,13 @@ def export_abdomenatlas(
     unknown = sorted(set(wanted) - set(class_names()))
     if unknown:
         raise KeyError(f"unknown classes {unknown}")
-    sql = """
-        SELECT s.id AS scan_id, s.source_id, s.case_id, s.image_path, l.id AS label_set_id, l.origin,
-               l.version, l.mask_key
-        FROM scan s JOIN (
-            SELECT arg_max(id, version) AS id, scan_id
-            FROM label_set WHERE origin = 'original' GROUP BY scan_id
-        ) cur ON cur.scan_id = s.id
-        JOIN label_set l ON l.id = cur.id
-    """
-    params: list[Any] = []
-    if sources:
-        sql += " WHERE s.source_id IN (" + ", ".join("?" * len(sources)) + ")"
-        params = list(sources)
-    rows = ws.catalog.query(sql + " ORDER BY s.source_id, s.case_id", params).to_dict("records")
-    cov = ws.catalog.query(
-        "SELECT label_set_id, class_name, state FROM class_coverage WHERE label_set_id IN (SELECT unnest(?))",
-        [[r["label_set_id"] for r in rows]],
-    )
-    states: dict[str, dict[str, str]] = {}
-    for ls_id, name, state in cov.itertuples(index=False):
-        states.setdefault(ls_id, {})[name] = state
+    rows = ws.catalog.current_original_label_sets(sources).to_dict("records")
+    states = ws.catalog.coverages([r["label_set_id"] for r in rows])
     manifest: dict[str, Any] = {"format": "abdomenatlas", "classes": wanted, "cases": []}
     for row in tqdm(rows, desc="export abdomenatlas", unit="scan", disable=not progress):
         case_dir = out / export_case_name(row["source_id"], row["case_id"])
         manifest["cases"].append(_export_case(ws, row, states.get(row["label_set_id"], {}), wanted, case_dir))
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / "manifest.json")
+    atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 
@@ -127,7 +73,7 @@ def _export_case(
     if not image_path.exists():
         raise HarmonizeError(image_path, f"image of scan {row['scan_id']} is no longer there")
     image = read_volume(image_path, kind="image")
-    tmp = case_dir.parent / f".partial-{case_dir.name}"
+    tmp = case_dir.parent / f"{PARTIAL_PREFIX}{case_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "segmentations").mkdir(parents=True)
     save_nifti(ct_array(image.array), image.affine, tmp / "ct.nii.gz")

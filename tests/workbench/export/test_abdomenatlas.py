@@ -1,4 +1,4 @@
-"""``workbench export abdomenatlas``: layout, alignment, known-state files only, manifest hashes."""
+"""AbdomenAtlas export: layout, alignment, known-state files only, manifest hashes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from harmonize.phantoms import make_phantom, write_native
 from harmonize.protocols import get_protocol
 from storage.workspace import Workspace
-from workbench.export import export_abdomenatlas, export_case_name
+from workbench.export import export_abdomenatlas
 from workbench.ingest import ingest
 
 
@@ -67,16 +67,3 @@ def test_manifest_hashes_match_the_files(workspace, tmp_path: Path) -> None:  # 
     for rel, digest in case["sha256"].items():
         assert hashlib.sha256((tmp_path / "out" / case["case"] / rel).read_bytes()).hexdigest() == digest
     assert case["origin"] == "original" and case["label_version"] == 1
-
-
-@pytest.mark.parametrize(
-    ("source", "case", "expected"),
-    [
-        ("kits23", "case_00001", "kits23_case_00001"),
-        ("x", "../../etc", "x_.._.._etc"),
-        ("chaos_ct", "1 2", "chaos_ct_1_2"),
-    ],
-)
-def test_case_names_are_safe(source: str, case: str, expected: str) -> None:
-    assert export_case_name(source, case) == expected
-    assert "/" not in export_case_name(source, case)

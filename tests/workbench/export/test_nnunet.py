@@ -1,0 +1,73 @@
+"""nnU-Net v2 export: dataset.json, images and label maps aligned with the catalog, revised labels win,
+manifest hashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from storage.workspace import Workspace
+from workbench import review
+from workbench.export import export_nnunet, label_values, verify_manifest
+from workbench.training_set import assemble_training_set
+
+
+@pytest.fixture
+def ws(demo_ws: Workspace) -> Workspace:
+    return demo_ws
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(path)
+    return np.asarray(img.dataobj), img.affine
+
+
+def test_nnunet_export_matches_the_catalog(ws: Workspace, tmp_path: Path) -> None:
+    out = tmp_path / "Dataset501_Test"
+    classes = ["spleen", "kidney_right", "kidney_left", "liver", "kidney_tumor"]
+    manifest = export_nnunet(ws, out, classes=classes, progress=False)
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "CT"}
+    assert dataset["labels"] == label_values(classes)
+    assert dataset["numTraining"] == len(manifest["cases"]) == len(list((out / "labelsTr").glob("*.nii.gz")))
+    entries = {e.scan_id: e for e in assemble_training_set(ws)}
+    for case in manifest["cases"]:
+        image, aff_i = _read(out / case["image"])
+        label, aff_l = _read(out / case["label"])
+        assert case["image"] == f"imagesTr/{case['case']}_0000.nii.gz"
+        assert image.shape == label.shape and np.allclose(aff_i, aff_l)
+        e = entries[case["scan_id"]]
+        known = [c for c in classes if c in e.annotated]
+        assert case["annotated"] == known
+        values = dataset["labels"]
+        for c in known:
+            if c in e.present and c != "kidney_tumor":
+                m = e.masks[c]
+                # the class keeps its value except where a tumour was painted over it
+                assert (label[m] == values[c]).mean() > 0.5
+        background = label[
+            ~np.any([e.masks[c] for c in e.present if c in known] or [np.zeros(label.shape, bool)], axis=0)
+        ]
+        assert set(np.unique(background)) == {0 if case["complete"] else values["ignore"]}
+    assert verify_manifest(out) == []
+    first = manifest["cases"][0]["label"]
+    (out / first).write_bytes(b"tampered")
+    assert verify_manifest(out) == [first]
+    assert not list(out.rglob(".partial-*"))
+
+
+def test_export_uses_revised_over_original(ws: Workspace, tmp_path: Path) -> None:
+    scan = "btcv:demo000"
+    shape = tuple(int(s) for s in review.scan_row(ws, scan)["shape"])
+    fixed = np.zeros(shape, bool)
+    fixed[10:14, 10:14, 10:14] = True
+    review.correct(ws, scan, "liver", fixed, "Dr Ada")
+    manifest = export_nnunet(ws, tmp_path / "d", classes=["liver"], sources=["btcv"], progress=False)
+    (case,) = manifest["cases"]
+    assert case["origins"] == {"liver": "revised"}
+    label, _ = _read(tmp_path / "d" / case["label"])
+    assert (label == 1).sum() == 4**3
