@@ -58,6 +58,17 @@ class CatalogError(RuntimeError):
     """The catalog file is from a newer schema, or otherwise unusable."""
 
 
+_WRITE_LOCKS: dict[Path, threading.RLock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.RLock:
+    """The one in-process write lock of the catalog file at ``path``."""
+    key = path.resolve()
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.RLock())
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -177,8 +188,12 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One atomic write: everything inside commits together or not at all."""
-        with self.connect() as con:
+        """One atomic write: everything inside commits together or not at all.
+
+        Writes of one process to one catalog file are serialised (the app serves several reviewers from
+        threads of one process): DuckDB admits one writing process anyway, and concurrent write
+        connections inside one process race in its replacement scans of registered Arrow tables."""
+        with _write_lock(self.path), self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
