@@ -52,8 +52,8 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_catalog import build
 
+from storage.synthetic import attach_real_case, build_synthetic_catalog
 from storage.workspace import Workspace
 from workbench import app_data
 
@@ -65,9 +65,8 @@ SHAPE = (256, 256, 160)
 
 def add_real_case(ws: Workspace, folder: Path) -> str:
     """Give the first scan a real CT file and masks; returns its scan id."""
-    scan_id, ls_id = ws.catalog.query(
-        "SELECT s.id, l.id AS ls FROM scan s JOIN label_set l ON l.scan_id = s.id ORDER BY s.id LIMIT 1"
-    ).iloc[0]
+    first = ws.catalog.label_sets().iloc[0]
+    scan_id, ls_id = str(first["scan_id"]), str(first["id"])
     rng = np.random.default_rng(0)
     ct = rng.normal(40, 20, SHAPE).astype(np.int16)
     affine = np.diag([-0.8, -0.8, 2.0, 1.0])
@@ -79,21 +78,12 @@ def add_real_case(ws: Workspace, folder: Path) -> str:
         m[40 + 60 * n : 90 + 60 * n, 80:160, 30:120] = True
         masks[name] = m
     ws.masks.write_label_set(str(ls_id), masks, SHAPE)
-    with ws.catalog.transaction() as con:
-        con.execute(
-            "UPDATE scan SET image_path = ?, shape = ?::INTEGER[3], affine = ?::DOUBLE[16] WHERE id = ?",
-            [str(path), list(SHAPE), list(affine.ravel()), scan_id],
-        )
-        con.execute(
-            "UPDATE class_coverage SET state = 'annotated_present' WHERE label_set_id = ? AND class_name IN "
-            "('liver', 'spleen', 'kidney_left')",
-            [ls_id],
-        )
-    return str(scan_id)
+    attach_real_case(ws.catalog, scan_id, ls_id, path, SHAPE, affine, tuple(masks))
+    return scan_id
 
 
 def fill_queue(ws: Workspace, first_scan: str) -> int:
-    ls = ws.catalog.query("SELECT scan_id, id FROM label_set")
+    ls = ws.catalog.label_sets()[["scan_id", "id"]]
     rng = np.random.default_rng(1)
     rows: dict[str, list[Any]] = {
         "scan_id": [],
@@ -326,7 +316,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.open(Path(tmp) / "ws")
         t = time.perf_counter()
-        build(ws.catalog, args.scans)
+        build_synthetic_catalog(ws.catalog, args.scans)
         scan_id = add_real_case(ws, Path(tmp))
         n_items = fill_queue(ws, scan_id)
         print(f"built {args.scans} scans, {n_items} queue items in {time.perf_counter() - t:.1f} s")
