@@ -347,7 +347,7 @@ def uncertainty_unavailable(ws: Workspace, run_id: str | None, scan_id: str) -> 
             revised labels.
         scan_id: catalog scan id.
     """
-    from workbench.uncertainty import uncertainty_map_path
+    from storage.maps import uncertainty_map_path
 
     if not run_id:
         return "no uncertainty map: these labels do not come from a pseudo-labelling run"
