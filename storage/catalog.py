@@ -685,6 +685,202 @@ class Catalog:
 
     # -- pseudo-labelling: runs, scans to label, uncertainty (workbench.pseudolabel) -----------------
     # (named queries of the pseudo-label wing go here)
+    def pseudolabel_scans(
+        self, scans: Sequence[str] | None = None, sources: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """The scans a pseudo-label job may process, with their current original label set.
+
+        Args:
+            scans: only these scan ids (None or empty: every scan).
+            sources: only scans of these sources (None or empty: every source).
+
+        Returns:
+            DataFrame in scan id order with columns ``id, image_path, shape, affine`` (the scan's) and
+            ``orig_id, orig_key`` (id and mask key of its newest ``original`` label set; None without one).
+        """
+        where, params = [], []
+        if scans:
+            where.append("s.id IN (SELECT unnest(?))")
+            params.append(list(scans))
+        if sources:
+            where.append("s.source_id IN (SELECT unnest(?))")
+            params.append(list(sources))
+        return self.query(
+            f"""
+            SELECT s.id, s.image_path, s.shape, s.affine, o.id AS orig_id, o.mask_key AS orig_key
+            FROM scan s
+            LEFT JOIN current_original c ON c.scan_id = s.id
+            LEFT JOIN label_set o ON o.id = c.label_set_id
+            {"WHERE " + " AND ".join(where) if where else ""}
+            ORDER BY s.id
+            """,
+            params,
+        )
+
+    def checkpoint_label_sets(self, checkpoint_sha256: str) -> dict[str, list[tuple[str, int]]]:
+        """The pseudo label sets that runs of one checkpoint wrote, and whether their uncertainty is in.
+
+        Args:
+            checkpoint_sha256: the ``run.checkpoint_sha256`` of the model.
+
+        Returns:
+            scan id -> ``[(label set id, uncertainty rows of it), ...]`` in version order; 0 rows means a
+            label set whose uncertainty a kill lost.
+        """
+        df = self.query(
+            """
+            SELECT l.scan_id, l.id, count(u.class_name) AS n_unc
+            FROM label_set l JOIN run r ON r.id = l.run_id
+            LEFT JOIN uncertainty u ON u.label_set_id = l.id
+            WHERE l.origin = 'pseudo' AND r.checkpoint_sha256 = ?
+            GROUP BY l.scan_id, l.id, l.version
+            ORDER BY l.scan_id, l.version
+            """,
+            [checkpoint_sha256],
+        )
+        out: dict[str, list[tuple[str, int]]] = {}
+        for r in df.to_dict("records"):
+            out.setdefault(str(r["scan_id"]), []).append((str(r["id"]), int(r["n_unc"])))
+        return out
+
+    def coverage_of(self, label_set_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The coverage of several label sets at once.
+
+        Returns:
+            label set id -> class name -> state (label sets without rows are absent).
+        """
+        df = self.query(
+            "SELECT label_set_id, class_name, state FROM class_coverage "
+            "WHERE label_set_id IN (SELECT unnest(?))",
+            [list(label_set_ids)],
+        )
+        out: dict[str, dict[str, str]] = {}
+        for r in df.to_dict("records"):
+            out.setdefault(str(r["label_set_id"]), {})[str(r["class_name"])] = str(r["state"])
+        return out
+
+    def centroids_of(self, label_set_ids: Sequence[str]) -> dict[str, dict[str, tuple[float, float, float]]]:
+        """The class centroids of several label sets at once (from ``class_stats``).
+
+        Returns:
+            label set id -> present class name -> RAS+ centroid (mm).
+        """
+        df = self.query(
+            "SELECT label_set_id, class_name, centroid_mm FROM class_stats "
+            "WHERE label_set_id IN (SELECT unnest(?))",
+            [list(label_set_ids)],
+        )
+        out: dict[str, dict[str, tuple[float, float, float]]] = {}
+        for r in df.to_dict("records"):
+            x, y, z = (float(v) for v in r["centroid_mm"])
+            out.setdefault(str(r["label_set_id"]), {})[str(r["class_name"])] = (x, y, z)
+        return out
+
+    def reference_rows(self) -> list[dict[str, Any]]:
+        """Every annotated scan x class of the scans' current ``original`` labels, with its statistics
+        (the input of the uncertainty signals' reference ranges).
+
+        Returns:
+            Dicts ``scan_id, class_name, state`` (``annotated_present`` / ``annotated_absent``),
+            ``volume_ml, components, centroid_mm`` (RAS+ mm; None for absent classes).
+        """
+        return self.query(
+            """
+            SELECT cur.scan_id, c.class_name, c.state, st.volume_ml, st.components, st.centroid_mm
+            FROM current_original cur JOIN class_coverage c ON c.label_set_id = cur.label_set_id
+            LEFT JOIN class_stats st ON st.label_set_id = cur.label_set_id AND st.class_name = c.class_name
+            WHERE c.state <> 'not_annotated'
+            """
+        ).to_dict("records")
+
+    def annotated_counts(self) -> dict[str, int]:
+        """Class name -> scans whose current original labels annotate it (present or absent); the
+        ``annotated`` column of :meth:`long_tail`."""
+        df = self.long_tail()
+        return {str(r["class_name"]): int(r["annotated"]) for r in df.to_dict("records")}
+
+    def add_uncertainty(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write uncertainty rows in ONE transaction; a row with the same scan, class and run is replaced.
+
+        Args:
+            rows: dicts ``scan_id, class_name, run_id, label_set_id, score, signals`` (dict or JSON
+                text), ``reasons`` (list of str).
+        """
+        if not rows:
+            return
+        table = pa.table(
+            {
+                **self._scored_columns(rows),
+                "label_set_id": [r["label_set_id"] for r in rows],
+                "signals": [
+                    r["signals"] if isinstance(r["signals"], str) else json.dumps(r["signals"]) for r in rows
+                ],
+            }
+        )
+        with self.transaction() as con:
+            con.register("unc_in", table)
+            con.execute(
+                "INSERT OR REPLACE INTO uncertainty (scan_id, class_name, run_id, label_set_id, score, "
+                "signals, reasons) SELECT scan_id, class_name, run_id, label_set_id, score, signals, reasons "
+                "FROM unc_in"
+            )
+            con.unregister("unc_in")
+
+    def uncertainty_items(self, run_id: str | None = None) -> pd.DataFrame:
+        """Every stored uncertainty row (decided or not), of one run or of all.
+
+        Args:
+            run_id: only rows of this pseudo-label run (None: every run).
+
+        Returns:
+            DataFrame with columns ``scan_id, class_name, run_id, label_set_id, signals`` (JSON text).
+        """
+        where = "WHERE run_id = ?" if run_id is not None else ""
+        return self.query(
+            f"SELECT scan_id, class_name, run_id, label_set_id, signals FROM uncertainty {where}",
+            [run_id] if run_id is not None else [],
+        )
+
+    def update_scores(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Replace ``score`` and ``reasons`` of existing uncertainty rows in ONE transaction.
+
+        Args:
+            rows: dicts ``scan_id, class_name, run_id`` (the row's key), ``score``, ``reasons`` (list of str).
+        """
+        if not rows:
+            return
+        table = pa.table(self._scored_columns(rows))
+        with self.transaction() as con:
+            con.register("upd_in", table)
+            con.execute(
+                "UPDATE uncertainty u SET score = x.score, reasons = x.reasons FROM upd_in x "
+                "WHERE u.scan_id = x.scan_id AND u.class_name = x.class_name AND u.run_id = x.run_id"
+            )
+            con.unregister("upd_in")
+
+    @staticmethod
+    def _scored_columns(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The key, ``score`` and ``reasons`` columns of uncertainty rows, as Arrow-ready lists."""
+        return {
+            "scan_id": [r["scan_id"] for r in rows],
+            "class_name": [r["class_name"] for r in rows],
+            "run_id": [r["run_id"] for r in rows],
+            "score": pa.array([float(r["score"]) for r in rows], pa.float64()),
+            "reasons": pa.array([list(r["reasons"]) for r in rows], pa.list_(pa.string())),
+        }
+
+    def scan_geometry(self, scan_id: str) -> tuple[tuple[int, int, int], tuple[float, ...]] | None:
+        """The original grid of a scan on record.
+
+        Returns:
+            ``(shape, affine)``: the (i, j, k) shape and the 16 entries of its voxel -> RAS+ mm affine
+            (row-major); None when the scan is not in the catalog.
+        """
+        df = self.query("SELECT shape, affine FROM scan WHERE id = ?", [scan_id])
+        if df.empty:
+            return None
+        i, j, k = (int(s) for s in df["shape"].iloc[0])
+        return (i, j, k), tuple(float(v) for v in df["affine"].iloc[0])
 
     # -- review: decisions, corrections, the queue (workbench.review) --------------------------------
     # (named queries of the review wing go here)
@@ -940,12 +1136,6 @@ class Catalog:
     def source_ids(self) -> list[str]:
         """The id of every registered source, sorted (the queue's source filter)."""
         return [str(s) for s in self.query("SELECT id FROM source ORDER BY id")["id"]]
-
-    def annotated_counts(self) -> dict[str, int]:
-        """Class name -> scans whose current original labels annotate it (present or absent): the
-        ``annotated`` column of :meth:`long_tail`, for the queue's long-tail boost."""
-        df = self.long_tail()
-        return {str(r["class_name"]): int(r["annotated"]) for r in df.to_dict("records")}
 
     # -- learning: split, training rows, evaluation, rounds (workbench.learning) ---------------------
     # (named queries of the learning wing go here)

@@ -164,7 +164,7 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
     }
     if args.ray is not None:
-        from workbench.ray_pseudolabel import pseudolabel_ray
+        from workbench.pseudolabel import pseudolabel_ray
 
         summary = pseudolabel_ray(
             ws, args.checkpoint, address=args.ray or None, workers=args.workers, device=args.device, **common

@@ -111,3 +111,51 @@ def test_threshold_to_grid_matches_a_full_trilinear_resample() -> None:
     ref = ndimage.affine_transform(prob, to_src[:3, :3], to_src[:3, 3], dst_shape, order=1) >= 0.5
     np.testing.assert_array_equal(got, ref)
     assert geometry.threshold_to_grid(np.zeros((4, 4, 4)), src_affine, dst_affine, dst_shape).is_empty
+
+
+# ---------------------------------------------- resampling cases from the pseudo-label wing's tests
+
+
+def test_threshold_to_grid_computes_only_the_hot_box_and_matches_a_full_resampling() -> None:
+    rng = np.random.default_rng(0)
+    prob = np.zeros((20, 18, 16), np.float32)
+    prob[5:12, 4:9, 6:10] = rng.uniform(0.3, 1.0, (7, 5, 4))
+    src = np.diag([3.0, 3.0, 3.0, 1.0])
+    src[:3, 3] = (-10.0, 4.0, 7.0)
+    dst = np.array([[-1.0, 0, 0, 50.0], [0, 0, -1.2, 60.0], [0, 1.5, 0, 2.0], [0, 0, 0, 1]])
+    shape = (70, 40, 45)
+    got = geometry.threshold_to_grid(prob, src, dst, shape).full()
+    m = np.linalg.inv(src) @ dst
+    full = ndimage.affine_transform(prob, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=1) >= 0.5
+    assert full.sum() > 100
+    np.testing.assert_array_equal(got, full)
+
+
+def test_mask_to_grid_maps_a_mask_through_two_affines() -> None:
+    src = np.diag([-1.0, 1.0, 1.0, 1.0])
+    src[0, 3] = 19.0  # i -> x = 19 - i (LAS-like)
+    dst = np.diag([2.0, 2.0, 2.0, 1.0])
+    m = np.zeros((20, 20, 20), bool)
+    m[0:4] = True  # x = 16..19 mm
+    got = geometry.mask_to_grid(CroppedMask.from_full(m), src, dst, (10, 10, 10))
+    expected = np.zeros((10, 10, 10), bool)
+    expected[8:10] = True  # x = 16, 18 mm
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1), (1, 2, 0), (2, 1, 0)])
+@pytest.mark.parametrize("signs", [(1, 1, 1), (-1, 1, -1), (-1, -1, -1)])
+@pytest.mark.parametrize("order", [0, 1])
+def test_affine_resample_fast_path_equals_scipy(
+    perm: tuple[int, int, int], signs: tuple[int, int, int], order: int
+) -> None:
+    rng = np.random.default_rng(sum(perm) + order)
+    src = rng.random((9, 11, 13)).astype(np.float32)
+    m = np.zeros((3, 3))
+    for i, (p, s) in enumerate(zip(perm, signs)):
+        m[i, p] = s * (0.47 + 0.21 * i)
+    offset = np.array([4.1, 5.3, 6.2])  # no exact .5: order 0 breaks ties either way
+    shape = (14, 12, 10)
+    want = ndimage.affine_transform(src, m, offset=offset, output_shape=shape, order=order)
+    got = geometry.affine_resample(src, m, offset, shape, order=order)
+    np.testing.assert_allclose(got, want, atol=1e-5)

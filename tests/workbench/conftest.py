@@ -60,7 +60,7 @@ def _uncertainty_item(
 def uncertainty_ws(tmp_path: Path) -> Workspace:
     """An empty workspace holding four uncertainty items (two scans, two runs) and nothing else: the
     input of the queue's scoring and ranking."""
-    from workbench.uncertainty import store_uncertainty
+    from workbench.pseudolabel.uncertainty import store_uncertainty
 
     ws = Workspace.open(tmp_path / "ws")
     store_uncertainty(

@@ -13,9 +13,9 @@ from streamlit.testing.v1 import AppTest
 
 from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord
+from storage.maps import write_uncertainty_map
 from storage.workspace import Workspace
 from workbench import app_data, review
-from workbench.uncertainty import write_uncertainty_map
 
 APP = str(Path(__file__).resolve().parents[2] / "workbench" / "app.py")
 SCAN = "btcv:demo000"
@@ -315,7 +315,7 @@ import numpy as np
 from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord
 from storage.workspace import Workspace
-from workbench.uncertainty import store_uncertainty
+from workbench.pseudolabel.uncertainty import store_uncertainty
 
 ws = Workspace.open(sys.argv[1])
 stop = Path(sys.argv[2])

@@ -25,7 +25,7 @@ from workbench.app_data.viewer import (
     pixel_mm,
     view_plane,
 )
-from workbench.uncertainty import uncertainty_map_path
+from storage.maps import uncertainty_map_path
 
 
 def slice_image(
@@ -200,7 +200,7 @@ def uncertainty_slice_hint(
 ) -> int | None:
     """The slice a queue item opens on: the most uncertain slice of its run's entropy map.
 
-    The uncertainty signals hold no voxel position (see ``workbench.uncertainty.SIGNAL_KEYS``: scalar
+    The uncertainty signals hold no voxel position (see ``workbench.pseudolabel.uncertainty.SIGNAL_KEYS``: scalar
     statistics only), so the map itself gives the hint.
 
     Args:

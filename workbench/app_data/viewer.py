@@ -145,7 +145,7 @@ def display_entropy(dv: DisplayVolume, entropy: np.ndarray) -> np.ndarray:
     Args:
         dv: the display volume of the scan.
         entropy: (i, j, k) entropy in bits, shape ``dv.file_shape``
-            (``workbench.uncertainty.load_uncertainty_map`` resamples the stored map onto that grid).
+            (``storage.maps.load_uncertainty_map`` resamples the stored map onto that grid).
 
     Returns:
         (x, y, z) float16 entropy in display order.

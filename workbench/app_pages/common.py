@@ -17,10 +17,10 @@ import streamlit as st
 from harmonize.errors import HarmonizeError
 from harmonize.readers import read_volume
 from storage.catalog import CatalogBusy
+from storage.maps import load_uncertainty_map
 from storage.workspace import Workspace, resolve_workspace
 from workbench import app_data
 from workbench.review import escape, validate_reviewer
-from workbench.uncertainty import load_uncertainty_map
 
 #: Environment variable naming a file that the viewer appends its server-side render time to (one line
 #: per render: ``viewer <seconds> <start, Unix epoch seconds>``); ``benchmarks/bench_app.py`` sets it.

@@ -7,7 +7,7 @@ scan, class and label set VERSION it judged, unless an undo reversed it (the cat
 * :func:`queue` (the app): the stored scores, filtered by class, source, reason, status and reviewer, each
   item with its standing decision.
 * :func:`rank` (the CLI, active-learning rounds): the scores recomputed from the stored signals with the
-  run's own statistics and the catalog's long tail (``workbench.queue``'s scoring), undecided items only
+  run's own statistics and the catalog's long tail (``workbench.pseudolabel.scoring``), undecided items only
   unless asked; :func:`format_queue` prints it.
 
 Example:
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from storage.workspace import Workspace
-from workbench.queue import DEFAULT_LONG_TAIL_BOOST, add_run_statistics, assess
+from workbench.pseudolabel.scoring import DEFAULT_LONG_TAIL_BOOST, add_run_statistics, assess
 from workbench.review.decisions import DECISIONS
 
 #: Queue status filter values: ``pending`` (no standing decision on that label set version), ``decided``
@@ -96,7 +96,7 @@ def rank(
     Args:
         ws: the workspace.
         run_id: only items of this pseudo-label run (default: every run).
-        long_tail_boost: see ``workbench.queue.assess``.
+        long_tail_boost: see ``workbench.pseudolabel.scoring.assess``.
         limit: at most this many items.
         include_decided: also list items a reviewer already decided (for audits); never in the default.
 

@@ -100,7 +100,7 @@ def test_entropy_legend_runs_from_the_floor_to_one_bit() -> None:
 
 
 def test_uncertainty_unavailable_says_why(ws: Workspace) -> None:
-    from workbench.uncertainty import write_uncertainty_map
+    from storage.maps import write_uncertainty_map
 
     scan_id = "btcv:demo000"
     assert "pseudo-labelling run" in str(app_data.uncertainty_unavailable(ws, None, scan_id))

@@ -1,4 +1,4 @@
-"""Queue scores and reasons from uncertainty signals, run statistics and rescore (``workbench.queue``)."""
+"""Queue scores and reasons from uncertainty signals, run statistics and rescore (``workbench.pseudolabel.scoring``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from storage.workspace import Workspace
-from workbench import queue as q
+from workbench.pseudolabel import scoring as q
 
 
 @pytest.fixture()

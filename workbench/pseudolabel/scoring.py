@@ -1,14 +1,12 @@
-"""The review queue: one score per scan x class from its uncertainty signals, with reasons in words.
+"""Scoring of uncertainty items: one score per scan x class from its signals, with reasons in words.
 
-Each signal (see ``workbench.uncertainty``) becomes a severity in [0, 1] and, when it matters, a reason;
-severities combine as a weighted noisy-OR (``1 - prod(1 - w * s)``), so one strong signal is enough to
-put an item near the top and several weak ones add up. A long-tail boost then multiplies the score by
-``1 + long_tail_boost / sqrt(1 + n)`` where ``n`` is the number of annotated scans of the class in the
-catalog: an error in a rare class costs more (few examples to outvote it) and the catalog statistics
-behind its plausibility checks are weaker.
-
-``workbench.review.rank`` never serves an item whose label set version a reviewer already decided (a
-``review`` row on the same scan, class and label set that was not undone).
+Each signal (see ``workbench.pseudolabel.uncertainty``) becomes a severity in [0, 1] and, when it matters,
+a reason; severities combine as a weighted noisy-OR (``1 - prod(1 - w * s)``), so one strong signal is
+enough to put an item near the top and several weak ones add up. A long-tail boost then multiplies the
+score by ``1 + long_tail_boost / sqrt(1 + n)`` where ``n`` is the number of annotated scans of the class in
+the catalog: an error in a rare class costs more (few examples to outvote it) and the catalog statistics
+behind its plausibility checks are weaker. Once a run is complete, its own statistics of each class
+(:func:`add_run_statistics`) temper the catalog's, and :func:`rescore` stores the scores again.
 
 Example:
     >>> score, reasons = assess("kidney_left", {"volume_z": 3.1, "components": 2, "expected_components": 1})
@@ -18,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,6 +39,8 @@ WEIGHTS: dict[str, float] = {
 DEFAULT_LONG_TAIL_BOOST = 0.5
 #: A reason is given for a signal whose severity reaches this.
 REASON_SEVERITY = 0.2
+#: Run statistics of a class need this many items of the run.
+MIN_RUN_ITEMS = 5
 
 
 def _clip(x: float) -> float:
@@ -65,7 +66,7 @@ def severities(signals: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
 
     Args:
         signals: the ``uncertainty.signals`` dict of one scan x class (keys documented in
-            ``workbench.uncertainty.SIGNAL_KEYS``).
+            ``workbench.pseudolabel.uncertainty.SIGNAL_KEYS``).
     """
     out: dict[str, tuple[float, str]] = {}
     side = signals.get("side_offset_mm")
@@ -151,10 +152,6 @@ def assess(
     return float(score), reasons
 
 
-#: Run statistics of a class need this many items of the run.
-MIN_RUN_ITEMS = 5
-
-
 def add_run_statistics(records: Sequence[dict[str, Any]]) -> None:
     """Add the run's own statistics of each class to every item's ``signals`` (in place):
     ``volume_z_run`` (robust z of log volume: median and 1.4826 x MAD over the run's present items),
@@ -187,36 +184,53 @@ def add_run_statistics(records: Sequence[dict[str, Any]]) -> None:
                 s["volume_z_run"] = round((math.log(s["volume_ml"]) - med) / scale, 4)
 
 
+def score_items(
+    records: Sequence[Mapping[str, Any]],
+    n_annotated: Mapping[str, int],
+    long_tail_boost: float = DEFAULT_LONG_TAIL_BOOST,
+) -> list[dict[str, Any]]:
+    """Score stored uncertainty items together: their run's statistics first, then :func:`assess`.
+
+    Args:
+        records: dicts with ``run_id``, ``class_name`` and ``signals`` (a dict, JSON text, or empty);
+            other keys are kept.
+        n_annotated: class -> annotated scans in the catalog (``Catalog.annotated_counts``); a class
+            missing counts 0.
+        long_tail_boost: see :func:`assess`.
+
+    Returns:
+        One new dict per record, in order, with ``signals`` as a dict (run statistics added), ``score``
+        and ``reasons``.
+    """
+    items = [{**r, "signals": _signals(r.get("signals"))} for r in records]
+    add_run_statistics(items)
+    for it in items:
+        name = it["class_name"]
+        it["score"], it["reasons"] = assess(name, it["signals"], n_annotated.get(name, 0), long_tail_boost)
+    return items
+
+
+def _signals(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return json.loads(value) if value else {}
+    return dict(value) if value else {}
+
+
 def rescore(
     ws: Workspace, run_id: str | None = None, long_tail_boost: float = DEFAULT_LONG_TAIL_BOOST
 ) -> int:
     """Recompute and store ``uncertainty.score`` and ``reasons`` from the stored signals (after the
-    catalog's long tail changed); returns the number of rows updated."""
-    # Imported here: workbench.review.ranking imports this module's scoring (assess, add_run_statistics),
-    # so a top-level import would be a cycle. The scoring half moves to workbench.pseudolabel.scoring.
-    from workbench.review.ranking import rank
+    catalog's long tail changed, or a run completed), decided items included.
 
-    ranked = rank(ws, run_id, long_tail_boost=long_tail_boost, include_decided=True)
-    rows: Sequence[dict[str, Any]] = ranked[["scan_id", "class_name", "run_id", "score", "reasons"]].to_dict(
-        "records"
-    )
-    if rows:
-        import pyarrow as pa
+    Args:
+        ws: the workspace.
+        run_id: only the items of this pseudo-label run (default: every run).
+        long_tail_boost: see :func:`assess`.
 
-        table = pa.table(
-            {
-                "scan_id": [r["scan_id"] for r in rows],
-                "class_name": [r["class_name"] for r in rows],
-                "run_id": [r["run_id"] for r in rows],
-                "score": pa.array([float(r["score"]) for r in rows], pa.float64()),
-                "reasons": pa.array([list(r["reasons"]) for r in rows], pa.list_(pa.string())),
-            }
-        )
-        with ws.catalog.transaction() as con:
-            con.register("upd_in", table)
-            con.execute(
-                "UPDATE uncertainty u SET score = x.score, reasons = x.reasons FROM upd_in x "
-                "WHERE u.scan_id = x.scan_id AND u.class_name = x.class_name AND u.run_id = x.run_id"
-            )
-            con.unregister("upd_in")
-    return len(rows)
+    Returns:
+        The number of rows updated.
+    """
+    records = ws.catalog.uncertainty_items(run_id).to_dict("records")
+    items = score_items(records, ws.catalog.annotated_counts(), long_tail_boost)
+    ws.catalog.update_scores(items)
+    return len(items)

@@ -15,29 +15,27 @@ Signals (keys of ``uncertainty.signals``, JSON; see :data:`SIGNAL_KEYS`):
   ``in_region`` + ``expected_presence`` (the scan covers where the class lies, judged from the other
   organs' positions, and how often annotated scans have it).
 
-``workbench.queue.assess`` turns them into the score and the reasons. The viewer's map is the voxel-wise
-maximum entropy over the predicted classes, float16 on the inference grid with its affine, in
-``<ws>/uncertainty/<run_id>/<scan>.npz`` (written atomically); :func:`load_uncertainty_map` resamples it
-onto the scan's original grid.
+``workbench.pseudolabel.scoring.assess`` turns them into the score and the reasons of the rows
+(:func:`uncertainty_rows`). The viewer's map (:func:`scan_signals`) is the voxel-wise maximum entropy
+over the predicted classes, float16 on the inference grid with its affine; ``storage.maps`` stores and
+loads it.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from harmonize.geometry import STRUCT26, label_components, mask_to_grid
 from harmonize.masks import CroppedMask
 from harmonize.taxonomy import class_by_name
 from storage.workspace import Workspace
+from workbench.pseudolabel.scoring import assess
 
 SIGNAL_KEYS = (
     "present",
@@ -65,8 +63,6 @@ MIN_REFERENCE = 3
 #: Floor of the standard deviation of log volume (a handful of near-identical scans must not turn a 10%
 #: difference into 5 sd).
 MIN_LOG_VOLUME_SD = 0.15
-_STRUCT26 = np.ones((3, 3, 3), dtype=bool)
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 # ------------------------------------------------------------------------------------- reference
@@ -103,20 +99,15 @@ ReferenceStats = dict[str, ClassReference]
 
 
 def reference_stats(ws: Workspace) -> ReferenceStats:
-    """Per class, the statistics of the catalog's annotated scans (their current ``original`` labels)."""
-    df = ws.catalog.query(
-        """
-        WITH cur AS (
-            SELECT arg_max(id, version) AS ls, scan_id FROM label_set WHERE origin = 'original'
-            GROUP BY scan_id
-        )
-        SELECT cur.scan_id, c.class_name, c.state, st.volume_ml, st.components, st.centroid_mm
-        FROM cur JOIN class_coverage c ON c.label_set_id = cur.ls
-        LEFT JOIN class_stats st ON st.label_set_id = cur.ls AND st.class_name = c.class_name
-        WHERE c.state <> 'not_annotated'
-        """
-    )
-    return reference_from_rows(df.to_dict("records"))
+    """Per class, the statistics of the catalog's annotated scans (their current ``original`` labels).
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        :data:`ReferenceStats` (``Catalog.reference_rows`` through :func:`reference_from_rows`).
+    """
+    return reference_from_rows(ws.catalog.reference_rows())
 
 
 def reference_from_rows(rows: Sequence[Mapping[str, Any]]) -> ReferenceStats:
@@ -168,7 +159,7 @@ def entropy_signal(prob: np.ndarray, mask: np.ndarray) -> float:
         mask: (X, Y, Z) bool final mask on the same grid. When empty, the region is where ``prob`` >= 0.2
             (the model's near-misses); 0.0 when there is none.
     """
-    region = ndimage.binary_dilation(mask, _STRUCT26) if mask.any() else np.asarray(prob) >= 0.2
+    region = ndimage.binary_dilation(mask, STRUCT26) if mask.any() else np.asarray(prob) >= 0.2
     if not region.any():
         return 0.0
     return float(binary_entropy(np.asarray(prob)[region]).mean())
@@ -189,7 +180,8 @@ def may_overlap(a: str, b: str) -> bool:
     return a in cb.parents or b in ca.parents or bool(set(ca.parents) & set(cb.parents))
 
 
-def _intersection(a: CroppedMask, b: CroppedMask) -> int:
+def shared_voxels(a: CroppedMask, b: CroppedMask) -> int:
+    """Number of voxels two masks of the same volume share (computed on the overlap of their boxes)."""
     lo = np.maximum(a.offset, b.offset)
     hi = np.minimum(np.add(a.offset, a.data.shape), np.add(b.offset, b.data.shape))
     if (hi <= lo).any():
@@ -211,22 +203,10 @@ def overlap_signal(
     for other, m in others.items():
         if other == name or m.is_empty or may_overlap(name, other):
             continue
-        frac = _intersection(mask, m) / voxels
+        frac = shared_voxels(mask, m) / voxels
         if frac > best:
             best, with_ = frac, other
     return best, with_
-
-
-def label_components(data: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of a bool array: (labels, count). connected-components-3d when installed
-    (several times faster on large masks), else scipy."""
-    try:
-        import cc3d
-    except ImportError:
-        labels, n = ndimage.label(data, structure=_STRUCT26)
-        return labels, int(n)
-    labels, n = cc3d.connected_components(data, connectivity=26, return_N=True)
-    return labels, int(n)
 
 
 def component_count(mask: CroppedMask) -> int:
@@ -436,112 +416,6 @@ def plausibility_signals(
     return sig
 
 
-def affine_resample(
-    src: np.ndarray,
-    matrix: np.ndarray,
-    offset: np.ndarray,
-    output_shape: Sequence[int],
-    *,
-    order: int,
-    mode: str = "constant",
-    cval: float = 0.0,
-) -> np.ndarray:
-    """``scipy.ndimage.affine_transform`` (output voxel ``o`` reads ``src`` at ``matrix @ o + offset``),
-    fast for axis-aligned grids.
-
-    Two grids that differ by axis order, flips and spacing (an LPS or IPL scan and the RAS inference grid)
-    give a ``matrix`` with one non-zero per row and column. scipy then takes its slow general path; here the
-    source is transposed and flipped to line up with the output first, so the separable zoom-and-shift
-    path does the work (tens of times faster on a 512 x 512 grid). Other matrices go the general way.
-    """
-    m = np.asarray(matrix, dtype=np.float64)
-    big = np.abs(m) > 1e-9 * max(1.0, float(np.abs(m).max()))
-    shape = tuple(int(v) for v in output_shape)
-    if not (big.sum(axis=0) == 1).all() or not (big.sum(axis=1) == 1).all():
-        return ndimage.affine_transform(
-            src, m, offset=offset, output_shape=shape, order=order, mode=mode, cval=cval
-        )
-    # Row r of the matrix is source axis r; its non-zero column c is the output axis it follows.
-    perm = [int(np.flatnonzero(big[:, c])[0]) for c in range(3)]  # output axis c follows source perm[c]
-    scale = np.array([m[perm[c], c] for c in range(3)])
-    shift = np.asarray(offset, dtype=np.float64)[perm].copy()  # offset is in source axes
-    aligned = np.transpose(src, perm)
-    for i in range(3):
-        if scale[i] < 0:
-            # x' = (n - 1) - x on the flipped axis.
-            aligned = np.flip(aligned, axis=i)
-            shift[i] = aligned.shape[i] - 1 - shift[i]
-            scale[i] = -scale[i]
-    if order == 1 and mode in ("constant", "nearest"):
-        return _separable_linear(aligned, scale, shift, shape, mode, cval)
-    return ndimage.affine_transform(
-        np.ascontiguousarray(aligned),
-        scale,
-        offset=shift,
-        output_shape=shape,
-        order=order,
-        mode=mode,
-        cval=cval,
-    )
-
-
-def _separable_linear(
-    src: np.ndarray, scale: np.ndarray, shift: np.ndarray, shape: tuple[int, ...], mode: str, cval: float
-) -> np.ndarray:
-    """Linear interpolation at ``scale * o + shift`` per axis, one axis at a time (float32).
-
-    scipy's ``order=1`` with ``mode='constant'`` (a sample beyond ``[0, n - 1]`` on any axis is ``cval``)
-    or ``mode='nearest'`` (coordinates clipped to the edge), several times faster than its spline code on
-    large outputs: each pass is two gathers and a blend along one axis.
-    """
-    out = np.asarray(src, dtype=np.float32)
-    for axis in range(3):
-        n = out.shape[axis]
-        x = scale[axis] * np.arange(shape[axis], dtype=np.float64) + shift[axis]
-        outside = (x < 0) | (x > n - 1)
-        x = np.clip(x, 0, n - 1)
-        i0 = np.minimum(np.floor(x).astype(np.intp), max(n - 2, 0))
-        i1 = np.minimum(i0 + 1, n - 1)
-        view = [1, 1, 1]
-        view[axis] = -1
-        w = (x - i0).astype(np.float32).reshape(view)
-        a = np.take(out, i0, axis=axis)
-        out = a + (np.take(out, i1, axis=axis) - a) * w
-        if mode == "constant" and outside.any():
-            idx: list[Any] = [slice(None)] * 3
-            idx[axis] = outside
-            out[tuple(idx)] = cval
-    return out
-
-
-def to_grid(
-    mask: CroppedMask, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int]
-) -> np.ndarray:
-    """Nearest-neighbour resampling of a mask onto another grid (both voxel -> RAS+ mm).
-
-    Returns:
-        bool array of ``dst_shape``.
-    """
-    out = np.zeros(tuple(int(s) for s in dst_shape), dtype=bool)
-    if mask.is_empty:
-        return out
-    # Only the destination voxels inside the mask's box (mapped over) can be True.
-    to_dst = np.linalg.inv(np.asarray(dst_affine)) @ np.asarray(src_affine)
-    lo = np.asarray(mask.offset, dtype=np.float64) - 0.5
-    hi = lo + np.asarray(mask.data.shape)
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-    d = corners @ to_dst[:3, :3].T + to_dst[:3, 3]
-    d0 = np.clip(np.floor(d.min(axis=0)).astype(int), 0, out.shape)
-    d1 = np.clip(np.ceil(d.max(axis=0)).astype(int) + 1, 0, out.shape)
-    if (d1 <= d0).any():
-        return out
-    to_src = np.linalg.inv(to_dst)
-    offset = to_src[:3, :3] @ d0 + to_src[:3, 3] - np.asarray(mask.offset)
-    crop = affine_resample(mask.data.view(np.uint8), to_src[:3, :3], offset, tuple(d1 - d0), order=0)
-    out[tuple(slice(a, b) for a, b in zip(d0, d1))] = crop.astype(bool)
-    return out
-
-
 def scan_signals(
     masks: Mapping[str, CroppedMask],
     ctx: ScanContext,
@@ -576,7 +450,7 @@ def scan_signals(
         sig["tta_disagreement"] = None
         if probs is not None and name in channel and prob_affine is not None:
             p = probs[channel[name]]
-            low = to_grid(mask, ctx.affine, prob_affine, p.shape)
+            low = mask_to_grid(mask, ctx.affine, prob_affine, p.shape)
             sig["entropy"] = round(entropy_signal(p, low), 4)
             h = binary_entropy(p).astype(np.float16)
             emap = h if emap is None else np.maximum(emap, h)
@@ -599,7 +473,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-# ---------------------------------------------------------------------------------- storage
+# ------------------------------------------------------------------------------------- rows
 
 
 def uncertainty_rows(
@@ -609,9 +483,16 @@ def uncertainty_rows(
     signals: Mapping[str, Mapping[str, Any]],
     n_annotated: Mapping[str, int],
 ) -> list[dict[str, Any]]:
-    """Rows for the ``uncertainty`` table, scored by ``workbench.queue.assess``."""
-    from workbench.queue import assess
+    """Rows for the ``uncertainty`` table, scored by ``workbench.pseudolabel.scoring.assess``.
 
+    Args:
+        scan_id / run_id / label_set_id: the item's keys.
+        signals: class -> its signals (:func:`scan_signals`).
+        n_annotated: class -> annotated scans in the catalog (``Catalog.annotated_counts``).
+
+    Returns:
+        Dicts ``scan_id, class_name, run_id, label_set_id, score, signals, reasons``.
+    """
     rows = []
     for name, sig in signals.items():
         score, reasons = assess(name, sig, n_annotated.get(name, 0))
@@ -630,92 +511,11 @@ def uncertainty_rows(
 
 
 def store_uncertainty(ws: Workspace, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write uncertainty rows (``scan_id, class_name, run_id, label_set_id, score, signals`` (dict or JSON
-    text), ``reasons`` (list of str)) in ONE catalog transaction; a row with the same scan, class and run
-    is replaced."""
-    if not rows:
-        return
-    import json
+    """Write uncertainty rows (:func:`uncertainty_rows`; ``signals`` a dict or JSON text) in ONE catalog
+    transaction (``Catalog.add_uncertainty``); a row with the same scan, class and run is replaced.
 
-    import pyarrow as pa
-
-    table = pa.table(
-        {
-            "scan_id": [r["scan_id"] for r in rows],
-            "class_name": [r["class_name"] for r in rows],
-            "run_id": [r["run_id"] for r in rows],
-            "label_set_id": [r["label_set_id"] for r in rows],
-            "score": pa.array([float(r["score"]) for r in rows], pa.float64()),
-            "signals": [
-                r["signals"] if isinstance(r["signals"], str) else json.dumps(r["signals"]) for r in rows
-            ],
-            "reasons": pa.array([list(r["reasons"]) for r in rows], pa.list_(pa.string())),
-        }
-    )
-    with ws.catalog.transaction() as con:
-        con.register("unc_in", table)
-        con.execute(
-            "INSERT OR REPLACE INTO uncertainty (scan_id, class_name, run_id, label_set_id, score, signals, "
-            "reasons) SELECT scan_id, class_name, run_id, label_set_id, score, signals, reasons FROM unc_in"
-        )
-        con.unregister("unc_in")
-
-
-def scan_key(scan_id: str) -> str:
-    """A file name for a scan id (``kits23:case_00001`` -> ``kits23__case_00001``)."""
-    return _SAFE.sub("_", scan_id.replace(":", "__"))
-
-
-def uncertainty_map_path(ws: Workspace, run_id: str, scan_id: str) -> Path:
-    return ws.root / "uncertainty" / scan_key(run_id) / f"{scan_key(scan_id)}.npz"
-
-
-def write_uncertainty_map(
-    ws: Workspace, run_id: str, scan_id: str, entropy: np.ndarray, affine: np.ndarray, classes: Sequence[str]
-) -> Path:
-    """Write the entropy map (float16 (X, Y, Z), voxel -> RAS+ ``affine``) as a compressed ``.npz``,
-    atomically (temp file + rename); returns its path."""
-    path = uncertainty_map_path(ws, run_id, scan_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}.{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(
-                f,
-                entropy=np.asarray(entropy, dtype=np.float16),
-                affine=np.asarray(affine, dtype=np.float64),
-                classes=np.array(list(classes), dtype=str),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def load_uncertainty_map(
-    ws: Workspace, run_id: str, scan_id: str, *, on_original_grid: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """The entropy map of one scan: (float16 array, its (4, 4) affine).
-
-    With ``on_original_grid`` the map is resampled (trilinear) onto the scan's original grid, so it
-    overlays the CT voxel for voxel; otherwise it is the stored inference-grid map.
+    Args:
+        ws: the workspace.
+        rows: the rows.
     """
-    from harmonize.errors import HarmonizeError
-
-    path = uncertainty_map_path(ws, run_id, scan_id)
-    if not path.is_file():
-        raise HarmonizeError(path, f"no uncertainty map for scan {scan_id} in run {run_id}")
-    with np.load(path) as z:
-        entropy, affine = z["entropy"], z["affine"]
-    if not on_original_grid:
-        return entropy, affine
-    row = ws.catalog.query("SELECT shape, affine FROM scan WHERE id = ?", [scan_id])
-    if row.empty:
-        raise HarmonizeError(path, f"scan {scan_id} is not in the catalog")
-    shape = tuple(int(s) for s in row["shape"].iloc[0])
-    orig = np.asarray(list(row["affine"].iloc[0]), dtype=np.float64).reshape(4, 4)
-    m = np.linalg.inv(affine) @ orig
-    out = affine_resample(entropy.astype(np.float32), m[:3, :3], m[:3, 3], shape, order=1, mode="nearest")
-    return out.astype(np.float16), orig
+    ws.catalog.add_uncertainty([dict(r) for r in rows])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ from harmonize.phantoms import make_phantom, write_native
 from harmonize.protocols import get_protocol
 from storage.workspace import Workspace
 from workbench.ingest import ingest
-from workbench.pseudolabel import pseudolabel
+from workbench.pseudolabel import pseudolabel, pseudolabel_ray
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 try:
     import ray  # noqa: F401
@@ -34,28 +35,6 @@ if not HAVE_RAY and os.environ.get("CI", "").lower() != "true":
 
 NAMES = ("spleen", "liver", "kidney_left", "kidney_right")
 SEEDS = (0, 1)
-
-
-def _checkpoint(path: Path) -> Path:
-    import torch
-
-    from workbench.model.checkpoint import save_checkpoint
-    from workbench.model.network import UniversalModel
-    from workbench.model.text import TextVocabulary
-    from workbench.model.train import TrainConfig
-    from workbench.model.transforms import PipelineConfig
-
-    vocab = TextVocabulary(
-        NAMES, NAMES, "V1", "random-test", "none", np.random.default_rng(1).standard_normal((4, 512))
-    )
-    torch.manual_seed(1)
-    feats = (4, 4, 8, 8, 16, 4)
-    model = UniversalModel("small_unet", embeddings=vocab.embeddings, small_features=feats)
-    cfg = TrainConfig(
-        pipeline=PipelineConfig(spacing_mm=(6.0,) * 3, patch=(32, 32, 32)), small_features=feats
-    )
-    save_checkpoint(path, model, None, {"step": 0, "config": cfg.to_dict()}, vocab)
-    return path
 
 
 def _workspace(root: Path, data: Path) -> Workspace:
@@ -75,11 +54,11 @@ def _labels(ws: Workspace) -> dict[tuple[str, str], np.ndarray]:
 
 
 @pytest.mark.slow
-def test_ray_job_matches_the_local_job_and_leaves_the_catalog_writable(tmp_path: Path) -> None:
+def test_ray_job_matches_the_local_job_and_leaves_the_catalog_writable(
+    tmp_path: Path, random_checkpoint: Callable[..., Path]
+) -> None:
     if not HAVE_RAY:
         pytest.fail("CI=true needs ray installed (pip install ray==2.60.0)")
-    from workbench.ray_pseudolabel import pseudolabel_ray
-
     data = tmp_path / "data"
     for seed in SEEDS:
         write_native(
@@ -88,7 +67,7 @@ def test_ray_job_matches_the_local_job_and_leaves_the_catalog_writable(tmp_path:
             data,
             f"case{seed:02d}",
         )
-    ckpt = _checkpoint(tmp_path / "m.pt")
+    ckpt = random_checkpoint(tmp_path / "m.pt", NAMES, seed=1)  # the conftest.py model, another seed
     local_ws = _workspace(tmp_path / "local", data)
     ray_ws = _workspace(tmp_path / "ray", data)
     local = pseudolabel(local_ws, ckpt, low_res_mm=6.0, device="cpu", progress=False)
@@ -128,3 +107,17 @@ def test_ray_job_matches_the_local_job_and_leaves_the_catalog_writable(tmp_path:
     # Resume: the same checkpoint on Ray skips every scan done.
     again = pseudolabel_ray(ray_ws, ckpt, workers=2, low_res_mm=6.0, progress=False)
     assert again.done == [] and sorted(again.skipped) == summary.done
+
+
+@pytest.mark.parametrize(("overlap", "low_res"), [(1.0, 3.0), (0.5, float("nan"))])
+def test_ray_job_refuses_bad_settings_before_ray_starts(
+    tmp_path: Path, overlap: float, low_res: float
+) -> None:
+    if not HAVE_RAY:
+        pytest.fail("CI=true needs ray installed (pip install ray==2.60.0)")
+    import ray
+
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(ValueError):
+        pseudolabel_ray(ws, tmp_path / "none.pt", overlap=overlap, low_res_mm=low_res, progress=False)
+    assert not ray.is_initialized()

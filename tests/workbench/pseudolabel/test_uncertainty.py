@@ -1,16 +1,15 @@
 """Every uncertainty signal on constructed cases whose answer is known, the catalog reference statistics,
-and the viewer's map."""
+and the viewer's map (its files: tests/storage/test_maps.py)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harmonize.masks import CroppedMask
-from workbench import uncertainty as unc
+from workbench.pseudolabel import uncertainty as unc
 
 
 def _cm(full: np.ndarray) -> CroppedMask:
@@ -249,50 +248,15 @@ def test_scan_signals_with_probabilities_and_tta() -> None:
     assert float(emap.max()) == pytest.approx(0.469, abs=1e-3)
 
 
-def test_to_grid_maps_a_mask_through_two_affines() -> None:
-    src = np.diag([-1.0, 1.0, 1.0, 1.0])
-    src[0, 3] = 19.0  # i -> x = 19 - i (LAS-like)
-    dst = np.diag([2.0, 2.0, 2.0, 1.0])
-    m = _box((20, 20, 20), (0, 0, 0), (4, 20, 20))  # x = 16..19 mm
-    got = unc.to_grid(_cm(m), src, dst, (10, 10, 10))
-    expected = np.zeros((10, 10, 10), bool)
-    expected[8:10] = True  # x = 16, 18 mm
-    np.testing.assert_array_equal(got, expected)
-
-
-def test_uncertainty_map_round_trip(tmp_path: Path) -> None:
+def test_uncertainty_rows_are_scored_and_stored(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from storage.workspace import Workspace
+    from workbench.pseudolabel.scoring import assess
 
     ws = Workspace.open(tmp_path / "ws")
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    entropy = np.random.default_rng(0).random((5, 6, 7)).astype(np.float16)
-    path = unc.write_uncertainty_map(ws, "run-1", "kits23:case_00001", entropy, affine, ["spleen"])
-    assert path == ws.root / "uncertainty" / "run-1" / "kits23__case_00001.npz"
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
-    got, got_affine = unc.load_uncertainty_map(ws, "run-1", "kits23:case_00001", on_original_grid=False)
-    np.testing.assert_array_equal(got, entropy)
-    np.testing.assert_array_equal(got_affine, affine)
-    from harmonize.errors import HarmonizeError
-
-    with pytest.raises(HarmonizeError, match="no uncertainty map"):
-        unc.load_uncertainty_map(ws, "run-1", "other:scan")
-
-
-@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1), (1, 2, 0), (2, 1, 0)])
-@pytest.mark.parametrize("signs", [(1, 1, 1), (-1, 1, -1), (-1, -1, -1)])
-@pytest.mark.parametrize("order", [0, 1])
-def test_affine_resample_fast_path_equals_scipy(
-    perm: tuple[int, int, int], signs: tuple[int, int, int], order: int
-) -> None:
-    from scipy import ndimage
-
-    rng = np.random.default_rng(sum(perm) + order)
-    src = rng.random((9, 11, 13)).astype(np.float32)
-    m = np.zeros((3, 3))
-    for i, (p, s) in enumerate(zip(perm, signs)):
-        m[i, p] = s * (0.47 + 0.21 * i)
-    offset = np.array([4.1, 5.3, 6.2])  # no exact .5: order 0 breaks ties either way
-    shape = (14, 12, 10)
-    want = ndimage.affine_transform(src, m, offset=offset, output_shape=shape, order=order)
-    got = unc.affine_resample(src, m, offset, shape, order=order)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    signals = {"spleen": {"outside_parent": None, "components": 2, "expected_components": 1}}
+    rows = unc.uncertainty_rows("a:1", "run-1", "ls-a", signals, {"spleen": 3})
+    assert (rows[0]["score"], rows[0]["reasons"]) == assess("spleen", signals["spleen"], 3)
+    unc.store_uncertainty(ws, rows)
+    unc.store_uncertainty(ws, rows)  # the same scan, class and run: replaced, not doubled
+    stored = ws.catalog.uncertainty_items("run-1")
+    assert stored[["scan_id", "class_name", "label_set_id"]].values.tolist() == [["a:1", "spleen", "ls-a"]]

@@ -1,0 +1,73 @@
+"""The uncertainty-map store: the file layout of existing workspaces, atomic writes, resampling onto the
+scan's grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harmonize.errors import HarmonizeError
+from storage.catalog import LabelSetRecord, ScanRecord
+from storage.maps import load_uncertainty_map, uncertainty_map_path, write_uncertainty_map
+from storage.workspace import Workspace
+
+
+def test_uncertainty_map_round_trip(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    entropy = np.random.default_rng(0).random((5, 6, 7)).astype(np.float16)
+    path = write_uncertainty_map(ws, "run-1", "kits23:case_00001", entropy, affine, ["spleen"])
+    assert path == ws.root / "uncertainty" / "run-1" / "kits23__case_00001.npz"
+    assert path == uncertainty_map_path(ws, "run-1", "kits23:case_00001")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    got, got_affine = load_uncertainty_map(ws, "run-1", "kits23:case_00001", on_original_grid=False)
+    np.testing.assert_array_equal(got, entropy)
+    np.testing.assert_array_equal(got_affine, affine)
+    with np.load(path) as z:
+        assert list(z["classes"]) == ["spleen"]
+
+    with pytest.raises(HarmonizeError, match="no uncertainty map"):
+        load_uncertainty_map(ws, "run-1", "other:scan")
+    # A map whose scan is not in the catalog cannot be put on its grid.
+    with pytest.raises(HarmonizeError, match="not in the catalog"):
+        load_uncertainty_map(ws, "run-1", "kits23:case_00001")
+
+
+def test_a_map_is_resampled_onto_the_original_grid(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    # An LPS scan of 2 mm voxels; the map lies on a RAS grid of 8 mm voxels over the same region.
+    orig = np.array([[-2.0, 0, 0, 38.0], [0, -2.0, 0, 30.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
+    scan = ScanRecord(
+        id="src:case",
+        source_id="src",
+        case_id="case",
+        image_path="/d/ct.nii.gz",
+        label_path="/d/seg.nii.gz",
+        image_sha256="0" * 64,
+        image_bytes=1,
+        image_mtime=0.0,
+        shape=(20, 16, 12),
+        spacing=(2.0, 2.0, 2.0),
+        axcodes="LPS",
+        affine=tuple(float(v) for v in orig.ravel()),
+        hu_min=-1000.0,
+        hu_max=1000.0,
+        image_format="nifti",
+        series_uid_sha1=None,
+    )
+    label_set = LabelSetRecord("ls-1", "src:case", None, "original", "ls-1")
+    ws.catalog.add_label_set(label_set, {}, [], scan=scan)
+    assert ws.catalog.scan_geometry("src:case") == ((20, 16, 12), tuple(float(v) for v in orig.ravel()))
+    assert ws.catalog.scan_geometry("src:none") is None
+    low = np.diag([8.0, 8.0, 8.0, 1.0])
+    low[:3, 3] = (0.0, 0.0, -10.0)
+    entropy = np.zeros((6, 5, 4), np.float16)
+    entropy[:3] = 0.5  # x = 0 .. 16 mm
+    write_uncertainty_map(ws, "run-1", "src:case", entropy, low, ["liver"])
+    got, got_affine = load_uncertainty_map(ws, "run-1", "src:case")
+    assert got.shape == (20, 16, 12) and got.dtype == np.float16
+    np.testing.assert_array_equal(got_affine, orig)
+    # Voxel i lies at x = 38 - 2 i mm: x <= 16 (i >= 11) is hot, x >= 24 (i <= 7) is cold.
+    assert float(got[11:].min()) == pytest.approx(0.5) and float(got[:8].max()) == 0.0

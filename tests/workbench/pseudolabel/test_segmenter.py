@@ -1,0 +1,39 @@
+"""The model of a job: checkpoints that do not fit are refused, and a checkpoint records its identity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from harmonize.errors import HarmonizeError
+from harmonize.taxonomy import class_names
+from storage.files import file_sha256
+from workbench.pseudolabel import Segmenter, resolve_device
+
+Save = Callable[[Path, tuple[str, ...]], Path]
+
+
+def test_checkpoints_that_do_not_fit_are_refused(tmp_path: Path, random_checkpoint: Save) -> None:
+    bad = random_checkpoint(tmp_path / "bad.pt", ("spleen", "my_new_organ"))
+    with pytest.raises(HarmonizeError, match="my_new_organ"):
+        Segmenter.from_checkpoint(bad)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(HarmonizeError, match=r"junk\.pt"):
+        Segmenter.from_checkpoint(junk)
+
+
+def test_checkpoint_records_its_identity(tmp_path: Path, random_checkpoint: Save) -> None:
+    path = random_checkpoint(tmp_path / "m.pt", ("spleen", "liver"))
+    seg = Segmenter.from_checkpoint(path)
+    assert seg.class_names == ("spleen", "liver") and seg.patch == (32, 32, 32)
+    assert seg.spacing_mm == (6.0, 6.0, 6.0) and seg.backbone == "small_unet"
+    assert seg.sha256 == file_sha256(path) and seg.encoder_id == "random-test"
+    assert set(seg.class_names) <= set(class_names())
+
+
+def test_resolve_device_passes_explicit_devices_through() -> None:
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("auto") in ("cpu", "cuda")

@@ -1,0 +1,386 @@
+"""``workbench pseudolabel``: the driver of a pseudo-label job, and what it writes.
+
+:func:`run_jobs` is the ONE driver loop, whatever runs the scans: it collects orphans of killed jobs,
+plans the jobs from the catalog (resume: a scan already done by the same checkpoint is skipped), records
+the ``run`` row and computes the catalog's reference statistics once, then hands the jobs to an
+:class:`Executor` (:class:`LocalExecutor` in this process, ``workbench.pseudolabel.ray.RayExecutor`` on a
+Ray cluster) and writes each result as it arrives. :func:`pseudolabel` is the single-machine job.
+
+Writing (:func:`write_scan_result`) follows ingest: masks to the mask store (atomic), then label set +
+coverage + statistics + split decisions in ONE catalog transaction (the version is allocated there), then
+the scan's uncertainty map and rows in one more. A kill leaves at worst an orphan mask file (removed by a
+later run, :func:`remove_orphan_masks`) or a label set without uncertainty (completed by a later run
+without writing a second label set). A scan whose file vanished or is unreadable gets one line in the
+summary; nothing of it is written.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from harmonize.masks import CroppedMask
+from storage.catalog import LabelSetRecord, new_label_set_id
+from storage.maps import write_uncertainty_map
+from storage.workspace import Workspace
+from workbench.pseudolabel.inference import THRESHOLD, TTA_SCALE, TTA_SHIFT
+from workbench.pseudolabel.jobs import JobOptions, ScanJob, ScanResult, plan_jobs, run_scan_job
+from workbench.pseudolabel.postprocess import RULE_NAMES
+from workbench.pseudolabel.scoring import rescore
+from workbench.pseudolabel.segmenter import Segmenter, resolve_device
+from workbench.pseudolabel.uncertainty import (
+    ReferenceStats,
+    reference_stats,
+    store_uncertainty,
+    uncertainty_rows,
+)
+
+#: Orphan pseudo-label mask files (a kill between mask and catalog write) younger than this are left
+#: alone: another job may be about to commit them.
+ORPHAN_MIN_AGE_S = 900.0
+#: Prefix of the label set ids (and mask keys) this job writes; only such orphans are collected.
+MASK_KEY_PREFIX = "ls-"
+
+
+# --------------------------------------------------------------------------------------- writing
+
+
+def write_scan_result(ws: Workspace, result: ScanResult, run_id: str, seg: Segmenter) -> str:
+    """Write one scan's pseudo label set (masks, then one catalog transaction) and its uncertainty.
+
+    Args:
+        ws: the workspace.
+        result: the scan's result (without ``error``).
+        run_id: the job's ``run`` row.
+        seg: the model (its identity goes into the label set's author).
+
+    Returns:
+        The label set id (the existing one when the job only completed its uncertainty).
+    """
+    job = result.job
+    if job.existing_label_set is not None:
+        ls_id = job.existing_label_set
+    else:
+        ls_id = new_label_set_id(MASK_KEY_PREFIX)
+        present = {n: m.full() for n, m in result.masks.items() if not m.is_empty}
+        ws.masks.write_label_set(ls_id, present, job.shape)
+        del present
+        record = LabelSetRecord(
+            id=ls_id,
+            scan_id=job.scan_id,
+            version=None,  # the catalog allocates it, also beside a reviewer's concurrent correction
+            origin="pseudo",
+            mask_key=ls_id,
+            parent_id=job.parent_id,
+            run_id=run_id,
+            author=f"pseudolabel {seg.backbone} checkpoint {seg.sha256[:12]}",
+            midline_x_mm=result.midline_x_mm,
+            midline_method="body",
+            notes=tuple(result.notes),
+        )
+        try:
+            ws.catalog.add_label_set(record, result.coverage, result.stats, result.splits)
+        except BaseException:
+            ws.masks.delete(ls_id)  # the catalog refused: leave no orphan behind
+            raise
+    if result.signals is not None:
+        if result.entropy_map is not None and result.map_affine is not None:
+            write_uncertainty_map(
+                ws, run_id, job.scan_id, result.entropy_map, result.map_affine, result.map_classes
+            )
+        rows = uncertainty_rows(job.scan_id, run_id, ls_id, result.signals, ws.catalog.annotated_counts())
+        store_uncertainty(ws, rows)
+    return ls_id
+
+
+def remove_orphan_masks(ws: Workspace, min_age_s: float | None = None) -> list[Path]:
+    """Remove pseudo-label mask files no label set references, and dead writers' temp files.
+
+    Args:
+        ws: the workspace.
+        min_age_s: only files at least this old (default :data:`ORPHAN_MIN_AGE_S`; younger ones may
+            belong to a write in progress).
+
+    Returns:
+        The removed paths.
+    """
+    min_age = ORPHAN_MIN_AGE_S if min_age_s is None else min_age_s
+    removed = ws.masks.gc()
+    known = ws.catalog.mask_keys()
+    now = time.time()
+    for key in ws.masks.keys():  # noqa: SIM118 (a MaskStore is not a mapping)
+        if key in known or not key.startswith(MASK_KEY_PREFIX):
+            continue
+        path = ws.masks.path(key)
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        # Re-check the catalog just before deleting: the writer may have committed meanwhile.
+        if age >= min_age and key not in ws.catalog.mask_keys() and ws.masks.delete(key):
+            removed.append(path)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+@dataclass
+class PseudolabelSummary:
+    """What a pseudo-label job did.
+
+    Args:
+        run_id: the ``run`` row of this job.
+        done: scan ids labelled (or whose uncertainty was completed) now, sorted.
+        skipped: scan ids already done by the same checkpoint.
+        failed: (scan id, problem) for scans that could not be processed; nothing of them was written.
+        seconds: per-scan total seconds of the scans done.
+    """
+
+    run_id: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The summary in printable lines: one overall, one per failed scan."""
+        mean = f"{np.mean(self.seconds):.1f} s/scan" if self.seconds else "-"
+        out = [
+            f"run {self.run_id}: {len(self.done)} scans pseudo-labelled ({mean}), "
+            f"{len(self.skipped)} already done by this checkpoint, {len(self.failed)} failed"
+        ]
+        out += [f"  failed {scan}: {problem}" for scan, problem in self.failed]
+        return out
+
+
+def start_run(
+    ws: Workspace, seg: Segmenter, options: JobOptions, extra: Mapping[str, Any] | None = None
+) -> str:
+    """Record the ``run`` row of a pseudo-label job: the model's identity and every setting, the
+    post-processing rules included.
+
+    Args:
+        ws: the workspace.
+        seg: the model.
+        options: the job's settings.
+        extra: more config entries (the executor's, e.g. Ray's actors).
+
+    Returns:
+        The run id.
+    """
+    run_id = "run-pl-" + uuid.uuid4().hex[:16]
+    ws.catalog.start_run(
+        run_id,
+        "pseudolabel",
+        checkpoint_sha256=seg.sha256,
+        text_encoder=seg.encoder_id,
+        vocabulary_sha256=seg.vocabulary_sha256,
+        device=options.device,
+        config={
+            "checkpoint": seg.path,
+            "backbone": seg.backbone,
+            "low_res_mm": options.low_res_mm,
+            "spacing_mm": list(options.spacing_mm(seg)),
+            "window": list(seg.patch),
+            "overlap": options.overlap,
+            "blending": "gaussian",
+            "threshold": THRESHOLD,
+            "postprocess": list(RULE_NAMES),
+            "uncertainty": options.uncertainty,
+            "tta": {"scale": TTA_SCALE, "intensity_shift": TTA_SHIFT, "mirroring": False},
+            **dict(extra or {}),
+        },
+    )
+    return run_id
+
+
+def finish_run(ws: Workspace, run_id: str, summary: PseudolabelSummary, t_start: float) -> None:
+    """Record the run's metrics and timings, and rescore its queue items with the run's own statistics
+    (``workbench.pseudolabel.scoring.rescore``), now that every scan is in.
+
+    Args:
+        ws: the workspace.
+        run_id: the run.
+        summary: what the job did.
+        t_start: ``time.perf_counter()`` at the job's start.
+    """
+    if summary.done:
+        rescore(ws, run_id)
+    ws.catalog.finish_run(
+        run_id,
+        metrics={"done": len(summary.done), "skipped": len(summary.skipped), "failed": len(summary.failed)},
+        timings={
+            "total_s": time.perf_counter() - t_start,
+            "mean_scan_s": float(np.mean(summary.seconds)) if summary.seconds else None,
+            "max_scan_s": float(np.max(summary.seconds)) if summary.seconds else None,
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------- executors
+
+
+class Executor(Protocol):
+    """Where the scans of a job are computed: takes the jobs, yields each :class:`ScanResult` as it is
+    ready (any order). It never writes to the workspace; the driver writes between two results."""
+
+    @property
+    def description(self) -> str:
+        """The progress bar's label."""
+        ...
+
+    @property
+    def run_config(self) -> Mapping[str, Any]:
+        """Entries for the run's config (how the job was run)."""
+        ...
+
+    def results(
+        self, seg: Segmenter, jobs: Sequence[ScanJob], options: JobOptions, reference: ReferenceStats
+    ) -> Iterator[ScanResult]:
+        """Compute every job; a scan that fails comes back as a result with ``error`` set."""
+        ...
+
+
+@dataclass
+class LocalExecutor:
+    """Every scan in this process, one after the other, in job order.
+
+    Args:
+        on_masks: see :func:`~workbench.pseudolabel.jobs.run_scan_job`.
+    """
+
+    on_masks: Callable[[ScanJob, dict[str, CroppedMask]], dict[str, CroppedMask]] | None = None
+    description: str = "pseudolabel"
+    run_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def results(
+        self, seg: Segmenter, jobs: Sequence[ScanJob], options: JobOptions, reference: ReferenceStats
+    ) -> Iterator[ScanResult]:
+        """Run each job with :func:`~workbench.pseudolabel.jobs.run_scan_job` when the driver asks."""
+        for job in jobs:
+            yield run_scan_job(seg, job, options, reference, on_masks=self.on_masks)
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def run_jobs(
+    ws: Workspace,
+    seg: Segmenter,
+    options: JobOptions,
+    executor: Executor,
+    *,
+    scans: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+    all_classes: bool = False,
+    progress: bool = True,
+    on_scan: Callable[[str, str], None] | None = None,
+) -> PseudolabelSummary:
+    """The driver loop of every pseudo-label job (see module docstring).
+
+    Args:
+        ws: the workspace (only the driver writes to it).
+        seg: the model.
+        options: the job's settings (validated by :class:`JobOptions`).
+        executor: where the scans are computed.
+        scans / sources / all_classes: which scans and classes (see :func:`plan_jobs`).
+        progress: show a tqdm bar.
+        on_scan: called with (scan id, outcome: done / failed) after each scan is written (tests
+            interrupt here).
+
+    Returns:
+        :class:`PseudolabelSummary`.
+
+    Raises:
+        HarmonizeError: unknown scan ids.
+    """
+    remove_orphan_masks(ws)
+    jobs, skipped = plan_jobs(
+        ws, seg, scans=scans, sources=sources, all_classes=all_classes, uncertainty=options.uncertainty
+    )
+    t_start = time.perf_counter()
+    run_id = start_run(ws, seg, options, executor.run_config)
+    summary = PseudolabelSummary(run_id, skipped=skipped)
+    reference = reference_stats(ws) if options.uncertainty else {}
+    with tqdm(total=len(jobs), desc=executor.description, unit="scan", disable=not progress) as bar:
+        for result in executor.results(seg, jobs, options, reference):
+            scan_id = result.job.scan_id
+            if result.error is not None:
+                summary.failed.append((scan_id, result.error))
+                outcome = "failed"
+            else:
+                write_scan_result(ws, result, run_id, seg)  # one short transaction per scan
+                summary.done.append(scan_id)
+                summary.seconds.append(result.seconds.get("total", 0.0))
+                outcome = "done"
+            bar.update(1)
+            if on_scan is not None:
+                on_scan(scan_id, outcome)
+    finish_run(ws, run_id, summary, t_start)
+    summary.done.sort()
+    return summary
+
+
+def pseudolabel(
+    ws: Workspace,
+    checkpoint_path: str | Path | Segmenter,
+    *,
+    scans: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+    all_classes: bool = False,
+    low_res_mm: float | None = 3.0,
+    overlap: float = 0.5,
+    device: str = "auto",
+    uncertainty: bool = True,
+    progress: bool = True,
+    on_scan: Callable[[str, str], None] | None = None,
+    on_masks: Callable[[ScanJob, dict[str, CroppedMask]], dict[str, CroppedMask]] | None = None,
+) -> PseudolabelSummary:
+    """Pseudo-label the workspace's scans with a checkpoint, on this machine (see module docstring).
+
+    Args:
+        ws: the workspace.
+        checkpoint_path: a ``save_checkpoint`` file, or a ready :class:`Segmenter`.
+        scans: only these scan ids (default: all).
+        sources: only scans of these sources.
+        all_classes: predict every class of the model, not only those the scan's labels lack.
+        low_res_mm: isotropic inference spacing (3 mm: CPU mode); None uses the checkpoint's spacing.
+        overlap: sliding-window overlap (0..1).
+        device: 'auto' (CUDA with mixed precision when present, else CPU), 'cpu', 'cuda', ...
+        uncertainty: also compute uncertainty signals, the entropy map and the queue's rows.
+        progress: show a tqdm bar.
+        on_scan: called with (scan id, outcome: done / failed) after each scan (tests interrupt here).
+        on_masks: see :func:`~workbench.pseudolabel.jobs.run_scan_job`.
+
+    Returns:
+        :class:`PseudolabelSummary`.
+
+    Raises:
+        ValueError: an overlap outside [0, 1) or a spacing that is not positive.
+        HarmonizeError: unreadable or unfitting checkpoint, unknown scan ids.
+    """
+    options = JobOptions(low_res_mm, overlap, resolve_device(device), uncertainty)
+    seg = (
+        checkpoint_path
+        if isinstance(checkpoint_path, Segmenter)
+        else Segmenter.from_checkpoint(checkpoint_path)
+    )
+    return run_jobs(
+        ws,
+        seg,
+        options,
+        LocalExecutor(on_masks),
+        scans=scans,
+        sources=sources,
+        all_classes=all_classes,
+        progress=progress,
+        on_scan=on_scan,
+    )
