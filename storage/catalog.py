@@ -480,12 +480,11 @@ class Catalog:
         merged_pairs: Sequence[str],
         layout_kind: str,
         reference: str = "",
-    ) -> tuple[dict[str, dict[str, Any]], set[str], set[str]]:
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """Register the source and read everything an ingest of it needs, in ONE connection.
 
-        Returns ``(by_case, image_hashes, mask_keys)``: case id -> the scan's row plus its latest
-        original label set (columns prefixed ``ls_``); the image hashes of every scan in the catalog
-        (all sources); the mask keys every label set references.
+        Returns ``(by_case, image_hashes)``: case id -> the scan's row plus its latest original label set
+        (columns prefixed ``ls_``); the image hashes of every scan in the catalog (all sources).
         """
         with self.connect() as con:
             con.execute(
@@ -501,9 +500,7 @@ class Catalog:
                     utc_now(),
                 ],
             )
-            by_case, hashes = self._source_state(con, source_id)
-            keys = {r[0] for r in con.execute("SELECT mask_key FROM label_set").fetchall()}
-        return by_case, hashes, keys
+            return self._source_state(con, source_id)
 
     def source_state(self, source_id: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """``(by_case, image_hashes)`` as in :meth:`begin_ingest`, read-only."""

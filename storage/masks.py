@@ -256,32 +256,32 @@ class MaskStore:
         _fsync_dir(self.root)
         return True
 
-    def gc(self, keep: set[str] | None = None) -> list[Path]:
-        """Remove temp files of dead writers and, when ``keep`` is given, every label set not in it.
+    def gc(self, *, dry_run: bool = False) -> list[Path]:
+        """Remove temp files of dead writers; published label sets are never touched here (whether one
+        is still needed is the catalog's business: :meth:`storage.workspace.Workspace.collect_garbage`).
 
         A temp file is left alone while its writer may still be running: this process's own writes in
         flight, a live process on this host, or (for another host) a file younger than
         ``FOREIGN_TMP_STALE_S``.
 
         Args:
-            keep: the label set keys that must stay (e.g. those the catalog knows); None keeps all keys.
+            dry_run: list what would be removed and remove nothing.
 
         Returns:
-            The removed paths, sorted.
+            The removed (or, with ``dry_run``, removable) paths, sorted.
         """
         removed: list[Path] = []
         for p in self.root.iterdir():
             if p.name.startswith(TMP_PREFIX) and _tmp_is_abandoned(p):
+                if dry_run:
+                    removed.append(p)
+                    continue
                 try:
                     p.unlink()
                 except FileNotFoundError:
                     continue
                 removed.append(p)
-        if keep is not None:
-            for key in self.keys():
-                if key not in keep and self.delete(key):
-                    removed.append(self.path(key))
-        if removed:
+        if removed and not dry_run:
             _fsync_dir(self.root)
         return sorted(removed)
 

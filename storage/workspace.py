@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from storage.catalog import Catalog
 from storage.masks import MaskStore
 
 ENV_VAR = "WORKBENCH_HOME"
+#: A mask file younger than this is never collected, referenced or not: its writer may still be about to
+#: commit the label set that names it (masks are written before their catalog row).
+ORPHAN_MIN_AGE_S = 900.0
 DEFAULT_DIR = "workspace"
 
 
@@ -92,3 +96,35 @@ class Workspace:
     def demo_data(self) -> Path:
         """The demo's synthetic phantoms."""
         return self.root / "demo_data"
+
+    def collect_garbage(self, *, min_age_s: float = ORPHAN_MIN_AGE_S, dry_run: bool = False) -> list[Path]:
+        """Remove what no writer can still need: temp files of dead writers, and mask files that no
+        committed label set references and that are at least ``min_age_s`` old.
+
+        Only ``workbench gc`` calls this, never an ingest or a pseudo-label run as a side effect. The
+        catalog is read again just before each removal, so a label set committed meanwhile keeps its
+        file.
+
+        Args:
+            min_age_s: the youngest unreferenced mask file that may go (seconds since it was written).
+            dry_run: list what would be removed and remove nothing.
+
+        Returns:
+            The paths removed (or, with ``dry_run``, that would be), sorted.
+        """
+        found = self.masks.gc(dry_run=dry_run)
+        now = time.time()
+        referenced = self.catalog.mask_keys()
+        for key in self.masks.keys():  # noqa: SIM118 (a MaskStore is not a mapping)
+            if key in referenced:
+                continue
+            path = self.masks.path(key)
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age < min_age_s or key in self.catalog.mask_keys():
+                continue
+            if dry_run or self.masks.delete(key):
+                found.append(path)
+        return sorted(found)

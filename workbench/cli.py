@@ -3,6 +3,7 @@
     workbench [--workspace DIR] sources
     workbench [--workspace DIR] ingest SOURCE ROOT
     workbench [--workspace DIR] stats [--by-source] [--format table|csv|json]
+    workbench [--workspace DIR] gc [--dry-run] [--min-age-s S]
     workbench [--workspace DIR] export abdomenatlas|nnunet|monai OUT [--source ID ...] [--class NAME ...]
                                 [--origin ORIGIN ...] [--folds K] [--seed N]
     workbench [--workspace DIR] demo [--cases N] [--no-round] [--budget N]
@@ -33,7 +34,7 @@ import pandas as pd
 from harmonize.errors import HarmonizeError
 from harmonize.protocols import sources_table
 from storage.catalog import CatalogBusy, CatalogError
-from storage.workspace import Workspace
+from storage.workspace import ORPHAN_MIN_AGE_S, Workspace
 
 
 def _print_table(df: pd.DataFrame, fmt: str) -> None:
@@ -67,6 +68,16 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     summary = ingest(ws, args.source, args.root, progress=not args.no_progress)
     for line in summary.lines():
         print(line)
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    found = ws.collect_garbage(min_age_s=args.min_age_s, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in found:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(found)} file(s) no committed label set references (older than {args.min_age_s:g} s)")
     return 0
 
 
@@ -282,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-source", action="store_true", help="one row per class x source")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser(
+        "gc", help="remove mask files no committed label set references (killed writers' leftovers)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument(
+        "--min-age-s",
+        type=float,
+        default=ORPHAN_MIN_AGE_S,
+        help="leave younger files alone: their writer may be about to commit them (default %(default)s)",
+    )
+    p.set_defaults(func=_cmd_gc)
 
     p = sub.add_parser("export", help="export harmonized labels")
     p.add_argument("format", choices=("abdomenatlas", "nnunet", "monai"))

@@ -6,11 +6,13 @@ Per case, in this order, so that a kill at any point leaves nothing half-written
 2. write its masks to the mask store under a fresh key (atomic file rename);
 3. write scan, label set, coverage, statistics and split decisions in ONE catalog transaction.
 
-A kill between 2 and 3 leaves an orphan mask file that no label set references; the next ingest removes
-it (``MaskStore.gc``). Re-ingesting the same files changes nothing: a case whose image and label have the
-size and modification time on record is skipped without reading, and one whose content hashes match is
-skipped after reading. A case whose label file changed gets a new ``original`` label set version; the
-old one stays.
+A kill between 2 and 3 leaves an orphan mask file that no label set references; ``workbench gc`` removes it
+once it is old enough that no writer can still be about to commit it
+(:meth:`storage.workspace.Workspace.collect_garbage`). An ingest never removes a published mask file: it
+cannot know whether a reviewer or a pseudo-label job beside it is about to commit one. Re-ingesting the same
+files changes nothing: a case whose image and label have the size and modification time on record is skipped
+without reading, and one whose content hashes match is skipped after reading. A case whose label file changed
+gets a new ``original`` label set version; the old one stays.
 
 Bad input (see ``harmonize.errors.HarmonizeError``) skips that case with one clear message; the rest of
 the ingest goes on and the summary lists what was skipped.
@@ -119,7 +121,7 @@ def ingest(
     protocol = get_protocol(source_id)
     root = Path(root).resolve()
     cases = find_cases(protocol, root)
-    known, hashes, mask_keys = ws.catalog.begin_ingest(
+    known, hashes = ws.catalog.begin_ingest(
         protocol.id,
         protocol.name,
         protocol.protocol_version,
@@ -128,7 +130,7 @@ def ingest(
         protocol.layout.kind,
         protocol.reference,
     )
-    ws.masks.gc(keep=mask_keys)  # orphans of a killed ingest
+    ws.masks.gc()  # temp files of dead writers; published mask files are `workbench gc`'s business
     summary = IngestSummary(protocol.id, found=len(cases))
     for case in tqdm(cases, desc=f"ingest {protocol.id}", unit="scan", disable=not progress):
         outcome = _ingest_case(ws, protocol, case, summary, known, hashes)

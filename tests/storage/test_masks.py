@@ -494,15 +494,15 @@ def test_gc_removes_only_abandoned_temp_files(store: MaskStore) -> None:
     assert store.keys() == ["ls-keep"]
 
 
-def test_gc_with_keep_removes_orphan_label_sets(store: MaskStore) -> None:
-    for key in ["ls-1", "ls-2", "ls-3", "ls-4"]:
+def test_gc_never_removes_published_label_sets(store: MaskStore) -> None:
+    for key in ["ls-1", "ls-2"]:
         store.write_label_set(key, {"a": np.ones((2, 2, 2), bool)}, (2, 2, 2))
-    removed = store.gc(keep={"ls-1", "ls-3", "ls-not-stored"})
-    assert removed == sorted([store.path("ls-2"), store.path("ls-4")])
-    assert store.keys() == ["ls-1", "ls-3"]
-    assert store.gc(keep={"ls-1", "ls-3"}) == []
+    dead = store.root / f"{masks_mod.TMP_PREFIX}999999999.{masks_mod._HOST}.abc.ls-3.masks"
+    dead.write_bytes(b"partial")
+    assert store.gc(dry_run=True) == [dead] and dead.exists()  # a dry run lists and keeps
+    assert store.gc() == [dead] and not dead.exists()
     assert store.gc() == []
-    assert store.keys() == ["ls-1", "ls-3"]
+    assert store.keys() == ["ls-1", "ls-2"]
 
 
 @pytest.mark.parametrize("offset", [(0, 0, 0), (3, 1, 2), (9, 10, 5)])

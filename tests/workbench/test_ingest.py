@@ -210,7 +210,27 @@ def test_a_killed_ingest_leaves_no_half_scan_and_resumes(tmp_path: Path) -> None
     summary = ingest(ws, "kits23", data, progress=False)
     assert len(summary.unchanged) == 2 and len(summary.added) == 2
     assert ws.catalog.counts()["scan"] == 4
-    assert set(ws.masks.keys()) == ws.catalog.mask_keys()  # the orphan was collected
+    orphans = set(ws.masks.keys()) - ws.catalog.mask_keys()
+    assert len(orphans) == 1  # an ingest never removes a published mask file
+    assert ws.collect_garbage() == []  # younger than ORPHAN_MIN_AGE_S: a writer may be about to commit it
+    assert ws.collect_garbage(min_age_s=0, dry_run=True) == [ws.masks.path(k) for k in orphans]
+    assert ws.collect_garbage(min_age_s=0) == [ws.masks.path(k) for k in orphans]
+    assert set(ws.masks.keys()) == ws.catalog.mask_keys()
+
+
+def test_an_ingest_leaves_other_writers_mask_files_alone(tmp_path: Path) -> None:
+    """A reviewer's correction or a pseudo-label job publishes its mask file before its catalog row; an
+    ingest running meanwhile (or one after a catalog was moved aside) must not delete that file."""
+    import numpy as np
+
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0,))
+    ws = Workspace.open(tmp_path / "ws")
+    pending = "ls-" + "7" * 20
+    ws.masks.write_label_set(pending, {"liver": np.ones((2, 2, 2), bool)}, (2, 2, 2))
+    ingest(ws, "kits23", data, progress=False)
+    ingest(ws, "kits23", data, progress=False)
+    assert pending in set(ws.masks.keys())
 
 
 def test_a_changed_label_file_after_pseudo_labels_gets_the_next_free_version(tmp_path: Path) -> None:

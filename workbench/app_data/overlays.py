@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from harmonize.geometry import bbox
 from harmonize.taxonomy import class_color
+from storage.maps import uncertainty_map_path
 from storage.workspace import Workspace
 from workbench.app_data.viewer import (
     MIN_DISPLAY_PX,
@@ -25,7 +26,6 @@ from workbench.app_data.viewer import (
     pixel_mm,
     view_plane,
 )
-from storage.maps import uncertainty_map_path
 
 
 def slice_image(
@@ -200,8 +200,8 @@ def uncertainty_slice_hint(
 ) -> int | None:
     """The slice a queue item opens on: the most uncertain slice of its run's entropy map.
 
-    The uncertainty signals hold no voxel position (see ``workbench.pseudolabel.uncertainty.SIGNAL_KEYS``: scalar
-    statistics only), so the map itself gives the hint.
+    The uncertainty signals hold no voxel position (see ``workbench.pseudolabel.uncertainty.SIGNAL_KEYS``:
+    scalar statistics only), so the map itself gives the hint.
 
     Args:
         entropy: (x, y, z) entropy map in display order

@@ -31,13 +31,11 @@ from workbench.pseudolabel.jobs import JobOptions, ScanJob, ScanResult, plan_job
 from workbench.pseudolabel.postprocess import RULE_NAMES, RULES, PostprocessResult, postprocess
 from workbench.pseudolabel.ray import RayExecutor, pseudolabel_ray
 from workbench.pseudolabel.run import (
-    ORPHAN_MIN_AGE_S,
     Executor,
     LocalExecutor,
     PseudolabelSummary,
     finish_run,
     pseudolabel,
-    remove_orphan_masks,
     run_jobs,
     start_run,
     write_scan_result,
@@ -45,7 +43,6 @@ from workbench.pseudolabel.run import (
 from workbench.pseudolabel.segmenter import Segmenter, resolve_device
 
 __all__ = [
-    "ORPHAN_MIN_AGE_S",
     "RULES",
     "RULE_NAMES",
     "THRESHOLD",
@@ -67,7 +64,6 @@ __all__ = [
     "predict_lowres",
     "pseudolabel",
     "pseudolabel_ray",
-    "remove_orphan_masks",
     "resolve_device",
     "run_jobs",
     "run_scan_job",

@@ -1,17 +1,17 @@
 """``workbench pseudolabel``: the driver of a pseudo-label job, and what it writes.
 
-:func:`run_jobs` is the ONE driver loop, whatever runs the scans: it collects orphans of killed jobs,
-plans the jobs from the catalog (resume: a scan already done by the same checkpoint is skipped), records
-the ``run`` row and computes the catalog's reference statistics once, then hands the jobs to an
-:class:`Executor` (:class:`LocalExecutor` in this process, ``workbench.pseudolabel.ray.RayExecutor`` on a
-Ray cluster) and writes each result as it arrives. :func:`pseudolabel` is the single-machine job.
+:func:`run_jobs` is the ONE driver loop, whatever runs the scans: it plans the jobs from the catalog (resume:
+a scan already done by the same checkpoint is skipped), records the ``run`` row and computes the catalog's
+reference statistics once, then hands the jobs to an :class:`Executor` (:class:`LocalExecutor` in this
+process, ``workbench.pseudolabel.ray.RayExecutor`` on a Ray cluster) and writes each result as it arrives.
+:func:`pseudolabel` is the single-machine job.
 
 Writing (:func:`write_scan_result`) follows ingest: masks to the mask store (atomic), then label set +
-coverage + statistics + split decisions in ONE catalog transaction (the version is allocated there), then
-the scan's uncertainty map and rows in one more. A kill leaves at worst an orphan mask file (removed by a
-later run, :func:`remove_orphan_masks`) or a label set without uncertainty (completed by a later run
-without writing a second label set). A scan whose file vanished or is unreadable gets one line in the
-summary; nothing of it is written.
+coverage + statistics + split decisions in ONE catalog transaction (the version is allocated there), then the
+scan's uncertainty map and rows in one more. A kill leaves at worst an orphan mask file (removed on request by
+``workbench gc``, never by a later run) or a label set without uncertainty (completed by a later run without
+writing a second label set). A scan whose file vanished or is unreadable gets one line in the summary; nothing
+of it is written.
 """
 
 from __future__ import annotations
@@ -42,10 +42,7 @@ from workbench.pseudolabel.uncertainty import (
     uncertainty_rows,
 )
 
-#: Orphan pseudo-label mask files (a kill between mask and catalog write) younger than this are left
-#: alone: another job may be about to commit them.
-ORPHAN_MIN_AGE_S = 900.0
-#: Prefix of the label set ids (and mask keys) this job writes; only such orphans are collected.
+#: Prefix of the label set ids (and mask keys) this job writes.
 MASK_KEY_PREFIX = "ls-"
 
 
@@ -98,35 +95,6 @@ def write_scan_result(ws: Workspace, result: ScanResult, run_id: str, seg: Segme
         rows = uncertainty_rows(job.scan_id, run_id, ls_id, result.signals, ws.catalog.annotated_counts())
         store_uncertainty(ws, rows)
     return ls_id
-
-
-def remove_orphan_masks(ws: Workspace, min_age_s: float | None = None) -> list[Path]:
-    """Remove pseudo-label mask files no label set references, and dead writers' temp files.
-
-    Args:
-        ws: the workspace.
-        min_age_s: only files at least this old (default :data:`ORPHAN_MIN_AGE_S`; younger ones may
-            belong to a write in progress).
-
-    Returns:
-        The removed paths.
-    """
-    min_age = ORPHAN_MIN_AGE_S if min_age_s is None else min_age_s
-    removed = ws.masks.gc()
-    known = ws.catalog.mask_keys()
-    now = time.time()
-    for key in ws.masks.keys():  # noqa: SIM118 (a MaskStore is not a mapping)
-        if key in known or not key.startswith(MASK_KEY_PREFIX):
-            continue
-        path = ws.masks.path(key)
-        try:
-            age = now - path.stat().st_mtime
-        except FileNotFoundError:
-            continue
-        # Re-check the catalog just before deleting: the writer may have committed meanwhile.
-        if age >= min_age and key not in ws.catalog.mask_keys() and ws.masks.delete(key):
-            removed.append(path)
-    return removed
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -302,7 +270,6 @@ def run_jobs(
     Raises:
         HarmonizeError: unknown scan ids.
     """
-    remove_orphan_masks(ws)
     jobs, skipped = plan_jobs(
         ws, seg, scans=scans, sources=sources, all_classes=all_classes, uncertainty=options.uncertainty
     )

@@ -1,4 +1,4 @@
-"""Queue scores and reasons from uncertainty signals, run statistics and rescore (``workbench.pseudolabel.scoring``)."""
+"""Queue scores and reasons from uncertainty signals and run statistics; rescore (``pseudolabel.scoring``)."""
 
 from __future__ import annotations
 
