@@ -5,11 +5,11 @@ Setup (all synthetic and seeded; every step is the product's own code):
 * a phantom corpus written in the native conventions of six sources, ingested: two that annotate most
   organs (TotalSegmentator, AMOS22), so that every organ is taught by some source, and four that annotate
   one organ and its tumour (KiTS23, LiTS, MSD pancreas, MSD spleen), so that most of their scan x class
-  items are NOT annotated; a held-out split (``workbench.evaluation.held_out_split``) is chosen once;
+  items are NOT annotated; a held-out split (``workbench.learning.split.held_out_split``) is chosen once;
 * round 1, shared by both arms: a small model (``small_unet``; a vocabulary of 12 organs and 2 tumours,
   ``CLASSES``) is trained from scratch on the partial labels, evaluated on the held-out scans, and
   PSEUDO-LABELS every class the training scans lack, with uncertainty signals, which builds the review
-  queue (``workbench.rounds.run_round``);
+  queue (``workbench.learning.rounds.run_round``);
 * the workspace is then copied twice. In each copy ``--rounds`` more rounds run, each one: the simulated
   expert (``SimulatedExpert``: accepts a pseudo-label whose Dice against the phantom truth is >= 0.9,
   otherwise replaces it by the truth; cost 1 per item) reviews ``--budget`` items, (a) in the order of our
@@ -20,8 +20,9 @@ Setup (all synthetic and seeded; every step is the product's own code):
 After each round it prints, for both arms, the training set's LABEL QUALITY (mean Dice against the truth
 over ALL scan x class items of the training scans for the vocabulary's classes: original, revised and
 pseudo; an empty label where the truth is empty counts as Dice 1), the number of items still wrong
-(Dice < 0.9), and the model's HELD-OUT mean Dice (MONAI metrics, ``workbench.evaluation``). Target: our
-queue reaches random selection's final label quality with at most half of random's total review budget.
+(Dice < 0.9), and the model's HELD-OUT mean Dice (MONAI metrics, ``workbench.learning.evaluation``).
+Target: our queue reaches random selection's final label quality with at most half of random's total
+review budget.
 
     python benchmarks/bench_active_learning.py                     # ~20 min on 2 CPU cores
     python benchmarks/bench_active_learning.py --scans 24 --rounds 3 --budget 10 --steps 40
@@ -43,10 +44,11 @@ from harmonize.phantoms import write_native
 from harmonize.protocols import get_protocol
 from storage.workspace import Workspace
 from workbench.ingest import ingest
+from workbench.learning.metrics import dice
+from workbench.learning.rounds import run_round, tiny_config, training_entries
+from workbench.learning.simulated_expert import PhantomSpec, PhantomTruth, SimulatedExpert
+from workbench.learning.vocabularies import embed
 from workbench.model.train import TrainConfig
-from workbench.modeling import embed
-from workbench.rounds import run_round, tiny_config, training_entries
-from workbench.simulated_expert import PhantomSpec, PhantomTruth, SimulatedExpert, dice
 
 SOURCES = ("totalsegmentator", "amos22", "kits23", "lits", "msd_pancreas", "msd_spleen")
 #: The model's vocabulary: the organs a small CPU model can learn at 5 mm in minutes, and two tumours.
@@ -97,8 +99,8 @@ def build_corpus(root: Path, n_scans: int) -> tuple[Workspace, dict[str, Phantom
         summary = ingest(ws, source, root / "data" / source, progress=False)
         if summary.skipped:
             raise RuntimeError(f"ingest skipped {summary.skipped}")
-    scans = ws.catalog.query("SELECT id, source_id, case_id FROM scan")
-    return ws, {str(r.id): specs_by_case[(str(r.source_id), str(r.case_id))] for r in scans.itertuples()}
+    scans = {(source, cid): ws.catalog.scan_by_case(source, cid) for source, cid in specs_by_case}
+    return ws, {str(row["id"]): specs_by_case[key] for key, row in scans.items() if row is not None}
 
 
 def label_quality(

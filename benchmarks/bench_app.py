@@ -47,7 +47,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -85,28 +84,22 @@ def add_real_case(ws: Workspace, folder: Path) -> str:
 def fill_queue(ws: Workspace, first_scan: str) -> int:
     ls = ws.catalog.label_sets()[["scan_id", "id"]]
     rng = np.random.default_rng(1)
-    rows: dict[str, list[Any]] = {
-        "scan_id": [],
-        "class_name": [],
-        "run_id": [],
-        "label_set_id": [],
-        "score": [],
-        "signals": [],
-        "reasons": [],
-    }
+    rows: list[dict[str, Any]] = []
     for scan_id, ls_id in ls.itertuples(index=False):
         for name in ("liver", "spleen", "kidney_left"):
-            rows["scan_id"].append(scan_id)
-            rows["class_name"].append(name)
-            rows["run_id"].append("run-bench")
-            rows["label_set_id"].append(ls_id)
-            rows["score"].append(2.0 if scan_id == first_scan and name == "liver" else float(rng.random()))
-            rows["signals"].append(json.dumps({"entropy": 0.1}))
-            rows["reasons"].append(["high_entropy"] if rng.random() < 0.5 else ["volume_outlier"])
-    with ws.catalog.transaction() as con:
-        con.register("u_in", pa.table(rows))
-        con.execute("INSERT INTO uncertainty SELECT * FROM u_in")
-    return len(rows["score"])
+            rows.append(
+                {
+                    "scan_id": scan_id,
+                    "class_name": name,
+                    "run_id": "run-bench",
+                    "label_set_id": ls_id,
+                    "score": 2.0 if scan_id == first_scan and name == "liver" else float(rng.random()),
+                    "signals": {"entropy": 0.1},
+                    "reasons": ["high_entropy"] if rng.random() < 0.5 else ["volume_outlier"],
+                }
+            )
+    ws.catalog.add_uncertainty(rows)
+    return len(rows)
 
 
 def median_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]

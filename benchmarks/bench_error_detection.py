@@ -233,7 +233,8 @@ def main() -> None:
         if cls == "liver_tumor" and key not in injected:
             continue
         ls = r["label_set_id"]
-        mask_key = ws.catalog.query("SELECT mask_key FROM label_set WHERE id = ?", [ls])["mask_key"].iloc[0]
+        mask_key = ws.catalog.label_set_mask_key(ls)
+        assert mask_key is not None, ls
         pred = (
             ws.masks.read(mask_key, cls)
             if cls in ws.masks.names(mask_key)

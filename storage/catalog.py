@@ -16,7 +16,7 @@ Tables (schema version :data:`SCHEMA_VERSION`; ``docs/catalog.md`` describes eve
 * ``split_decision``: how each component of a merged left/right pair was assigned.
 * ``run``, ``text_vocabulary``, ``uncertainty``, ``review``: model runs, text embeddings, review signals
   and decisions (filled by later stages).
-* ``round``: one row per active-learning round (``workbench.rounds``).
+* ``round``: one row per active-learning round (``workbench.learning.rounds``).
 * ``ingest_issue``: files an ingest skipped, with the reason.
 
 Example:
@@ -866,14 +866,14 @@ class Catalog:
             "reasons": pa.array([list(r["reasons"]) for r in rows], pa.list_(pa.string())),
         }
 
-    def scan_geometry(self, scan_id: str) -> tuple[tuple[int, int, int], tuple[float, ...]] | None:
-        """The original grid of a scan on record.
+    def scan_grid(self, scan_id: str) -> tuple[tuple[int, int, int], tuple[float, ...]] | None:
+        """The original grid of one scan on record (:meth:`scan_geometry` of one id).
 
         Returns:
             ``(shape, affine)``: the (i, j, k) shape and the 16 entries of its voxel -> RAS+ mm affine
             (row-major); None when the scan is not in the catalog.
         """
-        df = self.query("SELECT shape, affine FROM scan WHERE id = ?", [scan_id])
+        df = self.scan_geometry([scan_id])
         if df.empty:
             return None
         i, j, k = (int(s) for s in df["shape"].iloc[0])
@@ -1136,6 +1136,124 @@ class Catalog:
 
     # -- learning: split, training rows, evaluation, rounds (workbench.learning) ---------------------
     # (named queries of the learning wing go here)
+    #: The columns of the ``round`` table, in the order :meth:`rounds` returns them.
+    ROUND_COLUMNS = (
+        "round_number",
+        "train_run_id",
+        "pseudolabel_run_id",
+        "evaluate_run_id",
+        "checkpoint_path",
+        "checkpoint_sha256",
+        "previous_checkpoint_sha256",
+        "reviewed",
+        "inputs",
+        "metrics",
+        "created_at",
+    )
+
+    def scan_sources(self) -> dict[str, str]:
+        """scan id -> source id of every scan in the catalog (what the held-out split stratifies by)."""
+        df = self.query("SELECT id, source_id FROM scan")
+        return dict(zip(df["id"].astype(str), df["source_id"].astype(str)))
+
+    def scan_geometry(self, scan_ids: Sequence[str]) -> pd.DataFrame:
+        """The grid of these scans.
+
+        Returns:
+            One row per known scan id, columns ``id, source_id, image_path, shape`` (3 ints), ``spacing``
+            (3 floats, mm) and ``affine`` (16 floats, row-major voxel -> RAS+ mm); unknown ids have no row.
+        """
+        return self.query(
+            "SELECT id, source_id, image_path, shape, spacing, affine FROM scan "
+            "WHERE id IN (SELECT unnest(?))",
+            [list(scan_ids)],
+        )
+
+    def label_set_mask_key(self, label_set_id: str) -> str | None:
+        """The mask-store key of a label set; None when there is no such label set."""
+        df = self.query("SELECT mask_key FROM label_set WHERE id = ?", [label_set_id])
+        return None if df.empty else str(df["mask_key"].iloc[0])
+
+    def run_pseudo_label_sets(self, run_id: str) -> pd.DataFrame:
+        """The ``pseudo`` label sets a run wrote, the newest one per scan.
+
+        Returns:
+            Columns ``id, scan_id, mask_key, shape`` (the scan's voxel shape); empty when the run wrote none.
+        """
+        return self.query(
+            """
+            SELECT l.id, l.scan_id, l.mask_key, s.shape FROM label_set l JOIN scan s ON s.id = l.scan_id
+            WHERE l.origin = 'pseudo' AND l.run_id = ?
+            QUALIFY row_number() OVER (PARTITION BY l.scan_id ORDER BY l.version DESC) = 1
+            """,
+            [run_id],
+        )
+
+    def pseudo_label_run_ids(self) -> list[str]:
+        """The run ids that wrote ``pseudo`` label sets, sorted."""
+        df = self.query("SELECT DISTINCT run_id FROM label_set WHERE origin = 'pseudo' ORDER BY 1")
+        return [str(r) for r in df["run_id"]]
+
+    def latest_uncertainty_run(self) -> str | None:
+        """The newest (by start time) ``pseudolabel`` run that wrote uncertainty rows; None when none did."""
+        df = self.query(
+            "SELECT id FROM run WHERE kind = 'pseudolabel' AND id IN (SELECT run_id FROM uncertainty) "
+            "ORDER BY started_at DESC LIMIT 1"
+        )
+        return None if df.empty else str(df["id"].iloc[0])
+
+    def rounds(self) -> pd.DataFrame:
+        """Every active-learning round, oldest first.
+
+        Returns:
+            Columns ``round_number, train_run_id, pseudolabel_run_id, evaluate_run_id, checkpoint_path,
+            checkpoint_sha256, previous_checkpoint_sha256, reviewed, inputs, metrics, created_at``
+            (``inputs`` and ``metrics`` as JSON text).
+        """
+        return self.query(f"SELECT {', '.join(self.ROUND_COLUMNS)} FROM round ORDER BY round_number")
+
+    def latest_round(self) -> dict[str, Any] | None:
+        """The row of the newest round (columns as :meth:`rounds`); None before the first round."""
+        df = self.query(
+            f"SELECT {', '.join(self.ROUND_COLUMNS)} FROM round ORDER BY round_number DESC LIMIT 1"
+        )
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def add_round(
+        self,
+        *,
+        round_number: int,
+        train_run_id: str,
+        pseudolabel_run_id: str | None,
+        evaluate_run_id: str | None,
+        checkpoint_path: str,
+        checkpoint_sha256: str,
+        previous_checkpoint_sha256: str | None,
+        reviewed: int,
+        inputs: dict[str, Any],
+        metrics: dict[str, Any],
+    ) -> None:
+        """Record one active-learning round (``inputs`` and ``metrics`` stored as JSON, values that are not
+        JSON as ``str``; ``created_at`` is now). A round number that exists already is refused."""
+        values = [
+            int(round_number),
+            train_run_id,
+            pseudolabel_run_id,
+            evaluate_run_id,
+            str(checkpoint_path),
+            checkpoint_sha256,
+            previous_checkpoint_sha256,
+            int(reviewed),
+            json.dumps(inputs, default=str),
+            json.dumps(metrics, default=str),
+            utc_now(),
+        ]
+        with self.transaction() as con:
+            con.execute(
+                f"INSERT INTO round ({', '.join(self.ROUND_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(self.ROUND_COLUMNS))})",
+                values,
+            )
 
     # -- exports, training sets and the app's dashboards (workbench.export, workbench.app_data) ------
     # (named queries of the export and app wings go here)

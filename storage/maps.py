@@ -94,7 +94,7 @@ def load_uncertainty_map(
         entropy, affine = z["entropy"], z["affine"]
     if not on_original_grid:
         return entropy, affine
-    geometry = ws.catalog.scan_geometry(scan_id)
+    geometry = ws.catalog.scan_grid(scan_id)
     if geometry is None:
         raise HarmonizeError(path, f"scan {scan_id} is not in the catalog")
     shape, flat = geometry

@@ -225,8 +225,9 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (run_id, scan_id, class_name)
     );
     """,
-    # v5: one row per active-learning round (workbench.rounds): its runs, checkpoint, inputs (training-set
-    # composition by label origin, review counts) and metrics (the held-out evaluation summary) as JSON.
+    # v5: one row per active-learning round (workbench.learning.rounds): its runs, checkpoint, inputs
+    # (training-set composition by label origin, review counts) and metrics (the held-out evaluation
+    # summary) as JSON.
     5: """
     CREATE TABLE round (
         round_number INTEGER PRIMARY KEY,

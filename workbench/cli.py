@@ -136,14 +136,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_round(args: argparse.Namespace) -> int:
-    from workbench.rounds import run_round, tiny_config
+    from workbench.learning.rounds import run_round, tiny_config
 
     ws = Workspace.open(args.workspace)
     reviewer = None
     truth = None
     if args.simulated_expert:
         from workbench.demo import demo_truth_specs
-        from workbench.simulated_expert import PhantomTruth, SimulatedExpert
+        from workbench.learning.simulated_expert import PhantomTruth, SimulatedExpert
 
         provider = PhantomTruth(ws, demo_truth_specs(ws))
         reviewer = SimulatedExpert(ws, provider, budget=args.budget, image=provider.image)
@@ -200,7 +200,7 @@ def _cmd_queue(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from workbench.evaluation import evaluate
+    from workbench.learning.evaluation import evaluate
 
     ws = Workspace.open(args.workspace)
     result = evaluate(
@@ -218,7 +218,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from workbench.modeling import embed, import_release_vocabulary
+    from workbench.learning.vocabularies import embed, import_release_vocabulary
 
     ws = Workspace.open(args.workspace)
     if args.import_release:
@@ -242,9 +242,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from workbench.learning.catalog_training import train_from_catalog
     from workbench.model.train import TrainConfig
     from workbench.model.transforms import PipelineConfig
-    from workbench.modeling import train_from_catalog
 
     ws = Workspace.open(args.workspace)
     config = TrainConfig(
@@ -258,7 +258,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         grad_clip=args.grad_clip,
         lr_schedule=args.lr_schedule,
     )
-    out = args.out or str(ws.root / "models" / "latest")
+    out = args.out or str(ws.models / "latest")
     run_id, result = train_from_catalog(
         ws,
         out,

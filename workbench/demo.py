@@ -87,7 +87,7 @@ def write_demo_data(root: Path, cases_per_source: int = 3, progress: bool = True
 
 def demo_truth_specs(ws: Workspace) -> dict[str, Any]:
     """Scan id -> ``PhantomSpec`` of every demo scan in the catalog (from ``demo_data/phantoms.json``)."""
-    from workbench.simulated_expert import PhantomSpec
+    from workbench.learning.simulated_expert import PhantomSpec
 
     path = ws.demo_data / PHANTOMS_JSON
     if not path.exists():
@@ -124,11 +124,11 @@ def run_demo_round(
     """
     import dataclasses
 
+    from workbench.learning.rounds import run_round, tiny_config
+    from workbench.learning.simulated_expert import PhantomTruth, SimulatedExpert
+    from workbench.learning.vocabularies import embed
     from workbench.model.network import SMALL_UNET_FEATURES
-    from workbench.modeling import embed
     from workbench.review import format_queue, rank
-    from workbench.rounds import run_round, tiny_config
-    from workbench.simulated_expert import PhantomTruth, SimulatedExpert
 
     t0 = time.perf_counter()
     vocab, _ = embed(ws, encoder="minilm")

@@ -59,8 +59,8 @@ def test_a_map_is_resampled_onto_the_original_grid(tmp_path: Path) -> None:
     )
     label_set = LabelSetRecord("ls-1", "src:case", None, "original", "ls-1")
     ws.catalog.add_label_set(label_set, {}, [], scan=scan)
-    assert ws.catalog.scan_geometry("src:case") == ((20, 16, 12), tuple(float(v) for v in orig.ravel()))
-    assert ws.catalog.scan_geometry("src:none") is None
+    assert ws.catalog.scan_grid("src:case") == ((20, 16, 12), tuple(float(v) for v in orig.ravel()))
+    assert ws.catalog.scan_grid("src:none") is None
     low = np.diag([8.0, 8.0, 8.0, 1.0])
     low[:3, 3] = (0.0, 0.0, -10.0)
     entropy = np.zeros((6, 5, 4), np.float16)

@@ -118,8 +118,8 @@ def test_train_with_a_two_class_vocabulary_records_its_schedule_and_clip(
     assert code == 0, err
     assert "2 steps" in out
     from storage.workspace import Workspace
+    from workbench.learning.vocabularies import load_vocabulary
     from workbench.model.checkpoint import load_checkpoint
-    from workbench.modeling import load_vocabulary
 
     workspace = Workspace.open(ws)
     run = workspace.catalog.query("SELECT config FROM run WHERE kind = 'train'")

@@ -15,13 +15,8 @@ from harmonize.phantoms import write_native
 from harmonize.protocols import get_protocol
 from harmonize.taxonomy import class_names
 from storage.workspace import Workspace
-from workbench.evaluation import held_out_split, training_scan_ids
 from workbench.ingest import ingest
-from workbench.model.text import TextVocabulary
-from workbench.modeling import store_vocabulary
-from workbench.pseudolabel import pseudolabel
-from workbench.review import rank
-from workbench.rounds import (
+from workbench.learning.rounds import (
     learning_curves,
     rounds,
     run_round,
@@ -30,7 +25,12 @@ from workbench.rounds import (
     training_inputs,
     training_queue,
 )
-from workbench.simulated_expert import PhantomSpec, PhantomTruth, SimulatedExpert
+from workbench.learning.simulated_expert import PhantomSpec, PhantomTruth, SimulatedExpert
+from workbench.learning.split import held_out_split, training_scan_ids
+from workbench.learning.vocabularies import store_vocabulary
+from workbench.model.text import TextVocabulary
+from workbench.pseudolabel import pseudolabel
+from workbench.review import rank
 from workbench.training_set import TrainingEntry
 
 SPEC = {"shape": (40, 36, 24), "spacing": (4.0, 4.0, 5.0)}

@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,36 +41,25 @@ import pandas as pd
 from nibabel import orientations as nio
 
 from harmonize.errors import HarmonizeError
+from harmonize.geometry import GRID_TOLERANCE_MM, grid_difference_mm
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
 from harmonize.phantoms import Phantom, make_phantom
 from harmonize.taxonomy import class_names
+from storage.files import safe_name
 from storage.masks import MaskStore
 from storage.workspace import Workspace
 from workbench import review
-from workbench.evaluation import ScanTruth
+from workbench.learning.metrics import ScanTruth, dice
 
 #: (scan id, class name) -> (i, j, k) bool truth mask on the scan's grid (all False when absent).
 TruthProvider = Callable[[str, str], np.ndarray]
 
 DEFAULT_REVIEWER = "simulated expert"
 DEFAULT_ACCEPT_DICE = 0.95
-#: World positions of the regenerated phantom and the scan's grid may differ by this much (mm): DICOM
-#: writes positions as decimal strings.
-GRID_TOLERANCE_MM = 0.05
 
 
 class BudgetExhausted(RuntimeError):
     """The next item would cost more than the budget that is left."""
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool masks of one shape; 1.0 when both are empty."""
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 # ----------------------------------------------------------------------------------------- truth
@@ -125,7 +113,8 @@ def to_scan_grid(
         affine: (4, 4) voxel -> RAS+ mm of ``array``.
         scan_affine / scan_shape: the target grid.
         where: names the scan in errors.
-        tolerance_mm: largest allowed difference between the moved affine and ``scan_affine``.
+        tolerance_mm: largest allowed difference between the moved affine and ``scan_affine`` (default
+            the one grid tolerance of :mod:`harmonize.geometry`).
 
     Returns:
         The array reoriented to ``scan_shape`` (a view where possible).
@@ -141,12 +130,32 @@ def to_scan_grid(
     shape = tuple(int(s) for s in scan_shape)
     if moved.shape != shape:
         raise HarmonizeError(where, f"truth grid {moved.shape} does not match the scan's shape {shape}")
-    diff = float(np.abs(moved_affine - dst).max())
+    diff = grid_difference_mm(moved_affine, dst)
     if diff > tolerance_mm:
         raise HarmonizeError(
             where, f"truth grid is {diff:.3g} mm off the scan's affine (tolerance {tolerance_mm} mm)"
         )
     return moved
+
+
+def _scan_grid(ws: Workspace, scan_id: str) -> dict[str, Any]:
+    """One scan's grid from the catalog.
+
+    Args:
+        ws: the workspace.
+        scan_id: the scan.
+
+    Returns:
+        The row of :meth:`storage.catalog.Catalog.scan_geometry`: ``id, source_id, image_path, shape,
+        spacing, affine`` (16 floats, row-major).
+
+    Raises:
+        HarmonizeError: the catalog has no such scan.
+    """
+    df = ws.catalog.scan_geometry([scan_id])
+    if df.empty:
+        raise HarmonizeError(ws.catalog.path, f"no scan {scan_id!r} in the catalog")
+    return df.iloc[0].to_dict()
 
 
 class PhantomTruth:
@@ -171,9 +180,9 @@ class PhantomTruth:
             return self._cache[scan_id]
         if scan_id not in self.specs:
             raise HarmonizeError(self.ws.catalog.path, f"no phantom spec for scan {scan_id!r}")
-        row = review.scan_row(self.ws, scan_id)
+        row = _scan_grid(self.ws, scan_id)
         shape = tuple(int(s) for s in row["shape"])
-        aff = review.scan_affine(row)
+        aff = np.asarray(list(row["affine"]), dtype=np.float64).reshape(4, 4)
         phantom = self.specs[scan_id].make()
         where = str(row["image_path"])
         masks = {
@@ -203,7 +212,7 @@ class PhantomTruth:
         """The phantom's complete truth as an evaluation truth: all 32 classes annotated (present where the
         phantom has them), on the scan's grid, with the scan's source and spacing."""
         masks, ct = self._load(scan_id)
-        row = review.scan_row(self.ws, scan_id)
+        row = _scan_grid(self.ws, scan_id)
         return ScanTruth(
             scan_id=scan_id,
             source_id=str(row["source_id"]),
@@ -212,9 +221,6 @@ class PhantomTruth:
             masks=dict(masks),
             shape=tuple(int(s) for s in ct.shape),  # type: ignore[arg-type]
         )
-
-
-_KEY_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class StoredTruth:
@@ -233,7 +239,7 @@ class StoredTruth:
         """The store key of a scan: readable prefix plus a hash (scan ids hold ':' and may collide once
         sanitised)."""
         digest = hashlib.sha1(scan_id.encode()).hexdigest()[:12]
-        return f"truth-{_KEY_SAFE.sub('_', scan_id)[:120]}-{digest}"
+        return f"truth-{safe_name(scan_id)[:120]}-{digest}"
 
     def write(self, scan_id: str, masks: Mapping[str, np.ndarray], shape: Sequence[int]) -> None:
         """Store a scan's truth (present classes -> (i, j, k) bool masks of ``shape``); replaces it."""
@@ -325,14 +331,14 @@ class SimulatedExpert:
 
     def _judged_mask(self, label_set_id: str, class_name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The label set's mask of the class; None when the label set does not annotate it."""
-        row = self.ws.catalog.query("SELECT mask_key FROM label_set WHERE id = ?", [label_set_id])
-        if row.empty:
+        mask_key = self.ws.catalog.label_set_mask_key(label_set_id)
+        if mask_key is None:
             raise HarmonizeError(self.ws.catalog.path, f"no label set {label_set_id!r} in the catalog")
         state = self.ws.catalog.coverage(label_set_id).get(class_name, NOT_ANNOTATED)
         if state == NOT_ANNOTATED:
             return None
         if state == ANNOTATED_PRESENT:
-            return np.asarray(self.ws.masks.read(str(row["mask_key"].iloc[0]), class_name), dtype=bool)
+            return np.asarray(self.ws.masks.read(mask_key, class_name), dtype=bool)
         return np.zeros(shape, dtype=bool)
 
     def review(self, scan_id: str, class_name: str, label_set_id: str) -> ReviewOutcome:
@@ -348,7 +354,7 @@ class SimulatedExpert:
                 f"an item costs {self.cost_per_item:g}"
             )
         truth = np.asarray(self.truth(scan_id, class_name), dtype=bool)
-        shape = tuple(int(s) for s in review.scan_row(self.ws, scan_id)["shape"])
+        shape = tuple(int(s) for s in _scan_grid(self.ws, scan_id)["shape"])
         if truth.shape != shape:
             raise HarmonizeError(
                 self.ws.catalog.path, f"truth of {scan_id} {class_name} has shape {truth.shape}, scan {shape}"

@@ -15,13 +15,13 @@ from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord, ScanRecord
 from storage.workspace import Workspace
 from workbench import review
-from workbench.simulated_expert import (
+from workbench.learning.metrics import dice
+from workbench.learning.simulated_expert import (
     BudgetExhausted,
     PhantomSpec,
     PhantomTruth,
     SimulatedExpert,
     StoredTruth,
-    dice,
     to_scan_grid,
 )
 from workbench.training_set import assemble_training_set
