@@ -564,17 +564,13 @@ class Catalog:
         """
         keys = "c.class_name, s.source_id" if by_source else "c.class_name"
         sql = f"""
-            WITH cur AS (
-                SELECT arg_max(id, version) AS label_set_id, scan_id
-                FROM label_set WHERE origin = 'original' GROUP BY scan_id
-            )
             SELECT {keys},
                 count(*) FILTER (WHERE c.state <> 'not_annotated') AS annotated,
                 count(*) FILTER (WHERE c.state = 'annotated_present') AS present,
                 count(*) FILTER (WHERE c.state = 'annotated_absent') AS absent,
                 count(*) FILTER (WHERE c.state = 'not_annotated') AS not_annotated
             FROM class_coverage c
-            JOIN cur USING (label_set_id)
+            JOIN current_original cur USING (label_set_id)
             JOIN scan s ON s.id = cur.scan_id
             GROUP BY {keys}
         """

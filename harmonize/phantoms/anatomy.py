@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from harmonize.geometry import bbox_slices
 from harmonize.taxonomy import CLASSES, PAIRS, class_by_name
 from harmonize.volume import Volume
 
@@ -358,23 +359,11 @@ def _spine(cv: _Canvas) -> tuple[np.ndarray, np.ndarray]:
     return cortex & ~marrow, marrow
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Index slices of the bounding box of ``mask``; None when empty."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)  # type: ignore[return-value]
-
-
 def _place_blob(
     cv: _Canvas, room: np.ndarray, rng: np.random.Generator, max_radius_mm: float, min_fraction: float = 0.45
 ) -> np.ndarray | None:
     """A round blob inside ``room`` (bool, full grid): centred on a deep voxel, clipped to ``room``."""
-    sl = _bbox(room)
+    sl = bbox_slices(room)
     if sl is None:
         return None
     crop = room[sl]
@@ -399,7 +388,7 @@ def _place_blob(
 
 def _hepatic_vessels(cv: _Canvas, liver: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """A small tree of thin tubes from the liver hilum to random deep liver points, clipped to the liver."""
-    sl = _bbox(liver)
+    sl = bbox_slices(liver)
     if sl is None:
         return None
     depth = ndimage.distance_transform_edt(liver[sl], sampling=cv.spacing)
@@ -612,7 +601,7 @@ def _render_ct(
     for femur in ("femur_left", "femur_right"):
         if femur in masks:
             # Cortical rim brighter than the cancellous head.
-            sl = _bbox(masks[femur])
+            sl = bbox_slices(masks[femur])
             if sl is not None:
                 head = masks[femur][sl]
                 hu[sl][head & ~ndimage.binary_erosion(head)] = TISSUE_HU["spine_cortex"]
