@@ -152,3 +152,20 @@ def test_train_config_checks_the_patch_against_the_backbone(backbone: str, patch
     else:
         with pytest.raises(ValueError, match=f"does not fit the {backbone} backbone"):
             make()
+
+
+def test_gc_lists_then_removes_only_old_unreferenced_masks(tmp_path: Path) -> None:
+    import numpy as np
+
+    from storage.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    ws.masks.write_label_set("ls-orphan", {"liver": np.ones((2, 2, 2), bool)}, (2, 2, 2))
+    path = ws.masks.path("ls-orphan")
+    code, out, _ = _run("--workspace", str(ws.root), "gc", "--dry-run")
+    assert code == 0 and "would remove 0 file(s)" in out  # too young by default
+    code, out, _ = _run("--workspace", str(ws.root), "gc", "--dry-run", "--min-age-s", "0")
+    assert code == 0 and f"would remove {path}" in out and path.exists()
+    code, out, _ = _run("--workspace", str(ws.root), "gc", "--min-age-s", "0")
+    assert code == 0 and f"removed {path}" in out and "removed 1 file(s)" in out
+    assert not path.exists()
