@@ -6,10 +6,13 @@ Example:
     >>> build_synthetic_catalog(cat, 50)
     >>> cat.counts()["scan"], cat.counts()["class_coverage"]
     (50, 1600)
+    >>> synthetic_scan("kits23:case_1", shape=(8, 8, 4)).spacing
+    (1.0, 1.0, 1.0)
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +20,51 @@ import numpy as np
 import pyarrow as pa
 
 from harmonize.taxonomy import class_names
-from storage.catalog import Catalog, utc_now
+from storage.catalog import Catalog, ScanRecord, utc_now
+
+
+def synthetic_scan(
+    scan_id: str,
+    *,
+    shape: Sequence[int] = (4, 4, 4),
+    affine: np.ndarray | None = None,
+    axcodes: str = "RAS",
+    hu_range: tuple[float, float] | None = (-1000.0, 1000.0),
+) -> ScanRecord:
+    """A :class:`ScanRecord` of scan ``scan_id`` (``<source>:<case>``) with no file behind it.
+
+    Args:
+        scan_id: the catalog id; source and case are its two parts.
+        shape: (i, j, k) voxels.
+        affine: (4, 4) voxel -> RAS+ mm (default identity); the spacing is its column norms.
+        axcodes: the orientation codes recorded with it.
+        hu_range: ``(hu_min, hu_max)`` or None.
+
+    Returns:
+        The record; its image hash is derived from ``scan_id``, so distinct ids never collide.
+    """
+    source, _, case = scan_id.partition(":")
+    a = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    sx, sy, sz = (float(v) for v in np.linalg.norm(a[:3, :3], axis=0))
+    i, j, k = (int(v) for v in shape)
+    return ScanRecord(
+        id=scan_id,
+        source_id=source,
+        case_id=case,
+        image_path=f"/synthetic/{source}/{case}.nii.gz",
+        label_path=f"/synthetic/{source}/{case}_seg.nii.gz",
+        image_sha256=hashlib.sha256(scan_id.encode()).hexdigest(),
+        image_bytes=1,
+        image_mtime=0.0,
+        shape=(i, j, k),
+        spacing=(sx, sy, sz),
+        axcodes=axcodes,
+        affine=tuple(float(v) for v in a.ravel()),
+        hu_min=None if hu_range is None else float(hu_range[0]),
+        hu_max=None if hu_range is None else float(hu_range[1]),
+        image_format="nifti",
+        series_uid_sha1=None,
+    )
 
 
 def build_synthetic_catalog(cat: Catalog, n_scans: int, seed: int = 0, n_sources: int = 20) -> None:

@@ -12,29 +12,13 @@ import pytest
 
 from harmonize.taxonomy import class_names
 from storage.catalog import SCHEMA_VERSION, Catalog, CatalogBusy, CatalogError, LabelSetRecord, ScanRecord
+from storage.synthetic import synthetic_scan
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _scan(i: int, source: str = "kits23") -> ScanRecord:
-    return ScanRecord(
-        id=f"{source}:case_{i:05d}",
-        source_id=source,
-        case_id=f"case_{i:05d}",
-        image_path=f"/d/{i}.nii.gz",
-        label_path=f"/d/{i}_seg.nii.gz",
-        image_sha256=f"{source}{i:060d}",
-        image_bytes=1,
-        image_mtime=0.0,
-        shape=(4, 4, 4),
-        spacing=(1.0, 1.0, 1.0),
-        axcodes="RAS",
-        affine=tuple(float(v) for v in range(16)),
-        hu_min=-1000.0,
-        hu_max=1000.0,
-        image_format="nifti",
-        series_uid_sha1=None,
-    )
+    return synthetic_scan(f"{source}:case_{i:05d}")
 
 
 def _coverage(present: set[str], annotated: set[str]) -> dict[str, str]:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from harmonize.errors import HarmonizeError
-from storage.catalog import LabelSetRecord, ScanRecord
+from storage.catalog import LabelSetRecord
 from storage.maps import load_uncertainty_map, uncertainty_map_path, write_uncertainty_map
+from storage.synthetic import synthetic_scan
 from storage.workspace import Workspace
 
 
@@ -39,24 +40,7 @@ def test_a_map_is_resampled_onto_the_original_grid(tmp_path: Path) -> None:
     ws = Workspace.open(tmp_path / "ws")
     # An LPS scan of 2 mm voxels; the map lies on a RAS grid of 8 mm voxels over the same region.
     orig = np.array([[-2.0, 0, 0, 38.0], [0, -2.0, 0, 30.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
-    scan = ScanRecord(
-        id="src:case",
-        source_id="src",
-        case_id="case",
-        image_path="/d/ct.nii.gz",
-        label_path="/d/seg.nii.gz",
-        image_sha256="0" * 64,
-        image_bytes=1,
-        image_mtime=0.0,
-        shape=(20, 16, 12),
-        spacing=(2.0, 2.0, 2.0),
-        axcodes="LPS",
-        affine=tuple(float(v) for v in orig.ravel()),
-        hu_min=-1000.0,
-        hu_max=1000.0,
-        image_format="nifti",
-        series_uid_sha1=None,
-    )
+    scan = synthetic_scan("src:case", shape=(20, 16, 12), affine=orig, axcodes="LPS")
     label_set = LabelSetRecord("ls-1", "src:case", None, "original", "ls-1")
     ws.catalog.add_label_set(label_set, {}, [], scan=scan)
     assert ws.catalog.scan_grid("src:case") == ((20, 16, 12), tuple(float(v) for v in orig.ravel()))

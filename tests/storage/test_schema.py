@@ -11,27 +11,11 @@ import pytest
 from harmonize.taxonomy import class_names
 from storage.catalog import Catalog, LabelSetRecord, ScanRecord, utc_now
 from storage.schema import MIGRATIONS, ORIGIN_PRIORITY, SCHEMA_VERSION
+from storage.synthetic import synthetic_scan
 
 
 def _scan(i: int) -> ScanRecord:
-    return ScanRecord(
-        id=f"src:case_{i}",
-        source_id="src",
-        case_id=f"case_{i}",
-        image_path=f"/d/{i}.nii.gz",
-        label_path=f"/d/{i}_seg.nii.gz",
-        image_sha256=f"{i:064d}",
-        image_bytes=1,
-        image_mtime=0.0,
-        shape=(4, 4, 4),
-        spacing=(1.0, 1.0, 1.0),
-        axcodes="RAS",
-        affine=tuple(float(v) for v in range(16)),
-        hu_min=None,
-        hu_max=None,
-        image_format="nifti",
-        series_uid_sha1=None,
-    )
+    return synthetic_scan(f"src:case_{i}", hu_range=None)
 
 
 def _label_set(

@@ -10,29 +10,13 @@ import numpy as np
 import pytest
 
 from harmonize.taxonomy import class_names
-from storage.catalog import LabelSetRecord, ScanRecord
+from storage.catalog import LabelSetRecord
+from storage.synthetic import synthetic_scan
 from storage.workspace import ORPHAN_MIN_AGE_S, Workspace
 
 
 def _commit(ws: Workspace, key: str) -> None:
-    scan = ScanRecord(
-        id="src:a",
-        source_id="src",
-        case_id="a",
-        image_path="/a.nii.gz",
-        label_path="/a_seg.nii.gz",
-        image_sha256="0" * 64,
-        image_bytes=1,
-        image_mtime=0.0,
-        shape=(2, 2, 2),
-        spacing=(1.0, 1.0, 1.0),
-        axcodes="RAS",
-        affine=tuple(float(v) for v in np.eye(4).ravel()),
-        hu_min=None,
-        hu_max=None,
-        image_format="nifti",
-        series_uid_sha1=None,
-    )
+    scan = synthetic_scan("src:a", shape=(2, 2, 2), hu_range=None)
     record = LabelSetRecord(id=key, scan_id=scan.id, version=None, origin="original", mask_key=key)
     ws.catalog.add_label_set(record, {n: "not_annotated" for n in class_names()}, [], scan=scan)
 

@@ -12,7 +12,8 @@ import pytest
 from harmonize.phantoms import make_phantom, write_native
 from harmonize.protocols import get_protocol
 from harmonize.taxonomy import class_names
-from storage.catalog import LabelSetRecord, ScanRecord
+from storage.catalog import LabelSetRecord
+from storage.synthetic import synthetic_scan
 from storage.workspace import Workspace
 from workbench.ingest import ingest
 from workbench.model.text import TextVocabulary
@@ -57,24 +58,7 @@ def _add_scan(
     ws.masks.write_label_set(ls_id, {n: m for n, m in masks.items() if m.any()}, SHAPE)
     cov = {n: NOT_ANN for n in class_names()}
     cov.update({n: PRESENT if n in masks and masks[n].any() else ABSENT for n in annotated})
-    scan = ScanRecord(
-        id=scan_id,
-        source_id=source,
-        case_id=case,
-        image_path=f"/data/{source}/{case}.nii.gz",
-        label_path=f"/data/{source}/{case}_seg.nii.gz",
-        image_sha256=f"sha-{scan_id}",
-        image_bytes=1,
-        image_mtime=0.0,
-        shape=SHAPE,
-        spacing=SPACING,
-        axcodes="RAS",
-        affine=tuple(float(v) for v in affine.ravel()),
-        hu_min=-1000.0,
-        hu_max=1000.0,
-        image_format="nifti",
-        series_uid_sha1=None,
-    )
+    scan = synthetic_scan(scan_id, shape=SHAPE, affine=affine)
     record = LabelSetRecord(id=ls_id, scan_id=scan_id, version=1, origin="original", mask_key=ls_id)
     ws.catalog.add_label_set(record, cov, [], scan=scan)
     return scan_id

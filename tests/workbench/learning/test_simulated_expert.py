@@ -12,7 +12,8 @@ from harmonize.errors import HarmonizeError
 from harmonize.phantoms import write_native
 from harmonize.protocols import get_protocol
 from harmonize.taxonomy import class_names
-from storage.catalog import LabelSetRecord, ScanRecord
+from storage.catalog import LabelSetRecord
+from storage.synthetic import synthetic_scan
 from storage.workspace import Workspace
 from workbench import review
 from workbench.learning.metrics import dice
@@ -51,24 +52,7 @@ def add_scan(ws: Workspace, case: str) -> str:
     ws.masks.write_label_set(ls_id, {"liver": TRUTH["liver"]}, SHAPE)
     cov = {n: NOT_ANN for n in class_names()}
     cov["liver"] = PRESENT
-    scan = ScanRecord(
-        id=scan_id,
-        source_id="src",
-        case_id=case,
-        image_path=f"/data/{case}.nii.gz",
-        label_path=f"/data/{case}_seg.nii.gz",
-        image_sha256=f"sha-{case}",
-        image_bytes=1,
-        image_mtime=0.0,
-        shape=SHAPE,
-        spacing=(1.0, 1.0, 2.0),
-        axcodes="RAS",
-        affine=tuple(float(v) for v in np.diag([1.0, 1.0, 2.0, 1.0]).ravel()),
-        hu_min=-1000.0,
-        hu_max=1000.0,
-        image_format="nifti",
-        series_uid_sha1=None,
-    )
+    scan = synthetic_scan(scan_id, shape=SHAPE, affine=np.diag([1.0, 1.0, 2.0, 1.0]))
     ws.catalog.add_label_set(
         LabelSetRecord(id=ls_id, scan_id=scan_id, version=1, origin="original", mask_key=ls_id),
         cov,
