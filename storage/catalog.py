@@ -549,8 +549,40 @@ class Catalog:
         return None if df.empty else df.iloc[0].to_dict()
 
     def coverage(self, label_set_id: str) -> dict[str, str]:
-        df = self.query("SELECT class_name, state FROM class_coverage WHERE label_set_id = ?", [label_set_id])
-        return dict(zip(df["class_name"], df["state"]))
+        """class name -> coverage state of one label set (:meth:`coverages` of one id)."""
+        return self.coverages([label_set_id]).get(label_set_id, {})
+
+    def coverages(self, label_set_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The coverage of several label sets in one query.
+
+        Returns:
+            label set id -> class name -> state; a label set without coverage rows is missing.
+        """
+        df = self.query(
+            "SELECT label_set_id, class_name, state FROM class_coverage "
+            "WHERE label_set_id IN (SELECT unnest(?))",
+            [list(label_set_ids)],
+        )
+        out: dict[str, dict[str, str]] = {}
+        for ls_id, name, state in df.itertuples(index=False):
+            out.setdefault(str(ls_id), {})[str(name)] = str(state)
+        return out
+
+    @staticmethod
+    def _in_filters(filters: Sequence[tuple[str, Sequence[Any] | None]]) -> tuple[list[str], list[Any]]:
+        """``column IN (...)`` conditions for every ``(column, values)`` pair whose values are given (None
+        or empty: no filter on that column), and their parameters (one list per column)."""
+        parts, params = [], []
+        for column, values in filters:
+            if values:
+                parts.append(f"{column} IN (SELECT unnest(?))")
+                params.append(list(values))
+        return parts, params
+
+    @staticmethod
+    def _where(conditions: Sequence[str]) -> str:
+        """``WHERE a AND b ...``, or ``""`` without conditions."""
+        return "WHERE " + " AND ".join(conditions) if conditions else ""
 
     def mask_keys(self) -> set[str]:
         return set(self.query("SELECT mask_key FROM label_set")["mask_key"])
@@ -691,20 +723,14 @@ class Catalog:
             DataFrame in scan id order with columns ``id, image_path, shape, affine`` (the scan's) and
             ``orig_id, orig_key`` (id and mask key of its newest ``original`` label set; None without one).
         """
-        where, params = [], []
-        if scans:
-            where.append("s.id IN (SELECT unnest(?))")
-            params.append(list(scans))
-        if sources:
-            where.append("s.source_id IN (SELECT unnest(?))")
-            params.append(list(sources))
+        conditions, params = self._in_filters([("s.id", scans), ("s.source_id", sources)])
         return self.query(
             f"""
             SELECT s.id, s.image_path, s.shape, s.affine, o.id AS orig_id, o.mask_key AS orig_key
             FROM scan s
             LEFT JOIN current_original c ON c.scan_id = s.id
             LEFT JOIN label_set o ON o.id = c.label_set_id
-            {"WHERE " + " AND ".join(where) if where else ""}
+            {self._where(conditions)}
             ORDER BY s.id
             """,
             params,
@@ -734,22 +760,6 @@ class Catalog:
         out: dict[str, list[tuple[str, int]]] = {}
         for r in df.to_dict("records"):
             out.setdefault(str(r["scan_id"]), []).append((str(r["id"]), int(r["n_unc"])))
-        return out
-
-    def coverage_of(self, label_set_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """The coverage of several label sets at once.
-
-        Returns:
-            label set id -> class name -> state (label sets without rows are absent).
-        """
-        df = self.query(
-            "SELECT label_set_id, class_name, state FROM class_coverage "
-            "WHERE label_set_id IN (SELECT unnest(?))",
-            [list(label_set_ids)],
-        )
-        out: dict[str, dict[str, str]] = {}
-        for r in df.to_dict("records"):
-            out.setdefault(str(r["label_set_id"]), {})[str(r["class_name"])] = str(r["state"])
         return out
 
     def centroids_of(self, label_set_ids: Sequence[str]) -> dict[str, dict[str, tuple[float, float, float]]]:
@@ -1047,14 +1057,7 @@ class Catalog:
             signals`` (JSON text), ``reasons`` (list of str), ``status`` (``pending`` or the decision),
             ``decided_by, decided_at, review_id``.
         """
-        where: list[str] = []
-        params: list[Any] = []
-        if classes:
-            where.append("u.class_name IN (SELECT unnest(?))")
-            params.append(list(classes))
-        if sources:
-            where.append("s.source_id IN (SELECT unnest(?))")
-            params.append(list(sources))
+        where, params = self._in_filters([("u.class_name", classes), ("s.source_id", sources)])
         if reasons:
             where.append("len(list_intersect(coalesce(u.reasons, []), ?)) > 0")
             params.append(list(reasons))
@@ -1084,7 +1087,7 @@ class Catalog:
             LEFT JOIN label_set l ON l.id = u.label_set_id
             LEFT JOIN newest d
               ON d.scan_id = u.scan_id AND d.class_name = u.class_name AND d.label_set_id = u.label_set_id
-            {"WHERE " + " AND ".join(where) if where else ""}
+            {self._where(where)}
             ORDER BY u.score DESC, u.scan_id, u.class_name, u.run_id
             {"LIMIT " + str(int(limit)) if limit is not None else ""}
         """
@@ -1253,21 +1256,6 @@ class Catalog:
 
     # -- exports, training sets and the app's dashboards (workbench.export, workbench.app_data) ------
     # (named queries of the export and app wings go here)
-    @staticmethod
-    def _where_in(filters: Sequence[tuple[str, Sequence[Any] | None]]) -> tuple[str, list[Any]]:
-        """A ``WHERE column IN (...) AND ...`` clause for every ``(column, values)`` pair whose values are
-        given (None or empty: no filter on that column), and its parameters (one list per column).
-
-        Returns:
-            ``(clause, params)``; ``clause`` is ``""`` when no filter is given.
-        """
-        parts, params = [], []
-        for column, values in filters:
-            if values:
-                parts.append(f"{column} IN (SELECT unnest(?))")
-                params.append(list(values))
-        return ("WHERE " + " AND ".join(parts) if parts else ""), params
-
     def current_original_label_sets(self, sources: Sequence[str] | None = None) -> pd.DataFrame:
         """Each scan's newest ``original`` label set (view ``current_original``) with the scan's files.
 
@@ -1278,32 +1266,16 @@ class Catalog:
             One row per scan, ordered by ``source_id, case_id``; columns ``scan_id, source_id, case_id,
             image_path, label_set_id, origin, version, mask_key``.
         """
-        where, params = self._where_in([("s.source_id", sources)])
+        conditions, params = self._in_filters([("s.source_id", sources)])
         sql = f"""
             SELECT s.id AS scan_id, s.source_id, s.case_id, s.image_path, l.id AS label_set_id, l.origin,
                    l.version, l.mask_key
             FROM scan s JOIN current_original cur ON cur.scan_id = s.id
             JOIN label_set l ON l.id = cur.label_set_id
-            {where}
+            {self._where(conditions)}
             ORDER BY s.source_id, s.case_id
         """
         return self.query(sql, params)
-
-    def coverages(self, label_set_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """The coverage of several label sets in one query.
-
-        Returns:
-            label set id -> class name -> state; a label set without coverage rows is missing.
-        """
-        df = self.query(
-            "SELECT label_set_id, class_name, state FROM class_coverage "
-            "WHERE label_set_id IN (SELECT unnest(?))",
-            [list(label_set_ids)],
-        )
-        out: dict[str, dict[str, str]] = {}
-        for ls_id, name, state in df.itertuples(index=False):
-            out.setdefault(str(ls_id), {})[str(name)] = str(state)
-        return out
 
     def training_rows(
         self,
@@ -1323,12 +1295,12 @@ class Catalog:
             One row per scan x known class, unordered; columns ``scan_id, source_id, image_path,
             class_name, state, label_set_id, mask_key, origin``.
         """
-        where, params = self._where_in([("s.source_id", sources), ("s.id", scan_ids)])
+        conditions, params = self._in_filters([("s.source_id", sources), ("s.id", scan_ids)])
         sql = f"""
             SELECT s.id AS scan_id, s.source_id, s.image_path, c.class_name, c.state, c.label_set_id,
                    c.mask_key, c.origin
             FROM current_label_of(?) c JOIN scan s ON s.id = c.scan_id
-            {where}
+            {self._where(conditions)}
         """
         return self.query(sql, [list(origins), *params])
 

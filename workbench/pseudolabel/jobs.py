@@ -167,7 +167,7 @@ def plan_jobs(
             raise HarmonizeError(ws.catalog.path, f"scans not in the catalog: {', '.join(missing)}")
     done_by_scan = ws.catalog.checkpoint_label_sets(seg.sha256)
     orig_ids = [x for x in rows["orig_id"].tolist() if isinstance(x, str)]
-    cov_by = ws.catalog.coverage_of(orig_ids)
+    cov_by = ws.catalog.coverages(orig_ids)
     cen_by = ws.catalog.centroids_of(orig_ids)
     jobs, skipped = [], []
     for r in rows.to_dict("records"):
