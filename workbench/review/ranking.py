@@ -18,13 +18,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import pandas as pd
 
 from storage.workspace import Workspace
-from workbench.pseudolabel.scoring import DEFAULT_LONG_TAIL_BOOST, add_run_statistics, assess
+from workbench.pseudolabel.scoring import DEFAULT_LONG_TAIL_BOOST, score_items
 from workbench.review.decisions import DECISIONS
 
 #: Queue status filter values: ``pending`` (no standing decision on that label set version), ``decided``
@@ -106,17 +105,10 @@ def rank(
         (dict), sorted by score (then scan, class).
     """
     df = ws.catalog.ranking_items(run_id, include_decided=include_decided)
-    counts = ws.catalog.annotated_counts()
-    records = df.to_dict("records")
-    for r in records:
-        r["signals"] = json.loads(r["signals"]) if r["signals"] else {}
-    add_run_statistics(records)
-    rows = []
-    for r in records:
-        signals = r["signals"]
-        score, reasons = assess(r["class_name"], signals, counts.get(r["class_name"], 0), long_tail_boost)
-        summary = r["class_name"] + (": " + "; ".join(reasons) if reasons else ": no specific finding")
-        rows.append({**r, "signals": signals, "score": score, "reasons": reasons, "summary": summary})
+    rows = score_items(df.to_dict("records"), ws.catalog.annotated_counts(), long_tail_boost)
+    for r in rows:
+        reasons = r["reasons"]
+        r["summary"] = r["class_name"] + (": " + "; ".join(reasons) if reasons else ": no specific finding")
     cols = ["scan_id", "class_name", "run_id", "label_set_id", "score", "reasons", "summary", "signals"]
     out = pd.DataFrame(rows, columns=cols)
     out = out.sort_values(["score", "scan_id", "class_name"], ascending=[False, True, True], kind="stable")
