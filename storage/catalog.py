@@ -1439,6 +1439,18 @@ class Catalog:
         """Returns: scan ids, sorted, at most ``limit``."""
         return [str(s) for s in self.query("SELECT id FROM scan ORDER BY id LIMIT ?", [limit])["id"]]
 
+    # -- reliability tools: backup, check, repair (storage.backup, storage.check) --------------------
+    # (named queries of the reliability tools go here)
+
+    # -- ingest and pseudo-label run hygiene (workbench.ingest, workbench.pseudolabel) --------------
+    # (named queries of ingest and run clean-up go here)
+
+    # -- exports and names (workbench.export) --------------------------------------------------------
+    # (named queries of the export wing for #11 go here)
+
+    # -- the app (workbench.app_pages, workbench.app_data) --------------------------------------------
+    # (named queries of the app for #11 go here)
+
 
 def _finite_or_none(x: float) -> float | None:
     x = float(x)
