@@ -126,6 +126,25 @@ class LabelSetRecord:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ReviewRecord:
+    """One reviewer decision (see the ``review`` table); ``id`` is allocated on creation.
+
+    Written alone by :meth:`Catalog.add_review`, or inside the label set transaction of
+    :meth:`Catalog.add_label_set` (a correction: the revised labels and their review row commit together).
+    """
+
+    scan_id: str
+    class_name: str
+    label_set_id: str
+    decision: str
+    comment: str
+    reviewer: str
+    result_label_set_id: str | None = None
+    undo_of: str | None = None
+    id: str = dataclasses.field(default_factory=lambda: "rv-" + uuid.uuid4().hex[:20])
+
+
 class Catalog:
     """The workspace's DuckDB catalog.
 
@@ -231,9 +250,11 @@ class Catalog:
         stats: Sequence[dict[str, Any]],
         splits: Sequence[dict[str, Any]] = (),
         scan: ScanRecord | None = None,
+        review: ReviewRecord | None = None,
     ) -> LabelSetRecord:
-        """Write a label set with its coverage, statistics and split decisions (and its scan, if new)
-        in ONE transaction: a reader sees all of it or none of it, also after a kill.
+        """Write a label set with its coverage, statistics and split decisions (and its scan, if new, and
+        the review row of a correction that produced it) in ONE transaction: a reader sees all of it or
+        none of it, also after a kill.
 
         With ``label_set.version=None`` the version is allocated here, inside the transaction (the
         scan's highest version + 1); when another writer takes the same number first (a reviewer's
@@ -245,7 +266,7 @@ class Catalog:
         allocate = label_set.version is None
         for attempt in range(_VERSION_RETRIES):
             try:
-                return self._insert_label_set(label_set, coverage, stats, splits, scan, allocate)
+                return self._insert_label_set(label_set, coverage, stats, splits, scan, review, allocate)
             except (duckdb.ConstraintException, duckdb.TransactionException) as e:
                 # A concurrent connection of this process surfaces the clash at COMMIT, another process
                 # at the INSERT; either way only an allocated version is worth another try.
@@ -261,6 +282,7 @@ class Catalog:
         stats: Sequence[dict[str, Any]],
         splits: Sequence[dict[str, Any]],
         scan: ScanRecord | None,
+        review: ReviewRecord | None,
         allocate: bool,
     ) -> LabelSetRecord:
         now = utc_now()
@@ -368,6 +390,8 @@ class Catalog:
                     "centroid_mm::DOUBLE[3], side, method, left_voxels, right_voxels, midline_x_mm FROM sp_in"
                 )
                 con.unregister("sp_in")
+            if review is not None:
+                self._insert_review(con, review)
         return ls
 
     def log_issue(self, source_id: str, path: str, problem: str) -> None:
@@ -994,25 +1018,38 @@ class Catalog:
         Returns:
             The new review id (``rv-`` + 20 hex digits).
         """
-        review_id = "rv-" + uuid.uuid4().hex[:20]
+        record = ReviewRecord(
+            scan_id,
+            class_name,
+            label_set_id,
+            decision,
+            comment,
+            reviewer,
+            result_label_set_id=result_label_set_id,
+            undo_of=undo_of,
+        )
         with self.transaction() as con:
-            con.execute(
-                "INSERT INTO review (id, scan_id, class_name, label_set_id, decision, comment, reviewer, "
-                "result_label_set_id, created_at, undo_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    review_id,
-                    scan_id,
-                    class_name,
-                    label_set_id,
-                    decision,
-                    comment,
-                    reviewer,
-                    result_label_set_id,
-                    utc_now(),
-                    undo_of,
-                ],
-            )
-        return review_id
+            self._insert_review(con, record)
+        return record.id
+
+    @staticmethod
+    def _insert_review(con: duckdb.DuckDBPyConnection, r: ReviewRecord) -> None:
+        con.execute(
+            "INSERT INTO review (id, scan_id, class_name, label_set_id, decision, comment, reviewer, "
+            "result_label_set_id, created_at, undo_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                r.id,
+                r.scan_id,
+                r.class_name,
+                r.label_set_id,
+                r.decision,
+                r.comment,
+                r.reviewer,
+                r.result_label_set_id,
+                utc_now(),
+                r.undo_of,
+            ],
+        )
 
     def reviews(self, scan_id: str | None = None, class_name: str | None = None) -> pd.DataFrame:
         """Review rows, newest first (``created_at``, then ``id``, descending).

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,7 @@ from harmonize.geometry import GRID_TOLERANCE_MM, grid_difference_mm, label_comp
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
 from harmonize.stats import class_stats
 from harmonize.taxonomy import class_by_name, class_names
-from storage.catalog import LabelSetRecord, new_label_set_id
+from storage.catalog import LabelSetRecord, ReviewRecord, new_label_set_id
 from storage.files import atomic_write_bytes
 from storage.workspace import Workspace
 from workbench.review.validation import (
@@ -69,10 +70,12 @@ def write_revised(
     author: str,
     note: str,
     image: np.ndarray | None,
+    review: ReviewRecord,
 ) -> str:
     """Write a revised label set: ``class_name`` = ``mask`` with ``state``; the base's other classes
     copied unless the base is pseudo. Masks first (atomic file), then one catalog transaction, which
-    allocates the scan's next version.
+    allocates the scan's next version and stores ``review`` (the decision that produced it) with it, so a
+    kill never leaves a correction without its review row or the other way round.
 
     Args:
         ws: the workspace.
@@ -119,7 +122,9 @@ def write_revised(
         notes=(note,),
     )
     try:
-        ws.catalog.add_label_set(record, coverage, stats)
+        ws.catalog.add_label_set(
+            record, coverage, stats, review=dataclasses.replace(review, result_label_set_id=ls_id)
+        )
     except BaseException:
         ws.masks.delete(ls_id)  # the catalog refused: leave no orphan mask file
         raise
@@ -180,11 +185,9 @@ def correct(
     base = label_set_row(ws, base_label_set_id, scan_id)
     state = ANNOTATED_PRESENT if mask.any() else ANNOTATED_ABSENT
     note = f"correction of {class_name} by {name} (base {base_label_set_id}, origin {base['origin']})"
-    ls_id = write_revised(ws, scan, base, class_name, mask, state, name, note, image)
-    review_id = ws.catalog.add_review(
-        scan_id, class_name, base_label_set_id, "corrected", text, name, result_label_set_id=ls_id
-    )
-    return Correction(review_id, ls_id)
+    review = ReviewRecord(scan_id, class_name, base_label_set_id, "corrected", text, name)
+    ls_id = write_revised(ws, scan, base, class_name, mask, state, name, note, image, review)
+    return Correction(review.id, ls_id)
 
 
 # ------------------------------------------------------------------------------------------ quick fixes

@@ -24,6 +24,7 @@ import pandas as pd
 
 from harmonize.errors import HarmonizeError
 from harmonize.harmonizer import ANNOTATED_PRESENT
+from storage.catalog import ReviewRecord
 from storage.workspace import Workspace
 from workbench.review.corrections import write_revised
 from workbench.review.validation import (
@@ -132,7 +133,6 @@ def undo(ws: Workspace, review_id: str, reviewer: str, comment: str | None = "")
     if bool(row["undone"]):
         raise HarmonizeError(ws.catalog.path, f"review {review_id} was already undone")
     scan_id, class_name, base_id = str(row["scan_id"]), str(row["class_name"]), str(row["label_set_id"])
-    result = None
     if row["decision"] == "corrected":
         produced = str(row["result_label_set_id"])
         if current_label_set(ws, scan_id, class_name) != produced:
@@ -158,7 +158,7 @@ def undo(ws: Workspace, review_id: str, reviewer: str, comment: str | None = "")
         )
         note = f"undo of correction {review_id} by {name}: {class_name} restored from {before['id']}"
         # Parent = the undone set, other classes copied from it: the history reads as one chain.
-        result = write_revised(ws, scan, produced_row, class_name, mask, state, name, note, None)
-    return ws.catalog.add_review(
-        scan_id, class_name, base_id, "undo", text, name, result_label_set_id=result, undo_of=review_id
-    )
+        undo_row = ReviewRecord(scan_id, class_name, base_id, "undo", text, name, undo_of=review_id)
+        write_revised(ws, scan, produced_row, class_name, mask, state, name, note, None, undo_row)
+        return undo_row.id
+    return ws.catalog.add_review(scan_id, class_name, base_id, "undo", text, name, undo_of=review_id)
