@@ -12,6 +12,8 @@ Example:
     '{\\n "cases": 2\\n}'
     >>> safe_name("kits23:case 00001")
     'kits23_case_00001'
+    >>> unique_name("case_1"), unique_name("case 1", key="kits23:case 1")
+    ('case_1', 'case_1-4f46fb0a')
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from typing import Any
 PARTIAL_PREFIX = ".partial-"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Hex digits of the SHA-256 that :func:`unique_name` appends to a name sanitising changed.
+NAME_DIGEST_LEN = 8
+#: The longest readable part of a :func:`unique_name` (file names end at 255 bytes; exports add suffixes).
+MAX_READABLE_LEN = 120
+_DIGEST_SUFFIX = re.compile(rf"-[0-9a-f]{{{NAME_DIGEST_LEN}}}$")
 
 
 @contextmanager
@@ -91,3 +98,49 @@ def safe_name(text: str, *, colon: str = "_") -> str:
         'case'
     """
     return _UNSAFE.sub("_", text.replace(":", colon)).strip("._") or "case"
+
+
+def name_digest(key: str) -> str:
+    """The short stable digest :func:`unique_name` appends: the first :data:`NAME_DIGEST_LEN` hex digits
+    of the SHA-256 of ``key`` (UTF-8).
+
+    Args:
+        key: the original identifier, e.g. a scan id ``kits23:case 1``.
+
+    Returns:
+        8 lowercase hex digits.
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:NAME_DIGEST_LEN]
+
+
+def unique_name(text: str, *, key: str | None = None, hashed: bool = False) -> str:
+    """The one collision-free, stable file name of an identifier.
+
+    ``text`` itself when :func:`safe_name` leaves it unchanged (and it is at most
+    :data:`MAX_READABLE_LEN` characters and does not already end like a digest); otherwise its sanitised
+    form (cut to :data:`MAX_READABLE_LEN`) plus ``-`` and :func:`name_digest` of ``key``. A plain name
+    never ends in ``-<8 hex>`` and a digested one always does, so two different identifiers get different
+    names (``case_1``, ``case 1`` and ``case(1)`` give three); the same identifier always gets the same
+    name.
+
+    Args:
+        text: the identifier to name a file or folder after (a case id, a scan id, a run id).
+        key: what the digest is taken of (default ``text``); pass the full scan id when ``text`` is only
+            its case part, so the digest tells scans of different sources apart.
+        hashed: append the digest even to a safe ``text`` (a caller that knows the plain form would be
+            ambiguous).
+
+    Returns:
+        The name: letters, digits, ``.``, ``_`` and ``-`` only, never empty, never ``.`` or ``..``.
+
+    Example:
+        >>> unique_name("case(1)", key="kits23:case(1)")
+        'case_1-33ab432a'
+        >>> unique_name("../..")
+        'case-0cfd1c96'
+    """
+    readable = safe_name(text)
+    plain = readable == text and len(text) <= MAX_READABLE_LEN and not _DIGEST_SUFFIX.search(text)
+    if plain and not hashed:
+        return text
+    return f"{readable[:MAX_READABLE_LEN]}-{name_digest(text if key is None else key)}"

@@ -89,6 +89,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from workbench.export import export_abdomenatlas, export_monai, export_nnunet
+    from workbench.export.skipped import skip_line
 
     ws = Workspace.open(args.workspace)
     origins = args.origin or ["revised", "original", "pseudo"]
@@ -116,8 +117,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         manifest = export_abdomenatlas(
             ws, args.out, sources=args.source, classes=args.classes, progress=not args.no_progress
         )
-    print(f"exported {len(manifest['cases'])} cases to {args.out} (manifest.json lists files and hashes)")
-    return 0
+    for entry in manifest["skipped"]:
+        print(skip_line(entry), file=sys.stderr)
+    n_skipped = len(manifest["skipped"])
+    note = f"; skipped {n_skipped} damaged case(s), listed there" if n_skipped else ""
+    n_cases = len(manifest["cases"])
+    print(f"exported {n_cases} cases to {args.out} (manifest.json lists files and hashes){note}")
+    return 1 if n_skipped else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

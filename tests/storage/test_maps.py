@@ -10,7 +10,13 @@ import pytest
 
 from harmonize.errors import HarmonizeError
 from storage.catalog import LabelSetRecord
-from storage.maps import load_uncertainty_map, uncertainty_map_path, write_uncertainty_map
+from storage.maps import (
+    legacy_map_path,
+    load_uncertainty_map,
+    map_file_path,
+    uncertainty_map_path,
+    write_uncertainty_map,
+)
 from storage.synthetic import synthetic_scan
 from storage.workspace import Workspace
 
@@ -55,3 +61,44 @@ def test_a_map_is_resampled_onto_the_original_grid(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got_affine, orig)
     # Voxel i lies at x = 38 - 2 i mm: x <= 16 (i >= 11) is hot, x >= 24 (i <= 7) is cold.
     assert float(got[11:].min()) == pytest.approx(0.5) and float(got[:8].max()) == 0.0
+
+
+def test_hostile_case_ids_get_one_map_each(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    scans = ["kits23:case 1", "kits23:case_1", "kits23:case(1)"]
+    for n, scan in enumerate(scans):
+        write_uncertainty_map(ws, "run-1", scan, np.full((2, 2, 2), n, np.float16), np.eye(4), ["liver"])
+    names = sorted(p.name for p in (ws.maps / "run-1").iterdir())
+    assert len(names) == 3 and "kits23__case_1.npz" in names
+    assert names == sorted(map_file_path(ws, "run-1", s).name for s in scans)
+    for n, scan in enumerate(scans):
+        got, _ = load_uncertainty_map(ws, "run-1", scan, on_original_grid=False)
+        assert float(got.max()) == n
+        with np.load(uncertainty_map_path(ws, "run-1", scan)) as z:
+            assert str(z["scan_id"]) == scan and str(z["run_id"]) == "run-1"
+
+
+def test_maps_written_under_the_old_name_are_still_found(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    scan = "kits23:case 1"
+    old = ws.maps / "run-1" / "kits23__case_1.npz"  # safe_name of the whole id, ':' -> '__'
+    assert legacy_map_path(ws, "run-1", scan) == old != map_file_path(ws, "run-1", scan)
+    old.parent.mkdir(parents=True)
+    ones = np.ones((2, 2, 2), np.float16)
+    np.savez_compressed(old, entropy=ones, affine=np.eye(4), classes=np.array(["x"]))
+    assert uncertainty_map_path(ws, "run-1", scan) == old
+    got, _ = load_uncertainty_map(ws, "run-1", scan, on_original_grid=False)
+    assert float(got.max()) == 1.0
+    # a new map goes under the unique name and wins from then on
+    new = write_uncertainty_map(ws, "run-1", scan, np.zeros((2, 2, 2), np.float16), np.eye(4), ["x"])
+    assert new == map_file_path(ws, "run-1", scan) == uncertainty_map_path(ws, "run-1", scan)
+    assert float(load_uncertainty_map(ws, "run-1", scan, on_original_grid=False)[0].max()) == 0.0
+
+
+def test_the_old_name_is_not_taken_when_it_holds_another_scans_map(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    # "kits23:case_1"'s new map has the old name of "kits23:case 1"; it names its scan, so it is not taken
+    write_uncertainty_map(ws, "run-1", "kits23:case_1", np.ones((2, 2, 2), np.float16), np.eye(4), ["x"])
+    assert not uncertainty_map_path(ws, "run-1", "kits23:case 1").is_file()
+    with pytest.raises(HarmonizeError, match="no uncertainty map"):
+        load_uncertainty_map(ws, "run-1", "kits23:case 1")

@@ -169,3 +169,18 @@ def test_gc_lists_then_removes_only_old_unreferenced_masks(tmp_path: Path) -> No
     code, out, _ = _run("--workspace", str(ws.root), "gc", "--min-age-s", "0")
     assert code == 0 and f"removed {path}" in out and "removed 1 file(s)" in out
     assert not path.exists()
+
+
+def test_export_skips_a_damaged_case_names_it_and_exits_1(demo_ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    scan = "btcv:demo000"
+    path = demo_ws.masks.path(demo_ws.catalog.latest_original(scan)["id"])
+    path.write_bytes(path.read_bytes()[:-10])
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(
+        "--workspace", str(demo_ws.root), "export", "nnunet", str(out), "--source", "btcv", "--no-progress"
+    )
+    assert code == 1
+    assert f"skipped {scan} (btcv_demo000): {path}: mask store file is truncated" in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["scan_id"] for s in manifest["skipped"]] == [scan]
+    assert f"exported {len(manifest['cases'])} cases" in stdout and "skipped 1 damaged case(s)" in stdout

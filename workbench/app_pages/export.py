@@ -84,3 +84,5 @@ if st.button("Export", key="x_go"):
                 f"Exported {len(manifest['cases'])} cases to `{out}` (manifest.json holds every file's "
                 "SHA-256)."
             )
+            if manifest["skipped"]:
+                st.warning(f"Skipped {len(manifest['skipped'])} damaged case(s); manifest.json names them.")

@@ -361,8 +361,8 @@ else:
 with st.expander("Edit in 3D Slicer or ITK-SNAP"):
     if st.button("Export this case", key="slicer_export"):
         with common.guarded():
-            out = ws.slicer / app_data.safe_name(scan_id)
-            files = review.export_case_for_slicer(ws, scan_id, out)
+            files = review.export_case_for_slicer(ws, scan_id)
+            out = files["ct.nii.gz"].parent
             st.success(f"Wrote {', '.join(files)} to `{out}`; edit labels.nii.gz and upload it below.")
     upload = st.file_uploader("Corrected label NIfTI", type=["nii", "gz"], key="slicer_upload")
     if upload is not None and st.button("Import the correction", key="slicer_import"):

@@ -16,7 +16,7 @@ from storage.files import file_sha256
 from workbench.export.abdomenatlas import export_abdomenatlas
 from workbench.export.labelmap import label_map, label_values, verify_manifest
 from workbench.export.monai_datalist import assign_folds, export_monai
-from workbench.export.nifti import ct_array, export_case_name, save_nifti, write_nifti
+from workbench.export.nifti import ct_array, export_case_name, save_nifti, scan_export_name, write_nifti
 from workbench.export.nnunet import export_nnunet
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "label_map",
     "label_values",
     "save_nifti",
+    "scan_export_name",
     "verify_manifest",
     "write_nifti",
 ]

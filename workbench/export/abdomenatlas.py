@@ -7,8 +7,11 @@ CT's grid (same shape and affine), one file for every class whose state is known
 lists every case with its scan, label set, origin and per-class state, and the SHA-256 of every file
 written, so an export can be checked and reproduced.
 
-Each case is written into a hidden temp folder and renamed into place, so an interrupted export never
-leaves a half-written case folder; re-running it rewrites what is missing.
+Each case is read completely first, then written into a hidden temp folder and renamed into place, so an
+interrupted export never leaves a half-written case folder; re-running it rewrites what is missing. A case
+that cannot be read (a damaged mask file, a missing CT) is skipped and listed under ``"skipped"`` in the
+manifest (:mod:`workbench.export.skipped`); the rest is written. Case folders are named by
+:func:`~workbench.export.nifti.scan_export_name` (unique per scan; each manifest case names its scan).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from harmonize.errors import HarmonizeError
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT
 from harmonize.readers import read_volume
 from harmonize.taxonomy import class_names
+from harmonize.volume import Volume
 from storage.files import PARTIAL_PREFIX, atomic_write_json, file_sha256
 from storage.workspace import Workspace
-from workbench.export.nifti import ct_array, export_case_name, save_nifti
+from workbench.export.nifti import case_names, ct_array, save_nifti
+from workbench.export.skipped import READ_ERRORS, remove_stale, skipped_case
 
 
 def export_abdomenatlas(
@@ -48,7 +53,8 @@ def export_abdomenatlas(
         progress: show a tqdm bar.
 
     Returns:
-        The manifest (also written to ``out/manifest.json``).
+        The manifest (also written to ``out/manifest.json``), with ``"skipped"``: the cases that could not
+        be read.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,28 +64,54 @@ def export_abdomenatlas(
         raise KeyError(f"unknown classes {unknown}")
     rows = ws.catalog.current_original_label_sets(sources).to_dict("records")
     states = ws.catalog.coverages([r["label_set_id"] for r in rows])
-    manifest: dict[str, Any] = {"format": "abdomenatlas", "classes": wanted, "cases": []}
+    names = case_names([r["scan_id"] for r in rows], out)
+    manifest: dict[str, Any] = {"format": "abdomenatlas", "classes": wanted, "cases": [], "skipped": []}
     for row in tqdm(rows, desc="export abdomenatlas", unit="scan", disable=not progress):
-        case_dir = out / export_case_name(row["source_id"], row["case_id"])
-        manifest["cases"].append(_export_case(ws, row, states.get(row["label_set_id"], {}), wanted, case_dir))
+        case_dir = out / names[row["scan_id"]]
+        case_states = states.get(row["label_set_id"], {})
+        try:
+            image, masks = _read_case(ws, row, case_states, wanted)
+        except READ_ERRORS as exc:
+            manifest["skipped"].append(skipped_case(row["scan_id"], case_dir.name, exc))
+            remove_stale([case_dir])
+            continue
+        manifest["cases"].append(_write_case(row, case_states, wanted, image, masks, case_dir))
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 
-def _export_case(
-    ws: Workspace, row: dict[str, Any], states: dict[str, str], wanted: list[str], case_dir: Path
-) -> dict[str, Any]:
+def _read_case(
+    ws: Workspace, row: dict[str, Any], states: dict[str, str], wanted: list[str]
+) -> tuple[Volume, dict[str, np.ndarray]]:
+    """The CT and the present masks of one case, read before anything of it is written."""
     image_path = Path(row["image_path"])
     if not image_path.exists():
         raise HarmonizeError(image_path, f"image of scan {row['scan_id']} is no longer there")
     image = read_volume(image_path, kind="image")
+    present = [n for n in wanted if states.get(n) == ANNOTATED_PRESENT]
+    masks = ws.masks.read_many(row["mask_key"], present) if present else {}
+    for name, mask in masks.items():
+        if mask.shape != image.shape:
+            raise HarmonizeError(
+                ws.masks.path(row["mask_key"]), f"mask of {name} has shape {mask.shape}, CT has {image.shape}"
+            )
+    return image, masks
+
+
+def _write_case(
+    row: dict[str, Any],
+    states: dict[str, str],
+    wanted: list[str],
+    image: Volume,
+    masks: dict[str, np.ndarray],
+    case_dir: Path,
+) -> dict[str, Any]:
+    """Write one case into a hidden temp folder and rename it into place; its manifest entry."""
     tmp = case_dir.parent / f"{PARTIAL_PREFIX}{case_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "segmentations").mkdir(parents=True)
     save_nifti(ct_array(image.array), image.affine, tmp / "ct.nii.gz")
     known = [n for n in wanted if states.get(n) in (ANNOTATED_PRESENT, ANNOTATED_ABSENT)]
-    present = [n for n in known if states[n] == ANNOTATED_PRESENT]
-    masks = ws.masks.read_many(row["mask_key"], present) if present else {}
     files = {"ct.nii.gz": file_sha256(tmp / "ct.nii.gz")}
     for name in known:
         mask = masks[name].astype(np.uint8) if name in masks else np.zeros(image.shape, np.uint8)

@@ -24,7 +24,10 @@ where integral, and ``labelsTr/<case>.nii.gz`` (uint8) on the CT's own grid; ``d
 ``datalist.json`` (MONAI); ``manifest.json`` with the export parameters, each case's scan, per-class label
 set and origin, and the SHA-256 of every file, so an export can be checked (:func:`verify_manifest`) and
 reproduced. Each file is written to a hidden temp name and renamed into place, the label after its image,
-so an interrupted export never leaves a half-written file; re-running it rewrites everything.
+so an interrupted export never leaves a half-written file; re-running it rewrites everything. A case
+that cannot be read (a damaged mask file, a missing CT) is skipped and listed under ``"skipped"``
+(:mod:`workbench.export.skipped`); the rest is written. Case names are
+:func:`~workbench.export.nifti.scan_export_name` (unique per scan, mapped back in the manifest).
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from tqdm import tqdm
 from harmonize.errors import HarmonizeError
 from harmonize.readers import read_volume
 from harmonize.taxonomy import class_names, paint_order
+from harmonize.volume import Volume
 from storage.files import atomic_write_json, file_sha256
 from storage.schema import ORIGIN_PRIORITY
 from storage.workspace import Workspace
-from workbench.export.nifti import ct_array, export_case_name, write_nifti
+from workbench.export.nifti import case_names, ct_array, write_nifti
+from workbench.export.skipped import READ_ERRORS, remove_stale, skipped_case
 from workbench.training_set import TrainingEntry, assemble_training_set
 
 #: ``on_progress(done, total, case)``: the app's progress bar.
@@ -127,8 +132,13 @@ def write_cases(
     desc: str,
     progress: bool,
     on_progress: ProgressFn | None,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Write every entry's CT into ``out/imagesTr`` and its label map into ``out/labelsTr``.
+
+    Each case is read completely (CT and masks) before its files are written; a case that cannot be read
+    (:data:`workbench.export.skipped.READ_ERRORS`: a missing or unreadable CT, a damaged mask file, a
+    mask off the CT's grid) is skipped, files an earlier export left under its names are removed, and the
+    rest is written.
 
     Args:
         entries: the scans (:func:`training_entries`).
@@ -139,24 +149,31 @@ def write_cases(
         on_progress: called ``(done, total, case)`` before each case and once at the end.
 
     Returns:
-        One manifest case per entry: ``case, scan_id, source, image, label, annotated, present,
-        complete, label_sets, origins, sha256`` (paths relative to ``out``).
+        ``(cases, skipped)``: one manifest case per written entry (``case, scan_id, source, image, label,
+        annotated, present, complete, label_sets, origins, sha256``, paths relative to ``out``), and one
+        :func:`~workbench.export.skipped.skipped_case` per skipped entry.
+
+    Raises:
+        HarmonizeError: two scans would get the same case name (never with
+            :func:`~workbench.export.nifti.scan_export_name`; a guard against overwriting).
     """
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     exported = [n for n in values if n not in (BACKGROUND, IGNORE)]
-    cases = []
+    names = case_names([e.scan_id for e in entries], out)
+    cases, skipped = [], []
     for n, e in enumerate(tqdm(entries, desc=desc, unit="scan", disable=not progress)):
-        case = _case_name(e)
+        case = names[e.scan_id]
         if on_progress is not None:
             on_progress(n, len(entries), case)
-        path = Path(e.image_path)
-        if not path.exists():
-            raise HarmonizeError(path, f"image of scan {e.scan_id} is no longer there")
-        image = read_volume(path, kind="image")
         img_rel, lab_rel = f"imagesTr/{image_name(case)}", f"labelsTr/{case}.nii.gz"
+        try:
+            image, labels = _read_case(e, values)
+        except READ_ERRORS as exc:
+            skipped.append(skipped_case(e.scan_id, case, exc))
+            remove_stale([out / img_rel, out / lab_rel])
+            continue
         sha_img = write_nifti(ct_array(image.array), image.affine, out / img_rel)
-        labels = label_map(e, values, image.shape)
         sha_lab = write_nifti(labels, image.affine, out / lab_rel)
         known = [c for c in exported if c in e.annotated]
         cases.append(
@@ -176,13 +193,16 @@ def write_cases(
         )
     if on_progress is not None:
         on_progress(len(entries), len(entries), "")
-    return cases
+    return cases, skipped
 
 
-def _case_name(entry: TrainingEntry) -> str:
-    """``<source>_<case>`` of an entry; the case is the scan id after ``<source>:``."""
-    case = entry.scan_id.split(":", 1)[1] if ":" in entry.scan_id else entry.scan_id
-    return export_case_name(entry.source_id, case)
+def _read_case(entry: TrainingEntry, values: dict[str, int]) -> tuple[Volume, np.ndarray]:
+    """The CT and the label map of one entry, read before anything of the case is written."""
+    path = Path(entry.image_path)
+    if not path.exists():
+        raise HarmonizeError(path, f"image of scan {entry.scan_id} is no longer there")
+    image = read_volume(path, kind="image")
+    return image, label_map(entry, values, image.shape)
 
 
 def write_json(obj: Any, path: Path) -> str:
@@ -222,6 +242,7 @@ def build_manifest(
     values: dict[str, int],
     cases: list[dict[str, Any]],
     extra: dict[str, str],
+    skipped: list[dict[str, str]],
 ) -> dict[str, Any]:
     """The ``manifest.json`` of a label-map export.
 
@@ -229,12 +250,13 @@ def build_manifest(
         fmt: ``nnunet_v2`` or ``monai_datalist``.
         params: :func:`export_parameters`.
         values: :func:`label_values`.
-        cases: :func:`write_cases`.
+        cases: :func:`write_cases` (each maps its ``case`` name back to its ``scan_id``).
         extra: further files written (relative path -> SHA-256), e.g. ``dataset.json``.
+        skipped: the skipped cases of :func:`write_cases`.
 
     Returns:
-        ``format, parameters, labels, partial_labels, overlap_priority, cases`` and ``sha256`` (every
-        file's hash, sorted by path).
+        ``format, parameters, labels, partial_labels, overlap_priority, cases, skipped`` and ``sha256``
+        (every file's hash, sorted by path).
     """
     files = {k: v for c in cases for k, v in c["sha256"].items()}
     files.update(extra)
@@ -246,6 +268,7 @@ def build_manifest(
         "every exported class",
         "overlap_priority": "organs/vessels < structures inside organs < tumours and cysts (later wins)",
         "cases": cases,
+        "skipped": skipped,
         "sha256": dict(sorted(files.items())),
     }
 

@@ -90,12 +90,15 @@ def export_monai(
         seed: the fold shuffle's seed.
 
     Returns:
-        The manifest (also ``out/manifest.json``).
+        The manifest (also ``out/manifest.json``); cases that could not be read are left out of the
+        datalist and listed under ``"skipped"``.
     """
     out = Path(out)
     entries, wanted = training_entries(ws, sources, classes, origins)
     values = label_values(wanted)
-    cases = write_cases(entries, values, out, lambda c: f"{c}.nii.gz", "export monai", progress, on_progress)
+    cases, skipped = write_cases(
+        entries, values, out, lambda c: f"{c}.nii.gz", "export monai", progress, on_progress
+    )
     folds = assign_folds(cases, n_folds, seed)
     datalist = {
         "description": "CT curation workbench export; ignore_label marks voxels of unknown classes",
@@ -117,7 +120,7 @@ def export_monai(
     }
     extra = {"datalist.json": write_json(datalist, out / "datalist.json")}
     params = export_parameters(sources, wanted, origins, n_folds=n_folds, seed=seed)
-    manifest = build_manifest("monai_datalist", params, values, cases, extra)
+    manifest = build_manifest("monai_datalist", params, values, cases, extra, skipped)
     for c in cases:
         c["fold"] = folds[c["scan_id"]]
     write_json(manifest, out / "manifest.json")

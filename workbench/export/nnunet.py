@@ -44,12 +44,13 @@ def export_nnunet(
         progress: tqdm bar on stderr; on_progress: called ``(done, total, case)`` (the app's bar).
 
     Returns:
-        The manifest (also ``out/manifest.json``).
+        The manifest (also ``out/manifest.json``); cases that could not be read are left out of the
+        dataset and listed under ``"skipped"`` (:mod:`workbench.export.skipped`).
     """
     out = Path(out)
     entries, wanted = training_entries(ws, sources, classes, origins)
     values = label_values(wanted)
-    cases = write_cases(
+    cases, skipped = write_cases(
         entries, values, out, lambda c: f"{c}_0000.nii.gz", "export nnunet", progress, on_progress
     )
     dataset = {
@@ -63,6 +64,6 @@ def export_nnunet(
     }
     extra = {"dataset.json": write_json(dataset, out / "dataset.json")}
     params = export_parameters(sources, wanted, origins)
-    manifest = build_manifest("nnunet_v2", params, values, cases, extra)
+    manifest = build_manifest("nnunet_v2", params, values, cases, extra, skipped)
     write_json(manifest, out / "manifest.json")
     return manifest

@@ -24,7 +24,7 @@ from harmonize.readers import read_volume
 from harmonize.taxonomy import class_by_name, class_color, paint_order
 from storage.files import atomic_path, atomic_write_json, atomic_write_text
 from storage.workspace import Workspace
-from workbench.export import ct_array, save_nifti
+from workbench.export import ct_array, save_nifti, scan_export_name
 from workbench.review.validation import scan_row
 from workbench.training_set import assemble_training_set
 
@@ -64,7 +64,22 @@ def itksnap_label_description(names: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_case_for_slicer(ws: Workspace, scan_id: str, out_dir: str | Path) -> dict[str, Path]:
+def slicer_case_dir(ws: Workspace, scan_id: str) -> Path:
+    """The folder a scan is exported to for editing: ``<ws>/slicer/<name>``, the name being the scan's
+    name in every export (:func:`workbench.export.scan_export_name`: unique and stable per scan, so
+    ``case 1`` and ``case_1`` get two folders); ``labels.json`` in it names the scan.
+
+    Args:
+        ws: the workspace.
+        scan_id: catalog scan id.
+
+    Returns:
+        The folder (whether or not it exists).
+    """
+    return ws.slicer / scan_export_name(scan_id)
+
+
+def export_case_for_slicer(ws: Workspace, scan_id: str, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write one scan for editing in 3D Slicer or ITK-SNAP (each file atomically).
 
     Files in ``out_dir`` (created): ``ct.nii.gz`` (the CT on its own grid), ``labels.nii.gz`` (uint8 label
@@ -76,7 +91,7 @@ def export_case_for_slicer(ws: Workspace, scan_id: str, out_dir: str | Path) -> 
     Args:
         ws: the workspace.
         scan_id: catalog scan id.
-        out_dir: the folder to write (e.g. ``ws.slicer / safe_name(scan_id)``).
+        out_dir: the folder to write (default :func:`slicer_case_dir`).
 
     Returns:
         name -> path of every file written.
@@ -86,7 +101,7 @@ def export_case_for_slicer(ws: Workspace, scan_id: str, out_dir: str | Path) -> 
     """
     scan = scan_row(ws, scan_id)
     image = read_volume(scan["image_path"], kind="image")
-    out = Path(out_dir)
+    out = slicer_case_dir(ws, scan_id) if out_dir is None else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = assemble_training_set(ws, scan_ids=[scan_id])
     labels = np.zeros(image.shape, np.uint8)

@@ -12,6 +12,7 @@ import numpy as np
 from harmonize.taxonomy import class_by_name
 from storage.workspace import Workspace
 from workbench import review
+from workbench.review.slicer import slicer_case_dir
 
 SCAN = "btcv:demo000"
 KITS = "kits23:demo000"
@@ -57,3 +58,11 @@ def test_slicer_round_trip_imports_the_edited_class(
     assert int(ws.masks.read(corr.label_set_id, "liver").sum()) == 4**3
     # the other classes of the original came along unchanged
     assert np.array_equal(ws.masks.read(corr.label_set_id, "spleen"), original_mask(ws, SCAN, "spleen"))
+
+
+def test_slicer_folders_are_unique_per_scan_and_name_their_scan(ws: Workspace) -> None:
+    dirs = {slicer_case_dir(ws, f"kits23:{case}") for case in ("case 1", "case_1", "case(1)")}
+    assert len(dirs) == 3 and all(d.parent == ws.slicer and " " not in d.name for d in dirs)
+    files = review.export_case_for_slicer(ws, KITS)  # the default folder
+    assert files["ct.nii.gz"].parent == slicer_case_dir(ws, KITS) == ws.slicer / "kits23_demo000"
+    assert json.loads(files["labels.json"].read_text())["scan_id"] == KITS
