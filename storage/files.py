@@ -64,6 +64,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+_PARTIAL_FILE = re.compile(re.escape(PARTIAL_PREFIX) + r"(\d+)-[0-9a-f]{8}-.+")
+
+
+def remove_abandoned_partials(root: str | Path) -> list[Path]:
+    """Remove the temporary files under ``root`` that :func:`atomic_path` writers left when they were
+    killed: a ``.partial-<pid>-...`` file whose process is no longer running. A live writer's file stays.
+
+    For folders only this machine writes (exports, the workspace), so a pid names a process here.
+
+    Returns:
+        The removed paths, sorted.
+    """
+    removed = []
+    for p in Path(root).rglob(f"{PARTIAL_PREFIX}*"):
+        m = _PARTIAL_FILE.fullmatch(p.name)
+        if m is None or not p.is_file() or _pid_alive(int(m.group(1))):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return sorted(removed)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
     with atomic_path(path) as tmp:

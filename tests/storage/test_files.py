@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +52,21 @@ def test_a_plain_name_never_looks_like_a_digested_one() -> None:
 def test_the_digest_is_of_the_key(key: str, other: str) -> None:
     assert unique_name("case 1", key=key) != unique_name("case 1", key=other)
     assert unique_name("case_1", key=key, hashed=True) == f"case_1-{name_digest(key)}"
+
+
+def test_remove_abandoned_partials_keeps_live_writers(tmp_path: Path) -> None:
+
+    from storage.files import PARTIAL_PREFIX, remove_abandoned_partials
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    (tmp_path / "sub").mkdir()
+    abandoned = tmp_path / "sub" / f"{PARTIAL_PREFIX}{dead_pid}-0123abcd-case_0000.nii.gz"
+    mine = tmp_path / f"{PARTIAL_PREFIX}{os.getpid()}-0123abcd-case_0001.nii.gz"
+    other = tmp_path / f"{PARTIAL_PREFIX}case_0002"  # not an atomic_path temp file: not ours to judge
+    for p in (abandoned, mine, other):
+        p.write_bytes(b"x")
+    assert remove_abandoned_partials(tmp_path) == [abandoned]
+    assert mine.exists() and other.exists()

@@ -29,7 +29,7 @@ from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT
 from harmonize.readers import read_volume
 from harmonize.taxonomy import class_names
 from harmonize.volume import Volume
-from storage.files import PARTIAL_PREFIX, atomic_write_json, file_sha256
+from storage.files import PARTIAL_PREFIX, atomic_write_json, file_sha256, remove_abandoned_partials
 from storage.workspace import Workspace
 from workbench.export.nifti import case_names, ct_array, save_nifti
 from workbench.export.skipped import READ_ERRORS, remove_stale, skipped_case
@@ -58,6 +58,7 @@ def export_abdomenatlas(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(out)  # temp files of an export that was killed here before
     wanted = list(classes) if classes else class_names()
     unknown = sorted(set(wanted) - set(class_names()))
     if unknown:

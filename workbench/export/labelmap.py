@@ -44,7 +44,7 @@ from harmonize.errors import HarmonizeError
 from harmonize.readers import read_volume
 from harmonize.taxonomy import class_names, paint_order
 from harmonize.volume import Volume
-from storage.files import atomic_write_json, file_sha256
+from storage.files import atomic_write_json, file_sha256, remove_abandoned_partials
 from storage.schema import ORIGIN_PRIORITY
 from storage.workspace import Workspace
 from workbench.export.nifti import case_names, ct_array, write_nifti
@@ -159,6 +159,7 @@ def write_cases(
     """
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(out)  # temp files of an export that was killed here before
     exported = [n for n in values if n not in (BACKGROUND, IGNORE)]
     names = case_names([e.scan_id for e in entries], out)
     cases, skipped = [], []
