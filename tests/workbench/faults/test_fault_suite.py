@@ -445,3 +445,85 @@ def test_concurrent_reviewers_with_an_ingest_and_a_pseudolabel_job(
     _assert_clean(result)
     assert missing == [] and len(committed) == 2
     assert ws.catalog.counts()["scan"] == KITS_CASES + 3
+
+
+#: Case folders that one sanitiser used to map to one export name, and one that is live Markdown.
+HOSTILE_CASES = ("case 1", "case_1", "case(1)", "case [log in](https:evil.example)")
+
+
+@pytest.fixture(scope="module")
+def hostile_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hostile") / "kits23"
+    for seed, case in enumerate(HOSTILE_CASES):
+        write_native(make_phantom(seed, shape=SHAPE), get_protocol("kits23"), root, case)
+    return root
+
+
+@pytest.fixture()
+def hostile_ws(tmp_path: Path, hostile_data: Path) -> Workspace:
+    ws = Workspace.open(tmp_path / "ws")
+    assert len(ingest(ws, "kits23", hostile_data, progress=False).added) == len(HOSTILE_CASES)
+    return ws
+
+
+@pytest.mark.parametrize("fmt", ["abdomenatlas", "nnunet", "monai", "slicer", "uncertainty maps"])
+def test_hostile_names_never_share_an_output(hostile_ws: Workspace, tmp_path: Path, ledger, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """Every scan gets its own files: nothing written for one scan overwrites another's."""
+    from storage.maps import load_uncertainty_map, write_uncertainty_map
+    from workbench.export import export_abdomenatlas, export_monai, export_nnunet
+    from workbench.review.slicer import export_case_for_slicer
+
+    scans = sorted(set(hostile_ws.catalog.label_sets()["scan_id"]))
+    out = tmp_path / "out"
+    if fmt == "slicer":
+        folders = {next(iter(export_case_for_slicer(hostile_ws, s).values())).parent for s in scans}
+        written = len(folders)
+    elif fmt == "uncertainty maps":
+        for i, s in enumerate(scans):
+            write_uncertainty_map(
+                hostile_ws, "run-x", s, np.full((2, 2, 2), i, np.float16), np.eye(4), ["liver"]
+            )
+        values = {
+            s: float(load_uncertainty_map(hostile_ws, "run-x", s, on_original_grid=False)[0][0, 0, 0])
+            for s in scans
+        }
+        written = len(set(values.values()))
+    else:
+        export = {"abdomenatlas": export_abdomenatlas, "nnunet": export_nnunet, "monai": export_monai}[fmt]
+        kwargs = {"n_folds": 2} if fmt == "monai" else {}
+        manifest = export(hostile_ws, out, progress=False, **kwargs)
+        names = {c["case"] for c in manifest["cases"]}
+        written = len(names)
+        assert {c["scan_id"] for c in manifest["cases"]} == set(scans)  # the manifest maps names back
+        if fmt == "abdomenatlas":
+            assert {p.name for p in out.iterdir() if p.is_dir()} == names
+        else:
+            assert len(list((out / "labelsTr").glob("*.nii.gz"))) == len(scans)
+    ledger.record("hostile names (export, Slicer, uncertainty maps)", lost=len(scans) - written)
+    assert written == len(scans)
+
+
+def _truncate(path: Path, n: int = 10) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:-n])
+
+
+@pytest.mark.parametrize("fmt", ["abdomenatlas", "nnunet", "monai"])
+def test_a_damaged_mask_file_is_skipped_by_exports(
+    kits_ws: Workspace, tmp_path: Path, ledger, fmt: str
+) -> None:  # type: ignore[no-untyped-def]
+    from workbench.export import export_abdomenatlas, export_monai, export_nnunet
+
+    sets = kits_ws.catalog.label_sets()
+    damaged = str(sets["scan_id"].iloc[0])
+    _truncate(kits_ws.masks.path(str(sets["mask_key"].iloc[0])))
+    out = tmp_path / "out"
+    export = {"abdomenatlas": export_abdomenatlas, "nnunet": export_nnunet, "monai": export_monai}[fmt]
+    manifest = export(kits_ws, out, progress=False, **({"n_folds": 2} if fmt == "monai" else {}))
+    exported = {c["scan_id"] for c in manifest["cases"]}
+    skipped = {s["scan_id"] for s in manifest["skipped"]}
+    half = [p for p in out.rglob(f"{PARTIAL_PREFIX}*")] + _published_files_that_do_not_read(out)
+    lost = KITS_CASES - 1 - len(exported)  # every undamaged case must be exported
+    ledger.record("damaged mask file (exports)", lost=lost, half_written=len(half))
+    assert skipped == {damaged} and damaged not in exported
+    assert lost == 0 and half == []
