@@ -350,7 +350,9 @@ def test_ingest_exits_non_zero_when_it_skipped_cases(
 
 def _all_text(ws: Workspace) -> str:
     """Every value of every catalog table, as one string (VARCHAR columns, lists and JSON included)."""
-    tables = ws.catalog.query("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'")
+    tables = ws.catalog.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+    )
     return "\n".join(
         ws.catalog.query(f"SELECT * FROM {t}").astype(str).to_csv() for t in tables["table_name"]
     )

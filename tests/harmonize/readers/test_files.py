@@ -63,6 +63,6 @@ def test_permission_denied_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         return builtins.open(file, *args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(files, "open", refuse, raising=False)
-    with pytest.raises(HarmonizeError, match="^.*: permission denied"):
+    with pytest.raises(HarmonizeError, match=r": permission denied"):
         read_volume(path)
     assert files.path_problem(tmp_path, folder=True) is None
