@@ -311,7 +311,7 @@ def harmonize_case(protocol: Protocol, case: CaseFiles) -> tuple[Volume, Harmoni
     kind = protocol.layout.kind
     is_dicom = kind == "dicom_png"
     image = read_dicom_series(case.image) if is_dicom else read_volume(case.image, kind="image")
-    if not case.label.exists():
+    if not case.label.exists() and not case.label.is_symlink():  # a broken link: the reader names it
         raise HarmonizeError(case.label, "label file is missing for this image")
     if kind == "paired":
         label = read_volume(case.label, kind="label")
@@ -341,6 +341,6 @@ CLASS_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", "")
 def _find_class_file(folder: Path, stem: str) -> Path | None:
     for suffix in CLASS_FILE_SUFFIXES:
         p = folder / f"{stem}{suffix}"
-        if p.exists():
+        if p.exists() or p.is_symlink():  # a broken link is read (and named) instead of skipped
             return p
     return None

@@ -9,8 +9,10 @@ RAS+ millimetres (x grows towards the patient's right, so the patient's *left* l
   kidney, every fragment of a broken organ: none is ever deleted);
 * a component that crosses the midline substantially (horseshoe kidney, lungs touching at the anterior
   junction) is first eroded a little to see whether it falls apart into one core per side (a thin
-  bridge); each voxel then goes to the side of its nearest core. If it does not fall apart, each voxel
-  goes to the side of the midline it lies on.
+  bridge); each voxel then goes to the side of its nearest core, except that a voxel lying more than
+  :data:`BRIDGE_MARGIN_MM` beyond the midline follows the core on its own side (so the isthmus of a
+  horseshoe kidney is cut where it crosses the midline, not given wholly to the nearer half). If it does
+  not fall apart, each voxel goes to the side of the midline it lies on.
 
 Every decision is returned as a :class:`SplitDecision` so it can be stored and reviewed.
 
@@ -37,6 +39,9 @@ from harmonize.volume import Volume
 CROSSING_FRACTION = 0.2
 #: Erosion steps tried to separate a crossing component into one core per side.
 MAX_EROSION = 3
+#: A voxel of a bridge between two cores that lies farther than this beyond the midline (RAS+ x, mm)
+#: follows the core on its own side, whichever core is nearer; nearer the midline the nearest core decides.
+BRIDGE_MARGIN_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,17 @@ def _split_crossing(
         _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
         owner = seeds[tuple(nearest)]
         left_label = next(c for c in big if core_side[c])
-        return owner == left_label, "cores"
-    ijk = np.argwhere(np.ones(comp.shape, dtype=bool)) + origin
-    return (_world_x(ijk, affine) < midline_x_mm).reshape(comp.shape), "midline"
+        goes_left = owner == left_label
+        # The part of a bridge (horseshoe isthmus) that lies well across the midline belongs to the side
+        # it lies on, not wholly to the nearer core.
+        x = _grid_x(comp.shape, origin, affine)
+        goes_left[x < midline_x_mm - BRIDGE_MARGIN_MM] = True
+        goes_left[x > midline_x_mm + BRIDGE_MARGIN_MM] = False
+        return goes_left, "cores"
+    return _grid_x(comp.shape, origin, affine) < midline_x_mm, "midline"
+
+
+def _grid_x(shape: tuple[int, ...], origin: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """RAS+ x (mm) of every voxel of a box of ``shape`` whose first voxel is ``origin`` (array of shape)."""
+    ijk = np.argwhere(np.ones(shape, dtype=bool)) + origin
+    return _world_x(ijk, affine).reshape(shape)

@@ -1481,6 +1481,36 @@ class Catalog:
 
     # -- ingest and pseudo-label run hygiene (workbench.ingest, workbench.pseudolabel) --------------
     # (named queries of ingest and run clean-up go here)
+    def unfinished_runs(self, kind: str) -> list[dict[str, Any]]:
+        """Runs of one kind without ``finished_at`` (running, or killed before they finished), oldest first.
+
+        Args:
+            kind: ``pseudolabel``, ``train``, ...
+
+        Returns:
+            Dicts ``id, config`` (JSON text), ``started_at``.
+        """
+        df = self.query(
+            "SELECT id, config, started_at FROM run WHERE kind = ? AND finished_at IS NULL "
+            "ORDER BY started_at",
+            [kind],
+        )
+        return df.to_dict("records")
+
+    def mark_run_interrupted(self, run_id: str, metrics: dict[str, Any]) -> bool:
+        """Close an unfinished run as interrupted: ``finished_at`` now, ``metrics`` (with
+        ``"interrupted": true``) replacing none. A run that finished meanwhile is left as it is.
+
+        Returns:
+            Whether the run was still unfinished (and is now marked).
+        """
+        with self.transaction() as con:
+            rows = con.execute(
+                "UPDATE run SET finished_at = ?, metrics = ? WHERE id = ? AND finished_at IS NULL "
+                "RETURNING id",
+                [utc_now(), json.dumps({**metrics, "interrupted": True}, default=str), run_id],
+            ).fetchall()
+        return bool(rows)
 
     # -- exports and names (workbench.export) --------------------------------------------------------
     # (named queries of the export wing for #11 go here)

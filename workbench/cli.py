@@ -65,10 +65,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from workbench.ingest import ingest
 
     ws = Workspace.open(args.workspace)
-    summary = ingest(ws, args.source, args.root, progress=not args.no_progress)
+    summary = ingest(
+        ws, args.source, args.root, progress=not args.no_progress, hash_case_ids=args.hash_case_ids
+    )
     for line in summary.lines():
         print(line)
-    return 0
+    return 1 if summary.skipped else 0  # a script must not take a partial ingest for a whole one
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
@@ -293,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="source id (see `workbench sources`)")
     p.add_argument("root", help="the dataset folder, in its published layout")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--hash-case-ids",
+        action="store_true",
+        help="store a SHA-256 prefix of each case folder name instead of the name (names that may "
+        "identify a patient)",
+    )
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("stats", help="per-class long-tail table")

@@ -15,14 +15,23 @@ without reading, and one whose content hashes match is skipped after reading. A 
 gets a new ``original`` label set version; the old one stays.
 
 Bad input (see ``harmonize.errors.HarmonizeError``) skips that case with one clear message; the rest of
-the ingest goes on and the summary lists what was skipped.
+the ingest goes on and the summary lists what was skipped. A case the layout finds but cannot read before
+opening a file is skipped the same way and counted: an image that is a broken link (a datalad or git-annex
+dataset not fetched yet), a label without its image.
+
+Case ids are the dataset's published case identifiers (the ``{case}`` part of the layout, e.g.
+``case_00012``): stored as they are, in the scan id and wherever the scan is named. A folder whose names
+may identify a patient is ingested with ``hash_case_ids=True`` (``workbench ingest --hash-case-ids``):
+the case id is then :func:`hashed_case_id` (``h`` + 16 hex digits of the SHA-256 of the name, unsalted so
+a re-ingest finds its scans), also in the paths of ``ingest_issue``; only ``scan.image_path`` and
+``scan.label_path`` keep the real paths, since the CT is read again from there.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +39,7 @@ from tqdm import tqdm
 
 from harmonize.errors import HarmonizeError
 from harmonize.harmonizer import HarmonizedCase, harmonize_case
-from harmonize.layout import CaseFiles, find_cases
+from harmonize.layout import LABEL_WITHOUT_IMAGE, CaseFiles, find_cases
 from harmonize.protocols import Protocol, get_protocol
 from harmonize.volume import Volume
 from storage.catalog import LabelSetRecord, ScanRecord, new_label_set_id
@@ -62,6 +71,12 @@ class IngestSummary:
 def scan_id_for(source_id: str, case_id: str) -> str:
     """The catalog id of a scan: ``<source>:<case>``."""
     return f"{source_id}:{case_id}"
+
+
+def hashed_case_id(case_id: str) -> str:
+    """The case id stored for ``case_id`` under ``--hash-case-ids``: ``h`` + the first 16 hex digits of
+    its SHA-256 (unsalted: the same folder gets the same id in every ingest)."""
+    return "h" + hashlib.sha256(case_id.encode("utf-8")).hexdigest()[:16]
 
 
 def _stat(path: Path) -> tuple[int, float]:
@@ -102,6 +117,7 @@ def ingest(
     root: str | Path,
     *,
     progress: bool = True,
+    hash_case_ids: bool = False,
     on_case: Callable[[CaseFiles, str], None] | None = None,
 ) -> IngestSummary:
     """Harmonize every case of ``source_id`` under ``root`` into workspace ``ws``.
@@ -111,6 +127,8 @@ def ingest(
         source_id: a built-in source id (``workbench sources`` lists them).
         root: the dataset folder in its published layout.
         progress: show a tqdm progress bar on stderr.
+        hash_case_ids: store :func:`hashed_case_id` of every case id instead of the folder or file name
+            (for folders whose names may identify a patient; see the module docstring).
         on_case: called with ``(case, outcome)`` after each case (outcome: added, updated, unchanged,
             excluded, skipped); used by tests to interrupt an ingest.
 
@@ -133,7 +151,9 @@ def ingest(
     ws.masks.gc()  # temp files of dead writers; published mask files are `workbench gc`'s business
     summary = IngestSummary(protocol.id, found=len(cases))
     for case in tqdm(cases, desc=f"ingest {protocol.id}", unit="scan", disable=not progress):
-        outcome = _ingest_case(ws, protocol, case, summary, known, hashes)
+        if hash_case_ids:
+            case = replace(case, case_id=hashed_case_id(case.case_id))
+        outcome = _ingest_case(ws, protocol, case, summary, known, hashes, hashed=hash_case_ids)
         if on_case is not None:
             on_case(case, outcome)
     return summary
@@ -146,11 +166,20 @@ def _ingest_case(
     summary: IngestSummary,
     known: dict[str, dict],
     hashes: set[str],
+    *,
+    hashed: bool = False,
 ) -> str:
     scan_id = scan_id_for(protocol.id, case.case_id)
     if case.excluded:
         summary.excluded.append(scan_id)
         return "excluded"
+    if case.problem is not None:
+        if case.problem == LABEL_WITHOUT_IMAGE:
+            at, problem = case.label, f"{case.problem} (no {case.image})"
+        else:
+            at, problem = case.image, case.problem
+        _skip(ws, protocol.id, summary, str(at), problem, case if hashed else None)
+        return "skipped"
     existing = known.get(case.case_id)
     has_labels = existing is not None and existing.get("ls_id") is not None
     try:
@@ -197,18 +226,44 @@ def _ingest_case(
         )
         hashes.add(image_sha)
     except HarmonizeError as e:
-        summary.skipped.append((e.path, e.problem))
-        ws.catalog.log_issue(protocol.id, e.path, e.problem)
+        _skip(ws, protocol.id, summary, e.path, e.problem, case if hashed else None)
         return "skipped"
     except (OSError, MemoryError) as e:
-        summary.skipped.append((str(case.image), f"{type(e).__name__}: {e}"))
-        ws.catalog.log_issue(protocol.id, str(case.image), f"{type(e).__name__}: {e}")
+        _skip(ws, protocol.id, summary, str(case.image), _os_problem(e), case if hashed else None)
         return "skipped"
     if existing is None:
         summary.added.append(scan_id)
         return "added"
     summary.updated.append(scan_id)
     return "updated"
+
+
+def _os_problem(e: BaseException) -> str:
+    """One line for an OS error met while reading a case (permission denied said in words)."""
+    if isinstance(e, PermissionError):
+        return "permission denied (this user may not read it)"
+    return f"{type(e).__name__}: {e}"
+
+
+def _skip(
+    ws: Workspace,
+    source_id: str,
+    summary: IngestSummary,
+    path: str,
+    problem: str,
+    hashed_case: CaseFiles | None,
+) -> None:
+    """Record a skipped case in the summary and in ``ingest_issue``; under ``--hash-case-ids``
+    (``hashed_case`` given) the stored path names the case by its hashed id, never its folder name."""
+    summary.skipped.append((path, problem))
+    if hashed_case is not None:
+        original = hashed_case.fields.get("case", "")
+        if original:
+            path, problem = (
+                path.replace(original, hashed_case.case_id),
+                problem.replace(original, hashed_case.case_id),
+            )
+    ws.catalog.log_issue(source_id, path, problem)
 
 
 def _store(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers._arrays import Kind, check_kind
+from harmonize.readers._files import path_problem
 from harmonize.readers.dicom import read_dicom_series, series_uid_sha1
 from harmonize.readers.nifti import is_nifti_path, read_nifti
 from harmonize.readers.nrrd import is_nrrd_path, read_nrrd
@@ -51,14 +52,18 @@ def read_volume(path: str | Path, *, kind: Kind = "image") -> Volume:
         The Volume (array in file voxel order, voxel->RAS+ mm affine, non-identifying meta).
 
     Raises:
-        HarmonizeError: missing path, unsupported file type, or any error of the chosen reader.
+        HarmonizeError: missing path, broken link (data not fetched), not a regular file, permission
+            denied, unsupported file type, or any error of the chosen reader.
     """
     check_kind(kind)
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise HarmonizeError(path, "file or folder not found")
     if path.is_dir():
         return read_dicom_series(path, kind=kind)
+    problem = path_problem(path)
+    if problem is not None:
+        raise HarmonizeError(path, problem)
     if is_nifti_path(path):
         return read_nifti(path, kind)
     if is_nrrd_path(path):

@@ -19,8 +19,10 @@ Pixel values get ``RescaleSlope``/``RescaleIntercept`` per slice (CT: Hounsfield
 it is float32. Compressed transfer syntaxes decode through pydicom's pixel handlers (RLE natively; JPEG,
 JPEG-LS lossless and JPEG 2000 through the pylibjpeg plugins).
 
-Privacy: ``meta`` never holds a patient, study or institution value, nor any raw UID: the series is
-identified by the SHA-1 of its SeriesInstanceUID only.
+Privacy: neither ``meta`` nor any error message holds a patient, study or institution value, nor any raw
+UID: a series is identified by the SHA-1 of its SeriesInstanceUID only (messages name it by the first
+:data:`SERIES_TAG_CHARS` hex digits, ``series 3f2a9c01d4e5``, and ``series_uid=`` accepts that prefix), and
+the text of pydicom's exceptions passes :func:`redact` before it reaches a message.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pydicom.errors import InvalidDicomError
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers._arrays import Kind, check_kind, finish_array
+from harmonize.readers._files import BROKEN_LINK, PERMISSION_DENIED, require_file, require_folder
 from harmonize.volume import Volume
 
 # A slice step may deviate from the series' median step by this much before it counts as a gap or an
@@ -45,11 +48,34 @@ from harmonize.volume import Volume
 _STEP_RTOL = 0.01
 _STEP_ATOL_MM = 0.01
 _ORIENTATION_ATOL = 1e-4
+#: Hex digits of a series' SHA-1 that name it in messages (and that ``series_uid=`` accepts as a prefix).
+SERIES_TAG_CHARS = 12
+#: A DICOM UID (PS3.5 9.1: digit components joined by dots) or a DICOM date/time run of 8+ digits.
+_UID = re.compile(r"\d+(?:\.\d+){3,}")
+_LONG_NUMBER = re.compile(r"\d{8,}")
 
 
 def series_uid_sha1(series_uid: str) -> str:
     """Hex SHA-1 of a SeriesInstanceUID: links scans to their series without storing the UID itself."""
     return hashlib.sha1(series_uid.strip().encode("ascii")).hexdigest()
+
+
+def series_tag(series_uid: str) -> str:
+    """How messages name a series: ``series <first SERIES_TAG_CHARS hex digits of its SHA-1>``."""
+    return f"series {series_uid_sha1(series_uid)[:SERIES_TAG_CHARS]}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every UID-like run (``1.2.840...``) replaced by ``uid-<8 hex digits of its SHA-1>``
+    and every other run of 8 or more digits (DICOM dates, patient numbers) by ``<number>``: pydicom's
+    exception texts may quote element values, and slice files are often named by their UID."""
+    text = _UID.sub(lambda m: f"uid-{series_uid_sha1(m.group(0))[:8]}", text)
+    return _LONG_NUMBER.sub("<number>", text)
+
+
+def _problem(exc: BaseException) -> str:
+    """``TypeName: message`` of an exception, redacted (see :func:`redact`)."""
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 def natural_key(name: str) -> tuple[Any, ...]:
@@ -64,7 +90,8 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, kind
     Args:
         folder: a folder holding the slice files (not searched recursively; files that are not DICOM are
             skipped). A path to one ``.dcm`` file means "the series of this file, in its folder".
-        series_uid: the SeriesInstanceUID to read when the folder holds several series.
+        series_uid: the series to read when the folder holds several: its SeriesInstanceUID, or the hex
+            SHA-1 of it (at least 8 leading digits: the prefix the "several series" message lists).
         kind: ``'image'`` (rescaled int or float32 array) or ``'label'`` (integer array).
 
     Returns:
@@ -82,28 +109,31 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, kind
     """
     check_kind(kind)
     path = Path(folder)
-    if path.is_file():
+    if path.is_file() or (path.is_symlink() and not path.exists()):
+        path = require_file(path)
         if series_uid is None:
             series_uid = _header(path).get("SeriesInstanceUID")
             if not series_uid:
-                raise HarmonizeError(path, "DICOM file has no SeriesInstanceUID")
+                raise HarmonizeError(_where(path), "DICOM file has no SeriesInstanceUID")
         path = path.parent
-    if not path.is_dir():
-        raise HarmonizeError(path, "folder not found")
+    require_folder(path)
 
     series = _headers_by_series(path)
     if series_uid is None:
         if len(series) > 1:
             listing = "; ".join(
-                f"{uid} ({len(files)} files, {files[0][1].get('Modality', '?')})"
-                for uid, files in sorted(series.items())
+                f"{series_uid_sha1(uid)[:SERIES_TAG_CHARS]} ({len(files)} files, "
+                f"{redact(str(files[0][1].get('Modality', '?')))})"
+                for uid, files in sorted(series.items(), key=lambda item: series_uid_sha1(item[0]))
             )
             raise HarmonizeError(
-                path, f"{len(series)} series in the folder; pass series_uid= one of: {listing}"
+                path,
+                f"{len(series)} series in the folder; pass series_uid= one of these SHA-1 prefixes: "
+                f"{listing}",
             )
         series_uid = next(iter(series))
-    elif series_uid not in series:
-        raise HarmonizeError(path, f"no slice of series {series_uid} in the folder ({len(series)} series)")
+    else:
+        series_uid = _resolve_series(path, series, series_uid)
 
     members = sorted(series[series_uid], key=lambda item: natural_key(item[0].name))
     rank_by_file = {file: rank for rank, (file, _) in enumerate(members)}
@@ -147,23 +177,56 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None, kind
     return Volume(array, affine, meta)
 
 
+def _resolve_series(folder: Path, series: dict[str, list[tuple[Path, Dataset]]], wanted: str) -> str:
+    """The SeriesInstanceUID in ``series`` that ``wanted`` names (the UID itself, or a SHA-1 prefix)."""
+    wanted = wanted.strip()
+    if wanted in series:
+        return wanted
+    digest = wanted.lower()
+    matches = (
+        [uid for uid in series if series_uid_sha1(uid).startswith(digest)]
+        if len(digest) >= 8 and _is_hex(digest)
+        else []
+    )
+    if len(matches) == 1:
+        return matches[0]
+    named = f"series {digest[:SERIES_TAG_CHARS]}" if _is_hex(digest) else series_tag(wanted)
+    raise HarmonizeError(folder, f"no slice of {named} in the folder ({len(series)} series)")
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+def _where(file: Path) -> Path:
+    """A slice file as messages name it: its folder and its name with UIDs redacted (PACS exports often
+    name slice files by their SOPInstanceUID)."""
+    return file.parent / redact(file.name)
+
+
 def _header(file: Path) -> Dataset:
     try:
         return pydicom.dcmread(file, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise HarmonizeError(file, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise HarmonizeError(_where(file), f"not a readable DICOM file ({_problem(exc)})") from exc
 
 
 def _headers_by_series(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
     """Headers (without pixel data) of the image slices in ``folder``, grouped by SeriesInstanceUID."""
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+    entries = sorted(folder.iterdir())
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    if broken:
+        raise HarmonizeError(_where(broken[0]), f"{BROKEN_LINK}; {len(broken)} slice file(s) of the folder")
+    for file in (p for p in entries if p.is_file()):
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True)
         except (InvalidDicomError, EOFError):
             continue  # README, DICOMDIR-less junk, thumbnails: not part of any series
+        except PermissionError as exc:
+            raise HarmonizeError(_where(file), PERMISSION_DENIED) from exc
         except (OSError, ValueError) as exc:
-            raise HarmonizeError(file, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from exc
+            raise HarmonizeError(_where(file), f"unreadable DICOM file ({_problem(exc)})") from exc
         if "Rows" not in header or "SeriesInstanceUID" not in header:
             continue  # no image (structured report, presentation state, DICOMDIR)
         series[str(header.SeriesInstanceUID)].append((file, header))
@@ -176,7 +239,8 @@ def _check_single_frame(folder: Path, members: list[tuple[Path, Dataset]]) -> No
     for file, header in members:
         if int(header.get("NumberOfFrames", 1) or 1) > 1:
             raise HarmonizeError(
-                file, "multi-frame (enhanced) DICOM is not supported; convert it to single-frame slices"
+                _where(file),
+                "multi-frame (enhanced) DICOM is not supported; convert it to single-frame slices",
             )
 
 
@@ -254,12 +318,14 @@ def _read_pixels(
             pixels = pydicom.dcmread(file).pixel_array
         except Exception as exc:  # decoder plugins raise many types; all mean "cannot decode this slice"
             raise HarmonizeError(
-                file,
-                f"pixel data cannot be decoded ({type(exc).__name__}: {exc}); for compressed files "
+                _where(file),
+                f"pixel data cannot be decoded ({_problem(exc)}); for compressed files "
                 "install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg",
             ) from exc
         if pixels.shape != (rows, cols):
-            raise HarmonizeError(file, f"pixel array {pixels.shape} is not Rows x Columns {(rows, cols)}")
+            raise HarmonizeError(
+                _where(file), f"pixel array {pixels.shape} is not Rows x Columns {(rows, cols)}"
+            )
         if integral:
             stack[k] = pixels.astype(np.int32) + int(intercepts[k])
         else:

@@ -16,6 +16,7 @@ import numpy as np
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers._arrays import Kind, check_kind, finish_array, squeeze_to_3d
+from harmonize.readers._files import require_file
 from harmonize.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -44,9 +45,7 @@ def read_nifti(path: str | Path, kind: Kind = "image") -> Volume:
             that is not 3D (a trailing axis of length 1 is squeezed), NaN/inf voxels, non-integral labels.
     """
     check_kind(kind)
-    path = Path(path)
-    if not path.is_file():
-        raise HarmonizeError(path, "file not found")
+    path = require_file(path)
     try:
         # mmap=False: read into memory now, so a truncated file fails here and no file handle outlives us.
         img = nib.load(path, mmap=False)

@@ -21,6 +21,7 @@ import numpy as np
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers._arrays import Kind, check_kind, finish_array
+from harmonize.readers._files import require_file
 from harmonize.volume import Volume
 
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
@@ -59,9 +60,7 @@ def read_nrrd(path: str | Path, kind: Kind = "image") -> Volume:
             layers; NaN/inf voxels; non-integral labels.
     """
     check_kind(kind)
-    path = Path(path)
-    if not path.is_file():
-        raise HarmonizeError(path, "file not found")
+    path = require_file(path)
     try:
         data, header = nrrd.read(str(path))
     except Exception as exc:  # NRRDError, zlib.error, OSError, ValueError: all an unreadable file

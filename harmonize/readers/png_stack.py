@@ -38,6 +38,7 @@ from PIL import Image
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers._arrays import finish_array
+from harmonize.readers._files import require_file, require_folder
 from harmonize.readers.dicom import natural_key
 from harmonize.volume import Volume
 
@@ -68,9 +69,7 @@ def read_png_stack(folder: str | Path, *, reference: Volume) -> Volume:
             not the series' Rows x Columns, a colour PNG, an unreadable PNG, a reference without
             ``filename_rank``.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise HarmonizeError(folder, "folder not found")
+    folder = require_folder(folder)
     files = png_files(folder)
     if not files:
         raise HarmonizeError(folder, "no .png files in the folder")
@@ -117,6 +116,7 @@ def _slice_of_rank(folder: Path, reference: Volume) -> list[int]:
 
 def _read_png(file: Path) -> np.ndarray:
     """(rows, columns) values of a grey or palette PNG; a colour PNG must have equal channels."""
+    require_file(file)
     try:
         with Image.open(file) as image:
             pixels = np.asarray(image)

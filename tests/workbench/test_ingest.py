@@ -262,3 +262,173 @@ def test_a_changed_label_file_after_pseudo_labels_gets_the_next_free_version(tmp
     assert versions["version"].tolist() == [1, 2, 3]
     newest = versions.iloc[-1]
     assert newest["origin"] == "original" and newest["parent_id"] == original["id"]
+
+
+# ------------------------------------------------------------------ cases a layout finds but cannot read
+
+
+def _only_skip(summary: object) -> tuple[str, str]:
+    skipped = summary.skipped  # type: ignore[attr-defined]
+    assert len(skipped) == 1, skipped
+    return skipped[0]
+
+
+def test_a_broken_link_is_named_not_lost(tmp_path: Path) -> None:
+    """A datalad / git-annex dataset not fetched yet: the image is a symlink to absent content."""
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0, 1))
+    image = data / "case01" / "imaging.nii.gz"
+    image.unlink()
+    image.symlink_to(tmp_path / ".git" / "annex" / "objects" / "MD5E-s123--abc.nii.gz")
+    ws = Workspace.open(tmp_path / "ws")
+    summary = ingest(ws, "kits23", data, progress=False)
+    assert summary.found == 2 and summary.added == [scan_id_for("kits23", "case00")]
+    path, problem = _only_skip(summary)
+    assert path == str(image) and "broken link" in problem and "datalad get" in problem
+    assert ws.catalog.ingest_issues()["problem"].tolist() == [problem]
+
+
+def test_a_label_without_image_is_named(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0, 1))
+    (data / "case01" / "imaging.nii.gz").unlink()
+    summary = ingest(Workspace.open(tmp_path / "ws"), "kits23", data, progress=False)
+    assert summary.found == 2 and len(summary.added) == 1
+    path, problem = _only_skip(summary)
+    assert path == str(data / "case01" / "segmentation.nii.gz")
+    assert problem.startswith("label without image") and "imaging.nii.gz" in problem
+
+
+def test_an_unreadable_file_says_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root reads any file, so the refusal is simulated where the readers open the file."""
+    import builtins
+
+    import harmonize.readers._files as files
+
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0, 1))
+    locked = data / "case01" / "imaging.nii.gz"
+
+    def guarded_open(file: object, *args: object, **kwargs: object) -> object:
+        if Path(str(file)) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(files, "open", guarded_open, raising=False)
+    summary = ingest(Workspace.open(tmp_path / "ws"), "kits23", data, progress=False)
+    path, problem = _only_skip(summary)
+    assert path == str(locked) and "permission denied" in problem
+
+
+def test_a_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0, 1))
+    fifo = data / "case01" / "imaging.nii.gz"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    summary = ingest(Workspace.open(tmp_path / "ws"), "kits23", data, progress=False)
+    path, problem = _only_skip(summary)
+    assert path == str(fifo) and problem == "not a regular file (a FIFO)"
+
+
+@pytest.mark.parametrize(("break_one", "code"), [(False, 0), (True, 1)])
+def test_ingest_exits_non_zero_when_it_skipped_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], break_one: bool, code: int
+) -> None:
+    from workbench.cli import main
+
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0, 1))
+    if break_one:
+        (data / "case01" / "imaging.nii.gz").write_bytes(b"not a nifti")
+    argv = ["--workspace", str(tmp_path / "ws"), "ingest", "kits23", str(data), "--no-progress"]
+    assert main(argv) == code
+    out = capsys.readouterr().out
+    assert "2 cases found" in out  # the summary is printed either way
+    assert ("skipped " in out) == break_one
+
+
+def _all_text(ws: Workspace) -> str:
+    """Every value of every catalog table, as one string (VARCHAR columns, lists and JSON included)."""
+    tables = ws.catalog.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+    )
+    return "\n".join(
+        ws.catalog.query(f"SELECT * FROM {t}").astype(str).to_csv() for t in tables["table_name"]
+    )
+
+
+def test_hashed_case_ids_keep_folder_names_out_of_ids_and_issues(tmp_path: Path) -> None:
+    from workbench.ingest import hashed_case_id
+
+    data = tmp_path / "data"
+    _write_cases("kits23", data, seeds=(0, 1))
+    (data / "case01" / "imaging.nii.gz").write_bytes(b"damaged")
+    ws = Workspace.open(tmp_path / "ws")
+    summary = ingest(ws, "kits23", data, progress=False, hash_case_ids=True)
+    hashed = hashed_case_id("case00")
+    assert summary.added == [scan_id_for("kits23", hashed)] and hashed.startswith("h") and len(hashed) == 17
+    scan = ws.catalog.scan_by_case("kits23", hashed)
+    assert scan is not None and scan["image_path"] == str(data / "case00" / "imaging.nii.gz")
+    text = _all_text(ws).replace(str(data / "case00"), "")  # the file paths stay (the CT is read again)
+    assert "case00" not in text and "case01" not in text
+    assert hashed_case_id("case01") in ws.catalog.ingest_issues()["path"].iloc[0]
+    again = ingest(ws, "kits23", data, progress=False, hash_case_ids=True)
+    assert again.unchanged == summary.added  # resumable: the same name hashes to the same id
+
+
+# ---------------------------------------------------------------------------------- DICOM, no UID kept
+
+
+def _chaos_case(root: Path, case: str, slices: list[Path], extra: Path | None = None) -> Path:
+    """A CHAOS CT case (``Train_Sets/CT/<case>/DICOM_anon`` + ``Ground`` PNGs) from real DICOM slices."""
+    from PIL import Image
+
+    dicom = root / "Train_Sets" / "CT" / case / "DICOM_anon"
+    ground = dicom.parent / "Ground"
+    dicom.mkdir(parents=True)
+    ground.mkdir()
+    for f in slices:
+        shutil.copy(f, dicom / f.name)
+    if extra is not None:
+        shutil.copy(extra, dicom / "zz_other_series.dcm")
+    for k in range(len(slices)):
+        png = np.zeros((512, 512), np.uint8)
+        png[200:300, 150:260] = 255
+        Image.fromarray(png).save(ground / f"liver_GT_{k:03d}.png")
+    return dicom
+
+
+def test_no_dicom_uid_or_patient_value_reaches_the_catalog(tmp_path: Path, shared_fixtures: Path) -> None:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    real = sorted((shared_fixtures / "dicom_ct" / "ct-3slice").glob("*.dcm"))
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in real]
+    intruder = pydicom.dcmread(real[0])
+    intruder.SeriesInstanceUID = generate_uid()
+    intruder.ImagePositionPatient = [0.0, 0.0, 500.0]
+    other = tmp_path / "other.dcm"
+    intruder.save_as(other)
+    data = tmp_path / "data"
+    _chaos_case(data, "1", real)
+    _chaos_case(data, "2", real[:1], extra=other)  # two series in one folder: skipped, with a message
+    ws = Workspace.open(tmp_path / "ws")
+    summary = ingest(ws, "chaos_ct", data, progress=False)
+    assert summary.added == [scan_id_for("chaos_ct", "1")]
+    _, problem = _only_skip(summary)
+    assert "2 series in the folder" in problem
+    text = _all_text(ws)
+    secrets = {str(intruder.SeriesInstanceUID)}
+    for h in headers:
+        for keyword in ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            secrets.add(str(h.get(keyword, "")))
+        for keyword in ("PatientName", "PatientID", "AccessionNumber", "StudyDate", "PatientBirthDate"):
+            secrets.add(str(h.get(keyword, "") or ""))
+    leaked = sorted(s for s in secrets if len(s) >= 3 and s in text)
+    assert leaked == []
+    from harmonize.readers import series_uid_sha1
+
+    assert series_uid_sha1(str(intruder.SeriesInstanceUID))[:12] in problem  # named by its hash
+    scan = ws.catalog.scan_by_case("chaos_ct", "1")
+    assert scan is not None and scan["series_uid_sha1"] == series_uid_sha1(str(headers[0].SeriesInstanceUID))

@@ -12,10 +12,22 @@ scan's uncertainty map and rows in one more. A kill leaves at worst an orphan ma
 ``workbench gc``, never by a later run) or a label set without uncertainty (completed by a later run without
 writing a second label set). A scan whose file vanished or is unreadable gets one line in the summary; nothing
 of it is written.
+
+Interrupted runs: the ``run`` row records the driver's process (``pid``, ``host``, and the process' start
+time where the OS tells it, so a reused pid is not taken for the run). A run that raises (Ctrl-C, a refused
+write) closes itself as interrupted; one killed outright is closed by the next pseudo-label job on the same
+host, once its process is gone (:func:`recover_interrupted_runs`): its queue scores are recomputed (they
+were never rescored), its uncertainty maps without uncertainty rows (killed between the map and the rows)
+and its temporary files are removed, and the row gets ``finished_at`` and ``metrics.interrupted``. A run
+whose process is alive, or that ran on another host, is never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +40,8 @@ from tqdm import tqdm
 
 from harmonize.masks import CroppedMask
 from storage.catalog import LabelSetRecord, new_label_set_id
-from storage.maps import write_uncertainty_map
+from storage.files import PARTIAL_PREFIX
+from storage.maps import uncertainty_map_path, write_uncertainty_map
 from storage.workspace import Workspace
 from workbench.pseudolabel.inference import THRESHOLD, TTA_SCALE, TTA_SHIFT
 from workbench.pseudolabel.jobs import JobOptions, ScanJob, ScanResult, plan_jobs, run_scan_job
@@ -110,6 +123,7 @@ class PseudolabelSummary:
         skipped: scan ids already done by the same checkpoint.
         failed: (scan id, problem) for scans that could not be processed; nothing of them was written.
         seconds: per-scan total seconds of the scans done.
+        recovered: ids of killed runs this job closed as interrupted (:func:`recover_interrupted_runs`).
     """
 
     run_id: str
@@ -117,6 +131,7 @@ class PseudolabelSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """The summary in printable lines: one overall, one per failed scan."""
@@ -126,6 +141,7 @@ class PseudolabelSummary:
             f"{len(self.skipped)} already done by this checkpoint, {len(self.failed)} failed"
         ]
         out += [f"  failed {scan}: {problem}" for scan, problem in self.failed]
+        out += [f"  closed interrupted run {run}" for run in self.recovered]
         return out
 
 
@@ -165,6 +181,7 @@ def start_run(
             "uncertainty": options.uncertainty,
             "tta": {"scale": TTA_SCALE, "intensity_shift": TTA_SHIFT, "mirroring": False},
             **dict(extra or {}),
+            **this_process(),
         },
     )
     return run_id
@@ -191,6 +208,106 @@ def finish_run(ws: Workspace, run_id: str, summary: PseudolabelSummary, t_start:
             "max_scan_s": float(np.max(summary.seconds)) if summary.seconds else None,
         },
     )
+
+
+# ------------------------------------------------------------------------------- interrupted runs
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``); None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22 of proc(5), counted after the name
+
+
+def this_process() -> dict[str, Any]:
+    """What a ``run`` row records of its driver: ``pid``, ``host``, ``pid_start`` (see
+    :func:`process_alive`)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": _process_start(os.getpid())}
+
+
+def process_alive(pid: int, pid_start: int | None) -> bool:
+    """Whether process ``pid`` of this host still runs and is the one that started at ``pid_start``.
+
+    Args:
+        pid: the process id on record.
+        pid_start: its start time on record (None: not known, the pid alone decides).
+
+    Returns:
+        False when no such process exists, it is a zombie, or the pid now belongs to a later process.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    if state in ("Z", "X"):
+        return False
+    return pid_start is None or _process_start(pid) == pid_start
+
+
+def _killed(config_json: object) -> bool:
+    """Whether the run of this config was driven by a process of this host that is gone."""
+    try:
+        config = json.loads(str(config_json))
+        pid, host = int(config["pid"]), str(config["host"])
+    except (ValueError, KeyError, TypeError):
+        return False  # recorded before runs recorded their process: unknown, so left alone
+    start = config.get("pid_start")
+    return host == socket.gethostname() and not process_alive(pid, None if start is None else int(start))
+
+
+def close_interrupted_run(ws: Workspace, run_id: str) -> bool:
+    """Close one run that will never finish: rescore its queue items, remove its uncertainty maps that no
+    uncertainty row names and its temporary map files, and mark the row interrupted.
+
+    Args:
+        ws: the workspace.
+        run_id: a run whose process is gone (or this process, after the run raised).
+
+    Returns:
+        Whether the row was still unfinished (and is now marked).
+    """
+    items = ws.catalog.uncertainty_items(run_id)
+    rescored = rescore(ws, run_id) if len(items) else 0
+    kept = {uncertainty_map_path(ws, run_id, str(s)).name for s in set(items["scan_id"])}
+    folder = uncertainty_map_path(ws, run_id, "x").parent
+    removed = 0
+    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if path.name not in kept and (path.suffix == ".npz" or path.name.startswith(PARTIAL_PREFIX)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    label_sets = len(ws.catalog.run_pseudo_label_sets(run_id))
+    return ws.catalog.mark_run_interrupted(
+        run_id, {"label_sets": label_sets, "rescored": rescored, "maps_removed": removed}
+    )
+
+
+def recover_interrupted_runs(ws: Workspace) -> list[str]:
+    """Close every unfinished pseudo-label run whose process on this host is gone (killed).
+
+    Label sets such a run wrote stay; one that lacks its uncertainty is completed by the next job
+    (``workbench.pseudolabel.jobs.plan_jobs``). Runs of live processes, of other hosts, and runs recorded
+    without their process are left alone.
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        The ids of the runs closed now.
+    """
+    return [
+        str(r["id"])
+        for r in ws.catalog.unfinished_runs("pseudolabel")
+        if _killed(r["config"]) and close_interrupted_run(ws, str(r["id"]))
+    ]
 
 
 # ------------------------------------------------------------------------------------- executors
@@ -270,12 +387,34 @@ def run_jobs(
     Raises:
         HarmonizeError: unknown scan ids.
     """
+    recovered = recover_interrupted_runs(ws)
     jobs, skipped = plan_jobs(
         ws, seg, scans=scans, sources=sources, all_classes=all_classes, uncertainty=options.uncertainty
     )
     t_start = time.perf_counter()
     run_id = start_run(ws, seg, options, executor.run_config)
-    summary = PseudolabelSummary(run_id, skipped=skipped)
+    summary = PseudolabelSummary(run_id, skipped=skipped, recovered=recovered)
+    try:
+        _drive(ws, seg, options, executor, jobs, summary, progress, on_scan)
+    except BaseException:
+        _close_quietly(ws, run_id)
+        raise
+    finish_run(ws, run_id, summary, t_start)
+    summary.done.sort()
+    return summary
+
+
+def _drive(
+    ws: Workspace,
+    seg: Segmenter,
+    options: JobOptions,
+    executor: Executor,
+    jobs: Sequence[ScanJob],
+    summary: PseudolabelSummary,
+    progress: bool,
+    on_scan: Callable[[str, str], None] | None,
+) -> None:
+    """Hand the jobs to the executor and write each result as it arrives (into ``summary``)."""
     reference = reference_stats(ws) if options.uncertainty else {}
     with tqdm(total=len(jobs), desc=executor.description, unit="scan", disable=not progress) as bar:
         for result in executor.results(seg, jobs, options, reference):
@@ -284,16 +423,20 @@ def run_jobs(
                 summary.failed.append((scan_id, result.error))
                 outcome = "failed"
             else:
-                write_scan_result(ws, result, run_id, seg)  # one short transaction per scan
+                write_scan_result(ws, result, summary.run_id, seg)  # one short transaction per scan
                 summary.done.append(scan_id)
                 summary.seconds.append(result.seconds.get("total", 0.0))
                 outcome = "done"
             bar.update(1)
             if on_scan is not None:
                 on_scan(scan_id, outcome)
-    finish_run(ws, run_id, summary, t_start)
-    summary.done.sort()
-    return summary
+
+
+def _close_quietly(ws: Workspace, run_id: str) -> None:
+    """Close a run that raised as interrupted; a failure to do so (the catalog itself refused) leaves it
+    to :func:`recover_interrupted_runs` of the next job, and the original error propagates."""
+    with contextlib.suppress(Exception):  # best effort on the way out; the caller re-raises the cause
+        close_interrupted_run(ws, run_id)
 
 
 def pseudolabel(

@@ -233,7 +233,11 @@ def keep_largest(mask: np.ndarray) -> np.ndarray:
 
 
 def _load_nifti(path: Path) -> nib.Nifti1Image:
-    """Load ``path`` as NIfTI-1/2 or raise one clear HarmonizeError (checks the magic, not the suffix)."""
+    """Open ``path`` as NIfTI-1/2 or raise one clear HarmonizeError (checks the magic, not the suffix).
+
+    Only the header is read: the voxels stay on disk (nibabel's lazy ``dataobj``) until
+    :func:`_read_voxels`, so a header that claims a huge volume is refused from its shape before a byte of
+    voxel data is decoded."""
     try:
         with path.open("rb") as f:
             head = f.read(2)
@@ -248,13 +252,20 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
     if not magic_ok:
         raise HarmonizeError(path, "not a NIfTI file (no NIfTI header magic)")
     try:
-        img: Any = nib.load(str(path))
-        img.get_fdata(dtype=np.float32)  # force the read: a truncated file fails here, not later
+        img: Any = nib.load(str(path))  # the header only; the voxels are decoded by _read_voxels
     except Exception as e:  # nibabel raises many types for broken files
         raise HarmonizeError(path, f"not a readable NIfTI file: {e}") from None
     if len(img.shape) != 3:
         raise HarmonizeError(path, f"label image must be 3D, got shape {img.shape}")
     return img  # type: ignore[return-value]
+
+
+def _read_voxels(path: Path, img: nib.Nifti1Image) -> np.ndarray:
+    """Decode the voxels of a NIfTI whose header was checked; a truncated or corrupt file is one error."""
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as e:  # EOFError, zlib.error, OSError, ValueError: a damaged data block
+        raise HarmonizeError(path, f"not a readable NIfTI file: {e}") from None
 
 
 def label_values_to_mask(
@@ -318,10 +329,10 @@ def import_correction(
 ) -> Correction:
     """Import a corrected label NIfTI (from 3D Slicer or ITK-SNAP) for one class as a correction.
 
-    Checks (each failure is one HarmonizeError naming the file, and nothing is stored): NIfTI content
-    (header magic, readable voxels), shape equal to the scan's and affine within
-    :data:`harmonize.geometry.GRID_TOLERANCE_MM` of it, label values. Writes only to the workspace's
-    catalog and store.
+    Checks (each failure is one HarmonizeError naming the file, and nothing is stored): NIfTI header
+    magic, the header's shape equal to the scan's (before any voxel is decoded: a header claiming 2048^3
+    voxels costs nothing), the affine within :data:`harmonize.geometry.GRID_TOLERANCE_MM` of the scan's,
+    readable voxels, label values. Writes only to the workspace's catalog and store.
 
     Args:
         ws: the workspace.
@@ -342,7 +353,7 @@ def import_correction(
     scan = scan_row(ws, scan_id)
     img = _load_nifti(path)
     shape = tuple(int(s) for s in scan["shape"])
-    if tuple(img.shape) != shape:
+    if tuple(img.shape) != shape:  # from the header, before any voxel is decoded
         raise HarmonizeError(path, f"shape {tuple(img.shape)} differs from scan {scan_id}'s shape {shape}")
     diff = grid_difference_mm(np.asarray(img.affine), scan_affine(scan))
     if diff > GRID_TOLERANCE_MM:
@@ -351,7 +362,7 @@ def import_correction(
             f"affine differs from scan {scan_id}'s by up to {diff:.4g} mm (tolerance "
             f"{GRID_TOLERANCE_MM} mm): the file is not on the scan's voxel grid",
         )
-    mask = label_values_to_mask(path, np.asanyarray(img.dataobj), class_name, value_map)
+    mask = label_values_to_mask(path, _read_voxels(path, img), class_name, value_map)
     return correct(ws, scan_id, class_name, mask, reviewer, comment, base_label_set_id)
 
 

@@ -23,7 +23,7 @@ from pydicom.uid import (
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers import read_dicom_series, series_uid_sha1
-from harmonize.readers.dicom import natural_key
+from harmonize.readers.dicom import natural_key, redact
 
 # Keywords whose values identify a patient, a study, a visit or an institution, or are raw UIDs.
 IDENTIFYING = (
@@ -270,14 +270,19 @@ def test_several_series_need_a_choice(tmp_path: Path, slices: list[Dataset]) -> 
     folder = write_series(tmp_path / "two", [*edited, intruder], ["01.dcm", "02.dcm", "03.dcm", "04.dcm"])
     with pytest.raises(HarmonizeError, match="2 series") as err:
         read_dicom_series(folder)
-    assert other_uid in str(err.value) and str(folder) in str(err.value)
+    # the message names each series by its SHA-1 prefix, never by the UID (it reaches ingest_issue)
+    assert other_uid not in str(err.value) and str(slices[0].SeriesInstanceUID) not in str(err.value)
+    prefix = series_uid_sha1(other_uid)[:12]
+    assert prefix in str(err.value) and str(folder) in str(err.value)
+    assert read_dicom_series(folder, series_uid=prefix).shape == (512, 512, 1)
     chosen = read_dicom_series(folder, series_uid=str(slices[0].SeriesInstanceUID))
     assert chosen.shape == (512, 512, 3)
     single = read_dicom_series(folder, series_uid=other_uid)
     assert single.shape == (512, 512, 1)
     assert single.meta["series_uid_sha1"] == series_uid_sha1(other_uid)
-    with pytest.raises(HarmonizeError, match="no slice of series"):
-        read_dicom_series(folder, series_uid="1.2.3")
+    with pytest.raises(HarmonizeError, match="no slice of series") as err:
+        read_dicom_series(folder, series_uid="1.2.3.4.5")
+    assert "1.2.3.4.5" not in str(err.value)
     assert read_dicom_series(folder / "04.dcm").shape == (512, 512, 1)
 
 
@@ -348,3 +353,35 @@ def test_label_kind_gives_integers(ct_dir: Path) -> None:
 )
 def test_natural_key_orders_numbers_by_value(names: list[str], ordered: list[str]) -> None:
     assert sorted(names, key=natural_key) == ordered
+
+
+@pytest.mark.parametrize(
+    ("text", "kept", "gone"),
+    [
+        ("bad value 1.2.840.113619.2.55.3 in tag", "bad value uid-", "1.2.840.113619"),
+        ("Invalid DA value '20030417'", "Invalid DA value '<number>'", "20030417"),
+        ("expected 3 bytes, read 2", "expected 3 bytes, read 2", None),
+    ],
+)
+def test_redact_removes_uids_and_long_numbers(text: str, kept: str, gone: str | None) -> None:
+    out = redact(text)
+    assert kept in out and (gone is None or gone not in out)
+
+
+def test_slice_files_named_by_uid_are_named_by_hash(tmp_path: Path, slices: list[Dataset]) -> None:
+    uid = str(slices[0].SOPInstanceUID)
+    folder = write_series(tmp_path / "uidnames", copies(slices), [f"{uid}.dcm", "02.dcm", "03.dcm"])
+    victim = folder / f"{uid}.dcm"
+    victim.write_bytes(victim.read_bytes()[:-100_000])
+    with pytest.raises(HarmonizeError) as err:
+        read_dicom_series(folder)
+    assert uid not in str(err.value) and "uid-" in err.value.path
+
+
+def test_unfetched_slices_are_named_as_broken_links(tmp_path: Path) -> None:
+    folder = tmp_path / "annexed"
+    folder.mkdir()
+    (folder / "01.dcm").symlink_to(tmp_path / "annex" / "missing-object")
+    with pytest.raises(HarmonizeError, match="broken link") as err:
+        read_dicom_series(folder)
+    assert "datalad get" in str(err.value) and "01.dcm" in err.value.path

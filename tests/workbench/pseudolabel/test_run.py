@@ -151,3 +151,108 @@ def test_cli_pseudolabel_and_queue(lits_ws, tmp_path: Path, capsys, random_check
     assert len(lines) == 3 and all(any(s in line for s in truth) for line in lines)
     assert main(["--workspace", str(ws.root), "pseudolabel", str(tmp_path / "none.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ interrupted runs
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+
+
+def _pseudolabel_killed_at_second_uncertainty(ws_root: Path) -> None:
+    """Run a pseudo-label job in a subprocess that SIGKILLs itself when it stores the second scan's
+    uncertainty rows: scan 1 is complete (but never rescored), scan 2 has its label set and map only."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path[:0] = [{str(REPO)!r}, {str(HERE)!r}]
+        from conftest import _window_segmenter
+        from storage.workspace import Workspace
+        from workbench.pseudolabel import pseudolabel
+        ws = Workspace.open({str(ws_root)!r})
+        real, calls = ws.catalog.add_uncertainty, []
+        def add(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **k)
+        ws.catalog.add_uncertainty = add
+        pseudolabel(ws, _window_segmenter(), low_res_mm=6.0, progress=False)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_killed_run_is_closed_its_scores_redone_and_its_orphan_map_removed(
+    lits_ws, window_segmenter: Factory
+) -> None:  # type: ignore[no-untyped-def]
+    from storage.maps import uncertainty_map_path
+    from workbench.pseudolabel.run import recover_interrupted_runs
+    from workbench.pseudolabel.scoring import rescore
+
+    ws, truth = lits_ws
+    first, second = sorted(truth)
+    _pseudolabel_killed_at_second_uncertainty(ws.root)
+    [killed] = ws.catalog.unfinished_runs("pseudolabel")
+    run_id = str(killed["id"])
+    config = json.loads(killed["config"])
+    assert {"pid", "host", "pid_start"} <= set(config)
+    assert set(ws.catalog.uncertainty_items(run_id)["scan_id"]) == {first}
+    orphan_map = uncertainty_map_path(ws, run_id, second)
+    assert orphan_map.is_file() and uncertainty_map_path(ws, run_id, first).is_file()
+
+    summary = pseudolabel(ws, window_segmenter(), low_res_mm=6.0, progress=False)
+    assert summary.recovered == [run_id] and f"closed interrupted run {run_id}" in "\n".join(summary.lines())
+    row = ws.catalog.query("SELECT finished_at, metrics FROM run WHERE id = ?", [run_id]).iloc[0]
+    metrics = json.loads(row["metrics"])
+    assert row["finished_at"] is not None and metrics["interrupted"] is True
+    assert metrics["label_sets"] == 2 and metrics["maps_removed"] == 1 and metrics["rescored"] > 0
+    assert not orphan_map.exists() and uncertainty_map_path(ws, run_id, first).is_file()
+    # the killed run's queue scores are those a finished run has: rescoring again changes nothing
+    before = ws.catalog.uncertainty_items(run_id).merge(
+        ws.catalog.query("SELECT scan_id, class_name, run_id, score FROM uncertainty")
+    )
+    rescore(ws, run_id)
+    after = ws.catalog.uncertainty_items(run_id).merge(
+        ws.catalog.query("SELECT scan_id, class_name, run_id, score FROM uncertainty")
+    )
+    assert before["score"].tolist() == after["score"].tolist()
+    # the label set the kill left without uncertainty was completed by the new run, not written twice
+    assert summary.done == [second] and summary.skipped == [first]
+    assert ws.catalog.query("SELECT count(*) AS n FROM label_set WHERE origin = 'pseudo'")["n"].iloc[0] == 2
+    assert uncertainty_map_path(ws, summary.run_id, second).is_file()
+    assert recover_interrupted_runs(ws) == []  # closed once
+    assert ws.catalog.unfinished_runs("pseudolabel") == []
+
+
+def test_a_run_whose_process_lives_is_left_alone(lits_ws) -> None:  # type: ignore[no-untyped-def]
+    from workbench.pseudolabel.run import process_alive, recover_interrupted_runs, this_process
+
+    ws, _ = lits_ws
+    me = this_process()
+    ws.catalog.start_run("run-pl-alive", "pseudolabel", config={"pid": me["pid"], "host": me["host"]})
+    ws.catalog.start_run("run-pl-elsewhere", "pseudolabel", config={"pid": 1, "host": "another-host"})
+    ws.catalog.start_run("run-pl-legacy", "pseudolabel", config={"checkpoint": "x"})
+    assert recover_interrupted_runs(ws) == []
+    assert len(ws.catalog.unfinished_runs("pseudolabel")) == 3
+    assert process_alive(me["pid"], me["pid_start"])
+    if me["pid_start"] is not None:
+        assert not process_alive(me["pid"], me["pid_start"] + 1)  # the pid reused by a later process
+
+
+def test_a_run_that_raises_closes_itself(lits_ws, window_segmenter: Factory) -> None:  # type: ignore[no-untyped-def]
+    ws, _ = lits_ws
+
+    def interrupt(scan_id: str, outcome: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pseudolabel(ws, window_segmenter(), low_res_mm=6.0, progress=False, on_scan=interrupt)
+    assert ws.catalog.unfinished_runs("pseudolabel") == []
+    metrics = ws.catalog.query("SELECT metrics FROM run WHERE kind = 'pseudolabel'")["metrics"].iloc[0]
+    assert json.loads(metrics)["interrupted"] is True

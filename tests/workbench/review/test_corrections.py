@@ -201,3 +201,39 @@ def test_a_good_upload_is_imported(ws: Workspace, tmp_path: Path) -> None:
     corr = review.import_correction_upload(ws, SCAN, "liver", "liver_fixed.nii.gz", payload, "Dr Ada")
     assert int(ws.masks.read(corr.label_set_id, "liver").sum()) == 2
     assert list((ws.root / "imports").iterdir()) == []
+
+
+def _huge_header_upload(ws: Workspace, shape: tuple[int, int, int]) -> bytes:
+    """A few hundred gzip bytes: a NIfTI header that claims ``shape`` uint8 voxels, and 64 voxels of data."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header.set_sform(review.scan_affine(review.scan_row(ws, SCAN)), code=1)
+    raw = header.binaryblock + b"\x00" * 4 + bytes(64)  # 352-byte header + extension flag, then voxels
+    return gzip.compress(raw)
+
+
+def test_an_upload_claiming_a_huge_volume_is_refused_from_its_header(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workbench.review.corrections as corrections
+
+    payload = _huge_header_upload(ws, (2048, 2048, 2048))
+    assert len(payload) < 1000
+    decoded: list[str] = []
+    real = corrections._read_voxels
+    monkeypatch.setattr(corrections, "_read_voxels", lambda p, img: decoded.append(str(p)) or real(p, img))
+    n = ws.catalog.counts()["label_set"]
+    with pytest.raises(HarmonizeError, match=r"shape \(2048, 2048, 2048\) differs") as err:
+        review.import_correction_upload(ws, SCAN, "liver", "huge.nii.gz", payload, "Dr Ada")
+    assert err.value.path == "huge.nii.gz" and decoded == []  # no voxel was decoded
+    assert ws.catalog.counts()["label_set"] == n
+
+
+def test_a_truncated_upload_of_the_right_shape_is_one_clear_error(ws: Workspace) -> None:
+    shape = tuple(int(s) for s in review.scan_row(ws, SCAN)["shape"])
+    payload = _huge_header_upload(ws, shape)  # 64 voxels of data where the header promises many more
+    with pytest.raises(HarmonizeError, match="not a readable NIfTI file"):
+        review.import_correction_upload(ws, SCAN, "liver", "short.nii.gz", payload, "Dr Ada")
