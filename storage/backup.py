@@ -40,9 +40,11 @@ from typing import Any
 
 import duckdb
 
+from harmonize.errors import HarmonizeError
 from storage.catalog import Catalog
+from storage.check import Finding
 from storage.files import atomic_write_json, file_sha256
-from storage.masks import _fsync_dir
+from storage.masks import MaskStore, _fsync_dir
 from storage.workspace import Workspace
 
 MANIFEST = "manifest.json"
@@ -378,3 +380,49 @@ def _in_use(catalog: Path) -> bool:
     except duckdb.Error:
         return False
     return False
+
+
+# ------------------------------------------------------------------------------------------ repair
+
+
+def repair_masks(ws: Workspace, backup: str | Path, findings: Iterable[Finding]) -> list[str]:
+    """Put back, from a backup, the mask files that ``check`` found missing or damaged, leaving the rest
+    of the workspace (and work done since the backup) as it is.
+
+    A mask file never changes once published, so the backup's copy of a label set's file is that file.
+    The backup's copy is verified against its manifest, then written through the mask store
+    (``overwrite=True``, atomically).
+
+    Args:
+        ws: the workspace.
+        backup: a backup folder (:func:`backup_workspace`).
+        findings: :attr:`storage.check.CheckReport.problems`; only ``missing`` and ``damaged`` findings of
+            mask files are acted on.
+
+    Returns:
+        One line per file: restored, or why not (not in the backup, damaged there too).
+    """
+    root = Path(backup).absolute()
+    files = read_manifest(root)["files"]
+    source = MaskStore(root / "masks")
+    lines = []
+    for f in findings:
+        path = Path(f.path)
+        if f.kind not in ("missing", "damaged") or f.label_set_id is None or path.parent != ws.masks.root:
+            continue
+        rel = f"masks/{path.name}"
+        if rel not in files:
+            lines.append(f"{path}: not in the backup {root}; not repaired")
+            continue
+        if file_sha256(root / rel) != files[rel]["sha256"]:
+            lines.append(f"{root / rel}: differs from its manifest (damaged); {path} not repaired")
+            continue
+        key = path.name.removesuffix(".masks")
+        try:
+            masks, shape = source.read_many(key), source.index(key).shape
+        except HarmonizeError as e:
+            lines.append(f"{e.path}: damaged in the backup too ({e.problem}); {path} not repaired")
+            continue
+        ws.masks.write_label_set(key, masks, shape, overwrite=True)
+        lines.append(f"{path}: restored from {root}")
+    return lines

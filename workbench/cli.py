@@ -6,7 +6,7 @@
     workbench [--workspace DIR] gc [--dry-run] [--min-age-s S]
     workbench [--workspace DIR] backup OUT [--link]
     workbench [--workspace DIR] restore BACKUP [WORKSPACE] [--force] [--link]
-    workbench [--workspace DIR] check [--json] [--quick]
+    workbench [--workspace DIR] check [--json] [--quick] [--repair-from BACKUP]
     workbench [--workspace DIR] export abdomenatlas|nnunet|monai OUT [--source ID ...] [--class NAME ...]
                                 [--origin ORIGIN ...] [--folds K] [--seed N]
     workbench [--workspace DIR] demo [--cases N] [--no-round] [--budget N]
@@ -115,7 +115,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from storage.check import check_workspace
 
-    report = check_workspace(_existing_workspace(args.workspace), decode=not args.quick)
+    ws = _existing_workspace(args.workspace)
+    report = check_workspace(ws, decode=not args.quick)
+    if args.repair_from and report.problems:
+        from storage.backup import repair_masks
+
+        for line in repair_masks(ws, args.repair_from, report.problems):
+            print(line, file=sys.stderr if args.json else sys.stdout)
+        report = check_workspace(ws, decode=not args.quick)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -375,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.add_argument("--quick", action="store_true", help="read the mask files' indexes only, decode nothing")
+    p.add_argument(
+        "--repair-from",
+        metavar="BACKUP",
+        help="put back missing or damaged mask files from this backup (nothing else changes), check again",
+    )
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("export", help="export harmonized labels")

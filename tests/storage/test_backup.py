@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 from storage import backup as backup_module
-from storage.backup import BackupError, backup_workspace, read_manifest, restore_backup, verify_backup
+from storage.backup import (
+    BackupError,
+    backup_workspace,
+    read_manifest,
+    repair_masks,
+    restore_backup,
+    verify_backup,
+)
 from storage.check import check_workspace
 from storage.files import file_sha256
 from storage.maps import write_uncertainty_map
@@ -279,3 +286,35 @@ def test_a_backup_restored_twice_is_the_same(small_ws: Workspace, tmp_path: Path
     assert verify_backup(tmp_path / "bk") == []  # restoring never changes the backup
     assert json.loads((tmp_path / "bk" / "manifest.json").read_text())["counts"]["mask_files"] == 2
     assert _rows(Workspace.open(tmp_path / "one")) == _rows(Workspace.open(tmp_path / "two"))
+
+
+def test_repair_puts_back_damaged_and_missing_mask_files_and_keeps_later_work(
+    small_ws: Workspace, tmp_path: Path, commit: Callable[..., str]
+) -> None:
+    bk = tmp_path / "bk"
+    backup_workspace(small_ws, bk)
+    commit(small_ws, "ls-later", {"liver": np.ones(SHAPE, bool)})  # work done after the backup
+    a, b, later = (small_ws.masks.path(k) for k in ("ls-a", "ls-b", "ls-later"))
+    os.truncate(a, a.stat().st_size - 10)
+    b.unlink()
+    later.write_bytes(later.read_bytes()[:-10])
+    report = check_workspace(small_ws)
+    assert sorted((f.kind, f.label_set_id) for f in report.problems) == [
+        ("damaged", "ls-a"),
+        ("damaged", "ls-later"),
+        ("missing", "ls-b"),
+    ]
+    lines = repair_masks(small_ws, bk, report.problems)
+    assert sorted(lines) == sorted(
+        [
+            f"{a}: restored from {bk}",
+            f"{b}: restored from {bk}",
+            f"{later}: not in the backup {bk}; not repaired",
+        ]
+    )
+    assert (
+        a.read_bytes() == (bk / "masks" / a.name).read_bytes()
+        and b.read_bytes() == (bk / "masks" / b.name).read_bytes()
+    )
+    after = check_workspace(small_ws)
+    assert [f.label_set_id for f in after.problems] == ["ls-later"] and len(_rows(small_ws)) == 3

@@ -200,6 +200,10 @@ def test_check_backup_and_restore_on_the_command_line(tmp_path: Path) -> None:
     report = json.loads(out)
     assert code == 1 and not report["ok"] and [p["path"] for p in report["problems"]] == [str(mask)]
 
+    code, out, _ = _run("--workspace", ws, "check", "--repair-from", bk)
+    assert code == 0 and out.splitlines()[0] == f"{mask}: restored from {bk}"
+    os.truncate(mask, mask.stat().st_size - 10)
+
     code, _, err = _run("restore", bk, ws)
     assert (
         code == 2
