@@ -1542,7 +1542,7 @@ class Catalog:
             ]
             counts = {}
             for t in tables:
-                row = con.execute(f'SELECT count(*), bit_xor(hash("{t}")) FROM "{t}"').fetchone()
+                row = con.execute(f'SELECT count(*), bit_xor(hash(COLUMNS(*))) FROM "{t}"').fetchone()
                 counts[t] = int(row[0])  # type: ignore[index]
             return counts
 
