@@ -180,30 +180,71 @@ class Catalog:
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection; waits (with back-off) while another process holds the file.
-        Inside :meth:`session`, the pinned connection."""
+        Inside :meth:`session`, the pinned connection.
+
+        Raises:
+            CatalogBusy: another process held the file for longer than ``lock_timeout_s``.
+            CatalogError: the file cannot be opened, or DuckDB finds it damaged (also while a query
+                inside the block reads a damaged block): one line naming the file and the way back.
+        """
         pinned = getattr(self._local, "con", None)
         if pinned is not None:
-            yield pinned
+            with self._damage_as_catalog_error():
+                yield pinned
             return
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
+        mode = read_only and self.path.exists()
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+                con = duckdb.connect(str(self.path), read_only=mode)
                 break
+            except duckdb.ConnectionException as e:
+                # Another thread of this process has the file open in the other mode (DuckDB keeps one
+                # instance per file and process). A read goes through a read-write connection as well;
+                # a write waits until the readers have closed theirs.
+                if "different configuration" not in str(e):
+                    raise self._unusable(e) from e
+                if mode:
+                    mode = False
+                    continue
+                if time.monotonic() > deadline:
+                    raise CatalogBusy(
+                        f"{self.path}: readers in this process held it for {self.lock_timeout_s:.0f} s"
+                    ) from e
             except duckdb.IOException as e:
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                    if "lock" in str(e).lower():
-                        raise CatalogBusy(
-                            f"{self.path}: another process held the catalog for {self.lock_timeout_s:.0f} s"
-                        ) from e
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                if "lock" not in str(e).lower():
+                    raise self._unusable(e) from e
+                if time.monotonic() > deadline:
+                    raise CatalogBusy(
+                        f"{self.path}: another process held the catalog for {self.lock_timeout_s:.0f} s"
+                    ) from e
+            except duckdb.Error as e:
+                raise self._unusable(e) from e
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
         try:
-            yield con
+            with self._damage_as_catalog_error():
+                yield con
         finally:
             con.close()
+
+    @contextmanager
+    def _damage_as_catalog_error(self) -> Iterator[None]:
+        """Turn DuckDB's report of a damaged block or WAL, met by a query, into the one-line
+        :class:`CatalogError`; every other error passes unchanged."""
+        try:
+            yield
+        except duckdb.Error as e:
+            if not _is_damage(e):
+                raise
+            raise CatalogError(damaged_catalog_message(self.path, e)) from e
+
+    def _unusable(self, e: Exception) -> CatalogError:
+        """The :class:`CatalogError` for a file DuckDB would not open."""
+        if _is_damage(e):
+            return CatalogError(damaged_catalog_message(self.path, e))
+        return CatalogError(f"{self.path}: cannot open the catalog: {_first_line(e)}")
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -222,9 +263,25 @@ class Catalog:
             con.execute("COMMIT")
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        tables = {
+            str(r[0])
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+            ).fetchall()
+        }
+        if tables and "schema_meta" not in tables:
+            # Another program's DuckDB file: never add our tables to it.
+            raise CatalogError(
+                damaged_catalog_message(self.path, "a DuckDB file without the catalog's tables")
+            )
         con.execute("CREATE TABLE IF NOT EXISTS schema_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
         row = con.execute("SELECT value FROM schema_meta WHERE key = 'schema_version'").fetchone()
-        current = int(row[0]) if row else 0
+        try:
+            current = int(row[0]) if row else 0
+        except ValueError:
+            raise CatalogError(
+                damaged_catalog_message(self.path, f"schema_version {row[0]!r} is not a number")  # type: ignore[index]
+            ) from None
         if current > SCHEMA_VERSION:
             raise CatalogError(
                 f"{self.path}: catalog schema v{current} is newer than this workbench (v{SCHEMA_VERSION}); "
@@ -1478,6 +1535,89 @@ class Catalog:
 
     # -- reliability tools: backup, check, repair (storage.backup, storage.check) --------------------
     # (named queries of the reliability tools go here)
+    def snapshot_to(self, target: str | Path) -> None:
+        """Copy the whole catalog (tables, rows, views, macros, indexes) into a new DuckDB file
+        ``target``, as one consistent point in time.
+
+        ``COPY FROM DATABASE`` runs in one transaction, so it sees every committed write and none in
+        flight; it is taken under this process's write lock as well, and the connection keeps other
+        processes' writers waiting for the copy (a few hundred ms for 10,000 scans). Every block is read,
+        so a damaged catalog raises :class:`CatalogError` instead of giving a bad copy.
+
+        Args:
+            target: the new file; must not exist.
+        """
+        target = Path(target)
+        if target.exists():
+            raise CatalogError(f"{target}: exists; a snapshot goes into a new file")
+        literal = "'" + str(target).replace("'", "''") + "'"
+        with _write_lock(self.path), self.connect() as con:
+            name = str(con.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
+            con.execute(f"ATTACH {literal} AS backup_snapshot")
+            try:
+                con.execute(f'COPY FROM DATABASE "{name}" TO backup_snapshot')
+            finally:
+                con.execute("DETACH backup_snapshot")
+
+    def verify_tables(self) -> dict[str, int]:
+        """Read every row of every table (DuckDB checks each block's checksum as it reads it), so damage
+        that opening the file does not touch is found.
+
+        Returns:
+            table name -> row count.
+
+        Raises:
+            CatalogError: a block is damaged or missing (the file was truncated).
+        """
+        with self.connect(read_only=True) as con:
+            tables = [
+                str(r[0])
+                for r in con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                    "ORDER BY table_name"
+                ).fetchall()
+            ]
+            counts = {}
+            for t in tables:
+                row = con.execute(f'SELECT count(*), bit_xor(hash(COLUMNS(*))) FROM "{t}"').fetchone()
+                counts[t] = int(row[0])  # type: ignore[index]
+            return counts
+
+    def mask_references(self) -> pd.DataFrame:
+        """Every label set with the mask file it names and its scan's shape.
+
+        Returns:
+            Columns ``label_set_id, scan_id, origin, mask_key, shape`` (a list of 3 ints; None when the
+            scan row is missing), ordered by label set id.
+        """
+        return self.query(
+            "SELECT l.id AS label_set_id, l.scan_id, l.origin, l.mask_key, s.shape "
+            "FROM label_set l LEFT JOIN scan s ON s.id = l.scan_id ORDER BY l.id"
+        )
+
+    def expected_mask_classes(self) -> dict[str, dict[str, tuple[str | None, int | None]]]:
+        """What each label set's mask file must hold: its ``annotated_present`` classes and every class
+        with a ``class_stats`` row.
+
+        Returns:
+            label set id -> class name -> ``(coverage state or None, stored voxels or None)``.
+        """
+        df = self.query(
+            "SELECT label_set_id, class_name, c.state, st.voxels "
+            "FROM (SELECT * FROM class_coverage WHERE state = 'annotated_present') c "
+            "FULL OUTER JOIN class_stats st USING (label_set_id, class_name)"
+        )
+        out: dict[str, dict[str, tuple[str | None, int | None]]] = {}
+        for ls_id, name, state, voxels in df.itertuples(index=False):
+            out.setdefault(str(ls_id), {})[str(name)] = (
+                _str_or_none(state),
+                None if pd.isna(voxels) else int(voxels),
+            )
+        return out
+
+    def run_ids(self) -> set[str]:
+        """Returns: the id of every run (pseudo-label, train, evaluate)."""
+        return {str(r) for r in self.query("SELECT id FROM run")["id"]}
 
     # -- ingest and pseudo-label run hygiene (workbench.ingest, workbench.pseudolabel) --------------
     # (named queries of ingest and run clean-up go here)
@@ -1517,6 +1657,52 @@ class Catalog:
 
     # -- the app (workbench.app_pages, workbench.app_data) --------------------------------------------
     # (named queries of the app for #11 go here)
+
+
+#: What DuckDB says about a file that is not (or no longer) a readable database.
+_DAMAGE_MARKERS = (
+    "not a valid duckdb database file",
+    "corrupt database file",
+    "corrupt wal file",
+    "failure while replaying wal",
+    "could not read enough bytes",
+    "checksum",
+)
+
+
+def _is_damage(e: Exception) -> bool:
+    text = str(e).lower()
+    return any(m in text for m in _DAMAGE_MARKERS)
+
+
+def _first_line(e: Exception | str, limit: int = 160) -> str:
+    line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _reason(path: Path, e: Exception | str) -> str:
+    """DuckDB's first line without its ``IO Error:`` prefix and the file name the message names already."""
+    text = _first_line(e, limit=10_000).removeprefix("IO Error: ")
+    text = text.replace(f' "{path}.wal"', " (.wal)").replace(f' "{path}"', "")
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def damaged_catalog_message(path: Path, reason: Exception | str) -> str:
+    """The one line a damaged catalog gets: the file, what is wrong, and the way back.
+
+    Args:
+        path: the catalog file.
+        reason: DuckDB's error (its first line is quoted) or a description.
+
+    Returns:
+        ``<path>: the catalog is damaged or not a workbench catalog (<reason>); restore the latest backup
+        ...``. Nothing in the workspace was changed by the failed open.
+    """
+    return (
+        f"{path}: the catalog is damaged or not a workbench catalog ({_reason(path, reason)}); nothing was "
+        "changed. Restore the latest backup with `workbench restore BACKUP WS`, or move the file aside and "
+        "re-ingest: masks of corrections/pseudo-labels stay on disk"
+    )
 
 
 def _finite_or_none(x: float) -> float | None:

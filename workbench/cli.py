@@ -4,6 +4,9 @@
     workbench [--workspace DIR] ingest SOURCE ROOT
     workbench [--workspace DIR] stats [--by-source] [--format table|csv|json]
     workbench [--workspace DIR] gc [--dry-run] [--min-age-s S]
+    workbench [--workspace DIR] backup OUT [--link]
+    workbench [--workspace DIR] restore BACKUP [WORKSPACE] [--force] [--link]
+    workbench [--workspace DIR] check [--json] [--quick] [--repair-from BACKUP]
     workbench [--workspace DIR] export abdomenatlas|nnunet|monai OUT [--source ID ...] [--class NAME ...]
                                 [--origin ORIGIN ...] [--folds K] [--seed N]
     workbench [--workspace DIR] demo [--cases N] [--no-round] [--budget N]
@@ -26,6 +29,7 @@ The workspace is ``--workspace``, else ``$WORKBENCH_HOME``, else ``./workspace``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -34,7 +38,7 @@ import pandas as pd
 from harmonize.errors import HarmonizeError
 from harmonize.protocols import sources_table
 from storage.catalog import CatalogBusy, CatalogError
-from storage.workspace import ORPHAN_MIN_AGE_S, Workspace
+from storage.workspace import ORPHAN_MIN_AGE_S, Workspace, resolve_workspace
 
 
 def _print_table(df: pd.DataFrame, fmt: str) -> None:
@@ -81,6 +85,52 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         print(f"{verb} {path}")
     print(f"{verb} {len(found)} file(s) no committed label set references (older than {args.min_age_s:g} s)")
     return 0
+
+
+def _existing_workspace(path: str | None) -> Workspace:
+    """The workspace at ``path`` (see :func:`resolve_workspace`); one without a catalog is refused, not
+    created (backing up or checking an empty folder is a mistake in the path)."""
+    root = resolve_workspace(path)
+    if not (root / "catalog.duckdb").is_file():
+        raise CatalogError(f"{root}: no workspace here (no catalog.duckdb); pass --workspace DIR")
+    return Workspace.open(root)
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from storage.backup import backup_workspace
+
+    result = backup_workspace(_existing_workspace(args.workspace), args.out, link=args.link)
+    for line in result.lines():
+        print(line)
+    return 1 if result.missing else 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from storage.backup import restore_backup
+
+    target = resolve_workspace(args.target or args.workspace)
+    for line in restore_backup(args.backup, target, force=args.force, link=args.link).lines():
+        print(line)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from storage.check import check_workspace
+
+    ws = _existing_workspace(args.workspace)
+    report = check_workspace(ws, decode=not args.quick)
+    if args.repair_from and report.problems:
+        from storage.backup import repair_masks
+
+        for line in repair_masks(ws, args.repair_from, report.problems):
+            print(line, file=sys.stderr if args.json else sys.stdout)
+        report = check_workspace(ws, decode=not args.quick)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        for line in report.lines():
+            print(line)
+    return 0 if report.ok else 1
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -319,6 +369,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave younger files alone: their writer may be about to commit them (default %(default)s)",
     )
     p.set_defaults(func=_cmd_gc)
+
+    p = sub.add_parser(
+        "backup", help="a consistent copy of the catalog, mask files and uncertainty maps (others may work)"
+    )
+    p.add_argument("out", help="the backup folder to create (must not exist)")
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link mask files and maps (same filesystem) instead of copying: fast, but damage done to a "
+        "file in place reaches the backup too",
+    )
+    p.set_defaults(func=_cmd_backup)
+
+    p = sub.add_parser("restore", help="restore a backup (manifest verified first) into a workspace folder")
+    p.add_argument("backup", help="a folder written by `workbench backup`")
+    p.add_argument("target", nargs="?", help="the workspace folder (default: --workspace)")
+    p.add_argument(
+        "--force", action="store_true", help="move an occupied target aside (never deleted) and restore"
+    )
+    p.add_argument("--link", action="store_true", help="hard-link mask files and maps from the backup")
+    p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser(
+        "check", help="catalog vs mask store: missing, damaged or mismatched mask files, orphans (exit 1)"
+    )
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.add_argument("--quick", action="store_true", help="read the mask files' indexes only, decode nothing")
+    p.add_argument(
+        "--repair-from",
+        metavar="BACKUP",
+        help="put back missing or damaged mask files from this backup (nothing else changes), check again",
+    )
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("export", help="export harmonized labels")
     p.add_argument("format", choices=("abdomenatlas", "nnunet", "monai"))

@@ -184,3 +184,80 @@ def test_export_skips_a_damaged_case_names_it_and_exits_1(demo_ws, tmp_path: Pat
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["scan_id"] for s in manifest["skipped"]] == [scan]
     assert f"exported {len(manifest['cases'])} cases" in stdout and "skipped 1 damaged case(s)" in stdout
+
+
+def _ingested(tmp_path: Path) -> str:
+    write_native(make_phantom(23, shape=(40, 36, 24)), get_protocol("abdomenct_1k"), tmp_path / "d", "00001")
+    ws = str(tmp_path / "ws")
+    assert _run("--workspace", ws, "ingest", "abdomenct_1k", str(tmp_path / "d"), "--no-progress")[0] == 0
+    return ws
+
+
+def test_check_backup_and_restore_on_the_command_line(tmp_path: Path) -> None:
+    from storage.workspace import Workspace
+
+    ws = _ingested(tmp_path)
+    code, out, _ = _run("--workspace", ws, "check")
+    assert (
+        code == 0
+        and out.strip() == "checked 1 label sets, 1 mask files, 0 uncertainty maps: 0 problem(s), 0 orphan(s)"
+    )
+    bk = str(tmp_path / "bk")
+    code, out, _ = _run("--workspace", ws, "backup", bk)
+    assert code == 0 and f"1 mask files and 0 uncertainty maps to {bk}" in out
+
+    (key,) = Workspace.open(ws).masks.keys()
+    mask = Workspace.open(ws).masks.path(key)
+    os.truncate(mask, mask.stat().st_size - 10)
+    code, out, _ = _run("--workspace", ws, "check")
+    assert code == 1 and out.splitlines()[0].startswith(f"{mask}: mask file is damaged")
+    code, out, _ = _run("--workspace", ws, "check", "--json")
+    report = json.loads(out)
+    assert code == 1 and not report["ok"] and [p["path"] for p in report["problems"]] == [str(mask)]
+
+    code, out, _ = _run("--workspace", ws, "check", "--repair-from", bk)
+    assert code == 0 and out.splitlines()[0] == f"{mask}: restored from {bk}"
+    os.truncate(mask, mask.stat().st_size - 10)
+
+    code, _, err = _run("restore", bk, ws)
+    assert (
+        code == 2
+        and err.startswith("workbench: error: ")
+        and "pass --force" in err
+        and len(err.splitlines()) == 1
+    )
+    code, out, _ = _run("restore", bk, ws, "--force")
+    assert code == 0 and "were moved to" in out
+    assert _run("--workspace", ws, "check")[0] == 0
+    assert _run("--workspace", str(tmp_path / "new"), "restore", bk)[0] == 0  # target from --workspace
+    assert _run("--workspace", str(tmp_path / "new"), "check")[0] == 0
+
+
+def test_check_and_backup_refuse_a_folder_without_a_workspace(tmp_path: Path) -> None:
+    for argv in (["check"], ["backup", str(tmp_path / "bk")]):
+        code, _, err = _run("--workspace", str(tmp_path / "none"), *argv)
+        assert code == 2 and "no workspace here (no catalog.duckdb)" in err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "bk").exists()
+
+
+def test_a_damaged_catalog_gives_one_line_and_the_way_back_without_a_traceback(tmp_path: Path) -> None:
+    ws = _ingested(tmp_path)
+    catalog = Path(ws) / "catalog.duckdb"
+    data = bytearray(catalog.read_bytes())
+    data[:64] = bytes(64)
+    catalog.write_bytes(bytes(data))
+    for command in ("stats", "check", "queue"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "workbench", "--workspace", ws, command],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(
+            f"workbench: error: {catalog}: the catalog is damaged or not a workbench catalog"
+        )
+        assert "`workbench restore BACKUP WS`" in line and "move the file aside and re-ingest" in line
+    assert catalog.read_bytes() == bytes(data)
