@@ -531,3 +531,50 @@ def test_a_damaged_mask_file_is_skipped_by_exports(
     ledger.record("damaged mask file (exports)", lost=lost, half_written=len(half))
     assert skipped == {damaged} and damaged not in exported
     assert lost == 0 and half == []
+
+
+def test_check_names_a_damaged_mask_file_and_backup_brings_it_back(
+    kits_ws: Workspace, tmp_path: Path, ledger
+) -> None:  # type: ignore[no-untyped-def]
+    from storage.backup import backup_workspace
+    from storage.check import check_workspace
+
+    backup = tmp_path / "backup"
+    backup_workspace(kits_ws, backup)
+    key = str(kits_ws.catalog.label_sets()["mask_key"].iloc[0])
+    path = kits_ws.masks.path(key)
+    _truncate(path)
+    report = check_workspace(kits_ws)
+    named = [f for f in report.problems if Path(f.path).name == path.name]
+    restored = tmp_path / "restored"
+    from storage.backup import restore_backup
+
+    restore_backup(backup, restored)
+    after = check_workspace(Workspace.open(restored))
+    ledger.record("damaged mask file (check, backup)", lost=int(not after.ok), half_written=0)
+    assert len(report.problems) == 1 and len(named) == 1  # exactly that file, by name
+    assert after.ok
+
+
+def test_a_damaged_catalog_gives_one_line_and_the_way_back(kits_ws: Workspace, ledger) -> None:  # type: ignore[no-untyped-def]
+    catalog = kits_ws.catalog.path
+    masks_before = {p.name: file_sha256(p) for p in kits_ws.masks.root.iterdir() if p.is_file()}
+    data = bytearray(catalog.read_bytes())
+    data[:4096] = b"\x00" * 4096  # the header
+    catalog.write_bytes(bytes(data))
+    damaged = catalog.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "--workspace", str(kits_ws.root), "stats"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    masks_after = {p.name: file_sha256(p) for p in kits_ws.masks.root.iterdir() if p.is_file()}
+    untouched = catalog.read_bytes() == damaged and masks_after == masks_before
+    ledger.record("damaged catalog header", lost=int(not untouched), half_written=0)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and str(catalog) in lines[0] and "workbench restore" in lines[0]
+    assert untouched
