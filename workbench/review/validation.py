@@ -2,16 +2,16 @@
 
 What a reviewer types (name, comment, an upload's file name) is checked here, and so are the ids a write
 names (class, scan, label set): each failure is one :class:`~harmonize.errors.HarmonizeError` that says
-what is wrong, raised before anything is written. :func:`escape` is the one way typed text reaches a page.
+what is wrong, raised before anything is written. :func:`escape` is the one way typed (or file-controlled)
+text reaches a page.
 
 Example:
     >>> escape("<b>Dr Ada</b>")
-    '&lt;b&gt;Dr Ada&lt;/b&gt;'
+    '&lt;b&gt;Dr Ada&lt;\\\\/b&gt;'
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,16 +81,39 @@ def validate_comment(ws: Workspace, comment: str | None) -> str:
     return text
 
 
-def escape(text: object) -> str:
-    """HTML-escape anything a reviewer typed before it is shown in a page.
+#: What :func:`escape` makes of each character that HTML or Markdown give a meaning: HTML's five become
+#: entities; every other ASCII punctuation character that CommonMark, GitHub's extensions (tables,
+#: strikethrough, autolinks of ``www.``, ``http://`` and e-mail addresses) or Streamlit's directives
+#: (``:red[...]``) and math (``$``) read gets a backslash, which CommonMark shows as the character itself.
+#: ``:`` stays: alone it starts nothing that links or loads (an autolink also needs ``/``, ``.`` or ``@``),
+#: and scan ids read ``source:case``.
+_HTML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"}
+_MARKDOWN_PUNCTUATION = "\\`*_{}[]()#+-.!|~$/@="
+_HTML_TABLE = str.maketrans(_HTML_ESCAPES)
+_MARKDOWN_TABLE = str.maketrans({**_HTML_ESCAPES, **{c: "\\" + c for c in _MARKDOWN_PUNCTUATION}})
+
+
+def escape(text: object, *, markdown: bool = True) -> str:
+    """Make any value safe to show as literal text in a page: nothing in it becomes a link, an image, an
+    HTML tag or formatting. The one rule for every user- or file-controlled string the app shows (scan,
+    case and source ids, reviewer names, comments, paths, error messages).
 
     Args:
         text: any value (None shows as '').
+        markdown: True (default) for anything Streamlit renders as Markdown (``st.markdown``, captions,
+            titles and headers, alerts, widget and button labels, image captions, progress texts); False
+            for HTML-only renderers (plotly's hover texts, legends and tick labels), where a backslash
+            would show.
 
     Returns:
-        The text with ``& < > " '`` escaped.
+        The text with ``& < > " '`` as HTML entities and, with ``markdown``, a backslash before every
+        other Markdown punctuation character (``\\ ` * _ { } [ ] ( ) # + - . ! | ~ $ / @ =``).
+
+    Example:
+        >>> escape("case [log in](https:evil.example)")
+        'case \\\\[log in\\\\]\\\\(https:evil\\\\.example\\\\)'
     """
-    return html.escape("" if text is None else str(text), quote=True)
+    return ("" if text is None else str(text)).translate(_MARKDOWN_TABLE if markdown else _HTML_TABLE)
 
 
 def check_class(ws: Workspace, class_name: str) -> str:
