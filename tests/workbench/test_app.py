@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
 import os
 import re
 import shutil
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ import pytest
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
-from harmonize.taxonomy import class_names
-from storage.catalog import Catalog, LabelSetRecord
+from storage.catalog import Catalog
 from storage.maps import write_uncertainty_map
-from storage.synthetic import synthetic_scan
 from storage.workspace import Workspace
 from workbench import app_data, review
 
@@ -40,38 +37,10 @@ def ws(demo_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 
 @pytest.fixture
-def queued(ws: Workspace) -> str:
+def queued(ws: Workspace, add_pseudo: Callable[..., str]) -> str:
     """One pseudo label set on SCAN (colon + intestine, which BTCV does not annotate) with two uncertainty
     items; returns its id."""
-    return _add_pseudo(ws, SCAN, "ls-pseudo-test", {"colon": 0.9, "intestine": 0.4})
-
-
-def _add_pseudo(ws: Workspace, scan_id: str, ls_id: str, scores: dict[str, float]) -> str:
-    """A pseudo label set of run-1 on ``scan_id`` with colon (a block and a stray fragment) and intestine,
-    and one uncertainty item per class of ``scores``; returns its id."""
-    shape = tuple(int(s) for s in review.scan_row(ws, scan_id)["shape"])
-    colon = np.zeros(shape, bool)
-    colon[20:40, 20:40, 20:40] = True
-    colon[60:63, 60:63, 50:53] = True  # a stray fragment
-    intestine = np.zeros(shape, bool)
-    intestine[50:60, 30:40, 10:20] = True
-    ws.masks.write_label_set(ls_id, {"colon": colon, "intestine": intestine}, shape)  # type: ignore[arg-type]
-    cov = {n: "not_annotated" for n in class_names()}
-    cov.update({"colon": "annotated_present", "intestine": "annotated_present"})
-    ws.catalog.add_label_set(
-        LabelSetRecord(
-            id=ls_id, scan_id=scan_id, version=None, origin="pseudo", mask_key=ls_id, run_id="run-1"
-        ),
-        cov,
-        [],
-    )
-    with ws.catalog.transaction() as con:
-        for cls, score in scores.items():
-            con.execute(
-                "INSERT INTO uncertainty VALUES (?, ?, 'run-1', ?, ?, ?, ?)",
-                [scan_id, cls, ls_id, score, json.dumps({"entropy": score}), ["high_entropy"]],
-            )
-    return ls_id
+    return add_pseudo(ws, SCAN, "ls-pseudo-test", {"colon": 0.9, "intestine": 0.4})
 
 
 def _app(page: str | None = None, reviewer: str | None = "Dr Ada") -> AppTest:
@@ -429,6 +398,9 @@ def test_two_reviewers_and_a_background_writer_lose_no_decision(
 HOSTILE_CASE = (
     "case [log in](https:evil.example) <img src=x onerror=alert(1)> ![x](http://evil.example/x.png)"
 )
+HOSTILE_CASE = (
+    "case [log in](https:evil.example) <img src=x onerror=alert(1)> ![x](http://evil.example/x.png)"
+)
 HOSTILE_SCAN = f"btcv:{HOSTILE_CASE}"
 HOSTILE_REVIEWER = "Dr [x](https:evil.example) <b onmouseover=alert(1)>Eve</b>"
 HOSTILE_COMMENT = "![x](http://evil.example/x.png) <img src=x onerror=alert(1)> [log in](https:evil.example)"
@@ -445,8 +417,12 @@ HOSTILE = [
 _MD = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 #: Markdown tokens that make something live: a link, an image, raw HTML.
 _LIVE = {"link_open", "image", "html_inline", "html_block"}
-#: What GitHub-flavoured Markdown turns into a link without any syntax (its autolink literals).
-_AUTOLINK = re.compile(r"https?://|www\.|[\w.+-]+@[\w-]+\.[\w.]+")
+#: What Streamlit's Markdown (mdast-util-gfm-autolink-literal) turns into a link in the rendered TEXT, after
+#: escapes are undone: its two patterns, ASCII like JavaScript's ``\w``.
+_AUTOLINK = [
+    re.compile(r"(https?://|www(?=\.))([-.\w]+)([^ \t\r\n]*)", re.IGNORECASE | re.ASCII),
+    re.compile(r"([-.\w+]+)@([-\w]+(?:\.[-\w]+)+)", re.ASCII),
+]
 
 
 def _tokens(markdown: str) -> list[Any]:
@@ -460,16 +436,18 @@ def _tokens(markdown: str) -> list[Any]:
 
 def _assert_inert(markdown: str) -> None:
     """``markdown`` renders no link, image or HTML, and holds no GitHub autolink literal."""
-    live = [t.type for t in _tokens(markdown) if t.type in _LIVE]
+    tokens = _tokens(markdown)
+    live = [t.type for t in tokens if t.type in _LIVE]
     assert not live, (live, markdown)
-    assert not _AUTOLINK.search(markdown), markdown
+    for text in (t.content for t in tokens if t.type == "text"):
+        assert not any(p.search(text) for p in _AUTOLINK), (text, markdown)
 
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_escape_shows_markdown_and_html_as_the_very_text(text: str) -> None:
     md = review.escape(text)
     _assert_inert(md)
-    shown = "".join(t.content for t in _tokens(md) if t.type == "text")
+    shown = "".join(t.content for t in _tokens(md) if t.type == "text").replace(review.WORD_JOINER, "")
     assert shown == text.replace("\n", "")  # line breaks become softbreak tokens; every character shows
 
 
@@ -482,7 +460,8 @@ def test_escape_for_plotly_leaves_no_tag(text: str) -> None:
 
 def _plain(markdown: str) -> str:
     """The text an escaped string shows (the inverse of :func:`workbench.review.escape`)."""
-    return html.unescape(re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown))
+    unescaped = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+    return html.unescape(unescaped).replace(review.WORD_JOINER, "")
 
 
 #: Proto fields that Streamlit renders as Markdown: bodies of markdown, captions, headings and alerts,
@@ -542,32 +521,11 @@ def _check_render(at: AppTest, checked: list[int]) -> str:
 
 
 @pytest.fixture
-def hostile(ws: Workspace, queued: str) -> str:
-    """A scan whose case folder is :data:`HOSTILE_CASE` (the CT and labels of SCAN), at the top of the
-    queue, with a decision by :data:`HOSTILE_REVIEWER`; returns its pseudo label set id."""
-    row = review.scan_row(ws, SCAN)
-    shape = tuple(int(s) for s in row["shape"])
-    record = dataclasses.replace(
-        synthetic_scan(HOSTILE_SCAN, shape=shape, affine=np.reshape(row["affine"], (4, 4))),
-        image_path=row["image_path"],
-        label_path=row["label_path"],
-    )
-    original = ws.catalog.label_sets(SCAN).iloc[0]
-    masks = ws.masks.read_many(original["mask_key"])
-    ws.masks.write_label_set("ls-hostile-original", masks, shape)  # type: ignore[arg-type]
-    ws.catalog.add_label_set(
-        LabelSetRecord(
-            id="ls-hostile-original",
-            scan_id=HOSTILE_SCAN,
-            version=None,
-            origin="original",
-            mask_key="ls-hostile-original",
-        ),
-        ws.catalog.coverage(original["id"]),
-        [],
-        scan=record,
-    )
-    ls_id = _add_pseudo(ws, HOSTILE_SCAN, "ls-hostile-pseudo", {"colon": 0.99})
+def hostile(ws: Workspace, queued: str, add_hostile_scan: Callable[..., tuple[str, str]]) -> str:
+    """The scan of :data:`HOSTILE_SCAN` at the top of the queue (``add_hostile_scan``), with a decision by
+    :data:`HOSTILE_REVIEWER`; returns its pseudo label set id."""
+    scan_id, ls_id = add_hostile_scan(ws, HOSTILE_CASE)
+    assert scan_id == HOSTILE_SCAN
     rid = review.record_decision(ws, HOSTILE_SCAN, "intestine", ls_id, "skip", "Dr Ada", HOSTILE_COMMENT)
     with ws.catalog.transaction() as con:  # a name that the app's own check refuses, written by another tool
         con.execute("UPDATE review SET reviewer = ? WHERE id = ?", [HOSTILE_REVIEWER, rid])
@@ -758,3 +716,15 @@ def test_an_unreadable_catalog_is_one_line(ws: Workspace) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "cannot be opened" in at.error[0].value
     assert "workbench backup" in at.error[0].value
+
+
+def test_an_unreadable_file_is_one_line() -> None:
+    def page() -> None:
+        from workbench.app_pages import common
+
+        with common.guarded():
+            raise PermissionError(13, "Permission denied", "/data/case_1/ct.nii.gz")
+
+    at = AppTest.from_function(page, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [_plain(e.value) for e in at.error] == ["/data/case_1/ct.nii.gz: Permission denied"]

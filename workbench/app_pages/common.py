@@ -50,6 +50,10 @@ def workspace() -> Workspace | None:
         return None
     try:
         return _open(str(root))
+    except CatalogBusy as e:
+        st.error(f"The catalog is busy (another job is writing); reload in a moment. ({escape(e)})")
+        st.stop()
+        raise  # st.stop() raises; this line only tells type checkers
     except Exception as e:  # DuckDB's own errors are not ours to import here; any of them means the same
         st.error(f"The catalog cannot be opened: {escape(e)}. Nothing was changed. {WAY_BACK}")
         st.stop()

@@ -91,6 +91,12 @@ _HTML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#
 _MARKDOWN_PUNCTUATION = "\\`*_{}[]()#+-.!|~$/@="
 _HTML_TABLE = str.maketrans(_HTML_ESCAPES)
 _MARKDOWN_TABLE = str.maketrans({**_HTML_ESCAPES, **{c: "\\" + c for c in _MARKDOWN_PUNCTUATION}})
+#: Where GitHub's autolink literals start (``http://``, ``https://``, ``www.``, ``user@host``). Streamlit
+#: finds them in the rendered text, after backslashes and entities are undone, so only a character in
+#: between stops them: an invisible word joiner (U+2060) after the ``:`` of ``://``, after ``www`` and
+#: after ``@``.
+_AUTOLINK_START = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
 
 
 def escape(text: object, *, markdown: bool = True) -> str:
@@ -107,13 +113,19 @@ def escape(text: object, *, markdown: bool = True) -> str:
 
     Returns:
         The text with ``& < > " '`` as HTML entities and, with ``markdown``, a backslash before every
-        other Markdown punctuation character (``\\ ` * _ { } [ ] ( ) # + - . ! | ~ $ / @ =``).
+        other Markdown punctuation character (``\\ ` * _ { } [ ] ( ) # + - . ! | ~ $ / @ =``) and an
+        invisible :data:`WORD_JOINER` where an autolink would start (``://``, ``www.``, ``@``).
 
     Example:
         >>> escape("case [log in](https:evil.example)")
         'case \\\\[log in\\\\]\\\\(https:evil\\\\.example\\\\)'
+        >>> escape("www.evil.example") == "www" + WORD_JOINER + "\\\\.evil\\\\.example"
+        True
     """
-    return ("" if text is None else str(text)).translate(_MARKDOWN_TABLE if markdown else _HTML_TABLE)
+    plain = "" if text is None else str(text)
+    if not markdown:
+        return plain.translate(_HTML_TABLE)
+    return _AUTOLINK_START.sub(WORD_JOINER, plain).translate(_MARKDOWN_TABLE)
 
 
 def check_class(ws: Workspace, class_name: str) -> str:
