@@ -174,6 +174,8 @@ if run_id is None:  # browsing: a pseudo label set's own run may have a map
 no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
 with ws.catalog.session():
     present = app_data.present_classes(ws, shown)
+    # read here with the other quick reads: every write below reruns the page before it shows the history
+    history = review.reviews(ws, scan_id, class_name)
     # side by side: the judged version next to the current one (e.g. pseudo vs original) where both exist
     compare_with = (
         current
@@ -356,8 +358,6 @@ with q2:
                 )
 
 st.subheader("History")
-with ws.catalog.session():
-    history = review.reviews(ws, scan_id, class_name)
 if history.empty:
     st.caption("No decisions yet for this scan and class.")
 else:
