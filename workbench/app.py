@@ -6,6 +6,8 @@ a model (no torch import); pseudo-labels come from ``workbench pseudolabel`` run
 
 Pages (``workbench/app_pages/``): Overview, Long tail, Review, Export. They are thin layers over
 ``workbench.app_data`` (tables, figures, slice images) and ``workbench.review`` (decisions, corrections).
+Every user- or file-controlled string is shown through ``workbench.review.escape``; the server listens on
+127.0.0.1 only (``.streamlit/config.toml``; ``docs/serving.md`` says how to serve a team behind a login).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ else:
         st.Page(_HERE / "export.py", title="Export"),
     ]
     common.sidebar(ws)
-    # One catalog connection for the whole render (opening DuckDB costs ~60 ms each time); it is released
-    # when the render ends, so other processes wait at most one render (the catalog retries on the lock).
-    with ws.catalog.session():
-        st.navigation(pages).run()
+    # No catalog session around the render: a page pins one only around a few quick reads, so an export,
+    # an image read or a mask decode never keeps other processes (ingest, pseudo-labelling, the CLI) from
+    # writing.
+    st.navigation(pages).run()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from harmonize.taxonomy import class_names
+from storage.catalog import LabelSetRecord
+from storage.synthetic import synthetic_scan
 from storage.workspace import Workspace
 
 
@@ -77,3 +83,72 @@ def uncertainty_ws(tmp_path: Path) -> Workspace:
         ],
     )
     return ws
+
+
+def _add_pseudo(ws: Workspace, scan_id: str, ls_id: str, scores: dict[str, float]) -> str:
+    """A pseudo label set of run-1 on ``scan_id`` with colon (a block and a stray fragment) and intestine,
+    and one uncertainty item per class of ``scores``; returns its id."""
+    shape = tuple(int(s) for s in ws.catalog.scan_row(scan_id)["shape"])  # type: ignore[index]
+    colon = np.zeros(shape, bool)
+    colon[20:40, 20:40, 20:40] = True
+    colon[60:63, 60:63, 50:53] = True  # a stray fragment
+    intestine = np.zeros(shape, bool)
+    intestine[50:60, 30:40, 10:20] = True
+    ws.masks.write_label_set(ls_id, {"colon": colon, "intestine": intestine}, shape)  # type: ignore[arg-type]
+    cov = {n: "not_annotated" for n in class_names()}
+    cov.update({"colon": "annotated_present", "intestine": "annotated_present"})
+    ws.catalog.add_label_set(
+        LabelSetRecord(
+            id=ls_id, scan_id=scan_id, version=None, origin="pseudo", mask_key=ls_id, run_id="run-1"
+        ),
+        cov,
+        [],
+    )
+    with ws.catalog.transaction() as con:
+        for cls, score in scores.items():
+            con.execute(
+                "INSERT INTO uncertainty VALUES (?, ?, 'run-1', ?, ?, ?, ?)",
+                [scan_id, cls, ls_id, score, json.dumps({"entropy": score}), ["high_entropy"]],
+            )
+    return ls_id
+
+
+@pytest.fixture(scope="session")
+def add_pseudo() -> Callable[[Workspace, str, str, dict[str, float]], str]:
+    """``add_pseudo(ws, scan_id, label_set_id, {class: score})``: a pseudo label set (colon + intestine)
+    with one queue item per class; returns its id."""
+    return _add_pseudo
+
+
+def _add_hostile_scan(ws: Workspace, case_id: str) -> tuple[str, str]:
+    """A BTCV scan whose case folder is ``case_id`` (the CT and labels of ``btcv:demo000``), at the top of
+    the review queue (colon, score 0.99); returns (scan id, pseudo label set id)."""
+    row = ws.catalog.scan_row("btcv:demo000")
+    assert row is not None
+    scan_id = f"btcv:{case_id}"
+    shape = tuple(int(s) for s in row["shape"])
+    record = dataclasses.replace(
+        synthetic_scan(scan_id, shape=shape, affine=np.reshape(row["affine"], (4, 4))),
+        image_path=row["image_path"],
+        label_path=row["label_path"],
+    )
+    original = ws.catalog.label_sets("btcv:demo000").iloc[0]
+    original_id = "ls-hostile-original"
+    masks = ws.masks.read_many(original["mask_key"])
+    ws.masks.write_label_set(original_id, masks, shape)  # type: ignore[arg-type]
+    ws.catalog.add_label_set(
+        LabelSetRecord(
+            id=original_id, scan_id=scan_id, version=None, origin="original", mask_key=original_id
+        ),
+        ws.catalog.coverage(original["id"]),
+        [],
+        scan=record,
+    )
+    return scan_id, _add_pseudo(ws, scan_id, "ls-hostile-pseudo", {"colon": 0.99})
+
+
+@pytest.fixture(scope="session")
+def add_hostile_scan() -> Callable[[Workspace, str], tuple[str, str]]:
+    """``add_hostile_scan(ws, case_id)``: a scan named by a hostile case folder at the top of the review
+    queue; returns (scan id, pseudo label set id)."""
+    return _add_hostile_scan

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
 import shutil
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
+from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
-from harmonize.taxonomy import class_names
-from storage.catalog import LabelSetRecord
+from storage.catalog import Catalog
 from storage.maps import write_uncertainty_map
 from storage.workspace import Workspace
 from workbench import app_data, review
 
-APP = str(Path(__file__).resolve().parents[2] / "workbench" / "app.py")
+REPO = Path(__file__).resolve().parents[2]
+APP = str(REPO / "workbench" / "app.py")
 SCAN = "btcv:demo000"
 TIMEOUT = 60
 
@@ -29,31 +37,10 @@ def ws(demo_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 
 @pytest.fixture
-def queued(ws: Workspace) -> str:
+def queued(ws: Workspace, add_pseudo: Callable[..., str]) -> str:
     """One pseudo label set on SCAN (colon + intestine, which BTCV does not annotate) with two uncertainty
     items; returns its id."""
-    shape = tuple(int(s) for s in review.scan_row(ws, SCAN)["shape"])
-    colon = np.zeros(shape, bool)
-    colon[20:40, 20:40, 20:40] = True
-    colon[60:63, 60:63, 50:53] = True  # a stray fragment
-    intestine = np.zeros(shape, bool)
-    intestine[50:60, 30:40, 10:20] = True
-    ls_id = "ls-pseudo-test"
-    ws.masks.write_label_set(ls_id, {"colon": colon, "intestine": intestine}, shape)  # type: ignore[arg-type]
-    cov = {n: "not_annotated" for n in class_names()}
-    cov.update({"colon": "annotated_present", "intestine": "annotated_present"})
-    ws.catalog.add_label_set(
-        LabelSetRecord(id=ls_id, scan_id=SCAN, version=2, origin="pseudo", mask_key=ls_id, run_id="run-1"),
-        cov,
-        [],
-    )
-    with ws.catalog.transaction() as con:
-        for cls, score in (("colon", 0.9), ("intestine", 0.4)):
-            con.execute(
-                "INSERT INTO uncertainty VALUES (?, ?, 'run-1', ?, ?, ?, ?)",
-                [SCAN, cls, ls_id, score, json.dumps({"entropy": score}), ["high_entropy"]],
-            )
-    return ls_id
+    return add_pseudo(ws, SCAN, "ls-pseudo-test", {"colon": 0.9, "intestine": 0.4})
 
 
 def _app(page: str | None = None, reviewer: str | None = "Dr Ada") -> AppTest:
@@ -128,7 +115,7 @@ def test_review_page_empty_queue_state_and_browse(ws: Workspace) -> None:
     assert len(at.image) == 1
     # original labels: no run, no map; the checkbox and the jump are disabled and a caption says why
     assert at.checkbox(key="v_unc").disabled and at.button(key="v_jump_unc").disabled
-    assert any("not come from a pseudo-labelling run" in c.value for c in at.caption)
+    assert any("not come from a pseudo" in c.value for c in at.caption)  # escaped: pseudo\\-labelling
     at.selectbox(key="v_class").set_value("liver").run()
     at.radio(key="v_view").set_value("coronal").run()
     assert not at.exception and len(at.image) == 1
@@ -272,14 +259,14 @@ def test_an_outlier_opens_over_a_non_empty_queue(ws: Workspace, queued: str) -> 
     at.switch_page("app_pages/review.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("Viewing outlier kits23:demo000" in i.value for i in at.info)
-    assert at.subheader[0].value == "Decision on kidney_left of kits23:demo000"
+    assert _plain(at.subheader[0].value) == "Decision on kidney_left of kits23:demo000"
     assert "kits23:demo000" in at.image[0].captions[0]
     _button(at, "d_accept")
     rows = ws.catalog.query("SELECT scan_id, class_name, reviewer FROM review")
     assert rows.values.tolist() == [["kits23:demo000", "kidney_left", "Dr Ada"]]
     _button(at, "back_to_queue")
     assert "browse_scan" not in at.session_state
-    assert at.subheader[0].value == f"Decision on colon of {SCAN}"
+    assert _plain(at.subheader[0].value) == f"Decision on colon of {SCAN}"
 
 
 def test_an_outlier_presets_the_pickers_when_the_queue_is_empty(ws: Workspace) -> None:
@@ -292,7 +279,7 @@ def test_an_outlier_presets_the_pickers_when_the_queue_is_empty(ws: Workspace) -
     assert at.selectbox(key="v_class").value == "kidney_tumor"
     assert "browse_scan" not in at.session_state  # consumed: the reviewer can pick another scan
     at.selectbox(key="v_scan").set_value(SCAN).run()
-    assert at.subheader[0].value == f"Decision on kidney_tumor of {SCAN}"
+    assert _plain(at.subheader[0].value) == f"Decision on kidney_tumor of {SCAN}"
 
 
 def test_an_outlier_link_to_an_unknown_scan_is_an_error_message(ws: Workspace, queued: str) -> None:
@@ -345,7 +332,7 @@ while not stop.exists():
 
 def _shown(at: AppTest) -> tuple[str, str]:
     """(scan_id, class_name) of the case under the decision buttons."""
-    text = at.subheader[0].value.removeprefix("Decision on ")
+    text = _plain(at.subheader[0].value).removeprefix("Decision on ")
     class_name, scan_id = text.split(" of ", 1)
     return scan_id, class_name
 
@@ -402,3 +389,342 @@ def test_two_reviewers_and_a_background_writer_lose_no_decision(
     assert ws.catalog.query("SELECT count(*) AS n FROM label_set WHERE run_id = 'run-bg'")["n"].iloc[0] == (
         steps
     )
+
+
+# ------------------------------------------------------------------------------------- hostile strings
+
+#: A case folder, a reviewer name and a comment an attacker controls (a shared dataset, a catalog written
+#: by another tool): a Markdown link, a remote Markdown image and HTML that would run script.
+HOSTILE_CASE = (
+    "case [log in](https:evil.example) <img src=x onerror=alert(1)> ![x](http://evil.example/x.png)"
+)
+HOSTILE_CASE = (
+    "case [log in](https:evil.example) <img src=x onerror=alert(1)> ![x](http://evil.example/x.png)"
+)
+HOSTILE_SCAN = f"btcv:{HOSTILE_CASE}"
+HOSTILE_REVIEWER = "Dr [x](https:evil.example) <b onmouseover=alert(1)>Eve</b>"
+HOSTILE_COMMENT = "![x](http://evil.example/x.png) <img src=x onerror=alert(1)> [log in](https:evil.example)"
+HOSTILE = [
+    HOSTILE_CASE,
+    HOSTILE_REVIEWER,
+    HOSTILE_COMMENT,
+    "www.evil.example and https://evil.example/x and mallory@evil.example",
+    "<https://evil.example> :red[red] $\\href{https://evil.example}{x}$ ~~gone~~ **bold** `code`",
+    "# heading\n- item\n> quote\n| a | b |\n|---|---|\n[ref]: https://evil.example",
+    "&lt;b&gt; stays text &amp; \\[already escaped\\]",
+]
+
+_MD = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+#: Markdown tokens that make something live: a link, an image, raw HTML.
+_LIVE = {"link_open", "image", "html_inline", "html_block"}
+#: What Streamlit's Markdown (mdast-util-gfm-autolink-literal) turns into a link in the rendered TEXT, after
+#: escapes are undone: its two patterns, ASCII like JavaScript's ``\w``.
+_AUTOLINK = [
+    re.compile(r"(https?://|www(?=\.))([-.\w]+)([^ \t\r\n]*)", re.IGNORECASE | re.ASCII),
+    re.compile(r"([-.\w+]+)@([-\w]+(?:\.[-\w]+)+)", re.ASCII),
+]
+
+
+def _tokens(markdown: str) -> list[Any]:
+    """Every token of ``markdown`` (CommonMark + GitHub's tables and strikethrough), inline ones too."""
+    out = []
+    for token in _MD.parse(markdown):
+        out.append(token)
+        out.extend(token.children or [])
+    return out
+
+
+def _assert_inert(markdown: str) -> None:
+    """``markdown`` renders no link, image or HTML, and holds no GitHub autolink literal."""
+    tokens = _tokens(markdown)
+    live = [t.type for t in tokens if t.type in _LIVE]
+    assert not live, (live, markdown)
+    for text in (t.content for t in tokens if t.type == "text"):
+        assert not any(p.search(text) for p in _AUTOLINK), (text, markdown)
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_escape_shows_markdown_and_html_as_the_very_text(text: str) -> None:
+    md = review.escape(text)
+    _assert_inert(md)
+    shown = "".join(t.content for t in _tokens(md) if t.type == "text").replace(review.WORD_JOINER, "")
+    assert shown == text.replace("\n", "")  # line breaks become softbreak tokens; every character shows
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_escape_for_plotly_leaves_no_tag(text: str) -> None:
+    html_only = review.escape(text, markdown=False)
+    assert "<" not in html_only and ">" not in html_only and '"' not in html_only
+    assert html.unescape(html_only) == text
+
+
+def _plain(markdown: str) -> str:
+    """The text an escaped string shows (the inverse of :func:`workbench.review.escape`)."""
+    unescaped = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+    return html.unescape(unescaped).replace(review.WORD_JOINER, "")
+
+
+#: Proto fields that Streamlit renders as Markdown: bodies of markdown, captions, headings and alerts,
+#: widget and button labels and help texts, image captions, progress texts.
+_MARKDOWN_FIELDS = {"body", "label", "help", "caption", "text"}
+#: Elements whose strings are shown as plain text (or checked separately: plotly's spec).
+_PLAIN_ELEMENTS = {"text", "code", "dataframe", "plotly_chart", "exception"}
+
+
+def _markdown_strings(message: Any) -> Iterator[str]:
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                yield from _markdown_strings(item)
+        elif field.type == field.TYPE_STRING and field.name in _MARKDOWN_FIELDS:
+            yield from value if field.is_repeated else [value]
+
+
+def _rendered(node: Any) -> Iterator[tuple[str, str]]:
+    """(element type, string) of every Markdown-rendered string of an AppTest tree."""
+    for child in getattr(node, "children", {}).values():
+        proto = getattr(child, "proto", None)
+        kind = str(getattr(child, "type", ""))
+        if proto is not None and kind not in _PLAIN_ELEMENTS:
+            for text in _markdown_strings(proto):
+                yield kind, text
+        if kind == "plotly_chart" and proto is not None:
+            yield from (("plotly_chart", t) for t in _plotly_strings(json.loads(proto.spec)))
+        yield from _rendered(child)
+
+
+def _plotly_strings(obj: Any) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if key != "customdata":  # data for the click, never shown
+                yield from _plotly_strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _plotly_strings(value)
+
+
+def _check_render(at: AppTest, checked: list[int]) -> str:
+    """Assert that no Markdown-rendered string of this render has a live link, image or HTML tag, and
+    return them all, joined (to look for the escaped hostile strings). ``checked`` counts the strings."""
+    assert not at.exception, [e.value for e in at.exception]
+    texts = []
+    for kind, text in _rendered(at._tree):
+        if kind == "plotly_chart":
+            assert "<img" not in text and "<a " not in text and "<b " not in text, text
+        else:
+            _assert_inert(text)
+        texts.append(text)
+    checked.append(len(texts))
+    return "\n".join(texts)
+
+
+@pytest.fixture
+def hostile(ws: Workspace, queued: str, add_hostile_scan: Callable[..., tuple[str, str]]) -> str:
+    """The scan of :data:`HOSTILE_SCAN` at the top of the queue (``add_hostile_scan``), with a decision by
+    :data:`HOSTILE_REVIEWER`; returns its pseudo label set id."""
+    scan_id, ls_id = add_hostile_scan(ws, HOSTILE_CASE)
+    assert scan_id == HOSTILE_SCAN
+    rid = review.record_decision(ws, HOSTILE_SCAN, "intestine", ls_id, "skip", "Dr Ada", HOSTILE_COMMENT)
+    with ws.catalog.transaction() as con:  # a name that the app's own check refuses, written by another tool
+        con.execute("UPDATE review SET reviewer = ? WHERE id = ?", [HOSTILE_REVIEWER, rid])
+    return ls_id
+
+
+def test_hostile_names_render_as_text_on_every_page(ws: Workspace, hostile: str) -> None:
+    checked: list[int] = []
+    at = _app("review")
+    shown = _check_render(at, checked)
+    assert review.escape(HOSTILE_SCAN) in shown  # the subheader and the image caption show it, escaped
+    assert _shown(at) == (HOSTILE_SCAN, "colon")
+    at.text_area(key="v_comment").set_value(HOSTILE_COMMENT)
+    _button(at, "d_needs_correction")
+    shown = _check_render(at, checked)
+    assert f"on {review.escape(HOSTILE_SCAN)} by Dr Ada" in shown
+    assert ws.catalog.query("SELECT comment FROM review WHERE decision = 'needs_correction'")[
+        "comment"
+    ].tolist() == [HOSTILE_COMMENT]  # stored as typed; only the display escapes
+
+    at.session_state["browse_scan"] = HOSTILE_SCAN  # the case opened from the Long tail
+    at.session_state["browse_class"] = "intestine"
+    at.run()
+    shown = _check_render(at, checked)
+    assert f"Undo the newest decision (skip by {review.escape(HOSTILE_REVIEWER)})" in shown
+    assert f"Viewing outlier {review.escape(HOSTILE_SCAN)}" in shown
+    _button(at, "slicer_export")
+    shown = _check_render(at, checked)
+    assert "Wrote " in shown and review.escape("ct.nii.gz") in shown
+
+    for page in ("overview", "long_tail", "export"):
+        at.switch_page(f"app_pages/{page}.py").run()
+        _check_render(at, checked)
+    at.text_input(key="x_name").set_value("hostile-export").run()
+    _button(at, "x_go")
+    shown = _check_render(at, checked)
+    assert "Exported 10 cases" in shown
+    print("strings checked per render:", checked)
+    assert sum(checked) >= 60 and len(checked) == 8, checked  # strings checked per render
+
+
+def test_plotly_figures_show_hostile_ids_as_text() -> None:
+    summary = pd.DataFrame(
+        {
+            "class_name": ["liver"],
+            "n": [3],
+            "q1": [1.0],
+            "median": [2.0],
+            "q3": [3.0],
+            "lo": [1.0],
+            "hi": [3.0],
+        }
+    )
+    outliers = pd.DataFrame(
+        {"scan_id": [HOSTILE_SCAN], "class_name": ["liver"], "volume_ml": [9.0], "label_set_id": ["ls"]}
+    )
+    fig = app_data.volume_figure(summary, outliers)
+    points = fig.data[1]
+    assert list(points.customdata[0]) == [HOSTILE_SCAN, "liver"]  # the click still opens the real id
+    assert points.text[0] == review.escape(HOSTILE_SCAN, markdown=False)
+    assert "%{text}" in points.hovertemplate and "customdata" not in points.hovertemplate
+    by_source = pd.DataFrame(
+        {"source_id": ["<b>src</b>"], "class_name": ["liver"], "annotated": [1], "not_annotated": [0]}
+    )
+    assert app_data.annotated_by_source_figure(by_source).data[0].name == "&lt;b&gt;src&lt;/b&gt;"
+    heat = app_data.heatmap_figure(app_data.coverage_matrix(by_source), "t", "c")
+    assert list(heat.data[0].y) == ["&lt;b&gt;src&lt;/b&gt;"]
+
+
+# ------------------------------------------------------------------------------------ serving, catalog
+
+
+def test_the_server_listens_on_loopback_only() -> None:
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["server"]["headless"] is True
+    assert config["server"].get("enableXsrfProtection", True) is True
+    assert config["browser"]["gatherUsageStats"] is False
+    assert "docs/serving.md" in (REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8")
+    assert (REPO / "docs" / "serving.md").is_file()
+
+
+@contextmanager
+def _counting_catalog_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Count the catalog sessions and connections open in this process, in any thread and catalog object
+    (``[open sessions, open connections]``)."""
+    counts = [0, 0]
+    session, connect = Catalog.session, Catalog.connect
+
+    def counted(original: Any, slot: int) -> Any:
+        @contextmanager
+        def wrapper(self: Catalog, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            with original(self, *args, **kwargs) as value:
+                counts[slot] += 1
+                try:
+                    yield value
+                finally:
+                    counts[slot] -= 1
+
+        return wrapper
+
+    monkeypatch.setattr(Catalog, "session", counted(session, 0))
+    monkeypatch.setattr(Catalog, "connect", counted(connect, 1))
+    yield counts
+
+
+#: Another process opens the catalog for writing and records an ingest issue; it gives up after 5 s.
+OTHER_WRITER = """
+import sys
+from storage.catalog import Catalog
+Catalog(sys.argv[1], lock_timeout_s=5).counts()
+print("wrote", flush=True)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["nnunet", "abdomenatlas"])
+def test_the_export_page_holds_no_catalog_while_it_writes_files(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    import subprocess
+    import sys
+
+    import nibabel
+
+    at = _app("export")
+    writes: list[tuple[int, int]] = []
+    other: list[str] = []
+    save = nibabel.save
+
+    with _counting_catalog_connections(monkeypatch) as counts:
+
+        def watched_save(img: Any, filename: Any) -> None:
+            writes.append((counts[0], counts[1]))
+            if not other:  # while the first file is written, another process opens the catalog
+                done = subprocess.run(
+                    [sys.executable, "-c", OTHER_WRITER, str(ws.catalog.path)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
+                other.append(done.stdout.strip() or done.stderr.strip().splitlines()[-1])
+            save(img, filename)
+
+        monkeypatch.setattr(nibabel, "save", watched_save)
+        at.selectbox(key="x_format").set_value(fmt).run()
+        at.text_input(key="x_name").set_value("watched").run()
+        _button(at, "x_go")
+    assert any("Exported 9 cases" in s.value for s in at.success), [(e.type, e.value) for e in at.main]
+    assert len(writes) >= 10
+    assert set(writes) == {(0, 0)}  # no session and no connection open while any export file was written
+    assert other == ["wrote"]  # and another process could open the catalog meanwhile
+
+
+# ---------------------------------------------------------------------------------------- damaged masks
+
+
+def test_a_truncated_mask_file_is_one_line_and_the_page_still_works(ws: Workspace, queued: str) -> None:
+    path = ws.masks.path(queued)
+    path.write_bytes(path.read_bytes()[:-10])  # the pseudo label set's file loses its last 10 bytes
+    at = _app("review")
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "truncated or corrupt" in errors[0], errors
+    assert review.escape(path.name) in errors[0] and "workbench check" in errors[0]
+    assert len(at.image) == 1  # the CT still shows, without the unreadable overlay
+    assert _plain(at.subheader[0].value) == f"Decision on colon of {SCAN}"
+    _button(at, "fix_largest")  # a quick fix on the damaged file: one line again, nothing stored
+    assert any("truncated or corrupt" in e.value for e in at.error)
+    assert ws.catalog.query("SELECT count(*) AS n FROM review")["n"].iloc[0] == 0
+    _button(at, "d_accept")  # a decision needs no mask file
+    assert any("Recorded accept of colon" in s.value for s in at.success)
+    at.session_state["browse_scan"] = "kits23:demo000"  # other scans open as usual
+    at.session_state["browse_class"] = "kidney_left"
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.image) == 1
+
+
+def test_an_unreadable_catalog_is_one_line(ws: Workspace) -> None:
+    from workbench.app_pages import common
+
+    common._open.clear()  # type: ignore[attr-defined]
+    raw = bytearray(ws.catalog.path.read_bytes())
+    raw[:4096] = bytes(4096)  # the file header is gone
+    ws.catalog.path.write_bytes(bytes(raw))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.error) == 1 and "cannot be opened" in at.error[0].value
+    assert "workbench backup" in at.error[0].value
+
+
+def test_an_unreadable_file_is_one_line() -> None:
+    def page() -> None:
+        from workbench.app_pages import common
+
+        with common.guarded():
+            raise PermissionError(13, "Permission denied", "/data/case_1/ct.nii.gz")
+
+    at = AppTest.from_function(page, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [_plain(e.value) for e in at.error] == ["/data/case_1/ct.nii.gz: Permission denied"]

@@ -2,7 +2,10 @@
 co-occurrence and volume tables with their plotly figures, clickable volume outliers, and the catalog
 facts the Review page's pickers list (scans, label sets of a scan, present classes).
 
-Every table comes from a named :class:`storage.catalog.Catalog` query; classes are in model order.
+Every table comes from a named :class:`storage.catalog.Catalog` query; classes are in model order. Plotly
+renders a subset of HTML (links, images by style, tags) in trace names, tick labels and hover texts, so
+every catalog string in a figure goes through ``escape(..., markdown=False)``; the raw ids stay in
+``customdata`` for the click.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import plotly.graph_objects as go
 
 from harmonize.taxonomy import class_names
 from storage.workspace import Workspace
+from workbench.review import escape
 
 # --------------------------------------------------------------------------------------------- overview
 
@@ -63,6 +67,11 @@ def ingest_issues(ws: Workspace, limit: int = 200) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------------- long tail
 
 
+def _html(value: object) -> str:
+    """A catalog string as plotly text: HTML shown as text (:func:`workbench.review.escape`)."""
+    return escape(value, markdown=False)
+
+
 def _ordered(df: pd.DataFrame, col: str = "class_name") -> pd.DataFrame:
     order = {n: i for i, n in enumerate(class_names())}
     return df.assign(_o=df[col].map(order)).sort_values(["_o"]).drop(columns="_o")
@@ -74,7 +83,7 @@ def annotated_by_source_figure(by_source: pd.DataFrame, log: bool = False) -> go
     classes = class_names()
     for source, g in by_source.groupby("source_id", sort=True):
         g = g.set_index("class_name").reindex(classes)
-        fig.add_bar(name=str(source), x=classes, y=g["annotated"].fillna(0).tolist())
+        fig.add_bar(name=_html(source), x=classes, y=g["annotated"].fillna(0).tolist())
     fig.update_layout(
         barmode="stack",
         title="Annotated scans per class, by source",
@@ -119,8 +128,8 @@ def heatmap_figure(matrix: pd.DataFrame, title: str, colorbar: str) -> go.Figure
     fig = go.Figure(
         go.Heatmap(
             z=matrix.to_numpy(dtype=float),
-            x=[str(c) for c in matrix.columns],
-            y=[str(i) for i in matrix.index],
+            x=[_html(c) for c in matrix.columns],
+            y=[_html(i) for i in matrix.index],
             colorscale="Viridis",
             colorbar={"title": colorbar},
         )
@@ -154,8 +163,8 @@ def volume_summary(ws: Workspace, outliers_per_class: int = 5) -> tuple[pd.DataF
 
 def volume_figure(summary: pd.DataFrame, outliers: pd.DataFrame, log: bool = True) -> go.Figure:
     """Box plot per class from precomputed quartiles, with the outlier scans as points whose
-    ``customdata`` is ``[scan_id, class_name]`` (hover shows the scan; :func:`outlier_from_selection`
-    decodes a click)."""
+    ``customdata`` is ``[scan_id, class_name]`` (:func:`outlier_from_selection` decodes a click) and whose
+    hover shows the scan id as text."""
     fig = go.Figure()
     if not summary.empty:
         fig.add_trace(
@@ -179,7 +188,8 @@ def volume_figure(summary: pd.DataFrame, outliers: pd.DataFrame, log: bool = Tru
                 mode="markers",
                 name="outliers",
                 customdata=outliers[["scan_id", "class_name"]].astype(str).values.tolist(),
-                hovertemplate="%{customdata[0]}: %{y:.1f} mL (click to open)",
+                text=[_html(s) for s in outliers["scan_id"]],
+                hovertemplate="%{text}: %{y:.1f} mL (click to open)",
                 marker={"color": "#d62828", "size": 7},
             )
         )

@@ -1,7 +1,9 @@
 """Helpers the app's pages share: the workspace, cached volumes and masks, the reviewer name, errors.
 
 Volumes and masks are cached with ``st.cache_resource`` keyed by workspace, scan and label set, so a
-rerun (a slider move, a class change) never reads a file again.
+rerun (a slider move, a class change) never reads a file again. Every string from a user or a file reaches
+a page through :func:`workbench.review.escape` (Markdown and HTML shown as text). No helper here holds the
+catalog: a page opens ``ws.catalog.session()`` only around a few quick reads, never around file work.
 """
 
 from __future__ import annotations
@@ -33,19 +35,36 @@ def _open(root: str) -> Workspace:
     return Workspace.open(root)
 
 
+#: The way back from a damaged file, said after its one line.
+WAY_BACK = "`workbench check` names every damaged file; restore it from a `workbench backup` copy."
+
+
 def workspace() -> Workspace | None:
-    """The workspace of ``$WORKBENCH_HOME`` / ``./workspace``, or None when it has no catalog yet."""
+    """The workspace of ``$WORKBENCH_HOME`` / ``./workspace``, or None when it has no catalog yet.
+
+    A catalog that cannot be opened (a damaged file, a newer schema) stops the page with one line that
+    names it and the way back, not a traceback.
+    """
     root = resolve_workspace(None)
     if not (root / "catalog.duckdb").exists():
         return None
-    return _open(str(root))
+    try:
+        return _open(str(root))
+    except CatalogBusy as e:
+        st.error(f"The catalog is busy (another job is writing); reload in a moment. ({escape(e)})")
+        st.stop()
+        raise  # st.stop() raises; this line only tells type checkers
+    except Exception as e:  # DuckDB's own errors are not ours to import here; any of them means the same
+        st.error(f"The catalog cannot be opened: {escape(e)}. Nothing was changed. {WAY_BACK}")
+        st.stop()
+        raise  # st.stop() raises; this line only tells type checkers
 
 
 def demo_offer() -> None:
     """The page shown without a workspace: explain, and offer to build the synthetic demo."""
     root = resolve_workspace(None)
     st.title("CT curation workbench")
-    st.warning(f"No workspace at `{root}` (set WORKBENCH_HOME or run from a folder with ./workspace).")
+    st.warning(f"No workspace at {escape(root)} (set WORKBENCH_HOME or run from a folder with ./workspace).")
     st.markdown(
         "You can build the **demo workspace**: SYNTHETIC phantoms (no patient data) written in the native "
         "file conventions of nine public sources and harmonized like real downloads."
@@ -56,14 +75,14 @@ def demo_offer() -> None:
 
         with st.spinner("writing and ingesting synthetic phantoms ..."):
             lines = demo.build_demo(Workspace.open(root), cases_per_source=int(cases), progress=False)
-        st.success(lines[-1])
+        st.success(escape(lines[-1]))
         st.rerun()
 
 
 def sidebar(ws: Workspace) -> None:
     """Workspace facts and the reviewer name (kept in the session)."""
     with st.sidebar:
-        st.caption(f"workspace: `{ws.root}`")
+        st.caption(f"workspace: {escape(ws.root)}")
         if (ws.root / "DEMO.txt").exists():
             st.info("Demo workspace: SYNTHETIC phantoms, no patient data.")
         st.text_input("Reviewer name", key="reviewer", help="recorded with every decision")
@@ -93,6 +112,8 @@ def guarded() -> Iterator[None]:
         st.error(f"The catalog is busy (another job is writing); try again in a moment. ({escape(e)})")
     except (KeyError, ValueError) as e:
         st.error(escape(e.args[0] if e.args else e))
+    except OSError as e:  # an unreadable file: permission denied, a FIFO, a file gone meanwhile
+        st.error(f"{escape(e.filename or '')}: {escape(e.strerror or e)}")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -106,6 +127,27 @@ def display_mask(root: str, scan_id: str, image_path: str, mask_key: str, class_
     """One class of one label set in display order (read once per label set and class)."""
     dv = display_volume(root, scan_id, image_path)
     return dv.mask(_open(root).masks.read(mask_key, class_name))
+
+
+def display_masks(
+    root: str, scan_id: str, image_path: str, mask_key: str, class_names: list[str]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The display masks of ``class_names`` of one label set, leaving out those that cannot be read.
+
+    Returns:
+        ``(masks, problems)``: class name -> (x, y, z) display mask, and one escaped line per unreadable
+        mask file (a truncated or corrupt file: its path, the problem and :data:`WAY_BACK`), each once.
+    """
+    masks: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    for name in class_names:
+        try:
+            masks[name] = display_mask(root, scan_id, image_path, mask_key, name)
+        except HarmonizeError as e:
+            line = f"{escape(e.path)}: {escape(e.problem)}. {WAY_BACK}"
+            if line not in problems:
+                problems.append(line)
+    return masks, problems
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -1,4 +1,7 @@
-"""Export page: choose format, sources, classes and origins; writes under <workspace>/exports/<name>."""
+"""Export page: choose format, sources, classes and origins; writes under <workspace>/exports/<name>.
+
+The export runs with no catalog session open (the export wing reads the catalog in short transactions),
+so reviewers and command-line jobs keep writing while it runs."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import streamlit as st
 from harmonize.taxonomy import class_names
 from workbench.app_pages import common
 from workbench.export import export_abdomenatlas, export_monai, export_nnunet
+from workbench.review import escape
 
 ws = common.workspace()
 assert ws is not None
@@ -45,7 +49,7 @@ if st.button("Export", key="x_go"):
         bar = st.progress(0.0, text="starting")
 
         def on_progress(done: int, total: int, case: str) -> None:
-            bar.progress(done / max(total, 1), text=f"{done}/{total} {case}")
+            bar.progress(done / max(total, 1), text=f"{done}/{total} {escape(case)}")
 
         with common.guarded():
             if fmt == "nnunet":
@@ -81,8 +85,8 @@ if st.button("Export", key="x_go"):
                     )
             bar.progress(1.0, text="done")
             st.success(
-                f"Exported {len(manifest['cases'])} cases to `{out}` (manifest.json holds every file's "
-                "SHA-256)."
+                f"Exported {len(manifest['cases'])} cases to {escape(out)} (manifest.json holds every "
+                "file's SHA-256)."
             )
             if manifest["skipped"]:
                 st.warning(f"Skipped {len(manifest['skipped'])} damaged case(s); manifest.json names them.")

@@ -1,7 +1,13 @@
 """Review page: the ranked queue with filters, the case viewer (with the run's uncertainty map), decisions,
 quick fixes, undo, and the 3D Slicer / ITK-SNAP round trip. A case opened from the Long tail page
 (``browse_scan`` / ``browse_class`` in the session) is shown instead of the queue item until "Back to the
-queue"."""
+queue".
+
+Every id, name, comment, path and message from the catalog or a file is shown through ``escape`` (the
+pickers' option labels are plain text in Streamlit). A mask file that cannot be read (truncated, corrupt)
+is one line above the viewer; the CT and every other class and scan still show. The catalog is pinned only
+around the few quick reads of each step, never around an image read or a mask decode.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from harmonize.errors import HarmonizeError
 from harmonize.taxonomy import class_names
 from workbench import app_data, review
 from workbench.app_pages import common
+from workbench.review import escape
 
 ws = common.workspace()
 assert ws is not None
@@ -36,14 +43,14 @@ if flash:
 last = st.session_state.get("last_action")
 if last:
     u1, u2 = st.columns([3, 1])
-    u1.caption(f"Last action: {review.escape(last['what'])}")
+    u1.caption(f"Last action: {escape(last['what'])}")
     if u2.button("Undo last action", key="undo_last"):
         name = common.reviewer(ws)
         if name:
             with common.guarded():
                 review.undo(ws, last["id"], name)
                 st.session_state.pop("last_action")
-                st.session_state["flash"] = f"Undone: {review.escape(last['what'])}"
+                st.session_state["flash"] = f"Undone: {escape(last['what'])}"
                 st.rerun()
 
 # ------------------------------------------------------------------------------------------ the queue
@@ -63,7 +70,7 @@ else:
     f_sources = f2.multiselect("Source", sources, key="q_sources")
     f_reasons = f3.multiselect("Reason", reasons, key="q_reasons")
     f_status = f4.selectbox("Status", review.QUEUE_STATUSES, key="q_status")
-    with common.guarded(), ws.catalog.session():
+    with common.guarded():
         q = review.queue(
             ws, classes=f_classes, sources=f_sources, reasons=f_reasons, status=f_status, limit=QUEUE_ROWS
         )
@@ -103,7 +110,7 @@ if focus_class not in class_names():
 if n_items and focus_scan:
     o1, o2 = st.columns([3, 1])
     o1.info(
-        f"Viewing outlier {review.escape(focus_scan)} · {focus_class} (opened from the Long tail), "
+        f"Viewing outlier {escape(focus_scan)} · {escape(focus_class)} (opened from the Long tail), "
         "not the queue item."
     )
     if o2.button("Back to the queue", key="back_to_queue"):
@@ -144,11 +151,11 @@ try:
         sets = app_data.label_sets_of(ws, scan_id)
         current = review.current_label_set(ws, scan_id, class_name)
 except HarmonizeError as e:  # e.g. an outlier link to a scan that is gone
-    st.error(review.escape(e.problem))
+    st.error(escape(e.problem))
     st.session_state.pop("browse_scan", None)
     st.stop()
 if sets.empty:
-    st.warning(f"Scan {scan_id} has no label set.")
+    st.warning(f"Scan {escape(scan_id)} has no label set.")
     st.stop()
 set_ids = sets["id"].tolist()
 set_label = {r.id: f"v{r.version} {r.origin} ({r.id})" for r in sets.itertuples()}
@@ -167,22 +174,31 @@ if run_id is None:  # browsing: a pseudo label set's own run may have a map
 no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
 with ws.catalog.session():
     present = app_data.present_classes(ws, shown)
+    # read here with the other quick reads: every write below reruns the page before it shows the history
+    history = review.reviews(ws, scan_id, class_name)
     # side by side: the judged version next to the current one (e.g. pseudo vs original) where both exist
     compare_with = (
         current
         if current and current != shown and class_name in app_data.present_classes(ws, current)
         else None
     )
-dv = common.display_volume(root, scan_id, scan["image_path"])
+try:
+    dv = common.display_volume(root, scan_id, scan["image_path"])
+except (HarmonizeError, OSError) as e:  # the CT is unreadable: one line, the other scans still open
+    where, problem = (e.path, e.problem) if isinstance(e, HarmonizeError) else (scan["image_path"], e)
+    st.error(f"{escape(where)}: {escape(problem)}. {common.WAY_BACK}")
+    st.stop()
 
 # ------------------------------------------------------------------------------------------ the viewer
 
 
 def class_region() -> np.ndarray | None:
-    """The item's class mask in display order (cached), or None when the shown label set lacks it."""
+    """The item's class mask in display order (cached), or None when the shown label set lacks it or its
+    file cannot be read."""
     if class_name not in present:
         return None
-    return common.display_mask(root, scan_id, scan["image_path"], mask_keys[shown], class_name)
+    masks, _ = common.display_masks(root, scan_id, scan["image_path"], mask_keys[shown], [class_name])
+    return masks.get(class_name)
 
 
 @st.fragment
@@ -204,9 +220,9 @@ def viewer() -> None:
         "Overlays", present, default=[class_name] if class_name in present else [], key=f"v_overlays_{shown}"
     )
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="v_opacity")
-    masks = {
-        n: common.display_mask(root, scan_id, scan["image_path"], mask_keys[shown], n) for n in overlay_names
-    }
+    masks, damaged = common.display_masks(root, scan_id, scan["image_path"], mask_keys[shown], overlay_names)
+    for line in damaged:
+        st.error(line)
     entropy = None
     if no_map is None and run_id is not None:
         with common.guarded():
@@ -216,11 +232,11 @@ def viewer() -> None:
     heat_opacity = u2.slider("Map opacity", 0.0, 1.0, 0.5, 0.05, key="v_unc_opacity", disabled=not show_map)
     jump_map = u3.button("Jump to the most uncertain slice", key="v_jump_unc", disabled=entropy is None)
     if entropy is None:
-        u4.caption(no_map or "the uncertainty map could not be read")
+        u4.caption(escape(no_map or "the uncertainty map could not be read"))
     elif show_map:
         u4.image(app_data.entropy_legend(), caption=app_data.HEAT_LEGEND)
     else:
-        u4.caption(f"uncertainty map of run {run_id}: most uncertain slice = largest sum of entropy")
+        u4.caption(f"uncertainty map of run {escape(run_id)}: most uncertain slice = largest sum of entropy")
     n_slices = dv.n_slices(view)
     slice_key = f"v_slice_{scan_id}_{view}"
     if slice_key not in st.session_state:
@@ -229,7 +245,7 @@ def viewer() -> None:
         st.session_state[slice_key] = (
             hint if hint is not None else (best if best is not None else n_slices // 2)
         )
-    if st.button(f"Jump to the slice with most {class_name}", key="v_jump") and class_name in masks:
+    if st.button(f"Jump to the slice with most {escape(class_name)}", key="v_jump") and class_name in masks:
         best = app_data.best_slice(masks[class_name], view)
         if best is not None:
             st.session_state[slice_key] = best
@@ -242,24 +258,28 @@ def viewer() -> None:
     rgb = app_data.slice_image(dv, view, index, width, level, masks, opacity, heat, heat_opacity)
     image = app_data.annotate_edges(rgb, app_data.view_labels(view))
     compare = None
-    if compare_with is not None:
-        other = {
-            class_name: common.display_mask(
-                root, scan_id, scan["image_path"], mask_keys[compare_with], class_name
-            )
-        }
+    other, damaged_other = (
+        common.display_masks(root, scan_id, scan["image_path"], mask_keys[compare_with], [class_name])
+        if compare_with is not None
+        else ({}, [])
+    )
+    for line in damaged_other:
+        st.error(line)
+    if other:
         compare = app_data.annotate_edges(
             app_data.slice_image(dv, view, index, width, level, other, opacity, heat, heat_opacity),
             app_data.view_labels(view),
         )
     if compare is None:
         st.image(
-            image, caption=f"{scan_id} · {view} {index + 1}/{n_slices} · radiological (patient R on the left)"
+            image,
+            caption=f"{escape(scan_id)} · {view} {index + 1}/{n_slices} · radiological (patient R on the "
+            "left)",
         )
     else:
         a, b = st.columns(2)
-        a.image(image, caption=f"{set_label[shown]} · {view} {index + 1}/{n_slices}")
-        b.image(compare, caption=f"current: {set_label[str(compare_with)]}")
+        a.image(image, caption=f"{escape(set_label[shown])} · {view} {index + 1}/{n_slices}")
+        b.image(compare, caption=f"current: {escape(set_label[str(compare_with)])}")
     common.record_timing("viewer", started)
 
 
@@ -268,7 +288,7 @@ view = st.session_state.get("v_view", "axial")
 index = int(st.session_state.get(f"v_slice_{scan_id}_{view}", 0))
 
 # ---------------------------------------------------------------------------------------- decisions
-st.subheader(f"Decision on {class_name} of {scan_id}")
+st.subheader(f"Decision on {escape(class_name)} of {escape(scan_id)}")
 comment = st.text_area("Comment", key="v_comment", height=68)
 b1, b2, b3, b4 = st.columns(4)
 clicked = None
@@ -294,8 +314,7 @@ if clicked:
             remember(
                 rid,
                 f"{clicked} of {d_class} on {d_scan}",
-                f"Recorded {clicked} of {d_class} on {review.escape(d_scan)} by {review.escape(name)} "
-                f"({rid}).",
+                f"Recorded {clicked} of {escape(d_class)} on {escape(d_scan)} by {escape(name)} ({rid}).",
             )
 
 st.markdown("**Quick fixes** (each writes a new revised label set; undo restores the previous one)")
@@ -309,7 +328,9 @@ if q1.button("Keep the largest component", key="fix_largest"):
                 ws, scan_id, class_name, fixed, name, comment or "keep largest component", shown
             )
             remember(
-                corr.review_id, f"correction of {class_name} on {scan_id}", f"Saved {corr.label_set_id}."
+                corr.review_id,
+                f"correction of {class_name} on {scan_id}",
+                f"Saved {escape(corr.label_set_id)}.",
             )
 with q2:
     st.caption(
@@ -331,12 +352,12 @@ with q2:
                     ws, scan_id, class_name, fixed, name, comment or "remove component", shown
                 )
                 remember(
-                    corr.review_id, f"correction of {class_name} on {scan_id}", f"Saved {corr.label_set_id}."
+                    corr.review_id,
+                    f"correction of {class_name} on {scan_id}",
+                    f"Saved {escape(corr.label_set_id)}.",
                 )
 
 st.subheader("History")
-with ws.catalog.session():
-    history = review.reviews(ws, scan_id, class_name)
 if history.empty:
     st.caption("No decisions yet for this scan and class.")
 else:
@@ -350,7 +371,8 @@ else:
     standing = history[(history["decision"] != "undo") & ~history["undone"].astype(bool)]
     if not standing.empty:
         newest = standing.iloc[0]
-        if st.button(f"Undo the newest decision ({newest['decision']} by {newest['reviewer']})", key="undo"):
+        newest_label = f"{escape(newest['decision'])} by {escape(newest['reviewer'])}"
+        if st.button(f"Undo the newest decision ({newest_label})", key="undo"):
             name = common.reviewer(ws)
             if name:
                 with common.guarded():
@@ -363,7 +385,9 @@ with st.expander("Edit in 3D Slicer or ITK-SNAP"):
         with common.guarded():
             files = review.export_case_for_slicer(ws, scan_id)
             out = files["ct.nii.gz"].parent
-            st.success(f"Wrote {', '.join(files)} to `{out}`; edit labels.nii.gz and upload it below.")
+            st.success(
+                f"Wrote {escape(', '.join(files))} to {escape(out)}; edit labels.nii.gz and upload it below."
+            )
     upload = st.file_uploader("Corrected label NIfTI", type=["nii", "gz"], key="slicer_upload")
     if upload is not None and st.button("Import the correction", key="slicer_import"):
         name = common.reviewer(ws)
@@ -375,5 +399,5 @@ with st.expander("Edit in 3D Slicer or ITK-SNAP"):
                 remember(
                     corr.review_id,
                     f"imported correction of {class_name} on {scan_id}",
-                    f"Imported as {corr.label_set_id}.",
+                    f"Imported as {escape(corr.label_set_id)}.",
                 )

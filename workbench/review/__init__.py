@@ -44,6 +44,7 @@ from workbench.review.slicer import export_case_for_slicer, itksnap_label_descri
 from workbench.review.validation import (
     MAX_COMMENT_LEN,
     MAX_REVIEWER_LEN,
+    WORD_JOINER,
     escape,
     scan_affine,
     scan_row,
@@ -57,6 +58,7 @@ __all__ = [
     "MAX_COMMENT_LEN",
     "MAX_REVIEWER_LEN",
     "QUEUE_STATUSES",
+    "WORD_JOINER",
     "Correction",
     "correct",
     "current_label_set",

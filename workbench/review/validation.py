@@ -2,16 +2,16 @@
 
 What a reviewer types (name, comment, an upload's file name) is checked here, and so are the ids a write
 names (class, scan, label set): each failure is one :class:`~harmonize.errors.HarmonizeError` that says
-what is wrong, raised before anything is written. :func:`escape` is the one way typed text reaches a page.
+what is wrong, raised before anything is written. :func:`escape` is the one way typed (or file-controlled)
+text reaches a page.
 
 Example:
     >>> escape("<b>Dr Ada</b>")
-    '&lt;b&gt;Dr Ada&lt;/b&gt;'
+    '&lt;b&gt;Dr Ada&lt;\\\\/b&gt;'
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,16 +81,51 @@ def validate_comment(ws: Workspace, comment: str | None) -> str:
     return text
 
 
-def escape(text: object) -> str:
-    """HTML-escape anything a reviewer typed before it is shown in a page.
+#: What :func:`escape` makes of each character that HTML or Markdown give a meaning: HTML's five become
+#: entities; every other ASCII punctuation character that CommonMark, GitHub's extensions (tables,
+#: strikethrough, autolinks of ``www.``, ``http://`` and e-mail addresses) or Streamlit's directives
+#: (``:red[...]``) and math (``$``) read gets a backslash, which CommonMark shows as the character itself.
+#: ``:`` stays: alone it starts nothing that links or loads (an autolink also needs ``/``, ``.`` or ``@``),
+#: and scan ids read ``source:case``.
+_HTML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"}
+_MARKDOWN_PUNCTUATION = "\\`*_{}[]()#+-.!|~$/@="
+_HTML_TABLE = str.maketrans(_HTML_ESCAPES)
+_MARKDOWN_TABLE = str.maketrans({**_HTML_ESCAPES, **{c: "\\" + c for c in _MARKDOWN_PUNCTUATION}})
+#: Where GitHub's autolink literals start (``http://``, ``https://``, ``www.``, ``user@host``). Streamlit
+#: finds them in the rendered text, after backslashes and entities are undone, so only a character in
+#: between stops them: an invisible word joiner (U+2060) after the ``:`` of ``://``, after ``www`` and
+#: after ``@``.
+_AUTOLINK_START = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
+
+
+def escape(text: object, *, markdown: bool = True) -> str:
+    """Make any value safe to show as literal text in a page: nothing in it becomes a link, an image, an
+    HTML tag or formatting. The one rule for every user- or file-controlled string the app shows (scan,
+    case and source ids, reviewer names, comments, paths, error messages).
 
     Args:
         text: any value (None shows as '').
+        markdown: True (default) for anything Streamlit renders as Markdown (``st.markdown``, captions,
+            titles and headers, alerts, widget and button labels, image captions, progress texts); False
+            for HTML-only renderers (plotly's hover texts, legends and tick labels), where a backslash
+            would show.
 
     Returns:
-        The text with ``& < > " '`` escaped.
+        The text with ``& < > " '`` as HTML entities and, with ``markdown``, a backslash before every
+        other Markdown punctuation character (``\\ ` * _ { } [ ] ( ) # + - . ! | ~ $ / @ =``) and an
+        invisible :data:`WORD_JOINER` where an autolink would start (``://``, ``www.``, ``@``).
+
+    Example:
+        >>> escape("case [log in](https:evil.example)")
+        'case \\\\[log in\\\\]\\\\(https:evil\\\\.example\\\\)'
+        >>> escape("www.evil.example") == "www" + WORD_JOINER + "\\\\.evil\\\\.example"
+        True
     """
-    return html.escape("" if text is None else str(text), quote=True)
+    plain = "" if text is None else str(text)
+    if not markdown:
+        return plain.translate(_HTML_TABLE)
+    return _AUTOLINK_START.sub(WORD_JOINER, plain).translate(_MARKDOWN_TABLE)
 
 
 def check_class(ws: Workspace, class_name: str) -> str:

@@ -41,4 +41,5 @@ def test_bad_reviewer_names_are_refused_and_nothing_is_stored(ws: Workspace, nam
 
 
 def test_escape_neutralises_markup() -> None:
-    assert review.escape("<b>x</b> & 'y'") == "&lt;b&gt;x&lt;/b&gt; &amp; &#x27;y&#x27;"
+    assert review.escape("<b>x</b> & 'y'", markdown=False) == "&lt;b&gt;x&lt;/b&gt; &amp; &#x27;y&#x27;"
+    assert review.escape("<b>x</b> & 'y'") == "&lt;b&gt;x&lt;\\/b&gt; &amp; &#x27;y&#x27;"  # and Markdown
