@@ -398,9 +398,6 @@ def test_two_reviewers_and_a_background_writer_lose_no_decision(
 HOSTILE_CASE = (
     "case [log in](https:evil.example) <img src=x onerror=alert(1)> ![x](http://evil.example/x.png)"
 )
-HOSTILE_CASE = (
-    "case [log in](https:evil.example) <img src=x onerror=alert(1)> ![x](http://evil.example/x.png)"
-)
 HOSTILE_SCAN = f"btcv:{HOSTILE_CASE}"
 HOSTILE_REVIEWER = "Dr [x](https:evil.example) <b onmouseover=alert(1)>Eve</b>"
 HOSTILE_COMMENT = "![x](http://evil.example/x.png) <img src=x onerror=alert(1)> [log in](https:evil.example)"
@@ -434,13 +431,17 @@ def _tokens(markdown: str) -> list[Any]:
     return out
 
 
-def _assert_inert(markdown: str) -> None:
-    """``markdown`` renders no link, image or HTML, and holds no GitHub autolink literal."""
+def _live_markup(markdown: str) -> list[str]:
+    """What in ``markdown`` would render live: links, images, HTML, GitHub autolink literals."""
     tokens = _tokens(markdown)
     live = [t.type for t in tokens if t.type in _LIVE]
-    assert not live, (live, markdown)
-    for text in (t.content for t in tokens if t.type == "text"):
-        assert not any(p.search(text) for p in _AUTOLINK), (text, markdown)
+    texts = (t.content for t in tokens if t.type == "text")
+    return live + [f"autolink in {text!r}" for text in texts if any(p.search(text) for p in _AUTOLINK)]
+
+
+def _assert_inert(markdown: str) -> None:
+    """``markdown`` renders no link, image or HTML, and holds no GitHub autolink literal."""
+    assert _live_markup(markdown) == [], markdown
 
 
 @pytest.mark.parametrize("text", HOSTILE)
@@ -505,16 +506,17 @@ def _plotly_strings(obj: Any) -> Iterator[str]:
             yield from _plotly_strings(value)
 
 
-def _check_render(at: AppTest, checked: list[int]) -> str:
-    """Assert that no Markdown-rendered string of this render has a live link, image or HTML tag, and
-    return them all, joined (to look for the escaped hostile strings). ``checked`` counts the strings."""
+def _check_render(at: AppTest, checked: list[int], escaped: list[str]) -> str:
+    """Collect into ``escaped`` whatever Markdown-rendered string of this render has a live link, image or
+    HTML tag, and return them all, joined (to look for the escaped hostile strings). ``checked`` counts
+    the strings."""
     assert not at.exception, [e.value for e in at.exception]
     texts = []
     for kind, text in _rendered(at._tree):
         if kind == "plotly_chart":
-            assert "<img" not in text and "<a " not in text and "<b " not in text, text
+            escaped += [f"{tag!r} in plotly: {text}" for tag in ("<img", "<a ", "<b ") if tag in text]
         else:
-            _assert_inert(text)
+            escaped += [f"{live}: {text}" for live in _live_markup(text)]
         texts.append(text)
     checked.append(len(texts))
     return "\n".join(texts)
@@ -532,15 +534,16 @@ def hostile(ws: Workspace, queued: str, add_hostile_scan: Callable[..., tuple[st
     return ls_id
 
 
-def test_hostile_names_render_as_text_on_every_page(ws: Workspace, hostile: str) -> None:
+def test_hostile_names_render_as_text_on_every_page(ws: Workspace, hostile: str, ledger) -> None:  # type: ignore[no-untyped-def]
     checked: list[int] = []
+    escaped: list[str] = []
     at = _app("review")
-    shown = _check_render(at, checked)
+    shown = _check_render(at, checked, escaped)
     assert review.escape(HOSTILE_SCAN) in shown  # the subheader and the image caption show it, escaped
     assert _shown(at) == (HOSTILE_SCAN, "colon")
     at.text_area(key="v_comment").set_value(HOSTILE_COMMENT)
     _button(at, "d_needs_correction")
-    shown = _check_render(at, checked)
+    shown = _check_render(at, checked, escaped)
     assert f"on {review.escape(HOSTILE_SCAN)} by Dr Ada" in shown
     assert ws.catalog.query("SELECT comment FROM review WHERE decision = 'needs_correction'")[
         "comment"
@@ -549,21 +552,24 @@ def test_hostile_names_render_as_text_on_every_page(ws: Workspace, hostile: str)
     at.session_state["browse_scan"] = HOSTILE_SCAN  # the case opened from the Long tail
     at.session_state["browse_class"] = "intestine"
     at.run()
-    shown = _check_render(at, checked)
+    shown = _check_render(at, checked, escaped)
     assert f"Undo the newest decision (skip by {review.escape(HOSTILE_REVIEWER)})" in shown
     assert f"Viewing outlier {review.escape(HOSTILE_SCAN)}" in shown
     _button(at, "slicer_export")
-    shown = _check_render(at, checked)
+    shown = _check_render(at, checked, escaped)
     assert "Wrote " in shown and review.escape("ct.nii.gz") in shown
 
     for page in ("overview", "long_tail", "export"):
         at.switch_page(f"app_pages/{page}.py").run()
-        _check_render(at, checked)
+        _check_render(at, checked, escaped)
     at.text_input(key="x_name").set_value("hostile-export").run()
     _button(at, "x_go")
-    shown = _check_render(at, checked)
+    shown = _check_render(at, checked, escaped)
     assert "Exported 10 cases" in shown
     print("strings checked per render:", checked)
+    for _ in checked:  # one fault per render of hostile strings
+        ledger.record("hostile names (app pages)", escaped=len(escaped) // len(checked))
+    assert escaped == []
     assert sum(checked) >= 60 and len(checked) == 8, checked  # strings checked per render
 
 
@@ -683,12 +689,15 @@ def test_the_export_page_holds_no_catalog_while_it_writes_files(
 # ---------------------------------------------------------------------------------------- damaged masks
 
 
-def test_a_truncated_mask_file_is_one_line_and_the_page_still_works(ws: Workspace, queued: str) -> None:
+def test_a_truncated_mask_file_is_one_line_and_the_page_still_works(
+    ws: Workspace, queued: str, ledger
+) -> None:  # type: ignore[no-untyped-def]
     path = ws.masks.path(queued)
     path.write_bytes(path.read_bytes()[:-10])  # the pseudo label set's file loses its last 10 bytes
     at = _app("review")
-    assert not at.exception, [e.value for e in at.exception]
     errors = [e.value for e in at.error]
+    ledger.record("damaged mask file (Review page)", handled=not at.exception and len(errors) == 1)
+    assert not at.exception, [e.value for e in at.exception]
     assert len(errors) == 1 and "truncated or corrupt" in errors[0], errors
     assert review.escape(path.name) in errors[0] and "workbench check" in errors[0]
     assert len(at.image) == 1  # the CT still shows, without the unreadable overlay
@@ -705,7 +714,7 @@ def test_a_truncated_mask_file_is_one_line_and_the_page_still_works(ws: Workspac
     assert len(at.image) == 1
 
 
-def test_an_unreadable_catalog_is_one_line(ws: Workspace) -> None:
+def test_an_unreadable_catalog_is_one_line(ws: Workspace, ledger) -> None:  # type: ignore[no-untyped-def]
     from workbench.app_pages import common
 
     common._open.clear()  # type: ignore[attr-defined]
@@ -713,6 +722,7 @@ def test_an_unreadable_catalog_is_one_line(ws: Workspace) -> None:
     raw[:4096] = bytes(4096)  # the file header is gone
     ws.catalog.path.write_bytes(bytes(raw))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    ledger.record("damaged catalog header", handled=not at.exception and len(at.error) == 1)
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "cannot be opened" in at.error[0].value
     assert "workbench backup" in at.error[0].value

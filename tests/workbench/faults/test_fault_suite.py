@@ -574,7 +574,73 @@ def test_a_damaged_catalog_gives_one_line_and_the_way_back(kits_ws: Workspace, l
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     masks_after = {p.name: file_sha256(p) for p in kits_ws.masks.root.iterdir() if p.is_file()}
     untouched = catalog.read_bytes() == damaged and masks_after == masks_before
-    ledger.record("damaged catalog header", lost=int(not untouched), half_written=0)
+    one_line = proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+    ledger.record("damaged catalog header", lost=int(not untouched), handled=one_line)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(lines) == 1 and str(catalog) in lines[0] and "workbench restore" in lines[0]
     assert untouched
+
+
+def test_re_ingesting_beside_a_catalog_moved_aside_deletes_no_mask(
+    kits_ws: Workspace, kits_data: Path, ledger
+) -> None:  # type: ignore[no-untyped-def]
+    """A user moves a damaged catalog aside and ingests again: the corrections' and pseudo-labels' mask
+    files, which the new catalog does not know, must stay on disk (the old ingest deleted them)."""
+    scan_id = str(kits_ws.catalog.label_sets()["scan_id"].iloc[0])
+    assert _run(_correction_body(kits_ws.root, scan_id)).returncode == 0
+    files_before = {p.name for p in kits_ws.masks.root.iterdir() if p.is_file()}
+    kits_ws.catalog.path.rename(kits_ws.catalog.path.with_name("catalog.damaged.duckdb"))
+    ws = Workspace.open(kits_ws.root)
+    ingest(ws, "kits23", kits_data, progress=False)
+    files_after = {p.name for p in ws.masks.root.iterdir() if p.is_file()}
+    ledger.record("catalog moved aside, then re-ingest", lost=len(files_before - files_after))
+    assert files_before <= files_after
+
+
+def test_reviewers_are_not_locked_out_by_a_long_export(kits_ws: Workspace, tmp_path: Path, ledger) -> None:  # type: ignore[no-untyped-def]
+    """In the middle of an export (its first NIfTI write waits for the reviewer), another process records
+    20 decisions. Were the export holding the catalog, the reviewer would wait for it: a deadlock that
+    ends in CatalogBusy."""
+    import threading
+    import time
+
+    from workbench.export import export_nnunet
+
+    ls_id = str(kits_ws.catalog.label_sets()["id"].iloc[0])
+    scan_id = str(kits_ws.catalog.label_sets()["scan_id"].iloc[0])
+    exporting, reviewed = tmp_path / "exporting", tmp_path / "reviewed"
+    writer = f"""
+        import pathlib, time
+        from storage.workspace import Workspace
+        from workbench.review import record_decision
+        while not pathlib.Path({str(exporting)!r}).exists():
+            time.sleep(0.05)
+        ws = Workspace.open({str(kits_ws.root)!r})
+        for i in range(20):
+            record_decision(ws, {scan_id!r}, "kidney_left", {ls_id!r}, "skip", "dr b", f"note {{i}}")
+        pathlib.Path({str(reviewed)!r}).touch()
+    """
+    real_save = nib.save
+
+    def save_after_the_reviewer(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not exporting.exists():
+            exporting.touch()
+            deadline = time.monotonic() + 300
+            while not reviewed.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return real_save(*args, **kwargs)
+
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("writer", _run(writer)))
+    nib.save = save_after_the_reviewer  # type: ignore[assignment]
+    try:
+        thread.start()
+        export_nnunet(kits_ws, tmp_path / "out", progress=False)
+    finally:
+        nib.save = real_save  # type: ignore[assignment]
+        thread.join(timeout=600)
+    proc = result["writer"]
+    decisions = int((kits_ws.catalog.reviews()["decision"] == "skip").sum())
+    ledger.record("reviewers writing during an export", lost=20 - decisions, handled=proc.returncode == 0)
+    assert proc.returncode == 0 and reviewed.exists(), proc.stderr[-2000:]
+    assert decisions == 20
