@@ -32,8 +32,7 @@ import numpy as np
 import pandas as pd
 
 from harmonize.errors import HarmonizeError
-from storage.files import safe_name
-from storage.maps import load_uncertainty_map
+from storage.maps import legacy_map_path, load_uncertainty_map, map_file_path
 from storage.masks import MaskStore
 from storage.workspace import ORPHAN_MIN_AGE_S, Workspace
 
@@ -263,9 +262,13 @@ def _check_maps(ws: Workspace, maps: list[Path], decode: bool) -> list[Finding]:
     """Orphan maps (run or scan unknown to the catalog) and, with ``decode``, maps that do not load."""
     if not maps:
         return []
-    runs = {safe_name(r, colon="__"): r for r in ws.catalog.run_ids()}
-    n_scans = ws.catalog.counts()["scan"]
-    scans = {safe_name(s, colon="__"): s for s in ws.catalog.scan_ids(limit=max(n_scans, 1))}
+    # Every name a known run x scan's map can have: the unique one of new maps and the legacy one.
+    runs: dict[str, str] = {}
+    for r in ws.catalog.run_ids():
+        runs.update({p.parent.name: r for p in (map_file_path(ws, r, "x:y"), legacy_map_path(ws, r, "x:y"))})
+    scans: dict[str, str] = {}
+    for s in ws.catalog.scan_ids(limit=max(ws.catalog.counts()["scan"], 1)):
+        scans.update({p.stem: s for p in (map_file_path(ws, "r", s), legacy_map_path(ws, "r", s))})
     out = []
     for path in maps:
         run_id, scan_id = runs.get(path.parent.name), scans.get(path.stem)

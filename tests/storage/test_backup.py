@@ -25,7 +25,7 @@ from storage.backup import (
 )
 from storage.check import check_workspace
 from storage.files import file_sha256
-from storage.maps import write_uncertainty_map
+from storage.maps import map_file_path, write_uncertainty_map
 from storage.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_backup_and_restore_round_trip(small_ws: Workspace, tmp_path: Path) -> N
     assert check_workspace(ws).ok and check_workspace(ws).maps == 1
     for key in ("ls-a", "ls-b"):
         assert ws.masks.path(key).read_bytes() == small_ws.masks.path(key).read_bytes()
-    assert (ws.maps / "run__1" / emap.name).read_bytes() == emap.read_bytes()
+    assert (ws.maps / emap.parent.name / emap.name).read_bytes() == emap.read_bytes()
     assert not (ws.root / "manifest.json").exists()
 
 
@@ -81,7 +81,7 @@ def test_the_manifest_lists_every_file_with_its_hash(small_ws: Workspace, tmp_pa
         "catalog.duckdb",
         "masks/ls-a.masks",
         "masks/ls-b.masks",
-        "uncertainty/run__1/src__ls-a.npz",
+        map_file_path(small_ws, "run:1", "src:ls-a").relative_to(small_ws.root).as_posix(),
     ]
     for rel, entry in files.items():
         path = tmp_path / "bk" / rel

@@ -14,7 +14,7 @@ import pytest
 
 from storage.catalog import Catalog, CatalogError
 from storage.check import check_workspace
-from storage.maps import write_uncertainty_map
+from storage.maps import legacy_map_path, write_uncertainty_map
 from storage.synthetic import build_synthetic_catalog
 from storage.workspace import Workspace
 
@@ -130,6 +130,17 @@ def test_uncertainty_maps_of_unknown_runs_are_orphans_and_damaged_maps_problems(
     assert [(f.kind, f.path) for f in report.problems] == [("damaged", str(damaged))]
     assert sorted(f.path for f in report.notes) == sorted([str(unknown_run), str(unknown_scan)])
     assert str(good) not in {f.path for f in report.findings}
+
+
+def test_a_map_under_its_legacy_name_is_known(small_ws: Workspace) -> None:
+    """Maps written before names were made unique (``run__1/src__ls-a.npz``) still belong to their run."""
+    small_ws.catalog.start_run("run:1", "pseudolabel")
+    path = write_uncertainty_map(small_ws, "run:1", "src:ls-a", np.zeros(SHAPE, np.float16), np.eye(4), [])
+    legacy = legacy_map_path(small_ws, "run:1", "src:ls-a")
+    legacy.parent.mkdir(parents=True)
+    path.rename(legacy)
+    report = check_workspace(small_ws)
+    assert report.maps == 1 and report.findings == []
 
 
 def test_every_label_set_of_a_synthetic_catalog_without_files_is_missing(tmp_path: Path) -> None:
