@@ -161,6 +161,37 @@ def add_hostile_scan() -> Callable[[Workspace, str], tuple[str, str]]:
     return _add_hostile_scan
 
 
+# ------------------------------------------------------------------------------- a random model
+
+
+def _save_random_checkpoint(path: Path, names: tuple[str, ...], seed: int = 0) -> Path:
+    import torch
+
+    from workbench.model.checkpoint import save_checkpoint
+    from workbench.model.network import UniversalModel
+    from workbench.model.text import TextVocabulary
+    from workbench.model.train import TrainConfig
+    from workbench.model.transforms import PipelineConfig
+
+    embeddings = np.random.default_rng(seed).standard_normal((len(names), 512))
+    vocab = TextVocabulary(names, names, "V1", "random-test", "none", embeddings)
+    torch.manual_seed(seed)
+    feats = (4, 4, 8, 8, 16, 4)
+    model = UniversalModel("small_unet", embeddings=vocab.embeddings, small_features=feats)
+    cfg = TrainConfig(
+        pipeline=PipelineConfig(spacing_mm=(6.0,) * 3, patch=(32, 32, 32)), small_features=feats
+    )
+    save_checkpoint(path, model, None, {"step": 0, "config": cfg.to_dict()}, vocab)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint() -> Callable[..., Path]:
+    """``random_checkpoint(path, names, seed=0)``: a randomly initialised small Universal Model checkpoint
+    (6 mm, 32^3 patches), written to ``path``."""
+    return _save_random_checkpoint
+
+
 # ------------------------------------------------------------------------------------ fault ledger
 
 

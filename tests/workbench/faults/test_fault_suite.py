@@ -152,38 +152,15 @@ def _write_source(root: Path, source: str, n: int, first_seed: int = 0) -> Path:
     return folder
 
 
-def _checkpoint(path: Path) -> Path:
-    """A small random Universal Model over liver and spleen (classes kits23 does not annotate)."""
-    import torch
-
-    from workbench.model.checkpoint import save_checkpoint
-    from workbench.model.network import UniversalModel
-    from workbench.model.text import TextVocabulary
-    from workbench.model.train import TrainConfig
-    from workbench.model.transforms import PipelineConfig
-
-    names = ("liver", "spleen")
-    vocab = TextVocabulary(
-        names, names, "V1", "random-test", "none", np.random.default_rng(0).normal(size=(2, 512))
-    )
-    torch.manual_seed(0)
-    feats = (4, 4, 8, 8, 16, 4)
-    model = UniversalModel("small_unet", embeddings=vocab.embeddings, small_features=feats)
-    cfg = TrainConfig(
-        pipeline=PipelineConfig(spacing_mm=(6.0,) * 3, patch=(32, 32, 32)), small_features=feats
-    )
-    save_checkpoint(path, model, None, {"step": 0, "config": cfg.to_dict()}, vocab)
-    return path
-
-
 @pytest.fixture(scope="module")
 def kits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_source(tmp_path_factory.mktemp("data"), "kits23", KITS_CASES)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, random_checkpoint) -> Path:  # type: ignore[no-untyped-def]
+    """A small random Universal Model over liver and spleen (classes kits23 does not annotate)."""
+    return random_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", ("liver", "spleen"))
 
 
 @pytest.fixture()

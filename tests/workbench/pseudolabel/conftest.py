@@ -6,8 +6,8 @@ kidneys 140, liver 40). The intensity-window "model" is a torch module that call
 HU lies in the class's window. That model is equivariant to flips and axis permutations, so a prediction
 that lands on the wrong side or the wrong voxels after the round trip through the inference grid can only
 be a geometry bug; and it calls both kidneys "kidney_left" AND "kidney_right", so only the post-processing
-can tell them apart. A randomly initialised small Universal Model checkpoint covers the checkpoint path,
-the CLI and resume.
+can tell them apart. A randomly initialised small Universal Model checkpoint (``random_checkpoint``, in
+``tests/workbench/conftest.py``) covers the checkpoint path, the CLI and resume.
 """
 
 from __future__ import annotations
@@ -62,25 +62,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / max(1, int(a.sum()) + int(b.sum()))
 
 
-def _save_random_checkpoint(path: Path, names: tuple[str, ...], seed: int = 0) -> Path:
-    from workbench.model.checkpoint import save_checkpoint
-    from workbench.model.network import UniversalModel
-    from workbench.model.text import TextVocabulary
-    from workbench.model.train import TrainConfig
-    from workbench.model.transforms import PipelineConfig
-
-    embeddings = np.random.default_rng(seed).standard_normal((len(names), 512))
-    vocab = TextVocabulary(names, names, "V1", "random-test", "none", embeddings)
-    torch.manual_seed(seed)
-    feats = (4, 4, 8, 8, 16, 4)
-    model = UniversalModel("small_unet", embeddings=vocab.embeddings, small_features=feats)
-    cfg = TrainConfig(
-        pipeline=PipelineConfig(spacing_mm=(6.0,) * 3, patch=(32, 32, 32)), small_features=feats
-    )
-    save_checkpoint(path, model, None, {"step": 0, "config": cfg.to_dict()}, vocab)
-    return path
-
-
 def _ingest(tmp_path: Path, source: str, seeds: tuple[int, ...]) -> tuple[Workspace, dict[str, object]]:
     protocol = get_protocol(source)
     truth = {}
@@ -112,12 +93,6 @@ def window_segmenter() -> Callable[..., Segmenter]:
 def dice() -> Callable[[np.ndarray, np.ndarray], float]:
     """``dice(a, b)`` of two bool masks."""
     return _dice
-
-
-@pytest.fixture()
-def random_checkpoint() -> Callable[..., Path]:
-    """``random_checkpoint(path, names, seed=0)``: a randomly initialised small Universal Model checkpoint."""
-    return _save_random_checkpoint
 
 
 @pytest.fixture()
