@@ -4,13 +4,19 @@
 ones in order, each in its own transaction, and refuses a catalog newer than :data:`SCHEMA_VERSION`.
 ``docs/catalog.md`` describes every column.
 
-The views (schema v6):
+The views (schema v7):
 
 * ``current_label``: per scan x class whose state is known (``annotated_present`` / ``annotated_absent``),
-  the one label set that answers for it by the merge priority ``revised > original > pseudo``, newest
-  version first. Columns ``scan_id, class_name, state, label_set_id, mask_key, origin, version``.
-  ``current_label_of(origins)`` is the same rule over a chosen list of origins (a table macro), e.g.
-  ``SELECT * FROM current_label_of(['original'])``.
+  the one label set that answers for it by THE ASSEMBLY RULE, used by training sets, exports, statistics
+  and evaluation alike: ``revised > original > accepted pseudo > pseudo``, newest version first within
+  one basis; a pseudo-label whose standing decision (newest of ``standing_review`` for that scan, class
+  and label set) is ``reject`` or ``needs_correction`` is never used. Columns ``scan_id, class_name,
+  state, label_set_id, mask_key, origin, version, basis`` where ``basis`` is ``revised``, ``original``,
+  ``accepted`` (a pseudo-label a reviewer accepted) or ``pseudo``. Decisions apply to pseudo-labels
+  only: an expert's ``original`` labels are replaced by a correction (``revised``), not by a reject.
+  ``current_label_of(bases)`` is the same rule over a chosen list of bases (a table macro), e.g.
+  ``SELECT * FROM current_label_of(['original'])``; ``'pseudo'`` in the list admits accepted pseudo-labels
+  too (an accepted pseudo-label is still a pseudo-label).
 * ``current_original``: per scan, its newest ``original`` label set (``scan_id, label_set_id``): what
   the source itself annotated, as the statistics and the reference ranges read it.
 * ``standing_review``: the review decisions that stand: every row of ``review`` that is not an undo and
@@ -19,13 +25,22 @@ The views (schema v6):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
 
-#: The merge priority of ``current_label``: higher wins for a scan x class.
+#: The bases of the assembly rule: the origins, with ``accepted`` for a pseudo-label a reviewer accepted.
+BASES = ("revised", "original", "accepted", "pseudo")
+
+#: The assembly rule's priority (``current_label``): higher wins for a scan x class.
+BASIS_PRIORITY = {"revised": 4, "original": 3, "accepted": 2, "pseudo": 1}
+
+#: The merge priority of the label-set origins alone (``accepted`` ranks within ``pseudo``).
 ORIGIN_PRIORITY = {"revised": 3, "original": 2, "pseudo": 1}
+
+#: Standing decisions that take a pseudo-label out of every training set, export and statistic.
+EXCLUDING_DECISIONS = ("reject", "needs_correction")
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -262,5 +277,34 @@ MIGRATIONS: dict[int, str] = {
         SELECT r.* FROM review r
         WHERE r.decision <> 'undo'
           AND r.id NOT IN (SELECT undo_of FROM review WHERE decision = 'undo' AND undo_of IS NOT NULL);
+    """,
+    # v7: the assembly rule (module docstring) honours review decisions: accepted pseudo-labels rank above
+    # plain ones, rejected ones are never used; ``basis`` says which applied.
+    7: """
+    DROP VIEW current_label;
+    DROP MACRO TABLE current_label_of;
+    CREATE MACRO current_label_of(bases) AS TABLE
+        WITH verdict AS (
+            SELECT scan_id, class_name, label_set_id, arg_max(decision, created_at) AS decision
+            FROM standing_review GROUP BY scan_id, class_name, label_set_id
+        ), candidate AS (
+            SELECT l.scan_id, c.class_name, c.state, l.id AS label_set_id, l.mask_key, l.origin, l.version,
+                   CASE WHEN l.origin <> 'pseudo' THEN l.origin
+                        WHEN v.decision = 'accept' THEN 'accepted'
+                        WHEN v.decision IN ('reject', 'needs_correction') THEN 'rejected'
+                        ELSE 'pseudo' END AS basis
+            FROM class_coverage c JOIN label_set l ON l.id = c.label_set_id
+            LEFT JOIN verdict v ON v.label_set_id = c.label_set_id AND v.class_name = c.class_name
+            WHERE c.state <> 'not_annotated'
+        )
+        SELECT * FROM candidate
+        WHERE basis <> 'rejected'
+          AND (list_contains(bases, basis) OR (basis = 'accepted' AND list_contains(bases, 'pseudo')))
+        QUALIFY row_number() OVER (
+            PARTITION BY scan_id, class_name
+            ORDER BY CASE basis WHEN 'revised' THEN 4 WHEN 'original' THEN 3 WHEN 'accepted' THEN 2 ELSE 1 END
+                     DESC, version DESC
+        ) = 1;
+    CREATE VIEW current_label AS SELECT * FROM current_label_of(['revised', 'original', 'pseudo']);
     """,
 }

@@ -24,6 +24,7 @@ from storage.backup import (
     verify_backup,
 )
 from storage.check import check_workspace
+from storage.schema import SCHEMA_VERSION
 from storage.files import file_sha256
 from storage.maps import map_file_path, write_uncertainty_map
 from storage.workspace import Workspace
@@ -56,7 +57,7 @@ def test_backup_and_restore_round_trip(small_ws: Workspace, tmp_path: Path) -> N
     result = backup_workspace(small_ws, tmp_path / "bk")
     assert (result.label_sets, result.mask_files, result.maps, result.missing) == (2, 2, 1, [])
     assert result.lines()[-1].startswith(
-        "backed up the catalog (schema v6, 2 label sets), 2 mask files and 1"
+        f"backed up the catalog (schema v{SCHEMA_VERSION}, 2 label sets), 2 mask files and 1"
     )
     assert verify_backup(tmp_path / "bk") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "ws"]  # no partial folder left
@@ -86,7 +87,7 @@ def test_the_manifest_lists_every_file_with_its_hash(small_ws: Workspace, tmp_pa
     for rel, entry in files.items():
         path = tmp_path / "bk" / rel
         assert entry == {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-    assert manifest["schema_version"] == 6 and manifest["format"] == "workbench-backup"
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["format"] == "workbench-backup"
     assert manifest["counts"]["tables"]["label_set"] == 2 and manifest["counts"]["mask_files"] == 2
     assert manifest["created_at"].endswith("+00:00")
     on_disk = {p.relative_to(tmp_path / "bk").as_posix() for p in (tmp_path / "bk").rglob("*") if p.is_file()}

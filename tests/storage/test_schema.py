@@ -77,6 +77,45 @@ def test_current_label_follows_the_merge_priority(tmp_path: Path) -> None:
     assert latest == [orig]
 
 
+@pytest.mark.parametrize(
+    ("decisions", "expected"),
+    [
+        ([], ("pseudo-2", "pseudo")),  # no decision: the newest pseudo-label
+        (["accept:pseudo-1"], ("pseudo-1", "accepted")),  # accepted beats a newer plain one
+        (["reject:pseudo-2"], ("pseudo-1", "pseudo")),  # a rejected one is never used
+        (["needs_correction:pseudo-2"], ("pseudo-1", "pseudo")),
+        (["reject:pseudo-1", "reject:pseudo-2"], None),  # nothing left that knows the class
+        (["reject:pseudo-2", "undo"], ("pseudo-2", "pseudo")),  # an undone reject stands no more
+        (["skip:pseudo-2"], ("pseudo-2", "pseudo")),
+    ],
+)
+def test_current_label_honours_review_decisions(
+    tmp_path: Path, decisions: list[str], expected: tuple[str, str] | None
+) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    scan = _scan(1)
+    _label_set(cat, scan, "original", {"liver": "annotated_present"}, True)
+    ids = {
+        "pseudo-1": _label_set(cat, scan, "pseudo", {"pancreas": "annotated_present"}),
+        "pseudo-2": _label_set(cat, scan, "pseudo", {"pancreas": "annotated_present"}),
+    }
+    last = None
+    for d in decisions:
+        if d == "undo":
+            cat.add_review(scan.id, "pancreas", "x", "undo", "", "ann", undo_of=last)
+            continue
+        decision, which = d.split(":")
+        last = cat.add_review(scan.id, "pancreas", ids[which], decision, "", "ann")
+    rows = cat.query("SELECT label_set_id, basis FROM current_label WHERE class_name = 'pancreas'")
+    got = None if rows.empty else (rows["label_set_id"].iloc[0], rows["basis"].iloc[0])
+    assert got == (None if expected is None else (ids[expected[0]], expected[1]))
+    # Decisions never touch the expert's labels, and the original still beats an accepted pseudo.
+    liver = cat.query("SELECT basis FROM current_label WHERE class_name = 'liver'")["basis"].tolist()
+    assert liver == ["original"]
+    only_pseudo = cat.query("SELECT basis FROM current_label_of(['accepted']) WHERE class_name = 'pancreas'")
+    assert only_pseudo["basis"].tolist() == (["accepted"] if got and got[1] == "accepted" else [])
+
+
 def test_standing_review_leaves_out_undos_and_what_they_undid(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "c.duckdb")
     rows = [
