@@ -9,8 +9,7 @@ The views (schema v7):
 * ``current_label``: per scan x class whose state is known (``annotated_present`` / ``annotated_absent``),
   the one label set that answers for it by THE ASSEMBLY RULE, used by training sets, exports, statistics
   and evaluation alike: ``revised > original > accepted pseudo > pseudo``, newest version first within
-  one basis; a pseudo-label whose standing decision (newest of ``standing_review`` for that scan, class
-  and label set) is ``reject`` or ``needs_correction`` is never used. Columns ``scan_id, class_name,
+  one basis; a pseudo-label whose ``verdict`` (below) is ``reject`` or ``needs_correction`` is never used. Columns ``scan_id, class_name,
   state, label_set_id, mask_key, origin, version, basis`` where ``basis`` is ``revised``, ``original``,
   ``accepted`` (a pseudo-label a reviewer accepted) or ``pseudo``. Decisions apply to pseudo-labels
   only: an expert's ``original`` labels are replaced by a correction (``revised``), not by a reject.
@@ -21,6 +20,9 @@ The views (schema v7):
   the source itself annotated, as the statistics and the reference ranges read it.
 * ``standing_review``: the review decisions that stand: every row of ``review`` that is not an undo and
   has not been undone.
+* ``verdict``: per scan x class x label set that has a standing decision, the one that counts (the
+  newest): ``scan_id, class_name, label_set_id, decision, reviewer, decided_at, review_id``. The
+  assembly rule and the queue read decisions only through it.
 """
 
 from __future__ import annotations
@@ -283,11 +285,13 @@ MIGRATIONS: dict[int, str] = {
     7: """
     DROP VIEW current_label;
     DROP MACRO TABLE current_label_of;
+    CREATE VIEW verdict AS
+        SELECT scan_id, class_name, label_set_id, arg_max(decision, created_at) AS decision,
+               arg_max(reviewer, created_at) AS reviewer, max(created_at) AS decided_at,
+               arg_max(id, created_at) AS review_id
+        FROM standing_review GROUP BY scan_id, class_name, label_set_id;
     CREATE MACRO current_label_of(bases) AS TABLE
-        WITH verdict AS (
-            SELECT scan_id, class_name, label_set_id, arg_max(decision, created_at) AS decision
-            FROM standing_review GROUP BY scan_id, class_name, label_set_id
-        ), candidate AS (
+        WITH candidate AS (
             SELECT l.scan_id, c.class_name, c.state, l.id AS label_set_id, l.mask_key, l.origin, l.version,
                    CASE WHEN l.origin <> 'pseudo' THEN l.origin
                         WHEN v.decision = 'accept' THEN 'accepted'
