@@ -7,15 +7,15 @@ ones in order, each in its own transaction, and refuses a catalog newer than :da
 The views (schema v7):
 
 * ``current_label``: per scan x class whose state is known (``annotated_present`` / ``annotated_absent``),
-  the one label set that answers for it by THE ASSEMBLY RULE, used by training sets, exports, statistics
-  and evaluation alike: ``revised > original > accepted pseudo > pseudo``, newest version first within
-  one basis; a pseudo-label whose ``verdict`` (below) is ``reject`` or ``needs_correction`` is never used. Columns ``scan_id, class_name,
-  state, label_set_id, mask_key, origin, version, basis`` where ``basis`` is ``revised``, ``original``,
-  ``accepted`` (a pseudo-label a reviewer accepted) or ``pseudo``. Decisions apply to pseudo-labels
-  only: an expert's ``original`` labels are replaced by a correction (``revised``), not by a reject.
-  ``current_label_of(bases)`` is the same rule over a chosen list of bases (a table macro), e.g.
-  ``SELECT * FROM current_label_of(['original'])``; ``'pseudo'`` in the list admits accepted pseudo-labels
-  too (an accepted pseudo-label is still a pseudo-label).
+  the one label set that answers for it by THE ASSEMBLY RULE, used by training sets, exports,
+  statistics and evaluation alike: ``revised > original > accepted pseudo > pseudo``, newest version
+  first within one basis; a pseudo-label whose ``verdict`` (below) is ``reject`` or
+  ``needs_correction`` is never used. Columns ``scan_id, class_name, state, label_set_id, mask_key,
+  origin, version, basis``; ``basis`` is ``revised``, ``original``, ``accepted`` (a pseudo-label a
+  reviewer accepted) or ``pseudo``. Decisions apply to pseudo-labels only: an expert's ``original``
+  labels are replaced by a correction (``revised``), not by a reject. ``current_label_of(bases)`` is
+  the same rule over a chosen list of bases (a table macro), e.g. ``SELECT * FROM
+  current_label_of(['original'])``; ``'pseudo'`` in the list admits accepted pseudo-labels too.
 * ``current_original``: per scan, its newest ``original`` label set (``scan_id, label_set_id``): what
   the source itself annotated, as the statistics and the reference ranges read it.
 * ``standing_review``: the review decisions that stand: every row of ``review`` that is not an undo and

@@ -24,9 +24,9 @@ from storage.backup import (
     verify_backup,
 )
 from storage.check import check_workspace
-from storage.schema import SCHEMA_VERSION
 from storage.files import file_sha256
 from storage.maps import map_file_path, write_uncertainty_map
+from storage.schema import SCHEMA_VERSION
 from storage.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
