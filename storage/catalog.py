@@ -308,10 +308,12 @@ class Catalog:
         splits: Sequence[dict[str, Any]] = (),
         scan: ScanRecord | None = None,
         review: ReviewRecord | None = None,
+        uncertainty: Sequence[dict[str, Any]] = (),
     ) -> LabelSetRecord:
-        """Write a label set with its coverage, statistics and split decisions (and its scan, if new, and
-        the review row of a correction that produced it) in ONE transaction: a reader sees all of it or
-        none of it, also after a kill.
+        """Write a label set with its coverage, statistics and split decisions (and its scan, if new, the
+        review row of a correction that produced it, and the uncertainty rows of a tool's output, as
+        :meth:`add_uncertainty` takes them) in ONE transaction: a reader sees all of it or none of it,
+        also after a kill.
 
         With ``label_set.version=None`` the version is allocated here, inside the transaction (the
         scan's highest version + 1); when another writer takes the same number first (a reviewer's
@@ -323,7 +325,9 @@ class Catalog:
         allocate = label_set.version is None
         for attempt in range(_VERSION_RETRIES):
             try:
-                return self._insert_label_set(label_set, coverage, stats, splits, scan, review, allocate)
+                return self._insert_label_set(
+                    label_set, coverage, stats, splits, scan, review, allocate, uncertainty
+                )
             except (duckdb.ConstraintException, duckdb.TransactionException) as e:
                 # A concurrent connection of this process surfaces the clash at COMMIT, another process
                 # at the INSERT; either way only an allocated version is worth another try.
@@ -341,6 +345,7 @@ class Catalog:
         scan: ScanRecord | None,
         review: ReviewRecord | None,
         allocate: bool,
+        uncertainty: Sequence[dict[str, Any]] = (),
     ) -> LabelSetRecord:
         now = utc_now()
         with self.transaction() as con:
@@ -449,6 +454,7 @@ class Catalog:
                 con.unregister("sp_in")
             if review is not None:
                 self._insert_review(con, review)
+            self._insert_uncertainty(con, uncertainty)
         return ls
 
     def log_issue(self, source_id: str, path: str, problem: str) -> None:
@@ -564,8 +570,9 @@ class Catalog:
     ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """Register the source and read everything an ingest of it needs, in ONE connection.
 
-        Returns ``(by_case, image_hashes)``: case id -> the scan's row plus its latest original label set
-        (columns prefixed ``ls_``); the image hashes of every scan in the catalog (all sources).
+        Returns ``(by_case, image_hashes)``: case id -> the scan's row plus its latest label set written by
+        an ingest (an ``original`` one, or a tool's ``pseudo`` output; columns prefixed ``ls_``); the image
+        hashes of every scan in the catalog (all sources).
         """
         with self.connect() as con:
             con.execute(
@@ -598,7 +605,8 @@ class Catalog:
                    l.label_bytes AS ls_label_bytes, l.label_mtime AS ls_label_mtime,
                    (SELECT max(version) FROM label_set a WHERE a.scan_id = s.id) AS ls_max_version
             FROM scan s LEFT JOIN (
-                SELECT * FROM label_set WHERE origin = 'original'
+                -- label sets an ingest wrote: the only writer that records the label file's hash
+                SELECT * FROM label_set WHERE label_sha256 IS NOT NULL AND origin IN ('original', 'pseudo')
                 QUALIFY row_number() OVER (PARTITION BY scan_id ORDER BY version DESC) = 1
             ) l ON l.scan_id = s.id
             WHERE s.source_id = ?
@@ -892,23 +900,8 @@ class Catalog:
         """
         if not rows:
             return
-        table = pa.table(
-            {
-                **self._scored_columns(rows),
-                "label_set_id": [r["label_set_id"] for r in rows],
-                "signals": [
-                    r["signals"] if isinstance(r["signals"], str) else json.dumps(r["signals"]) for r in rows
-                ],
-            }
-        )
         with self.transaction() as con:
-            con.register("unc_in", table)
-            con.execute(
-                "INSERT OR REPLACE INTO uncertainty (scan_id, class_name, run_id, label_set_id, score, "
-                "signals, reasons) SELECT scan_id, class_name, run_id, label_set_id, score, signals, reasons "
-                "FROM unc_in"
-            )
-            con.unregister("unc_in")
+            self._insert_uncertainty(con, rows)
 
     def uncertainty_items(self, run_id: str | None = None) -> pd.DataFrame:
         """Every stored uncertainty row (decided or not), of one run or of all.
@@ -1654,6 +1647,54 @@ class Catalog:
 
     # -- exports and names (workbench.export) --------------------------------------------------------
     # (named queries of the export wing for #11 go here)
+
+    # -- tool runs and round trips (#13) --------------------------------------------------------------
+    def add_tool_run(self, run_id: str, config: dict[str, Any]) -> bool:
+        """Record the ``run`` row of a segmentation tool's outputs (``kind`` ``tool``) once: a second
+        call with the same id changes nothing.
+
+        Args:
+            run_id: the run's id (:func:`workbench.pseudolabel.tool_runs.tool_run_id`).
+            config: what the run was (tool, its version, the protocol), stored as JSON.
+
+        Returns:
+            Whether the row was new.
+        """
+        with self.transaction() as con:
+            rows = con.execute(
+                "INSERT INTO run (id, kind, config, started_at, finished_at) VALUES (?, 'tool', ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                [run_id, json.dumps(config, sort_keys=True), utc_now(), utc_now()],
+            ).fetchall()
+        return bool(rows)
+
+    def run_row(self, run_id: str) -> dict[str, Any] | None:
+        """Every column of one ``run`` row as a dict (``config``, ``metrics``, ``timings`` as JSON text),
+        or None when there is no such run."""
+        df = self.query("SELECT * FROM run WHERE id = ?", [run_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def _insert_uncertainty(self, con: duckdb.DuckDBPyConnection, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert (or replace) uncertainty rows inside the caller's transaction (see
+        :meth:`add_uncertainty` for the rows)."""
+        if not rows:
+            return
+        table = pa.table(
+            {
+                **self._scored_columns(rows),
+                "label_set_id": [r["label_set_id"] for r in rows],
+                "signals": [
+                    r["signals"] if isinstance(r["signals"], str) else json.dumps(r["signals"]) for r in rows
+                ],
+            }
+        )
+        con.register("unc_in", table)
+        con.execute(
+            "INSERT OR REPLACE INTO uncertainty (scan_id, class_name, run_id, label_set_id, score, "
+            "signals, reasons) SELECT scan_id, class_name, run_id, label_set_id, score, signals, reasons "
+            "FROM unc_in"
+        )
+        con.unregister("unc_in")
 
     # -- the app (workbench.app_pages, workbench.app_data) --------------------------------------------
     # (named queries of the app for #11 go here)

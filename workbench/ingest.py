@@ -12,7 +12,9 @@ once it is old enough that no writer can still be about to commit it
 cannot know whether a reviewer or a pseudo-label job beside it is about to commit one. Re-ingesting the same
 files changes nothing: a case whose image and label have the size and modification time on record is skipped
 without reading, and one whose content hashes match is skipped after reading. A case whose label file changed
-gets a new ``original`` label set version; the old one stays.
+gets a new ``original`` label set version; the old one stays. A tool's output (a protocol with
+``default_origin = "pseudo"``) is stored as a ``pseudo`` label set of the tool's run, with its uncertainty
+rows in the same transaction (``workbench.pseudolabel.tool_runs``).
 
 Bad input (see ``harmonize.errors.HarmonizeError``) skips that case with one clear message; the rest of
 the ingest goes on and the summary lists what was skipped. A case the layout finds but cannot read before
@@ -44,6 +46,7 @@ from harmonize.protocols import Protocol, get_protocol
 from harmonize.volume import Volume
 from storage.catalog import LabelSetRecord, ScanRecord, new_label_set_id
 from storage.workspace import Workspace
+from workbench.pseudolabel.tool_runs import ingest_origin, tool_output_rows, tool_run_id
 
 
 @dataclass
@@ -308,9 +311,10 @@ def _store(
         id=ls_id,
         scan_id=scan_id,
         version=1 if parent is None else int(parent["version"]) + 1,
-        origin="original",
+        origin=ingest_origin(protocol),  # a tool's output is a pseudo-label of the tool's run
         mask_key=ls_id,
         parent_id=None if parent is None else parent["id"],
+        run_id=tool_run_id(protocol),
         author=f"{protocol.id} protocol v{protocol.protocol_version}",
         protocol_version=protocol.protocol_version,
         label_sha256=label_sha,
@@ -328,6 +332,7 @@ def _store(
             [s.as_dict() for s in hc.stats.values()],
             [d.as_dict() for d in hc.splits],
             scan=scan,
+            uncertainty=tool_output_rows(ws, protocol, scan_id, ls_id, hc, image),
         )
     except BaseException:
         ws.masks.delete(ls_id)  # the catalog refused: do not leave an orphan behind

@@ -9,6 +9,8 @@ File format (documented once here; every file in ``sources/`` obeys it):
     protocol_version = 1                # bump when the mapping changes
     reference = "https://..."           # where the label values were checked
     description = "..."                 # one paragraph: what the dataset is, what is special
+    default_origin = "original"         # original (expert annotation, default) | pseudo (a tool's output)
+    tool = "TotalSegmentator 2.x"       # pseudo only, and then required: the tool and its version
 
     [layout]
     kind = "paired"                     # paired | per_class_files | dicom_png
@@ -48,6 +50,12 @@ Every class that appears in a target (after expanding pairs) is *annotated* by t
 without it is ``annotated_absent``. All other classes are ``not_annotated``. ``extra_annotated`` lists
 classes annotated though no value is drawn for them (rare).
 
+``default_origin`` says what the labels of the source are: ``original`` for annotations that experts
+drew or corrected (ground truth for ``evaluate``, counted as annotated in the statistics), ``pseudo`` for
+a segmentation tool's output (model predictions: ingested as ``pseudo`` label sets of a ``tool`` run,
+reviewable like the workbench's own pseudo-labels, never ground truth). ``tool`` names the tool and its
+version; it is required for ``pseudo`` and refused for ``original``.
+
 ``[unmapped]`` lists native values (label maps) or file stems (per-class folders) that the source
 defines but that have no universal class, with their meaning (``"5" = "bone"``). They are ignored and
 noted; any value that is in neither ``[labels]`` nor ``[unmapped]`` is an error, unless
@@ -69,6 +77,9 @@ import pandas as pd
 from harmonize.taxonomy import CLASSES, PAIRS, expand_target
 
 LAYOUT_KINDS = ("paired", "per_class_files", "dicom_png")
+
+#: What a protocol's labels may be on ingest: an expert annotation or a tool's prediction.
+DEFAULT_ORIGINS = ("original", "pseudo")
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,9 @@ class Protocol:
             the taxonomy has no class for.
         reference: where the values were checked.
         description: a paragraph for humans.
+        default_origin: ``original`` (expert labels) or ``pseudo`` (a tool's output), the origin of the
+            label sets an ingest writes.
+        tool: for ``pseudo``: the tool and its version (``"TotalSegmentator 2.x"``); empty otherwise.
     """
 
     id: str
@@ -141,6 +155,13 @@ class Protocol:
     extra_annotated: tuple[str, ...] = ()
     reference: str = ""
     description: str = ""
+    default_origin: str = "original"
+    tool: str = ""
+
+    @property
+    def is_tool_output(self) -> bool:
+        """Whether the labels are a tool's predictions (``default_origin = "pseudo"``)."""
+        return self.default_origin == "pseudo"
 
     @property
     def targets(self) -> list[tuple[str, ...]]:
@@ -188,6 +209,23 @@ def _targets(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def _origin(data: dict[str, Any]) -> tuple[str, str]:
+    """``(default_origin, tool)`` of a protocol's data, checked: a tool is named exactly for ``pseudo``."""
+    origin = data.get("default_origin", "original")
+    tool = data.get("tool", "")
+    if origin not in DEFAULT_ORIGINS:
+        raise ValueError(f"default_origin {origin!r} is not one of {DEFAULT_ORIGINS}")
+    if not isinstance(tool, str):
+        raise ValueError(f"tool must be a string, got {tool!r}")
+    if origin == "pseudo" and not tool.strip():
+        raise ValueError(
+            'default_origin = "pseudo" needs tool = "<name> <version>" (the tool that made the labels)'
+        )
+    if origin == "original" and tool.strip():
+        raise ValueError(f'tool = {tool!r} is only for default_origin = "pseudo" (a tool\'s output)')
+    return origin, tool.strip()
+
+
 def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
     """Validate a protocol's TOML data and build the :class:`Protocol`; errors name ``origin``."""
     try:
@@ -216,6 +254,7 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
         both = sorted(set(map(str, labels)) & set(unmapped_keys))
         if both:
             raise ValueError(f"values {both} are both in [labels] and [unmapped]")
+        default_origin, tool = _origin(data)
         extra = tuple(data.get("extra_annotated", ()))
         for name in extra:
             expand_target(name)
@@ -233,6 +272,8 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
             extra_annotated=extra,
             reference=data.get("reference", ""),
             description=data.get("description", "").strip(),
+            default_origin=default_origin,
+            tool=tool,
         )
     except KeyError as e:
         raise ValueError(f"{origin}: missing key {e}") from None

@@ -11,7 +11,10 @@ class).
 The corrected mask comes from the app's quick fixes (:func:`keep_largest`, :func:`remove_component`, on
 ``harmonize.geometry``'s 26-connected components), from any caller of :func:`correct`, or from an edited
 NIfTI file (:func:`import_correction`; :func:`import_correction_upload` for the app's uploads), e.g. the
-label map of :func:`workbench.review.slicer.export_case_for_slicer` edited in 3D Slicer or ITK-SNAP.
+label map of :func:`workbench.review.slicer.export_case_for_slicer` edited in 3D Slicer or ITK-SNAP. A
+label map gives a class with its nested classes (a tumour painted over its kidney is kidney too:
+:func:`workbench.review.nesting.decode_class`), so an export imported back unchanged is bit-identical, and
+such an import writes nothing (:attr:`Correction.changed` is False).
 
 Example:
     >>> corr = correct(ws, "btcv:demo000", "liver", fixed, "Dr Ada", "trimmed")  # doctest: +SKIP
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,10 +41,11 @@ from harmonize.errors import HarmonizeError
 from harmonize.geometry import GRID_TOLERANCE_MM, grid_difference_mm, label_components, largest_component
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
 from harmonize.stats import class_stats
-from harmonize.taxonomy import class_by_name, class_names
+from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord, ReviewRecord, new_label_set_id
 from storage.files import atomic_write_bytes
 from storage.workspace import Workspace
+from workbench.review.nesting import decode_class
 from workbench.review.validation import (
     check_class,
     check_upload_name,
@@ -54,10 +59,15 @@ from workbench.review.validation import (
 
 @dataclass(frozen=True)
 class Correction:
-    """What :func:`correct` wrote: the ``corrected`` review row and the new ``revised`` label set."""
+    """What :func:`correct` wrote: the ``corrected`` review row and the new ``revised`` label set.
+
+    An import that changes nothing (:func:`import_correction` of a mask equal to the current one) writes
+    neither: then ``changed`` is False, ``review_id`` is ``""`` and ``label_set_id`` is the label set that
+    already holds the mask."""
 
     review_id: str
     label_set_id: str
+    changed: bool = True
 
 
 def write_revised(
@@ -269,20 +279,29 @@ def _read_voxels(path: Path, img: nib.Nifti1Image) -> np.ndarray:
 
 
 def label_values_to_mask(
-    path: str | Path, data: np.ndarray, class_name: str, value_map: Mapping[int, int] | None = None
+    path: str | Path,
+    data: np.ndarray,
+    class_name: str,
+    value_map: Mapping[int, int] | None = None,
+    *,
+    label_map: bool = False,
 ) -> np.ndarray:
     """Turn an imported label image into one class's bool mask.
 
     Rules: with ``value_map`` (label value -> 0/1) every value in the file must be in the map. Without it,
-    a file holding only 0 and 1 is a binary mask; otherwise it is a label map in the convention of
-    :func:`workbench.review.slicer.export_case_for_slicer` (value = universal class index, 1-based): the
-    class's own index is foreground, other class indices are background.
+    a file holding only 0 and 1 is a binary mask (unless ``label_map``); otherwise it is a label map in the
+    convention of :func:`workbench.review.slicer.export_case_for_slicer` (value = universal class index,
+    1-based): the class's own index is foreground, and so are its nested classes painted over it
+    (:func:`workbench.review.nesting.decode_class`: a tumour touching its organ is part of the organ);
+    other class indices are background.
 
     Args:
         path: the file (named in errors).
         data: its (i, j, k) label values.
         class_name: the class to extract.
         value_map: label value -> 0/1, or None for the rules above.
+        label_map: the file is known to be a label map of an export (its ``labels.json`` lists it), so
+            0/1 means background/spleen, not a binary mask.
 
     Returns:
         The (i, j, k) bool mask of the class.
@@ -293,27 +312,117 @@ def label_values_to_mask(
     arr = np.asarray(data)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.array_equal(arr, np.round(arr)):
-            raise HarmonizeError(path, "label values are not integers")
+            raise HarmonizeError(path, "label values are not integers: not a label map (is it the CT?)")
         arr = arr.astype(np.int64)
     values = {int(v) for v in np.unique(arr)}
     if value_map is not None:
         mapped = {int(k): int(v) for k, v in value_map.items()}
         bad = sorted(values - set(mapped))
         if bad or any(v not in (0, 1) for v in mapped.values()):
-            raise HarmonizeError(path, f"label values {bad} are not in the value map {mapped} (0/1 targets)")
+            raise HarmonizeError(
+                path, f"label values {_some(bad)} are not in the value map {mapped} (0/1 targets)"
+            )
         fg = [k for k, v in mapped.items() if v == 1]
         return np.isin(arr, fg)
-    if values <= {0, 1}:
+    if values <= {0, 1} and not label_map:
         return arr == 1
-    index = class_by_name(class_name).index
     bad = sorted(v for v in values if v != 0 and not 1 <= v <= len(class_names()))
     if bad:
         raise HarmonizeError(
             path,
-            f"label values {bad} are neither 0/1 nor universal class indices 1-{len(class_names())}; "
-            "pass a value map",
+            f"label values {_some(bad)} are neither 0/1 nor universal class indices 1-{len(class_names())}: "
+            "not a label map of the workbench's classes (is it the CT?); pass a value map",
         )
-    return arr == index
+    return decode_class(arr, class_name)
+
+
+def _some(values: Sequence[int], limit: int = 8) -> str:
+    """``values`` for an error line: all of a few, else the first ``limit``, the count and the range."""
+    if len(values) <= limit:
+        return str(list(values))
+    head = ", ".join(str(v) for v in values[:limit])
+    return f"[{head}, ...] ({len(values)} values, {values[0]} to {values[-1]})"
+
+
+def _on_scan_grid(
+    path: Path, img: nib.Nifti1Image, scan_id: str, scan: Mapping[str, Any]
+) -> np.ndarray | None:
+    """Check from the header alone that the file lies on the scan's voxel grid.
+
+    A file on the same grid in another voxel order (a tool that saved it reoriented, e.g. to RAS) is
+    accepted: the returned nibabel orientation transform brings its voxels into the scan's order.
+
+    Returns:
+        None when the voxel order is the scan's, else the (3, 2) orientation transform.
+
+    Raises:
+        HarmonizeError: another shape, or another grid (the largest difference in mm is named).
+    """
+    shape = tuple(int(s) for s in scan["shape"])
+    target = scan_affine(scan)
+    affine = np.asarray(img.affine)
+    if tuple(img.shape) == shape and grid_difference_mm(affine, target) <= GRID_TOLERANCE_MM:
+        return None
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(target)
+    )
+    turned_shape = tuple(int(img.shape[int(a)]) for a in np.argsort(ornt[:, 0]))
+    turned = affine @ nib.orientations.inv_ornt_aff(ornt, img.shape)
+    if turned_shape == shape and grid_difference_mm(turned, target) <= GRID_TOLERANCE_MM:
+        return ornt
+    if tuple(img.shape) != shape and turned_shape != shape:
+        raise HarmonizeError(path, f"shape {tuple(img.shape)} differs from scan {scan_id}'s shape {shape}")
+    diff = min(grid_difference_mm(affine, target), grid_difference_mm(turned, target))
+    raise HarmonizeError(
+        path,
+        f"affine differs from scan {scan_id}'s by up to {diff:.4g} mm (tolerance "
+        f"{GRID_TOLERANCE_MM} mm): the file is not on the scan's voxel grid",
+    )
+
+
+def _export_layers(path: Path) -> dict[str, list[str]] | None:
+    """The ``layers`` of the case export beside ``path`` (``labels.json``: layer file -> classes), or None
+    when ``path`` is not a layer file listed there (another file, or no export manifest)."""
+    manifest = path.parent / "labels.json"
+    try:
+        layers = json.loads(manifest.read_text()).get("layers")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(layers, dict) or path.name not in layers:
+        return None
+    return {str(k): [str(c) for c in v] for k, v in layers.items() if isinstance(v, list)}
+
+
+def _check_layer(path: Path, class_name: str, layers: Mapping[str, Sequence[str]]) -> None:
+    """Refuse to read ``class_name`` from an export's layer file when the export put it in another one
+    (it would read as absent)."""
+    if class_name in layers.get(path.name, ()):
+        return
+    elsewhere = [f for f, classes in layers.items() if class_name in classes]
+    if elsewhere:
+        raise HarmonizeError(
+            path,
+            f"{class_name} is in {elsewhere[0]} of this export, not in {path.name}: import that file for it",
+        )
+
+
+def _unchanged_label_set(
+    ws: Workspace, scan_id: str, class_name: str, mask: np.ndarray, base_label_set_id: str | None
+) -> str | None:
+    """The label set that already holds exactly ``mask`` as ``class_name`` (its state known, its mask
+    equal voxel for voxel): the base given, else the current label set of the scan x class; None when the
+    import changes something."""
+    base_id = base_label_set_id or ws.catalog.current_label_set(scan_id, class_name)
+    if base_id is None:
+        return None
+    base = label_set_row(ws, base_id, scan_id)
+    state = ws.catalog.coverage(base_id).get(class_name, NOT_ANNOTATED)
+    if state == NOT_ANNOTATED or (state == ANNOTATED_PRESENT) != bool(mask.any()):
+        return None
+    if state == ANNOTATED_ABSENT:
+        return base_id
+    stored = ws.masks.read(str(base["mask_key"]), class_name)
+    return base_id if np.array_equal(stored, mask) else None
 
 
 def import_correction(
@@ -331,8 +440,11 @@ def import_correction(
 
     Checks (each failure is one HarmonizeError naming the file, and nothing is stored): NIfTI header
     magic, the header's shape equal to the scan's (before any voxel is decoded: a header claiming 2048^3
-    voxels costs nothing), the affine within :data:`harmonize.geometry.GRID_TOLERANCE_MM` of the scan's,
-    readable voxels, label values. Writes only to the workspace's catalog and store.
+    voxels costs nothing), the affine within :data:`harmonize.geometry.GRID_TOLERANCE_MM` of the scan's
+    (a file of the same grid in another voxel order, e.g. saved as RAS from an LPS scan, is turned back),
+    readable voxels, label values, and for a layer file of an export (listed in the ``labels.json``
+    beside it) that the class is in that layer. Writes only to the workspace's catalog and store; a mask
+    equal to the current one writes nothing (``changed`` False).
 
     Args:
         ws: the workspace.
@@ -344,7 +456,7 @@ def import_correction(
         base_label_set_id: as in :func:`correct`.
 
     Returns:
-        The :class:`Correction`.
+        The :class:`Correction` (``changed`` False when the file holds the class as it is).
     """
     path = Path(nifti_path)
     validate_reviewer(ws, reviewer)
@@ -352,17 +464,17 @@ def import_correction(
     class_name = check_class(ws, class_name)
     scan = scan_row(ws, scan_id)
     img = _load_nifti(path)
-    shape = tuple(int(s) for s in scan["shape"])
-    if tuple(img.shape) != shape:  # from the header, before any voxel is decoded
-        raise HarmonizeError(path, f"shape {tuple(img.shape)} differs from scan {scan_id}'s shape {shape}")
-    diff = grid_difference_mm(np.asarray(img.affine), scan_affine(scan))
-    if diff > GRID_TOLERANCE_MM:
-        raise HarmonizeError(
-            path,
-            f"affine differs from scan {scan_id}'s by up to {diff:.4g} mm (tolerance "
-            f"{GRID_TOLERANCE_MM} mm): the file is not on the scan's voxel grid",
-        )
-    mask = label_values_to_mask(path, _read_voxels(path, img), class_name, value_map)
+    ornt = _on_scan_grid(path, img, scan_id, scan)  # from the header, before any voxel is decoded
+    layers = _export_layers(path)
+    if layers is not None:
+        _check_layer(path, class_name, layers)
+    data = _read_voxels(path, img)
+    if ornt is not None:
+        data = nib.orientations.apply_orientation(data, ornt)
+    mask = label_values_to_mask(path, data, class_name, value_map, label_map=layers is not None)
+    same = _unchanged_label_set(ws, scan_id, class_name, mask, base_label_set_id)
+    if same is not None:
+        return Correction("", same, changed=False)
     return correct(ws, scan_id, class_name, mask, reviewer, comment, base_label_set_id)
 
 
