@@ -11,6 +11,7 @@ File format (documented once here; every file in ``sources/`` obeys it):
     description = "..."                 # one paragraph: what the dataset is, what is special
     default_origin = "original"         # original (expert annotation, default) | pseudo (a tool's output)
     tool = "TotalSegmentator 2.x"       # pseudo only, and then required: the tool and its version
+    extends = "totalsegmentator"        # optional: take the mapping tables of this built-in protocol
 
     [layout]
     kind = "paired"                     # paired | per_class_files | dicom_png
@@ -55,6 +56,11 @@ drew or corrected (ground truth for ``evaluate``, counted as annotated in the st
 a segmentation tool's output (model predictions: ingested as ``pseudo`` label sets of a ``tool`` run,
 reviewable like the workbench's own pseudo-labels, never ground truth). ``tool`` names the tool and its
 version; it is required for ``pseudo`` and refused for ``original``.
+
+``extends`` names a built-in protocol whose mapping this one shares: its ``layout``, ``labels``,
+``files``, ``unmapped``, ``inclusion``, ``approximate``, ``native`` and ``extra_annotated`` are taken
+unless this file sets them (one level: the base may not extend another). The TotalSegmentator tool's
+per-class output shares the TotalSegmentator dataset's file names, but not its origin.
 
 ``[unmapped]`` lists native values (label maps) or file stems (per-class folders) that the source
 defines but that have no universal class, with their meaning (``"5" = "bone"``). They are ignored and
@@ -140,6 +146,7 @@ class Protocol:
         default_origin: ``original`` (expert labels) or ``pseudo`` (a tool's output), the origin of the
             label sets an ingest writes.
         tool: for ``pseudo``: the tool and its version (``"TotalSegmentator 2.x"``); empty otherwise.
+        extends: the built-in protocol whose mapping tables this one shares, or empty.
     """
 
     id: str
@@ -157,6 +164,7 @@ class Protocol:
     description: str = ""
     default_origin: str = "original"
     tool: str = ""
+    extends: str = ""
 
     @property
     def is_tool_output(self) -> bool:
@@ -274,6 +282,7 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
             description=data.get("description", "").strip(),
             default_origin=default_origin,
             tool=tool,
+            extends=str(data.get("extends", "")),
         )
     except KeyError as e:
         raise ValueError(f"{origin}: missing key {e}") from None
@@ -281,24 +290,78 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
         raise ValueError(f"{origin}: {e}") from None
 
 
+#: The tables a protocol with ``extends`` takes from its base unless it sets them itself.
+SHARED_TABLES = (
+    "layout",
+    "labels",
+    "files",
+    "unmapped",
+    "inclusion",
+    "approximate",
+    "native",
+    "extra_annotated",
+)
+
+
+def resolve_extends(data: dict[str, Any], origin: str, builtins: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A protocol's TOML data with the mapping tables of the protocol it ``extends`` filled in.
+
+    Args:
+        data: the protocol's TOML data.
+        origin: where it came from (named in errors).
+        builtins: source id -> TOML data of every built-in protocol.
+
+    Returns:
+        ``data`` itself without ``extends``, else a merged copy.
+
+    Raises:
+        ValueError: an unknown base, or a base that extends another.
+    """
+    base_id = data.get("extends")
+    if base_id is None:
+        return data
+    base = builtins.get(str(base_id))
+    if base is None:
+        raise ValueError(
+            f"{origin}: extends unknown source {base_id!r}; known: {', '.join(sorted(builtins))}"
+        )
+    if "extends" in base:
+        raise ValueError(f"{origin}: extends {base_id!r}, which extends another protocol (one level only)")
+    return {**{k: base[k] for k in SHARED_TABLES if k in base}, **data}
+
+
 def load_protocol_file(path: str | Path) -> Protocol:
-    """Load one protocol TOML file (for users who write their own)."""
+    """Load one protocol TOML file (for users who write their own; ``extends`` may name a built-in)."""
     path = Path(path)
     with path.open("rb") as f:
-        return parse_protocol(tomllib.load(f), str(path))
+        data = tomllib.load(f)
+    return parse_protocol(resolve_extends(data, str(path), _builtin_data()), str(path))
+
+
+@cache
+def _builtin_data() -> dict[str, dict[str, Any]]:
+    """Source id -> TOML data of every built-in protocol file (before ``extends`` is resolved)."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in sorted(resources.files(__package__).joinpath("sources").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            data = tomllib.loads(entry.read_text())
+            source = str(data.get("id", entry.name))
+            if source in out:
+                raise ValueError(f"sources/{entry.name}: duplicate source id {source!r}")
+            out[source] = {**data, "_file": entry.name}
+    return out
 
 
 @cache
 def all_protocols() -> dict[str, Protocol]:
     """Every built-in protocol, by source id, sorted by id."""
+    builtins = _builtin_data()
     out: dict[str, Protocol] = {}
-    for entry in sorted(resources.files(__package__).joinpath("sources").iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".toml"):
-            proto = parse_protocol(tomllib.loads(entry.read_text()), f"sources/{entry.name}")
-            if proto.id in out:
-                raise ValueError(f"sources/{entry.name}: duplicate source id {proto.id!r}")
-            out[proto.id] = proto
-    return out
+    for source, raw in sorted(builtins.items(), key=lambda kv: kv[1]["_file"]):
+        where = f"sources/{raw['_file']}"
+        data = {k: v for k, v in raw.items() if k != "_file"}
+        out[source] = parse_protocol(resolve_extends(data, where, builtins), where)
+    return dict(sorted(out.items()))
 
 
 def get_protocol(source_id: str) -> Protocol:

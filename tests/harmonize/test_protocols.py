@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harmonize.protocols import Protocol, all_protocols, get_protocol, load_protocol_file
+from harmonize.protocols import Protocol, all_protocols, get_protocol, load_protocol_file, parse_protocol
 
 SOURCES_DIR = Path(str(resources.files("harmonize.protocols").joinpath("sources")))
 
@@ -80,6 +80,8 @@ EXPECTED_ANNOTATED: dict[str, set[str]] = {
     "totalsegmentator": TS_CLASSES | {"prostate", "kidney_cyst"},
     "totalsegmentator_v1": TS_CLASSES,
     "totalsegmentator_v2": TS_CLASSES | {"prostate", "kidney_cyst"},
+    "totalsegmentator_v1_tool": TS_CLASSES | {"prostate", "kidney_cyst"},  # v1: no such files
+    "totalsegmentator_v2_tool": TS_CLASSES | {"prostate", "kidney_cyst"},
     "abdomenatlas10": ATLAS_10,
     "abdomenatlas11": ATLAS_10
     | {
@@ -132,6 +134,8 @@ PUBLISHED_PATHS = [
     ("totalsegmentator", "s0011/ct.nii.gz", "s0011", "s0011/segmentations"),
     ("totalsegmentator_v1", "case01/ct.nii.gz", "case01", "case01/segmentations.nii.gz"),
     ("totalsegmentator_v2", "case01/ct.nii.gz", "case01", "case01/segmentations.nii.gz"),
+    ("totalsegmentator_v1_tool", "case01/ct.nii.gz", "case01", "case01/segmentations"),
+    ("totalsegmentator_v2_tool", "case01/ct.nii.gz", "case01", "case01/segmentations"),
     ("abdomenatlas10", "BDMAP_00000001/ct.nii.gz", "BDMAP_00000001", "BDMAP_00000001/segmentations"),
     ("abdomenatlas11", "BDMAP_00009262/ct.nii.gz", "BDMAP_00009262", "BDMAP_00009262/segmentations"),
 ]
@@ -484,3 +488,83 @@ def test_real_amos_label_map_values_are_known(shared_fixtures: Path) -> None:
     assert values - set(proto.labels) == {15}  # only prostate/uterus is left unmapped ...
     assert proto.unmapped == {"15": "prostate/uterus"}  # ... and it is declared, so the map is valid
     assert "".join(nib.aff2axcodes(img.affine)) == proto.native["axcodes"]
+
+
+# ------------------------------------------------------------------------------- default origin (#13)
+
+#: Which built-in protocols describe a tool's predictions, decided from each protocol's reference: the
+#: TotalSegmentator DATASET's labels were model-assisted and corrected by annotators (expert labels); the
+#: outputs of running the TotalSegmentator TOOL (multilabel v1/v2, or one file per class) are predictions.
+TOOL_OUTPUTS = {
+    "totalsegmentator_v1": "TotalSegmentator 1.x",
+    "totalsegmentator_v2": "TotalSegmentator 2.x",
+    "totalsegmentator_v1_tool": "TotalSegmentator 1.x",
+    "totalsegmentator_v2_tool": "TotalSegmentator 2.x",
+}
+
+
+@pytest.mark.parametrize("source", sorted(EXPECTED_ANNOTATED))
+def test_every_protocol_says_whether_its_labels_are_expert_or_a_tool_output(source: str) -> None:
+    proto = get_protocol(source)
+    if source in TOOL_OUTPUTS:
+        assert (proto.default_origin, proto.tool, proto.is_tool_output) == (
+            "pseudo",
+            TOOL_OUTPUTS[source],
+            True,
+        )
+    else:
+        assert (proto.default_origin, proto.tool, proto.is_tool_output) == ("original", "", False)
+
+
+@pytest.mark.parametrize("source", ["totalsegmentator_v1_tool", "totalsegmentator_v2_tool"])
+def test_the_per_class_tool_outputs_share_the_dataset_mapping(source: str) -> None:
+    tool, dataset = get_protocol(source), get_protocol("totalsegmentator")
+    assert tool.extends == "totalsegmentator"
+    assert (tool.files, tool.unmapped, tool.layout, tool.approximate) == (
+        dataset.files,
+        dataset.unmapped,
+        dataset.layout,
+        dataset.approximate,
+    )
+    assert tool.id == source and tool.name != dataset.name
+
+
+BASE = {
+    "id": "x",
+    "name": "x",
+    "protocol_version": 1,
+    "layout": {"kind": "paired", "image": "{case}.nii.gz", "label": "{case}_seg.nii.gz"},
+    "labels": {"1": ["liver"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"default_origin": "pseudo"}, r'x\.toml: default_origin = "pseudo" needs tool = "<name> <version>"'),
+        ({"tool": "nnU-Net 2.5"}, r"x\.toml: tool = 'nnU-Net 2\.5' is only for default_origin = \"pseudo\""),
+        (
+            {"default_origin": "revised"},
+            r"x\.toml: default_origin 'revised' is not one of \('original', 'pseudo'\)",
+        ),
+    ],
+)
+def test_bad_origins_are_refused(extra: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_protocol({**BASE, **extra}, "x.toml")
+
+
+def test_a_user_protocol_may_extend_a_built_in_one(tmp_path: Path) -> None:
+    path = tmp_path / "my_ts.toml"
+    path.write_text(
+        'id = "my_ts"\nname = "my TotalSegmentator run"\nprotocol_version = 1\n'
+        'default_origin = "pseudo"\ntool = "TotalSegmentator 2.3"\nextends = "totalsegmentator"\n'
+    )
+    proto = load_protocol_file(path)
+    assert proto.files == get_protocol("totalsegmentator").files and proto.tool == "TotalSegmentator 2.3"
+    path.write_text('id = "y"\nname = "y"\nprotocol_version = 1\nextends = "nope"\n')
+    with pytest.raises(ValueError, match=r"my_ts\.toml: extends unknown source 'nope'"):
+        load_protocol_file(path)
+    path.write_text('id = "y"\nname = "y"\nprotocol_version = 1\nextends = "totalsegmentator_v2_tool"\n')
+    with pytest.raises(ValueError, match="which extends another protocol"):
+        load_protocol_file(path)
