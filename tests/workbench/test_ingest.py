@@ -441,3 +441,44 @@ def test_no_dicom_uid_or_patient_value_reaches_the_catalog(
     assert series_uid_sha1(str(intruder.SeriesInstanceUID))[:12] in problem  # named by its hash
     scan = ws.catalog.scan_by_case("chaos_ct", "1")
     assert scan is not None and scan["series_uid_sha1"] == series_uid_sha1(str(headers[0].SeriesInstanceUID))
+
+
+# ------------------------------------------------------------------- tool outputs are pseudo-labels (#13)
+
+
+@pytest.mark.parametrize("source", sorted(s for s in SOURCES if get_protocol(s).is_tool_output))
+def test_a_tool_output_is_a_pseudo_label_set_of_the_tool_run(source: str, tmp_path: Path) -> None:
+    written = _write_cases(source, tmp_path / "data", seeds=(0,))
+    ws = Workspace.open(tmp_path / "ws")
+    assert ingest(ws, source, tmp_path / "data", progress=False).skipped == []
+    (case,) = written
+    sets = ws.catalog.label_sets(scan_id_for(source, case))
+    assert list(sets["origin"]) == ["pseudo"] and list(sets["run_id"]) == [f"tool-{source}-p1"]
+    assert ws.catalog.latest_original(scan_id_for(source, case)) is None
+    annotated = get_protocol(source).annotated
+    assert len(ws.catalog.uncertainty_items(f"tool-{source}-p1")) == len(annotated)
+    assert ws.catalog.long_tail_table()["annotated"].sum() == 0  # nothing counts as annotated
+
+
+def test_a_failed_tool_output_write_leaves_no_label_set_rows_or_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The label set and its uncertainty rows commit together: a failure inside the transaction leaves
+    neither (nor an orphan mask file), and the next ingest writes both."""
+    from storage.catalog import Catalog
+
+    _write_cases("totalsegmentator_v2", tmp_path / "data", seeds=(0,))
+    ws = Workspace.open(tmp_path / "ws")
+
+    def boom(self: Catalog, con: object, rows: object) -> None:
+        raise RuntimeError("killed while writing uncertainty rows")
+
+    monkeypatch.setattr(Catalog, "_insert_uncertainty", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        ingest(ws, "totalsegmentator_v2", tmp_path / "data", progress=False)
+    assert ws.catalog.label_sets().empty and ws.catalog.uncertainty_items().empty
+    assert ws.masks.keys() == []
+    monkeypatch.undo()
+    assert ingest(ws, "totalsegmentator_v2", tmp_path / "data", progress=False).added
+    assert len(ws.catalog.label_sets()) == 1 and len(ws.catalog.uncertainty_items()) == 23
+    assert len(ws.masks.keys()) == 1

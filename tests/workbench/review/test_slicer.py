@@ -247,3 +247,66 @@ def test_bad_edited_files_are_one_clear_error_naming_the_file(
         review.import_correction(ws, SCAN, "liver", path, "Dr Ada")
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert len(ws.catalog.label_sets()) == before
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.symlink_to(src)
+
+
+def _round_trip_every_class(ws: Workspace, scan_id: str, out: Path) -> dict[str, int]:
+    """Export, then import every class's layer file unchanged; returns class -> voxels, asserting each
+    decodes bit for bit and nothing new is written."""
+    truth = _current_masks(ws, scan_id)
+    files = review.export_case_for_slicer(ws, scan_id, out)
+    before = len(ws.catalog.label_sets())
+    for name, mask in truth.items():
+        layer = _layer_of(files, name)
+        got = review.label_values_to_mask(layer, np.asarray(nib.load(layer).dataobj), name, label_map=True)
+        assert np.array_equal(got, mask), f"{scan_id} {name}: {int(got.sum())} != {int(mask.sum())}"
+        assert not review.import_correction(ws, scan_id, name, layer, "Dr Ada").changed
+    assert len(ws.catalog.label_sets()) == before
+    return {n: int(m.sum()) for n, m in truth.items()}
+
+
+@pytest.mark.parametrize(
+    ("source", "ct", "seg"),
+    [
+        ("totalsegmentator_v2", "example_ct_sm.nii.gz", "example_seg.nii.gz"),
+        ("totalsegmentator_v1", "example_ct.nii.gz", "example_seg_v1.nii.gz"),
+    ],
+)
+def test_real_totalsegmentator_outputs_round_trip_bit_for_bit(
+    shared_fixtures: Path, tmp_path: Path, source: str, ct: str, seg: str
+) -> None:
+    from workbench.ingest import ingest
+
+    folder = shared_fixtures / "totalsegmentator"
+    _link(folder / ct, tmp_path / "data" / "example" / "ct.nii.gz")
+    _link(folder / seg, tmp_path / "data" / "example" / "segmentations.nii.gz")
+    ws = Workspace.open(tmp_path / "ws")
+    assert ingest(ws, source, tmp_path / "data", progress=False).skipped == []
+    voxels = _round_trip_every_class(ws, f"{source}:example", tmp_path / "out")
+    raw = np.asarray(nib.load(folder / seg).dataobj)
+    liver = 5  # the liver's id in both tool versions
+    assert voxels["liver"] == int((raw == liver).sum()) > 0
+    assert len(voxels) >= 15
+
+
+def test_the_real_amos_label_map_round_trips_on_its_las_grid(shared_fixtures: Path, tmp_path: Path) -> None:
+    """AMOS22's CT is not among the fixtures: a blank CT on the label map's own (LAS) grid stands in."""
+    from workbench.ingest import ingest
+
+    label = shared_fixtures / "amos" / "amos_0013_label.nii.gz"
+    img = nib.load(label)
+    ct = tmp_path / "data" / "imagesTr" / "amos_0013.nii.gz"
+    ct.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.full(img.shape, -1000, np.int16), img.affine), ct)
+    _link(label, tmp_path / "data" / "labelsTr" / "amos_0013.nii.gz")
+    ws = Workspace.open(tmp_path / "ws")
+    assert ingest(ws, "amos22", tmp_path / "data", progress=False).skipped == []
+    assert review.scan_row(ws, "amos22:0013")["axcodes"] == "LAS"
+    voxels = _round_trip_every_class(ws, "amos22:0013", tmp_path / "out")
+    raw = np.asarray(img.dataobj)
+    assert voxels["kidney_right"] == int((raw == 2).sum()) and voxels["liver"] == int((raw == 6).sum())
+    assert len(voxels) == 14
