@@ -386,7 +386,8 @@ with st.expander("Edit in 3D Slicer or ITK-SNAP"):
             files = review.export_case_for_slicer(ws, scan_id)
             out = files["ct.nii.gz"].parent
             st.success(
-                f"Wrote {escape(', '.join(files))} to {escape(out)}; edit labels.nii.gz and upload it below."
+                f"Wrote {escape(', '.join(files))} to {escape(out)}; edit the label map that holds the class "
+                "(labels.json lists each layer's classes) and upload it below."
             )
     upload = st.file_uploader("Corrected label NIfTI", type=["nii", "gz"], key="slicer_upload")
     if upload is not None and st.button("Import the correction", key="slicer_import"):
@@ -396,6 +397,9 @@ with st.expander("Edit in 3D Slicer or ITK-SNAP"):
                 corr = review.import_correction_upload(
                     ws, scan_id, class_name, upload.name, upload.getvalue(), name, comment
                 )
+                if not corr.changed:
+                    st.info(f"The file holds {escape(class_name)} exactly as it is: nothing was imported.")
+                    st.stop()
                 remember(
                     corr.review_id,
                     f"imported correction of {class_name} on {scan_id}",

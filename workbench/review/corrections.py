@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from storage.catalog import LabelSetRecord, ReviewRecord, new_label_set_id
 from storage.files import atomic_write_bytes
 from storage.workspace import Workspace
 from workbench.review.nesting import decode_class
+from workbench.review.slicer import slicer_case_dir
 from workbench.review.validation import (
     check_class,
     check_upload_name,
@@ -380,10 +382,10 @@ def _on_scan_grid(
     )
 
 
-def _export_layers(path: Path) -> dict[str, list[str]] | None:
-    """The ``layers`` of the case export beside ``path`` (``labels.json``: layer file -> classes), or None
-    when ``path`` is not a layer file listed there (another file, or no export manifest)."""
-    manifest = path.parent / "labels.json"
+def _export_layers(path: Path, folder: Path) -> dict[str, list[str]] | None:
+    """The ``layers`` of the case export in ``folder`` (``labels.json``: layer file -> classes), or None
+    when ``path``'s name is not a layer file listed there (another file, or no export manifest)."""
+    manifest = folder / "labels.json"
     try:
         layers = json.loads(manifest.read_text()).get("layers")
     except (OSError, ValueError, AttributeError):
@@ -435,6 +437,7 @@ def import_correction(
     *,
     value_map: Mapping[int, int] | None = None,
     base_label_set_id: str | None = None,
+    export_dir: str | Path | None = None,
 ) -> Correction:
     """Import a corrected label NIfTI (from 3D Slicer or ITK-SNAP) for one class as a correction.
 
@@ -454,6 +457,8 @@ def import_correction(
         reviewer / comment: as in :func:`correct`.
         value_map: label value -> 0/1 (see :func:`label_values_to_mask`).
         base_label_set_id: as in :func:`correct`.
+        export_dir: the folder of the case export whose ``labels.json`` describes the file (default: the
+            file's own folder).
 
     Returns:
         The :class:`Correction` (``changed`` False when the file holds the class as it is).
@@ -465,7 +470,7 @@ def import_correction(
     scan = scan_row(ws, scan_id)
     img = _load_nifti(path)
     ornt = _on_scan_grid(path, img, scan_id, scan)  # from the header, before any voxel is decoded
-    layers = _export_layers(path)
+    layers = _export_layers(path, path.parent if export_dir is None else Path(export_dir))
     if layers is not None:
         _check_layer(path, class_name, layers)
     data = _read_voxels(path, img)
@@ -491,7 +496,9 @@ def import_correction_upload(
     base_label_set_id: str | None = None,
 ) -> Correction:
     """:func:`import_correction` for uploaded bytes (the app): the name must be a plain ``.nii``/``.nii.gz``
-    file name; the bytes are staged in the workspace's ``imports`` folder and removed afterwards.
+    file name; the bytes are staged in the workspace's ``imports`` folder and removed afterwards. A file
+    named like a layer of the scan's export (:func:`workbench.review.slicer.slicer_case_dir`) is read
+    with that export's ``labels.json``.
 
     Args:
         ws: the workspace.
@@ -507,10 +514,11 @@ def import_correction_upload(
     name = check_upload_name(file_name)
     staging = ws.imports
     staging.mkdir(exist_ok=True)
-    suffix = ".nii.gz" if name.lower().endswith(".gz") else ".nii"
-    tmp = staging / f"upload-{uuid.uuid4().hex[:16]}{suffix}"
-    atomic_write_bytes(tmp, data)
+    folder = staging / f"upload-{uuid.uuid4().hex[:16]}"  # keeps the uploaded name: the export's layers
+    folder.mkdir()
+    tmp = folder / name
     try:
+        atomic_write_bytes(tmp, data)
         return import_correction(
             ws,
             scan_id,
@@ -520,8 +528,9 @@ def import_correction_upload(
             comment,
             value_map=value_map,
             base_label_set_id=base_label_set_id,
+            export_dir=slicer_case_dir(ws, scan_id),
         )
     except HarmonizeError as e:
         raise HarmonizeError(name, e.problem) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)

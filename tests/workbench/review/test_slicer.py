@@ -310,3 +310,18 @@ def test_the_real_amos_label_map_round_trips_on_its_las_grid(shared_fixtures: Pa
     raw = np.asarray(img.dataobj)
     assert voxels["kidney_right"] == int((raw == 2).sum()) and voxels["liver"] == int((raw == 6).sum())
     assert len(voxels) == 14
+
+
+def test_an_upload_named_like_a_layer_is_read_with_the_exports_manifest(
+    ws: Workspace, add_pseudo: Callable[..., str], blob: Callable[..., np.ndarray]
+) -> None:
+    """The app stages uploads elsewhere; a file named like a layer of the scan's export is still checked
+    against that export's ``labels.json``, and an unchanged one writes nothing."""
+    shape = tuple(int(s) for s in review.scan_row(ws, SCAN)["shape"])
+    add_pseudo(ws, SCAN, {"colon": blob(shape, (0, 0, 0), 12), "bladder": blob(shape, (10, 10, 10), 6)})
+    files = review.export_case_for_slicer(ws, SCAN)
+    first, second = files["labels.nii.gz"].read_bytes(), files["labels_layer2.nii.gz"].read_bytes()
+    with pytest.raises(HarmonizeError, match=r"^labels\.nii\.gz: bladder is in labels_layer2\.nii\.gz"):
+        review.import_correction_upload(ws, SCAN, "bladder", "labels.nii.gz", first, "Dr Ada")
+    corr = review.import_correction_upload(ws, SCAN, "bladder", "labels_layer2.nii.gz", second, "Dr Ada")
+    assert not corr.changed and not any(ws.imports.iterdir())
