@@ -237,3 +237,73 @@ def test_a_truncated_upload_of_the_right_shape_is_one_clear_error(ws: Workspace)
     payload = _huge_header_upload(ws, shape)  # 64 voxels of data where the header promises many more
     with pytest.raises(HarmonizeError, match="not a readable NIfTI file"):
         review.import_correction_upload(ws, SCAN, "liver", "short.nii.gz", payload, "Dr Ada")
+
+
+# ------------------------------------------------------------ nesting and clear errors on import (#13)
+
+
+def _nested_map() -> np.ndarray:
+    """A 12^3 label map: right kidney (2) with a tumour (26) inside, a left kidney (3) with a cyst (32)
+    inside, and a lone tumour that touches no kidney."""
+    labels = np.zeros((12, 12, 12), np.uint8)
+    labels[0:5, 0:5, 0:5] = 2
+    labels[1:3, 1:3, 1:3] = 26  # 8 voxels inside the right kidney
+    labels[7:12, 0:5, 0:5] = 3
+    labels[8:9, 1:2, 1:2] = 32  # 1 voxel inside the left kidney
+    labels[9:11, 9:11, 9:11] = 26  # 8 voxels, touching nothing
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("name", "voxels"),
+    [("kidney_right", 125), ("kidney_left", 125), ("kidney_tumor", 16), ("kidney_cyst", 1), ("liver", 0)],
+)
+def test_a_label_map_gives_each_class_with_the_children_painted_over_it(name: str, voxels: int) -> None:
+    mask = review.label_values_to_mask("x.nii.gz", _nested_map(), name)
+    assert int(mask.sum()) == voxels
+
+
+@pytest.mark.parametrize(("label_map", "voxels"), [(False, 27), (True, 0)])
+def test_zero_one_files_are_binary_masks_unless_they_are_an_exports_label_map(
+    label_map: bool, voxels: int
+) -> None:
+    data = np.zeros((6, 6, 6), np.uint8)
+    data[:3, :3, :3] = 1  # binary liver, or the spleen (index 1) of a label map
+    assert int(review.label_values_to_mask("x", data, "liver", label_map=label_map).sum()) == voxels
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([0, 40], r"label values \[40\] are neither 0/1"),
+        (list(range(-1024, 1)),
+         r"label values \[-1024, -1023, -1022, -1021, -1020, -1019, -1018, -1017, \.\.\.\] "
+         r"\(1024 values, -1024 to -1\) are neither 0/1 nor universal class indices 1-32: not a label map"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_listed_briefly(values: list[int], message: str) -> None:
+    data = np.resize(np.asarray(values, np.int16), (16, 16, 8))
+    with pytest.raises(HarmonizeError, match=message) as err:
+        review.label_values_to_mask("ct.nii.gz", data, "liver")
+    assert err.value.path == "ct.nii.gz" and len(str(err.value)) < 300
+
+
+def test_an_unchanged_import_writes_nothing_and_a_changed_one_a_revised_set(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    ls = ws.catalog.latest_original(SCAN)
+    assert ls is not None
+    liver = ws.masks.read(ls["mask_key"], "liver")
+    scan = review.scan_row(ws, SCAN)
+    path = tmp_path / "liver.nii.gz"
+    nib.save(nib.Nifti1Image(liver.astype(np.uint8), review.scan_affine(scan)), path)
+    n = ws.catalog.counts()["label_set"]
+    same = review.import_correction(ws, SCAN, "liver", path, "Dr Ada")
+    assert (same.changed, same.review_id, same.label_set_id) == (False, "", ls["id"])
+    assert ws.catalog.counts()["label_set"] == n and ws.catalog.reviews().empty
+    trimmed = liver.copy()
+    trimmed[tuple(np.argwhere(liver)[0])] = False
+    nib.save(nib.Nifti1Image(trimmed.astype(np.uint8), review.scan_affine(scan)), path)
+    corr = review.import_correction(ws, SCAN, "liver", path, "Dr Ada")
+    assert corr.changed and ws.catalog.counts()["label_set"] == n + 1
+    assert int(ws.masks.read(corr.label_set_id, "liver").sum()) == int(liver.sum()) - 1
