@@ -373,8 +373,9 @@ def get_protocol(source_id: str) -> Protocol:
 
 
 def sources_table() -> pd.DataFrame:
-    """One row per built-in source: ``source, name, layout, n_classes, annotated, split`` (the last two
-    comma-separated class and pair names), in source id order."""
+    """One row per built-in source: ``source, name, layout, n_classes, annotated, split`` (comma-separated
+    class and pair names), ``origin`` (``original``, or ``pseudo (<tool>)`` for a tool's output), in
+    source id order."""
     rows = [
         {
             "source": p.id,
@@ -383,6 +384,7 @@ def sources_table() -> pd.DataFrame:
             "n_classes": len(p.annotated),
             "annotated": ", ".join(p.annotated),
             "split": ", ".join(p.merged_pairs),
+            "origin": f"pseudo ({p.tool})" if p.is_tool_output else "original",
         }
         for p in all_protocols().values()
     ]

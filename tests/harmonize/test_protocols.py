@@ -568,3 +568,13 @@ def test_a_user_protocol_may_extend_a_built_in_one(tmp_path: Path) -> None:
     path.write_text('id = "y"\nname = "y"\nprotocol_version = 1\nextends = "totalsegmentator_v2_tool"\n')
     with pytest.raises(ValueError, match="which extends another protocol"):
         load_protocol_file(path)
+
+
+def test_the_sources_table_says_which_sources_are_tool_outputs() -> None:
+    from harmonize.protocols import sources_table
+
+    origin = dict(zip(sources_table()["source"], sources_table()["origin"]))
+    assert origin["totalsegmentator_v2"] == "pseudo (TotalSegmentator 2.x)"
+    assert origin["totalsegmentator_v1_tool"] == "pseudo (TotalSegmentator 1.x)"
+    assert origin["totalsegmentator"] == origin["kits23"] == "original"
+    assert sum(o.startswith("pseudo") for o in origin.values()) == len(TOOL_OUTPUTS)
