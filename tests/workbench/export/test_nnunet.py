@@ -34,7 +34,7 @@ def test_nnunet_export_matches_the_catalog(ws: Workspace, tmp_path: Path) -> Non
     assert dataset["channel_names"] == {"0": "CT"}
     assert dataset["labels"] == label_values(classes)
     assert dataset["numTraining"] == len(manifest["cases"]) == len(list((out / "labelsTr").glob("*.nii.gz")))
-    entries = {e.scan_id: e for e in assemble_training_set(ws)}
+    entries = {e.scan_id: e for e in assemble_training_set(ws, origins=("revised", "original", "accepted"))}
     for case in manifest["cases"]:
         image, aff_i = _read(out / case["image"])
         label, aff_l = _read(out / case["label"])
@@ -52,7 +52,11 @@ def test_nnunet_export_matches_the_catalog(ws: Workspace, tmp_path: Path) -> Non
         background = label[
             ~np.any([e.masks[c] for c in e.present if c in known] or [np.zeros(label.shape, bool)], axis=0)
         ]
-        assert set(np.unique(background)) == {0 if case["complete"] else values["ignore"]}
+        # complete: true background only; partial: ignore only where an unknown class may be, and the
+        # air outside the body stays background (0 of 6.4 M voxels used to be background)
+        assert set(np.unique(background)) == ({0} if case["complete"] else {0, values["ignore"]})
+        assert (label == values["ignore"]).sum() == case["ignore_voxels"]
+        assert (label == 0).sum() == case["background_voxels"] > 0
     assert verify_manifest(out) == []
     first = manifest["cases"][0]["label"]
     (out / first).write_bytes(b"tampered")
