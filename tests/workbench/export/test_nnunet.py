@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +13,8 @@ import pytest
 
 from storage.workspace import Workspace
 from workbench import review
-from workbench.export import export_nnunet, label_values, verify_manifest
+from workbench.export import export_nnunet, label_values, patch_intensity_properties, verify_manifest
+from workbench.export.intensity import PROPERTIES_KEY
 from workbench.training_set import assemble_training_set
 
 
@@ -75,3 +77,35 @@ def test_export_uses_revised_over_original(ws: Workspace, tmp_path: Path) -> Non
     assert case["origins"] == {"liver": "revised"}
     label, _ = _read(tmp_path / "d" / case["label"])
     assert (label == 1).sum() == 4**3
+
+
+def test_an_export_of_two_partially_labelled_sources_passes_nnunets_integrity_check(
+    mixed_ws: Any, tmp_path: Path
+) -> None:
+    """nnU-Net's own ``verify_dataset_integrity`` (labels consecutive, ignore highest, geometry, files)
+    accepts an export of kits23 (kidneys) + lits (liver) with the spleen unknown everywhere."""
+    verify = pytest.importorskip(
+        "nnunetv2.experiment_planning.verify_dataset_integrity",
+        reason="nnunetv2 is not installed (optional extra: pip install .[nnunet])",
+    )
+    out = tmp_path / "Dataset777_Mixed"
+    manifest = export_nnunet(mixed_ws.ws, out, classes=mixed_ws.classes, progress=False)
+    assert {c["source"] for c in manifest["cases"]} == {"kits23", "lits"}
+    assert not any(c["complete"] for c in manifest["cases"])
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["labels"]["ignore"] == max(dataset["labels"].values()) == 5
+    assert dataset["file_ending"] == ".nii.gz" and dataset["numTraining"] == 4
+    verify.verify_dataset_integrity(str(out), num_processes=1)  # raises on any problem
+
+
+def test_intensity_properties_replace_nnunets_in_a_fingerprint(mixed_ws: Any, tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    manifest = export_nnunet(mixed_ws.ws, out, classes=mixed_ws.classes, progress=False)
+    fingerprint = tmp_path / "dataset_fingerprint.json"
+    # what nnU-Net's fingerprint holds: statistics over label > 0, ignore voxels included
+    fingerprint.write_text(json.dumps({"spacings": [], PROPERTIES_KEY: {"0": {"mean": -400.0}}}))
+    written = patch_intensity_properties(fingerprint, out / "manifest.json")
+    doc = json.loads(fingerprint.read_text())
+    assert doc[PROPERTIES_KEY] == written == manifest[PROPERTIES_KEY] and doc["spacings"] == []
+    with pytest.raises(ValueError, match="not an nnU-Net fingerprint"):
+        patch_intensity_properties(out / "dataset.json", out / "manifest.json")
