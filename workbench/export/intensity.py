@@ -36,12 +36,18 @@ PROPERTIES_KEY = "foreground_intensity_properties_per_channel"
 
 
 class IntensityAccumulator:
-    """Collects a fixed-size sample of annotated foreground HU per case; :meth:`properties` pools them."""
+    """Collects a fixed-size sample of annotated foreground HU per case (and, for comparison, of what
+    nnU-Net itself would count: every voxel with label > 0, ignore included); :meth:`properties` pools
+    them."""
 
     def __init__(self, samples_per_case: int = SAMPLES_PER_CASE) -> None:
         self.samples_per_case = samples_per_case
         self._samples: list[np.ndarray] = []
+        self._nnunet_samples: list[np.ndarray] = []
         self.voxels = 0
+
+    def _sample(self, values: np.ndarray) -> np.ndarray:
+        return np.random.RandomState(SAMPLING_SEED).choice(values, self.samples_per_case, replace=True)
 
     def add(self, ct: np.ndarray, labels: np.ndarray, ignore: int) -> int:
         """Add one case.
@@ -54,34 +60,47 @@ class IntensityAccumulator:
         Returns:
             The case's annotated foreground voxel count.
         """
-        values = np.asarray(ct, np.float64)[(labels > 0) & (labels != ignore)]
+        hu = np.asarray(ct, np.float64)
+        values = hu[(labels > 0) & (labels != ignore)]
         if values.size:
-            rs = np.random.RandomState(SAMPLING_SEED)
-            self._samples.append(rs.choice(values, self.samples_per_case, replace=True))
+            self._samples.append(self._sample(values))
+        with_ignore = hu[labels > 0]
+        if with_ignore.size:
+            self._nnunet_samples.append(self._sample(with_ignore))
         self.voxels += int(values.size)
         return int(values.size)
 
     def properties(self) -> dict[str, dict[str, float]]:
-        """nnU-Net's ``foreground_intensity_properties_per_channel`` of the cases added ({} without any).
+        """nnU-Net's ``foreground_intensity_properties_per_channel`` over the annotated voxels of the cases
+        added ({} without any).
 
         Returns:
             ``{"0": {mean, median, std, min, max, percentile_99_5, percentile_00_5}}`` (HU).
         """
-        if not self._samples:
-            return {}
-        pooled = np.concatenate(self._samples)
-        p005, median, p995 = np.percentile(pooled, (0.5, 50.0, 99.5))
-        return {
-            "0": {
-                "mean": float(pooled.mean()),
-                "median": float(median),
-                "std": float(pooled.std()),
-                "min": float(pooled.min()),
-                "max": float(pooled.max()),
-                "percentile_99_5": float(p995),
-                "percentile_00_5": float(p005),
-            }
+        return _properties(self._samples)
+
+    def nnunet_default_properties(self) -> dict[str, dict[str, float]]:
+        """The same statistics over label > 0 (ignore included): what nnU-Net's fingerprint would hold."""
+        return _properties(self._nnunet_samples)
+
+
+def _properties(samples: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """nnU-Net's statistics of the pooled per-case samples ({} without any)."""
+    if not samples:
+        return {}
+    pooled = np.concatenate(samples)
+    p005, median, p995 = np.percentile(pooled, (0.5, 50.0, 99.5))
+    return {
+        "0": {
+            "mean": float(pooled.mean()),
+            "median": float(median),
+            "std": float(pooled.std()),
+            "min": float(pooled.min()),
+            "max": float(pooled.max()),
+            "percentile_99_5": float(p995),
+            "percentile_00_5": float(p005),
         }
+    }
 
 
 def patch_intensity_properties(nnunet_json: str | Path, manifest: str | Path) -> dict[str, Any]:

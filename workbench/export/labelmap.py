@@ -335,7 +335,8 @@ def build_manifest(
 
     Returns:
         ``format, parameters, labels, partial_labels, overlap_priority, held_out, ignore,
-        foreground_intensity_properties_per_channel, cases, skipped`` and ``sha256`` (every file's hash,
+        foreground_intensity_properties_per_channel, nnunet_default_intensity_properties, intensity_note,
+        cases, skipped`` and ``sha256`` (every file's hash,
         sorted by path).
     """
     cases, skipped, intensities = written
@@ -351,8 +352,10 @@ def build_manifest(
         "held_out": plan.selection.held_out(),
         "ignore": ignore_totals(cases, plan.margin_mm),
         PROPERTIES_KEY: intensities.properties(),
-        "intensity_note": "CT statistics over annotated voxels only (label 1..n, not ignore), sampled as "
-        "nnU-Net samples; nnU-Net's own include the ignore voxels: see docs/exports.md",
+        "nnunet_default_intensity_properties": intensities.nnunet_default_properties(),
+        "intensity_note": f"{PROPERTIES_KEY}: CT statistics over annotated voxels only (label 1..n, not "
+        "ignore), sampled as nnU-Net samples; nnunet_default_intensity_properties: what nnU-Net computes "
+        "itself (label > 0, ignore included); replace nnU-Net's with the first: docs/exports.md",
         "cases": cases,
         "skipped": skipped,
         "sha256": dict(sorted(files.items())),

@@ -58,11 +58,22 @@ def export_lines(manifest: Mapping[str, Any]) -> list[str]:
         f"{ignore['cases_with_ignore']} case(s); background {ignore['background_voxels']} "
         f"({ignore['background_share']:.1%})"
     )
-    props = manifest.get("foreground_intensity_properties_per_channel", {}).get("0")
-    if props:
-        lines.append(
-            "CT over annotated voxels (for nnU-Net's normalisation, docs/exports.md): 0.5/50/99.5th "
-            f"percentile {props['percentile_00_5']:.0f}/{props['median']:.0f}/"
-            f"{props['percentile_99_5']:.0f} HU, mean {props['mean']:.1f}, std {props['std']:.1f}"
-        )
+    for key, what in (
+        (
+            "foreground_intensity_properties_per_channel",
+            "CT over annotated voxels (use these, docs/exports.md)",
+        ),
+        ("nnunet_default_intensity_properties", "CT over label > 0 incl. ignore (nnU-Net's own)"),
+    ):
+        props = manifest.get(key, {}).get("0")
+        if props:
+            lines.append(f"{what}: {_percentiles(props)}")
     return lines
+
+
+def _percentiles(props: Mapping[str, float]) -> str:
+    """``0.5/50/99.5th percentile a/b/c HU, mean m, std s`` of nnU-Net's intensity properties."""
+    return (
+        f"0.5/50/99.5th percentile {props['percentile_00_5']:.0f}/{props['median']:.0f}/"
+        f"{props['percentile_99_5']:.0f} HU, mean {props['mean']:.1f}, std {props['std']:.1f}"
+    )

@@ -60,3 +60,15 @@ def test_the_sample_is_nnunets_own() -> None:
     assert ours["mean"] == pytest.approx(float(pooled.mean()))
     assert ours["percentile_99_5"] == pytest.approx(float(np.percentile(pooled, 99.5)))
     assert IntensityAccumulator().properties() == {}
+
+
+def test_nnunets_default_would_count_the_ignore_voxels() -> None:
+    ct = np.full((10, 10, 10), 50.0)
+    ct[5:] = -1000.0
+    labels = np.ones(ct.shape, np.uint8)
+    labels[5:] = 2  # ignore
+    acc = IntensityAccumulator()
+    acc.add(ct, labels, ignore=2)
+    assert acc.properties()["0"]["min"] == 50.0
+    default = acc.nnunet_default_properties()["0"]
+    assert default["min"] == -1000.0 and default["max"] == 50.0
