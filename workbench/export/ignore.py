@@ -120,20 +120,19 @@ def ignore_region(
     Returns:
         ``(region, how)``: (i, j, k) bool, and unknown class -> :data:`FROM_PSEUDO` or :data:`FROM_BODY`.
     """
-    region = np.zeros(ct.shape, bool)
+    hinted = np.zeros(ct.shape, bool)
     how: dict[str, str] = {}
-    spacing = spacing_of(affine)
-    body: np.ndarray | None = None
     for name in unknown:
         hint = hints.get(name)
         if hint is not None and hint.shape == ct.shape and hint.any():
-            region |= dilate_mm(hint, spacing, margin_mm)
+            hinted |= hint
             how[name] = FROM_PSEUDO
         else:
-            if body is None:
-                body = body_mask(ct, affine)
-            region |= body
             how[name] = FROM_BODY
+    # one dilation of the union (= the union of the dilations), so many unknown classes cost one transform
+    region = dilate_mm(hinted, spacing_of(affine), margin_mm)
+    if FROM_BODY in how.values():
+        region |= body_mask(ct, affine)
     return region, how
 
 
