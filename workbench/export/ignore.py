@@ -9,10 +9,16 @@ used to have 0 of 6.4 M voxels background). The rule, per scan and per unknown c
   plain one, or an accepted one when the export does not ship accepted pseudo-labels) drawing U: the
   ignore region is that mask dilated by ``margin_mm`` (default :data:`DEFAULT_MARGIN_MM`, in mm on the
   scan's own spacing). The model's guess says where U is; the margin covers where it is wrong by a few mm.
-* otherwise (no pseudo-label of U, one that draws nothing, or only a rejected one): U may be anywhere in
-  the body, so the ignore region is the body (:func:`body_mask`: CT above :data:`BODY_HU` HU, holes filled
-  per axial slice so the lungs and the bowel gas count as body). The air around the patient and the table
-  gap stay background.
+* that pseudo-label says U is absent, and U lies inside an organ (a tumour, a cyst, the hepatic vessels:
+  :attr:`harmonize.taxonomy.UniversalClass.parents`): models miss small lesions, so U may still be
+  anywhere in its organ: the ignore region is the organ (the scan's known or pseudo-labelled mask of a
+  parent) dilated by the margin; with no mask of any parent, the body (below).
+* that pseudo-label says U is absent and U is an organ: a whole missing organ is out of the field of view
+  or removed, which models get right, so U is ignored nowhere (a reviewer who disagrees rejects the
+  pseudo-label, and the body rule applies).
+* otherwise (no pseudo-label of U, or only a rejected one): U may be anywhere in the body, so the ignore
+  region is the body (:func:`body_mask`: CT above :data:`BODY_HU` HU, holes filled per axial slice so the
+  lungs and the bowel gas count as body). The air around the patient and the table gap stay background.
 
 The scan's ignore region is the union over its unknown classes; the known classes are painted over it
 (:func:`workbench.export.labelmap.label_map`), the rest is background. A rejected pseudo-label is never a
@@ -26,18 +32,25 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from harmonize.taxonomy import class_by_name
+
 #: Margin around an unknown class's pseudo-label inside which its voxels are ignored, mm.
 DEFAULT_MARGIN_MM = 10.0
 #: CT voxels above this (HU) are body; the air around the patient is about -1000 HU.
 BODY_HU = -500.0
-#: How an unknown class's ignore region was drawn (the manifest's ``ignore.classes`` values).
-FROM_PSEUDO, FROM_BODY = "pseudo-label + margin", "body"
+#: How an unknown class's ignore region was drawn (the manifest cases' ``ignore_classes`` values).
+FROM_PSEUDO, FROM_PARENT, FROM_ABSENT, FROM_BODY = (
+    "pseudo-label + margin",
+    "parent organ + margin",
+    "nowhere (pseudo-label: organ absent)",
+    "body",
+)
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
@@ -107,6 +120,9 @@ def ignore_region(
     ct: np.ndarray,
     affine: np.ndarray,
     margin_mm: float = DEFAULT_MARGIN_MM,
+    *,
+    absent: Collection[str] = (),
+    organs: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, str]]:
     """The voxels of one scan where its unknown classes may be (the rule of the module docstring).
 
@@ -115,25 +131,44 @@ def ignore_region(
         hints: unknown class -> its non-rejected pseudo-label mask (only classes it draws).
         ct: (i, j, k) HU of the scan.
         affine: (4, 4) voxel -> RAS mm.
-        margin_mm: margin around a pseudo-label, mm.
+        margin_mm: margin around a pseudo-label or a parent organ, mm.
+        absent: unknown classes a non-rejected pseudo-label of the scan says are absent.
+        organs: class -> the scan's mask of it (known or pseudo-labelled), for the parents of absent
+            lesions.
 
     Returns:
-        ``(region, how)``: (i, j, k) bool, and unknown class -> :data:`FROM_PSEUDO` or :data:`FROM_BODY`.
+        ``(region, how)``: (i, j, k) bool, and unknown class -> :data:`FROM_PSEUDO`, :data:`FROM_PARENT`,
+        :data:`FROM_ABSENT` or :data:`FROM_BODY`.
     """
-    hinted = np.zeros(ct.shape, bool)
+    near = np.zeros(ct.shape, bool)
     how: dict[str, str] = {}
     for name in unknown:
         hint = hints.get(name)
         if hint is not None and hint.shape == ct.shape and hint.any():
-            hinted |= hint
+            near |= hint
             how[name] = FROM_PSEUDO
+        elif name in absent:
+            how[name] = _absent_class(name, organs or {}, near)
         else:
             how[name] = FROM_BODY
     # one dilation of the union (= the union of the dilations), so many unknown classes cost one transform
-    region = dilate_mm(hinted, spacing_of(affine), margin_mm)
+    region = dilate_mm(near, spacing_of(affine), margin_mm)
     if FROM_BODY in how.values():
         region |= body_mask(ct, affine)
     return region, how
+
+
+def _absent_class(name: str, organs: Mapping[str, np.ndarray], near: np.ndarray) -> str:
+    """How a class a pseudo-label calls absent is ignored; adds its parents' masks to ``near``."""
+    parents = class_by_name(name).parents
+    if not parents:
+        return FROM_ABSENT
+    masks = [organs[p] for p in parents if p in organs and organs[p].shape == near.shape]
+    if not any(m.any() for m in masks):
+        return FROM_BODY
+    for m in masks:
+        near |= m
+    return FROM_PARENT
 
 
 def ignore_totals(cases: Sequence[Mapping[str, Any]], margin_mm: float) -> dict[str, Any]:

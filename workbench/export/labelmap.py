@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers import read_volume
-from harmonize.taxonomy import class_names, paint_order
+from harmonize.taxonomy import class_by_name, class_names, paint_order
 from harmonize.volume import Volume
 from storage.files import atomic_write_json, file_sha256, remove_abandoned_partials
 from storage.workspace import Workspace
@@ -281,9 +281,32 @@ def _read_case(plan: LabelMapExport, entry: TrainingEntry) -> tuple[Volume, np.n
     how: dict[str, str] = {}
     if unknown:
         hint = plan.hints.get(entry.scan_id)
-        masks = {c: hint.masks[c] for c in unknown if hint is not None and c in hint.present}
-        region, how = ignore_region(unknown, masks, np.asarray(image.array), image.affine, plan.margin_mm)
+        hinted = set(hint.present) if hint is not None else set()
+        masks = {c: hint.masks[c] for c in unknown if hint is not None and c in hinted}
+        absent = [c for c in unknown if hint is not None and c in hint.annotated and c not in hinted]
+        region, how = ignore_region(
+            unknown,
+            masks,
+            np.asarray(image.array),
+            image.affine,
+            plan.margin_mm,
+            absent=absent,
+            organs=_parent_masks(absent, entry, hint),
+        )
     return image, label_map(entry, plan.values, image.shape, region), how
+
+
+def _parent_masks(
+    classes: Sequence[str], entry: TrainingEntry, hint: TrainingEntry | None
+) -> dict[str, np.ndarray]:
+    """The scan's masks of the parent organs of ``classes``: its known label first, else its pseudo-label."""
+    out: dict[str, np.ndarray] = {}
+    for parent in {p for c in classes for p in class_by_name(c).parents}:
+        if parent in entry.present:
+            out[parent] = entry.masks[parent]
+        elif hint is not None and parent in hint.present:
+            out[parent] = hint.masks[parent]
+    return out
 
 
 def write_json(obj: Any, path: Path) -> str:

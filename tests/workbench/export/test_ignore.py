@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from workbench.export.ignore import (
+    FROM_ABSENT,
     FROM_BODY,
+    FROM_PARENT,
     FROM_PSEUDO,
     axial_axis,
     body_mask,
@@ -74,3 +76,20 @@ def test_totals_add_the_cases() -> None:
         1,
     )
     assert t["ignore_share"] == pytest.approx(0.075) and t["background_share"] == pytest.approx(0.825)
+
+
+def test_a_pseudo_label_that_calls_a_class_absent() -> None:
+    """An absent organ is ignored nowhere; an absent lesion anywhere in its organ (grown by the margin);
+    an absent lesion whose organ has no mask anywhere in the body."""
+    ct = np.full((10, 10, 4), -1000.0)
+    ct[1:9, 1:9, :] = 30.0
+    kidney = np.zeros(ct.shape, bool)
+    kidney[2:4, 2:4, 1:3] = True
+    region, how = ignore_region(["spleen"], {}, ct, np.eye(4), 1.0, absent={"spleen"})
+    assert how == {"spleen": FROM_ABSENT} and not region.any()
+    region, how = ignore_region(
+        ["kidney_tumor"], {}, ct, np.eye(4), 1.0, absent={"kidney_tumor"}, organs={"kidney_right": kidney}
+    )
+    assert how == {"kidney_tumor": FROM_PARENT} and int(region.sum()) == 8 + 6 * 4
+    region, how = ignore_region(["liver_tumor"], {}, ct, np.eye(4), 1.0, absent={"liver_tumor"}, organs={})
+    assert how == {"liver_tumor": FROM_BODY} and int(region.sum()) == 8 * 8 * 4
