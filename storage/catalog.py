@@ -869,19 +869,21 @@ class Catalog:
         return out
 
     def reference_rows(self) -> list[dict[str, Any]]:
-        """Every annotated scan x class of the scans' current ``original`` labels, with its statistics
-        (the input of the uncertainty signals' reference ranges).
+        """Every known scan x class of the labels a reviewer or the source vouches for, with its statistics
+        (the input of the uncertainty signals' reference ranges): the assembly rule restricted to
+        ``revised > original > accepted`` (``current_label_of``), so a correction replaces the original it
+        corrects, an accepted pseudo-label counts, and a plain or rejected one never does.
 
         Returns:
             Dicts ``scan_id, class_name, state`` (``annotated_present`` / ``annotated_absent``),
-            ``volume_ml, components, centroid_mm`` (RAS+ mm; None for absent classes).
+            ``volume_ml, components, centroid_mm`` (RAS+ mm; None for absent classes), ``basis``.
         """
         return self.query(
             """
-            SELECT cur.scan_id, c.class_name, c.state, st.volume_ml, st.components, st.centroid_mm
-            FROM current_original cur JOIN class_coverage c ON c.label_set_id = cur.label_set_id
-            LEFT JOIN class_stats st ON st.label_set_id = cur.label_set_id AND st.class_name = c.class_name
-            WHERE c.state <> 'not_annotated'
+            SELECT cur.scan_id, cur.class_name, cur.state, st.volume_ml, st.components, st.centroid_mm,
+                   cur.basis
+            FROM current_label_of(['revised', 'original', 'accepted']) cur
+            LEFT JOIN class_stats st ON st.label_set_id = cur.label_set_id AND st.class_name = cur.class_name
             """
         ).to_dict("records")
 
@@ -1366,30 +1368,32 @@ class Catalog:
 
     def training_rows(
         self,
-        origins: Sequence[str],
+        bases: Sequence[str],
         sources: Sequence[str] | None = None,
         scan_ids: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Per scan x class with known state, the label set that answers for it under the merge priority
-        ``revised > original > pseudo`` (newest version first) among ``origins`` (``current_label_of``).
+        """Per scan x class with known state, the label set that answers for it by the assembly rule
+        (``current_label_of``: revised > original > accepted pseudo > pseudo, newest version first, a
+        rejected pseudo-label never) among ``bases``.
 
         Args:
-            origins: the label origins that may contribute.
+            bases: the bases that may contribute (:data:`storage.schema.BASES`; ``pseudo`` admits accepted
+                pseudo-labels too).
             sources: only scans of these sources (default: all).
             scan_ids: only these scans (default: all).
 
         Returns:
             One row per scan x known class, unordered; columns ``scan_id, source_id, image_path,
-            class_name, state, label_set_id, mask_key, origin``.
+            class_name, state, label_set_id, mask_key, origin, basis, version``.
         """
         conditions, params = self._in_filters([("s.source_id", sources), ("s.id", scan_ids)])
         sql = f"""
             SELECT s.id AS scan_id, s.source_id, s.image_path, c.class_name, c.state, c.label_set_id,
-                   c.mask_key, c.origin
+                   c.mask_key, c.origin, c.basis, c.version
             FROM current_label_of(?) c JOIN scan s ON s.id = c.scan_id
             {self._where(conditions)}
         """
-        return self.query(sql, [list(origins), *params])
+        return self.query(sql, [list(bases), *params])
 
     def source_summary(self) -> pd.DataFrame:
         """Per registered source, its scans and label sets by origin.

@@ -8,7 +8,8 @@
     workbench [--workspace DIR] restore BACKUP [WORKSPACE] [--force] [--link]
     workbench [--workspace DIR] check [--json] [--quick] [--repair-from BACKUP]
     workbench [--workspace DIR] export abdomenatlas|nnunet|monai OUT [--source ID ...] [--class NAME ...]
-                                [--origin ORIGIN ...] [--folds K] [--seed N]
+                                [--pseudo accepted|all|none] [--include-held-out]
+                                [--ignore-margin-mm MM] [--folds K] [--seed N]
     workbench [--workspace DIR] demo [--cases N] [--no-round] [--budget N]
     workbench [--workspace DIR] round --vocabulary NAME [--steps N] [--previous CKPT] [--from-scratch]
                                 [--simulated-expert --budget N]
@@ -22,6 +23,7 @@
                                 [--name NAME] [--import-release TXT_ENCODING_PTH]
     workbench [--workspace DIR] train --vocabulary NAME [--backbone B] [--spacing MM] [--patch N]
                                 [--epochs N] [--max-steps N] [--source ID ...] [--fresh]
+                                [--include-held-out]
 
 The workspace is ``--workspace``, else ``$WORKBENCH_HOME``, else ``./workspace``.
 """
@@ -32,6 +34,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -142,35 +145,28 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from workbench.export import export_abdomenatlas, export_monai, export_nnunet
     from workbench.export.skipped import skip_line
+    from workbench.export.summary import export_lines
 
     ws = Workspace.open(args.workspace)
-    origins = args.origin or ["revised", "original", "pseudo"]
+    common: dict[str, Any] = {
+        "sources": args.source,
+        "classes": args.classes,
+        "pseudo": args.pseudo,
+        "include_held_out": args.include_held_out,
+        "progress": not args.no_progress,
+    }
     if args.format == "nnunet":
-        manifest = export_nnunet(
-            ws,
-            args.out,
-            sources=args.source,
-            classes=args.classes,
-            origins=origins,
-            progress=not args.no_progress,
-        )
+        manifest = export_nnunet(ws, args.out, ignore_margin_mm=args.ignore_margin_mm, **common)
     elif args.format == "monai":
         manifest = export_monai(
-            ws,
-            args.out,
-            sources=args.source,
-            classes=args.classes,
-            origins=origins,
-            n_folds=args.folds,
-            seed=args.seed,
-            progress=not args.no_progress,
+            ws, args.out, ignore_margin_mm=args.ignore_margin_mm, n_folds=args.folds, seed=args.seed, **common
         )
     else:
-        manifest = export_abdomenatlas(
-            ws, args.out, sources=args.source, classes=args.classes, progress=not args.no_progress
-        )
+        manifest = export_abdomenatlas(ws, args.out, **common)
     for entry in manifest["skipped"]:
         print(skip_line(entry), file=sys.stderr)
+    for line in export_lines(manifest):
+        print(line)
     n_skipped = len(manifest["skipped"])
     note = f"; skipped {n_skipped} damaged case(s), listed there" if n_skipped else ""
     n_cases = len(manifest["cases"])
@@ -325,6 +321,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         sources=args.source,
         resume=not args.fresh,
         progress=not args.no_progress,
+        include_held_out=args.include_held_out,
     )
     print(f"run {run_id}: {result.step} steps, {result.epoch} epochs; checkpoint {result.checkpoint}")
     return 0
@@ -403,17 +400,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_check)
 
+    from workbench.training_set import PSEUDO_POLICIES
+
     p = sub.add_parser("export", help="export harmonized labels")
     p.add_argument("format", choices=("abdomenatlas", "nnunet", "monai"))
     p.add_argument("out", help="output folder")
     p.add_argument("--source", action="append", help="only this source (repeatable)")
     p.add_argument("--class", dest="classes", action="append", help="only this class (repeatable)")
     p.add_argument(
-        "--origin",
-        action="append",
-        choices=("revised", "original", "pseudo"),
-        help="nnunet/monai: label origins that may contribute (repeatable; default all, priority "
-        "revised > original > pseudo)",
+        "--pseudo",
+        choices=tuple(PSEUDO_POLICIES),
+        default="accepted",
+        help="pseudo-labels that fill partial labels: accepted (reviewed and accepted; default), all (every "
+        "one not rejected) or none; priority revised > original > accepted > pseudo, rejected never",
+    )
+    p.add_argument(
+        "--include-held-out",
+        action="store_true",
+        help="keep the held-out scans (default: left out, exports are for training)",
+    )
+    p.add_argument(
+        "--ignore-margin-mm",
+        type=float,
+        default=10.0,
+        help="nnunet/monai: ignore voxels within this margin (mm) of an unknown class's pseudo-label "
+        "(default 10); an unknown class without one is ignored inside the body",
     )
     p.add_argument("--folds", type=int, default=5, help="monai: cross-validation folds")
     p.add_argument("--seed", type=int, default=0, help="monai: fold assignment seed")
@@ -537,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--source", action="append", help="train on this source only (repeatable)")
     p.add_argument("--fresh", action="store_true", help="do not resume from the checkpoint folder")
+    p.add_argument(
+        "--include-held-out",
+        action="store_true",
+        help="train on the held-out scans too (default: they stay out, so evaluation stays honest)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
     return parser

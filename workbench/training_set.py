@@ -1,10 +1,16 @@
 """Assemble a training set from the catalog: one entry per scan, one label source per class.
 
-Rule (DESIGN.md): for every scan x class, the label comes from the highest-priority label set that
-knows the class (its coverage is not ``not_annotated``): ``revised`` > ``original`` > ``pseudo``, the
-newest version first within one origin (:data:`storage.schema.ORIGIN_PRIORITY`, applied in the catalog by
-:meth:`storage.catalog.Catalog.training_rows`). A class no label set knows stays unknown: it gets no gradient
-(partial-label loss) and no mask. Masks are read from the mask store only when the trainer asks for them.
+Rule: THE ASSEMBLY RULE of the catalog (view ``current_label`` / macro ``current_label_of`` in
+:mod:`storage.schema`, applied by :meth:`storage.catalog.Catalog.training_rows`): for every scan x class,
+the label comes from the highest-priority label set that knows the class (its coverage is not
+``not_annotated``): ``revised`` > ``original`` > accepted pseudo > pseudo, the newest version first within
+one basis; a pseudo-label a reviewer rejected (or sent for correction) is never used. Each entry says per
+class which ``basis`` applied. A class no label set knows stays unknown: it gets no gradient (partial-label
+loss) and no mask. Masks are read from the mask store only when the trainer asks for them.
+
+Training sets, every export and the evaluation truth all come from here, with a chosen list of bases
+(:data:`PSEUDO_POLICIES` names the exports' three); held-out scans are left out by the caller
+(``exclude_scans``, :func:`workbench.learning.split.held_out_split`).
 
 Example:
     >>> from storage.workspace import Workspace
@@ -15,17 +21,54 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from harmonize.taxonomy import class_names
 from storage.masks import MaskStore
-from storage.schema import ORIGIN_PRIORITY
+from storage.schema import BASES, ORIGIN_PRIORITY
 from storage.workspace import Workspace
 
-__all__ = ["ORIGIN_PRIORITY", "LazyMasks", "TrainingEntry", "assemble_training_set"]
+__all__ = [
+    "EXPERT_BASES",
+    "ORIGIN_PRIORITY",
+    "PSEUDO_POLICIES",
+    "LazyMasks",
+    "TrainingEntry",
+    "assemble_training_set",
+    "bases_for",
+]
+
+#: The bases an expert vouches for: the evaluation truth (never a pseudo-label, accepted or not).
+EXPERT_BASES: tuple[str, ...] = ("revised", "original")
+
+#: The exports' ``--pseudo`` choice -> the bases that may contribute: ``accepted`` fills partial labels
+#: with pseudo-labels a reviewer accepted (the default), ``all`` with every pseudo-label not rejected,
+#: ``none`` with none.
+PSEUDO_POLICIES: dict[str, tuple[str, ...]] = {
+    "accepted": ("revised", "original", "accepted"),
+    "all": ("revised", "original", "pseudo"),
+    "none": EXPERT_BASES,
+}
+
+
+def bases_for(pseudo: str) -> tuple[str, ...]:
+    """The bases of an export's pseudo-label policy.
+
+    Args:
+        pseudo: ``accepted``, ``all`` or ``none`` (:data:`PSEUDO_POLICIES`).
+
+    Returns:
+        The bases, e.g. ``("revised", "original", "accepted")``.
+
+    Raises:
+        ValueError: an unknown policy.
+    """
+    if pseudo not in PSEUDO_POLICIES:
+        raise ValueError(f"unknown pseudo-label policy {pseudo!r}; use one of {sorted(PSEUDO_POLICIES)}")
+    return PSEUDO_POLICIES[pseudo]
 
 
 class LazyMasks(Mapping[str, np.ndarray]):
@@ -58,6 +101,8 @@ class TrainingEntry:
         masks: present class -> bool mask on the CT grid (lazy).
         origins: class -> origin of the label set it came from.
         label_sets: class -> label set id it came from.
+        bases: class -> the basis of the assembly rule that applied (``revised``, ``original``,
+            ``accepted`` or ``pseudo``).
     """
 
     scan_id: str
@@ -68,6 +113,7 @@ class TrainingEntry:
     masks: Mapping[str, np.ndarray]
     origins: dict[str, str] = field(default_factory=dict)
     label_sets: dict[str, str] = field(default_factory=dict)
+    bases: dict[str, str] = field(default_factory=dict)
 
 
 def assemble_training_set(
@@ -76,22 +122,30 @@ def assemble_training_set(
     sources: Sequence[str] | None = None,
     scan_ids: Sequence[str] | None = None,
     origins: Sequence[str] = ("revised", "original", "pseudo"),
+    exclude_scans: Collection[str] = (),
 ) -> list[TrainingEntry]:
-    """The training set of the workspace under the priority rule above.
+    """The training set of the workspace under the assembly rule above.
 
     Args:
         ws: the workspace.
         sources: only scans of these sources.
         scan_ids: only these scans.
-        origins: which origins may contribute (e.g. leave out ``pseudo``).
+        origins: the bases that may contribute (:data:`storage.schema.BASES`; ``pseudo`` admits accepted
+            pseudo-labels too, ``accepted`` only those), e.g. leave out ``pseudo``.
+        exclude_scans: leave these scans out (the held-out split).
 
     Returns:
         Entries sorted by scan id; scans with no known class are left out.
+
+    Raises:
+        ValueError: an unknown basis.
     """
-    unknown = sorted(set(origins) - set(ORIGIN_PRIORITY))
+    unknown = sorted(set(origins) - set(BASES))
     if unknown:
-        raise ValueError(f"unknown origins {unknown}; use {sorted(ORIGIN_PRIORITY)}")
+        raise ValueError(f"unknown origins {unknown}; use {sorted(BASES)}")
     rows = ws.catalog.training_rows(origins, sources=sources, scan_ids=scan_ids)
+    if len(exclude_scans):
+        rows = rows[~rows["scan_id"].isin(list(exclude_scans))]
     order = {n: i for i, n in enumerate(class_names())}
     entries = []
     for scan_id, group in rows.groupby("scan_id", sort=True):
@@ -107,6 +161,7 @@ def assemble_training_set(
                 masks=LazyMasks(ws.masks, dict(zip(present["class_name"], present["mask_key"]))),
                 origins=dict(zip(group["class_name"], group["origin"])),
                 label_sets=dict(zip(group["class_name"], group["label_set_id"])),
+                bases=dict(zip(group["class_name"], group["basis"])),
             )
         )
     return entries

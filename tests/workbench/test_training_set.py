@@ -13,7 +13,7 @@ from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord
 from storage.workspace import Workspace
 from workbench.ingest import ingest, scan_id_for
-from workbench.training_set import assemble_training_set
+from workbench.training_set import assemble_training_set, bases_for
 
 SHAPE = (64, 56, 40)
 
@@ -74,3 +74,54 @@ def test_original_beats_pseudo_and_absent_is_known(ws: Workspace) -> None:
 def test_unknown_origin_is_refused(ws: Workspace) -> None:
     with pytest.raises(ValueError, match="unknown origins"):
         assemble_training_set(ws, origins=("gold",))
+
+
+@pytest.mark.parametrize(
+    ("decision", "bases", "spleen_basis"),
+    [
+        (None, ("revised", "original", "pseudo"), "pseudo"),
+        (None, ("revised", "original", "accepted"), None),
+        ("accept", ("revised", "original", "pseudo"), "accepted"),
+        ("accept", ("revised", "original", "accepted"), "accepted"),
+        ("reject", ("revised", "original", "pseudo"), None),
+        ("needs_correction", ("revised", "original", "pseudo"), None),
+    ],
+)
+def test_review_decisions_reach_the_training_set(
+    ws: Workspace, decision: str | None, bases: tuple[str, ...], spleen_basis: str | None
+) -> None:
+    from workbench.review import record_decision
+
+    scan = scan_id_for("lits", "case01")
+    spleen = np.zeros(SHAPE, bool)
+    spleen[5:9, 5:9, 5:9] = True
+    ls = _add(ws, scan, "pseudo", 2, {"spleen": spleen}, {"spleen"})
+    if decision is not None:
+        record_decision(ws, scan, "spleen", ls, decision, "Dr Ada")
+    (entry,) = assemble_training_set(ws, origins=bases)
+    assert entry.bases.get("spleen") == spleen_basis
+    assert entry.bases["liver"] == entry.origins["liver"] == "original"
+    if spleen_basis is None:
+        assert "spleen" not in entry.annotated and "spleen" not in entry.masks
+    else:
+        assert entry.label_sets["spleen"] == ls and int(entry.masks["spleen"].sum()) == 4**3
+
+
+def test_held_out_scans_can_be_excluded(ws: Workspace) -> None:
+    scan = scan_id_for("lits", "case01")
+    assert assemble_training_set(ws, exclude_scans={scan}) == []
+    assert [e.scan_id for e in assemble_training_set(ws, exclude_scans={"other:1"})] == [scan]
+
+
+@pytest.mark.parametrize(
+    ("policy", "bases"),
+    [
+        ("accepted", ("revised", "original", "accepted")),
+        ("all", ("revised", "original", "pseudo")),
+        ("none", ("revised", "original")),
+    ],
+)
+def test_pseudo_policies(policy: str, bases: tuple[str, ...]) -> None:
+    assert bases_for(policy) == bases
+    with pytest.raises(ValueError, match="unknown pseudo-label policy"):
+        bases_for("gold")

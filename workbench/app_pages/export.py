@@ -1,4 +1,6 @@
-"""Export page: choose format, sources, classes and origins; writes under <workspace>/exports/<name>.
+"""Export page: choose format, sources, classes, which pseudo-labels fill partial labels (accepted by
+default, as on the command line) and whether held-out scans stay out; writes under
+<workspace>/exports/<name>.
 
 The export runs with no catalog session open (the export wing reads the catalog in short transactions),
 so reviewers and command-line jobs keep writing while it runs."""
@@ -11,7 +13,8 @@ import streamlit as st
 
 from harmonize.taxonomy import class_names
 from workbench.app_pages import common
-from workbench.export import export_abdomenatlas, export_monai, export_nnunet
+from workbench.export import PSEUDO_CHOICES, export_abdomenatlas, export_monai, export_nnunet
+from workbench.export.summary import export_lines
 from workbench.review import escape
 
 ws = common.workspace()
@@ -20,19 +23,35 @@ st.title("Export")
 FORMATS = {
     "nnunet": "nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json; partial labels: ignore label)",
     "monai": "MONAI datalist JSON with cross-validation folds (images, label maps, datalist.json)",
-    "abdomenatlas": "AbdomenAtlas layout (<case>/ct.nii.gz + segmentations/<class>.nii.gz, original labels)",
+    "abdomenatlas": "AbdomenAtlas layout (<case>/ct.nii.gz + segmentations/<class>.nii.gz per class)",
+}
+PSEUDO_HELP = {
+    "accepted": "accepted: pseudo-labels a reviewer accepted",
+    "all": "all: every pseudo-label not rejected",
+    "none": "none: expert labels only",
 }
 fmt = st.selectbox("Format", list(FORMATS), format_func=lambda f: f"{f}: {FORMATS[f]}", key="x_format")
 sources = ws.catalog.source_ids()
 chosen_sources = st.multiselect("Sources (none = all)", sources, key="x_sources")
 chosen_classes = st.multiselect("Classes (none = all 32)", class_names(), key="x_classes")
-origins = ["revised", "original", "pseudo"]
+pseudo = st.radio(
+    "Fill partial labels with (priority revised > original > accepted > pseudo; rejected never)",
+    PSEUDO_CHOICES,
+    index=0,
+    format_func=PSEUDO_HELP.__getitem__,
+    key="x_pseudo",
+)
+include_held_out = st.checkbox(
+    "Include the held-out scans (not for training: evaluation on them would no longer be honest)",
+    value=False,
+    key="x_held_out",
+)
+margin_mm = 10.0
 if fmt != "abdomenatlas":
-    origins = st.multiselect(
-        "Label origins, in priority order revised > original > pseudo",
-        origins,
-        default=origins,
-        key="x_origins",
+    margin_mm = float(
+        st.number_input(
+            "Ignore margin around an unknown class's pseudo-label (mm)", 0.0, 100.0, 10.0, key="x_margin"
+        )
     )
 n_folds, seed = 5, 0
 if fmt == "monai":
@@ -42,8 +61,6 @@ name = st.text_input("Export name (folder under exports/)", value=f"{fmt}-export
 if st.button("Export", key="x_go"):
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name or ""):
         st.error("Give a plain folder name: letters, digits, '.', '_' or '-', no slashes.")
-    elif not origins:
-        st.error("Choose at least one label origin.")
     else:
         out = ws.exports / name
         bar = st.progress(0.0, text="starting")
@@ -58,7 +75,9 @@ if st.button("Export", key="x_go"):
                     out,
                     sources=chosen_sources or None,
                     classes=chosen_classes or None,
-                    origins=origins,
+                    pseudo=pseudo,
+                    include_held_out=include_held_out,
+                    ignore_margin_mm=margin_mm,
                     progress=False,
                     on_progress=on_progress,
                 )
@@ -68,7 +87,9 @@ if st.button("Export", key="x_go"):
                     out,
                     sources=chosen_sources or None,
                     classes=chosen_classes or None,
-                    origins=origins,
+                    pseudo=pseudo,
+                    include_held_out=include_held_out,
+                    ignore_margin_mm=margin_mm,
                     n_folds=n_folds,
                     seed=seed,
                     progress=False,
@@ -81,6 +102,8 @@ if st.button("Export", key="x_go"):
                         out,
                         sources=chosen_sources or None,
                         classes=chosen_classes or None,
+                        pseudo=pseudo,
+                        include_held_out=include_held_out,
                         progress=False,
                     )
             bar.progress(1.0, text="done")
@@ -88,5 +111,6 @@ if st.button("Export", key="x_go"):
                 f"Exported {len(manifest['cases'])} cases to {escape(out)} (manifest.json holds every "
                 "file's SHA-256)."
             )
+            st.text("\n".join(export_lines(manifest)))
             if manifest["skipped"]:
                 st.warning(f"Skipped {len(manifest['skipped'])} damaged case(s); manifest.json names them.")

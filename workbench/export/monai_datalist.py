@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from storage.workspace import Workspace
+from workbench.export.ignore import DEFAULT_MARGIN_MM
 from workbench.export.labelmap import (
     IGNORE,
     ProgressFn,
     build_manifest,
     export_parameters,
-    label_values,
-    training_entries,
+    exported_classes,
+    plan_export,
     write_cases,
     write_json,
 )
@@ -70,7 +71,9 @@ def export_monai(
     *,
     sources: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
-    origins: Sequence[str] = ("revised", "original", "pseudo"),
+    pseudo: str = "accepted",
+    include_held_out: bool = False,
+    ignore_margin_mm: float = DEFAULT_MARGIN_MM,
     n_folds: int = 5,
     seed: int = 0,
     progress: bool = True,
@@ -78,13 +81,15 @@ def export_monai(
 ) -> dict[str, Any]:
     """Export images, label maps and a MONAI datalist with k-fold cross-validation folds into ``out``.
 
-    ``datalist.json`` has ``training``: one dict per scan with ``image``, ``label`` (paths relative to
-    ``out``, as ``monai.data.load_decathlon_datalist`` expects), ``fold``, ``scan_id``, ``source``,
-    ``annotated`` (the classes with known state, for partial-label losses); plus ``labels``,
-    ``ignore_label``, ``n_folds`` and ``seed``.
+    ``datalist.json`` has ``classes`` (the exported classes in label order, once) and ``training``: one
+    dict per scan with ``image``, ``label`` (paths relative to ``out``, as
+    ``monai.data.load_decathlon_datalist`` expects), ``fold``, ``scan_id``, ``source``, and ``annotated`` /
+    ``present``: 0/1 vectors with one entry per class of ``classes`` (the same length for every item, so a
+    plain ``monai.data.DataLoader`` batches scans of any sources; a partial-label loss reads ``annotated``
+    as its channel mask); plus ``labels``, ``ignore_label``, ``n_folds`` and ``seed``.
 
     Args:
-        ws, out, sources, classes, origins, progress, on_progress: as in
+        ws, out, sources, classes, pseudo, include_held_out, ignore_margin_mm, progress, on_progress: as in
             :func:`workbench.export.nnunet.export_nnunet`.
         n_folds: number of cross-validation folds (:func:`assign_folds`).
         seed: the fold shuffle's seed.
@@ -94,34 +99,38 @@ def export_monai(
         datalist and listed under ``"skipped"``.
     """
     out = Path(out)
-    entries, wanted = training_entries(ws, sources, classes, origins)
-    values = label_values(wanted)
-    cases, skipped = write_cases(
-        entries, values, out, lambda c: f"{c}.nii.gz", "export monai", progress, on_progress
-    )
+    plan = plan_export(ws, sources, classes, pseudo, include_held_out, ignore_margin_mm)
+    written = write_cases(plan, out, lambda c: f"{c}.nii.gz", "export monai", progress, on_progress)
+    cases = written[0]
     folds = assign_folds(cases, n_folds, seed)
+    classes_in_order = exported_classes(plan.values)
     datalist = {
-        "description": "CT curation workbench export; ignore_label marks voxels of unknown classes",
-        "labels": values,
-        "ignore_label": values[IGNORE],
+        "description": "CT curation workbench export; ignore_label marks voxels where a class the scan "
+        "does not know may be",
+        "labels": plan.values,
+        "classes": classes_in_order,
+        "ignore_label": plan.values[IGNORE],
         "n_folds": n_folds,
         "seed": seed,
-        "training": [
-            {
-                "image": c["image"],
-                "label": c["label"],
-                "fold": folds[c["scan_id"]],
-                "scan_id": c["scan_id"],
-                "source": c["source"],
-                "annotated": c["annotated"],
-            }
-            for c in cases
-        ],
+        "training": [_item(c, folds[c["scan_id"]], classes_in_order) for c in cases],
     }
     extra = {"datalist.json": write_json(datalist, out / "datalist.json")}
-    params = export_parameters(sources, wanted, origins, n_folds=n_folds, seed=seed)
-    manifest = build_manifest("monai_datalist", params, values, cases, extra, skipped)
+    params = export_parameters(plan, sources, n_folds=n_folds, seed=seed)
+    manifest = build_manifest("monai_datalist", params, plan, written, extra)
     for c in cases:
         c["fold"] = folds[c["scan_id"]]
     write_json(manifest, out / "manifest.json")
     return manifest
+
+
+def _item(case: dict[str, Any], fold: int, classes: list[str]) -> dict[str, Any]:
+    """One datalist item: files, fold, scan, and the fixed-length 0/1 class vectors."""
+    return {
+        "image": case["image"],
+        "label": case["label"],
+        "fold": fold,
+        "scan_id": case["scan_id"],
+        "source": case["source"],
+        "annotated": [int(c in case["annotated"]) for c in classes],
+        "present": [int(c in case["present"]) for c in classes],
+    }

@@ -1,10 +1,11 @@
 """Training fed by the catalog: the workspace's training set as ``TrainCase`` objects, and a training run
 recorded in the catalog.
 
-* :func:`catalog_train_cases`: the training set (revised > original > pseudo, partial labels kept
-  partial) with masks read lazily from the mask store;
-* :func:`train_from_catalog`: train on it (``workbench.model.train``) and record the run and one
-  ``train_record`` row per epoch in the catalog.
+* :func:`catalog_train_cases`: the training set (the assembly rule: revised > original > accepted pseudo
+  > pseudo, rejected never; partial labels kept partial) with masks read lazily from the mask store;
+* :func:`train_from_catalog`: train on it (``workbench.model.train``), the held-out split
+  (:mod:`workbench.learning.split`) left out unless asked, and record the run (with how many scans were
+  held out) and one ``train_record`` row per epoch in the catalog.
 
 Example:
     >>> from storage.workspace import Workspace
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from harmonize.errors import HarmonizeError
 from storage.files import file_sha256
 from storage.workspace import Workspace
+from workbench.learning.split import held_out_split
 from workbench.learning.vocabularies import load_vocabulary
 from workbench.model.text import TextVocabulary
 from workbench.model.train import TrainCase, TrainConfig, TrainResult, train
@@ -36,20 +38,22 @@ def catalog_train_cases(
     *,
     sources: Sequence[str] | None = None,
     origins: Sequence[str] = ("revised", "original", "pseudo"),
+    exclude_scans: Collection[str] = (),
 ) -> list[TrainCase]:
     """The catalog's training set as ``TrainCase`` objects (masks read lazily from the mask store).
 
     Args:
         ws: the workspace.
         sources: only scans of these sources (default: every source).
-        origins: the label origins that may contribute (priority revised > original > pseudo).
+        origins: the bases that may contribute (the assembly rule's priority always applies).
+        exclude_scans: leave these scans out (the held-out split).
 
     Returns:
         One case per scan with a known class, sorted by scan id; ``case_id`` is the scan id.
     """
     return [
         TrainCase(image=e.image_path, masks=e.masks, annotated=e.annotated, case_id=e.scan_id)
-        for e in assemble_training_set(ws, sources=sources, origins=origins)
+        for e in assemble_training_set(ws, sources=sources, origins=origins, exclude_scans=exclude_scans)
     ]
 
 
@@ -63,8 +67,13 @@ def train_from_catalog(
     resume: bool = True,
     progress: bool = True,
     run_id: str | None = None,
+    include_held_out: bool = False,
 ) -> tuple[str, TrainResult]:
     """Train on the catalog's training set; the run and its per-epoch records go into the catalog.
+
+    The held-out split (:func:`workbench.learning.split.held_out_split`, chosen now if it is not yet)
+    stays out of training unless ``include_held_out``; the run's config records ``held_out_scans`` (left
+    out) and ``include_held_out``.
 
     Args:
         ws: the workspace.
@@ -75,13 +84,18 @@ def train_from_catalog(
         resume: continue from ``out_dir/last.pt``.
         progress: show a progress bar.
         run_id: the catalog run id (default: a new one; pass the old one to keep one run across resumes).
+        include_held_out: train on the held-out scans too (then no evaluation on them is honest).
 
     Returns:
         ``(run_id, TrainResult)``.
     """
     vocab = load_vocabulary(ws, vocabulary)
     config = config or TrainConfig()
-    cases = [c.restricted_to(vocab.class_names) for c in catalog_train_cases(ws, sources=sources)]
+    held = set() if include_held_out else held_out_split(ws)
+    cases = [
+        c.restricted_to(vocab.class_names)
+        for c in catalog_train_cases(ws, sources=sources, exclude_scans=held)
+    ]
     if not cases:
         raise ValueError(f"the catalog at {ws.root} has no scan with a known class to train on")
     run_id = run_id or new_train_run_id()
@@ -92,7 +106,13 @@ def train_from_catalog(
         config,
         out_dir,
         vocabulary=vocab,
-        run_config={**config.to_dict(), "sources": list(sources or []), "cases": len(cases)},
+        run_config={
+            **config.to_dict(),
+            "sources": list(sources or []),
+            "cases": len(cases),
+            "include_held_out": include_held_out,
+            "held_out_scans": len(held),
+        },
         resume=resume,
         progress=progress,
     )

@@ -1,7 +1,10 @@
 """Held-out evaluation against the catalog: truths, predictions, the stored evaluation and its report.
 
-Truth is the scan's expert labels under the training-set rule restricted to ``revised`` > ``original``
-(never a model's guess), or truths the caller passes (benchmarks: the phantoms' complete truth, so every
+Truth is the scan's expert labels: the assembly rule restricted to the expert bases
+(``current_label_of(['revised', 'original'])``, :data:`workbench.training_set.EXPERT_BASES`), never a
+pseudo-label, not even an accepted one (an accepted prediction is a model's guess a reviewer found good
+enough, and scoring a model against its own guesses inflates it; ``docs/decisions.md``), or truths the
+caller passes (benchmarks: the phantoms' complete truth, so every
 round is scored on the same items). Predictions are the ``pseudo`` label sets of a pseudo-label run
 (:func:`evaluate`; the run must predict the annotated classes too: ``workbench pseudolabel --all-classes``)
 or any callable that returns masks (:func:`evaluate_predictions`, e.g. a round's model in memory). Only
@@ -47,7 +50,7 @@ from workbench.learning.metrics import (
     score_scan,
 )
 from workbench.learning.split import DEFAULT_FRACTION, held_out_split
-from workbench.training_set import assemble_training_set
+from workbench.training_set import EXPERT_BASES, assemble_training_set
 
 
 @dataclass
@@ -155,18 +158,22 @@ class Evaluation:
 
 
 def catalog_truth(
-    ws: Workspace, scan_ids: Sequence[str], origins: Sequence[str] = ("revised", "original")
+    ws: Workspace, scan_ids: Sequence[str], origins: Sequence[str] = EXPERT_BASES
 ) -> Iterator[ScanTruth]:
-    """Expert truth of these scans from the catalog (training-set priority over ``origins``; masks lazy).
+    """Expert truth of these scans from the catalog (the assembly rule over ``origins``; masks lazy).
 
     Args:
         ws: the workspace.
         scan_ids: the scans.
-        origins: label origins that count as truth, by priority.
+        origins: the expert bases that count as truth (a subset of ``revised``, ``original``).
 
     Returns:
         One :class:`ScanTruth` per scan with a known class, by scan id; scans without any are skipped.
+
+    Raises:
+        ValueError: ``origins`` names a pseudo-label basis (``pseudo`` or ``accepted``) or nothing.
     """
+    check_truth_bases(origins)
     if not scan_ids:  # assemble_training_set reads "no filter" as every scan
         return
     geo = ws.catalog.scan_geometry(scan_ids)
@@ -182,6 +189,23 @@ def catalog_truth(
             masks=e.masks,
             shape=tuple(int(s) for s in g["shape"]),  # type: ignore[arg-type]
             label_sets=e.label_sets,
+        )
+
+
+def check_truth_bases(origins: Sequence[str]) -> None:
+    """Refuse truth bases that are not expert ones.
+
+    Args:
+        origins: the bases asked to count as truth.
+
+    Raises:
+        ValueError: empty, or a basis outside :data:`workbench.training_set.EXPERT_BASES`.
+    """
+    bad = sorted(set(origins) - set(EXPERT_BASES))
+    if bad or not origins:
+        raise ValueError(
+            f"evaluation truth must be expert labels ({', '.join(EXPERT_BASES)}), not {bad or 'nothing'}: "
+            "a pseudo-label, accepted or not, is a model's guess"
         )
 
 
@@ -250,7 +274,7 @@ def evaluate_predictions(
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     fraction: float = DEFAULT_FRACTION,
     seed: int = 0,
-    truth_origins: Sequence[str] = ("revised", "original"),
+    truth_origins: Sequence[str] = EXPERT_BASES,
     classes: Sequence[str] | None = None,
     min_tumour_voxels: int = 1,
     truths: Iterable[ScanTruth] | None = None,
@@ -282,6 +306,7 @@ def evaluate_predictions(
         HarmonizeError: no held-out scan, or no held-out scan with both truth and a prediction.
     """
     started = time.time()
+    check_truth_bases(truth_origins)
     held = held_out_split(ws, fraction, seed)
     if not held:
         raise HarmonizeError(
@@ -340,7 +365,7 @@ def evaluate(
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     fraction: float = DEFAULT_FRACTION,
     seed: int = 0,
-    truth_origins: Sequence[str] = ("revised", "original"),
+    truth_origins: Sequence[str] = EXPERT_BASES,
     classes: Sequence[str] | None = None,
     min_tumour_voxels: int = 1,
     truths: Iterable[ScanTruth] | None = None,

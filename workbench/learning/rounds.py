@@ -5,9 +5,9 @@ One round (:func:`run_round`), in this order:
 1. **review** (:func:`review_stage`, optional): a :class:`Reviewer` (``SimulatedExpert``) or a
    :data:`ReviewFunction` works through the current review queue, restricted to TRAINING scans, for at
    most ``review_budget`` items;
-2. **assemble** the training set (:func:`training_entries`: revised > original > pseudo, partial labels
-   kept partial) from the training scans only: held-out scans
-   (:func:`workbench.learning.split.training_scan_ids`) never train;
+2. **assemble** the training set (:func:`training_entries`: the assembly rule, revised > original >
+   accepted pseudo > pseudo, rejected never; partial labels kept partial) from the training scans only:
+   held-out scans (:func:`workbench.learning.split.training_scan_ids`) never train;
 3. **fine-tune** (:func:`train_stage`) from the previous round's checkpoint (``TrainConfig`` steps; a fresh
    model in round 1);
 4. **evaluate** (:func:`evaluate_stage`) on the held-out split: the held-out scans are pseudo-labelled with

@@ -66,4 +66,6 @@ def test_manifest_hashes_match_the_files(workspace, tmp_path: Path) -> None:  # 
     }
     for rel, digest in case["sha256"].items():
         assert hashlib.sha256((tmp_path / "out" / case["case"] / rel).read_bytes()).hexdigest() == digest
-    assert case["origin"] == "original" and case["label_version"] == 1
+    ls = ws.catalog.latest_original("lits:case01")
+    assert case["bases"] == case["origins"] == {"liver": "original", "liver_tumor": "original"}
+    assert case["label_sets"] == {"liver": ls["id"], "liver_tumor": ls["id"]} and ls["version"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,3 +58,40 @@ def test_folds_group_entries_of_one_scan() -> None:
     assert len(folds) == 5 and set(folds.values()) == {0, 1}
     with pytest.raises(ValueError, match="n_folds"):
         assign_folds(cases, 1, 0)
+
+
+def test_a_plain_monai_dataloader_batches_items_of_two_sources(mixed_ws: Any, tmp_path: Path) -> None:
+    """Per-class fields are fixed-length 0/1 vectors (one entry per exported class, the class list once at
+    the top), so MONAI's default collate batches a kits23 and a lits item together."""
+    monai_data = pytest.importorskip("monai.data")
+    transforms = pytest.importorskip("monai.transforms")
+    out = tmp_path / "m"
+    export_monai(mixed_ws.ws, out, classes=mixed_ws.classes, n_folds=2, progress=False)
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert datalist["classes"] == ["spleen", "kidney_right", "kidney_left", "liver"]  # label order
+    by_source = {i["source"]: i for i in datalist["training"]}
+    assert by_source["kits23"]["annotated"] in ([0, 1, 1, 0], [0, 1, 1, 1])  # liver accepted on one
+    assert by_source["lits"]["annotated"] == [0, 0, 0, 1]
+    assert {len(i["annotated"]) for i in datalist["training"]} == {4}
+    items = monai_data.load_decathlon_datalist(str(out / "datalist.json"), base_dir=str(out))
+    pair = [next(i for i in items if i["source"] == s) for s in ("kits23", "lits")]
+    keys = ["image", "label"]
+    pipeline = transforms.Compose(
+        [
+            transforms.LoadImaged(keys=keys, ensure_channel_first=True),
+            transforms.ResizeWithPadOrCropd(keys=keys, spatial_size=(16, 16, 8)),
+        ]
+    )
+    loader = monai_data.DataLoader(monai_data.Dataset(pair, transform=pipeline), batch_size=2)
+    (batch,) = list(loader)
+    assert tuple(batch["image"].shape) == (2, 1, 16, 16, 8) and tuple(batch["label"].shape) == (
+        2,
+        1,
+        16,
+        16,
+        8,
+    )
+    annotated = np.stack([np.asarray(a) for a in batch["annotated"]], axis=1)  # collate: one tensor per class
+    assert annotated.shape == (2, 4)
+    np.testing.assert_array_equal(annotated[1], [0, 0, 0, 1])
+    assert list(batch["source"]) == ["kits23", "lits"]

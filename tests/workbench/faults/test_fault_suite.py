@@ -500,7 +500,9 @@ def test_a_damaged_mask_file_is_skipped_by_exports(
     _truncate(kits_ws.masks.path(str(sets["mask_key"].iloc[0])))
     out = tmp_path / "out"
     export = {"abdomenatlas": export_abdomenatlas, "nnunet": export_nnunet, "monai": export_monai}[fmt]
-    manifest = export(kits_ws, out, progress=False, **({"n_folds": 2} if fmt == "monai" else {}))
+    kw = {"n_folds": 2} if fmt == "monai" else {}
+    # held-out scans kept: exports leave them out by default (#13), and every undamaged case must come out
+    manifest = export(kits_ws, out, progress=False, include_held_out=True, **kw)
     exported = {c["scan_id"] for c in manifest["cases"]}
     skipped = {s["scan_id"] for s in manifest["skipped"]}
     half = [p for p in out.rglob(f"{PARTIAL_PREFIX}*")] + _published_files_that_do_not_read(out)

@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from storage.workspace import Workspace
+from workbench.learning import catalog_training
 from workbench.learning.catalog_training import catalog_train_cases, train_from_catalog
+from workbench.learning.split import held_out_split
 from workbench.learning.vocabularies import store_vocabulary
 from workbench.model.text import TextVocabulary
-from workbench.model.train import TrainConfig
+from workbench.model.train import TrainConfig, TrainResult
 from workbench.model.transforms import PipelineConfig
 
 
@@ -49,3 +53,32 @@ def test_training_is_recorded_in_the_catalog(
         "SELECT epoch, step, loss FROM train_record WHERE run_id = ? ORDER BY epoch", [run_id]
     )
     assert records["epoch"].tolist() == [0, 1] and np.isfinite(records["loss"]).all()
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_train_leaves_the_held_out_scans_out_unless_told(
+    tmp_path: Path,
+    random_vocab: TextVocabulary,
+    add_plain_scans: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    include: bool,
+) -> None:
+    """Five scans per source at the default 0.2: one held out per source (the stratified rule); training
+    gets the other eight, or all ten with ``include_held_out``; the run's config says which."""
+    ws = Workspace.open(tmp_path / "ws")
+    add_plain_scans(ws, {"lits": 5, "btcv": 5})
+    store_vocabulary(ws, random_vocab, "v")
+    seen: dict[str, Any] = {}
+
+    def fake_train(ws_: Workspace, run_id: str, cases: Any, config: Any, out: Any, **kw: Any) -> Any:
+        seen["cases"], seen["config"] = [c.case_id for c in cases], kw["run_config"]
+        return TrainResult(model=None, step=0, epoch=0, records=[], checkpoint=None), None
+
+    monkeypatch.setattr(catalog_training, "train_and_record", fake_train)
+    train_from_catalog(ws, tmp_path / "m", vocabulary="v", progress=False, include_held_out=include)
+    held = held_out_split(ws)
+    assert len(held) == 2 and {s.split(":")[0] for s in held} == {"lits", "btcv"}
+    assert len(seen["cases"]) == (10 if include else 8)
+    assert bool(set(seen["cases"]) & held) == include
+    assert seen["config"]["include_held_out"] is include
+    assert seen["config"]["held_out_scans"] == (0 if include else 2)

@@ -223,3 +223,31 @@ def test_given_truths_replace_the_catalog_and_only_held_out_ones_count(
     assert len(stomach) == 4 and (stomach["dice"] == 0).all() and (stomach["predicted_voxels"] == 8).all()
     run = ws.catalog.query("SELECT config FROM run WHERE id = ?", [result.run_id]).iloc[0]
     assert json.loads(run["config"])["truth"] == "given"
+
+
+# ------------------------------------------------------------------------ truth is expert labels only
+
+
+def test_an_accepted_pseudo_label_is_never_truth(
+    tmp_path: Path, add_scan: AddScan, add_pseudo: AddPseudo
+) -> None:
+    """The truth is ``current_label_of(['revised', 'original'])``: a held-out scan's accepted spleen
+    prediction is not scored, its original liver is; asking for pseudo bases is refused."""
+    from workbench.review import record_decision
+
+    ws = Workspace.open(tmp_path / "ws")
+    liver = cube(SHAPE, (2, 2, 2), 4)
+    scan = add_scan(ws, "lits", "c0", {"liver": liver}, {"liver"})
+    ls = add_pseudo(
+        ws, scan, {"spleen": cube(SHAPE, (8, 6, 5), 3), "liver": cube(SHAPE, (2, 2, 2), 3)}, "run-a"
+    )
+    record_decision(ws, scan, "spleen", ls, "accept", "Dr Ada")
+    record_decision(ws, scan, "liver", ls, "accept", "Dr Ada")
+    (truth,) = ev.catalog_truth(ws, [scan])
+    assert truth.states == {"liver": PRESENT}
+    assert int(truth.masks["liver"].sum()) == 4**3 and truth.label_sets["liver"] == "ls-orig-lits-c0"
+    for bad in (("revised", "original", "accepted"), ("pseudo",), ()):
+        with pytest.raises(ValueError, match="evaluation truth must be expert labels"):
+            list(ev.catalog_truth(ws, [scan], bad))
+        with pytest.raises(ValueError, match="evaluation truth must be expert labels"):
+            ev.evaluate_predictions(ws, lambda s: None, name="x", truth_origins=bad)
