@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from harmonize.taxonomy import class_by_name
+from storage.schema import BASES
 from storage.workspace import Workspace
 from workbench import review
 from workbench.demo import build_demo
@@ -63,10 +64,8 @@ def real_workspace(root: Path) -> Workspace | None:
 
 def round_trip(ws: Workspace, scan_id: str, out: Path) -> dict[str, object]:
     """One scan's no-op round trip; returns the printed figures."""
-    rows = ws.catalog.query(
-        "SELECT class_name, mask_key FROM current_label WHERE scan_id = ? AND state = 'annotated_present'",
-        [scan_id],
-    )
+    rows = ws.catalog.training_rows(BASES, scan_ids=[scan_id])
+    rows = rows[rows["state"] == "annotated_present"]
     truth = {str(r.class_name): ws.masks.read(str(r.mask_key), str(r.class_name)) for r in rows.itertuples()}
     t0 = time.perf_counter()
     files = review.export_case_for_slicer(ws, scan_id, out)
