@@ -22,10 +22,12 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from harmonize.errors import HarmonizeError
 from storage.workspace import Workspace
 from workbench.pseudolabel.scoring import DEFAULT_LONG_TAIL_BOOST, score_items
 from workbench.review.decisions import DECISIONS
 from workbench.review.double_reading import upkeep
+from workbench.review.validation import check_class, scan_row
 
 #: Queue status filter values: ``pending`` (open: undecided, the newest item of its scan x class, not
 #: settled by an earlier decision), ``decided`` (any verdict), ``all``, ``adjudication`` (double-read items
@@ -83,6 +85,32 @@ def queue(
         reader=reader,
         limit=limit,
     )
+
+
+def item_label_set(ws: Workspace, scan_id: str, class_name: str) -> str:
+    """The label set a decision on one scan x class judges when none is named (the CLI's ``review accept
+    SCAN CLASS``): the label set of the scan x class's newest queue item, else its current label set.
+
+    Args:
+        ws: the workspace.
+        scan_id / class_name: the scan x class.
+
+    Returns:
+        The label set id.
+
+    Raises:
+        HarmonizeError: unknown scan or class, or no label set of the scan knows the class.
+    """
+    scan_row(ws, scan_id)
+    class_name = check_class(ws, class_name)
+    q = queue(ws, classes=[class_name], status="all")
+    q = q[(q["scan_id"] == scan_id) & q["newest"].astype(bool)]
+    if not q.empty:
+        return str(q["label_set_id"].iloc[0])
+    current = ws.catalog.current_label_set(scan_id, class_name)
+    if current is None:
+        raise HarmonizeError(ws.catalog.path, f"no label set of {scan_id} knows {class_name}")
+    return current
 
 
 def queue_reasons(ws: Workspace) -> list[str]:
