@@ -295,6 +295,7 @@ def test_an_outlier_link_to_an_unknown_scan_is_an_error_message(ws: Workspace, q
 # A stand-in for `workbench pseudolabel` in another process: per step, a pseudo label set (masks + catalog
 # rows in one transaction) and its uncertainty row (another transaction), as pseudolabel writes them,
 # until the stop file appears. Prints the number of steps done after each one.
+# It writes duodenum, a class the queued item lacks: a newer colon item would stand for the class (#13).
 WRITER = """
 import sys, time
 from pathlib import Path
@@ -308,7 +309,7 @@ ws = Workspace.open(sys.argv[1])
 stop = Path(sys.argv[2])
 scans = ws.catalog.query("SELECT id, shape FROM scan ORDER BY id")
 coverage = {c: "not_annotated" for c in class_names()}
-coverage["colon"] = "annotated_present"
+coverage["duodenum"] = "annotated_present"
 n = 0
 while not stop.exists():
     scan_id, shape = scans.iloc[n % len(scans)]
@@ -316,12 +317,12 @@ while not stop.exists():
     ls_id = f"ls-bg-{n}"
     mask = np.zeros(shape, bool)
     mask[:4, :4, :4] = True
-    ws.masks.write_label_set(ls_id, {"colon": mask}, shape)
+    ws.masks.write_label_set(ls_id, {"duodenum": mask}, shape)
     record = LabelSetRecord(
         id=ls_id, scan_id=scan_id, version=100 + n, origin="pseudo", mask_key=ls_id, run_id="run-bg"
     )
     ws.catalog.add_label_set(record, coverage, [])
-    store_uncertainty(ws, [{"scan_id": scan_id, "class_name": "colon", "run_id": f"run-bg-{n}",
+    store_uncertainty(ws, [{"scan_id": scan_id, "class_name": "duodenum", "run_id": f"run-bg-{n}",
                             "label_set_id": ls_id, "score": 0.1, "signals": {"entropy": 0.1},
                             "reasons": ["high_entropy"]}])
     n += 1
