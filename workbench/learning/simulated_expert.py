@@ -22,6 +22,8 @@ class (``seed``), so a run is repeatable. Each reviewed item costs the same fixe
 stops when the next item would exceed ``budget`` and skips, without charging, an item whose scan x class
 it already reviewed in this session.
 
+:class:`ReadingTeam` plays double reading: two experts read, a third adjudicates their disagreements.
+
 Truth providers:
 
 * :class:`PhantomTruth` regenerates a synthetic phantom from its :class:`PhantomSpec` (seed, shape, ...)
@@ -491,3 +493,66 @@ class SimulatedExpert:
             "rejected": sum(o.action == "reject" for o in self.outcomes),
             "injected_errors": sum(o.injected_error for o in self.outcomes),
         }
+
+
+# ------------------------------------------------------------------------------------ double reading
+
+
+@dataclass
+class ReadingTeam:
+    """Double reading played out from the truth: ``first`` reviews the queue, ``second`` reads the
+    double-read items ``first`` read (from its own blind queue), ``adjudicator`` settles the disagreements.
+    A :class:`~workbench.learning.rounds.Reviewer`, so an active-learning round can use it.
+
+    Args:
+        first / second: the two readers (e.g. of different ``error_rate`` / ``boundary_noise``).
+        adjudicator: the third reviewer (usually without errors).
+    """
+
+    first: SimulatedExpert
+    second: SimulatedExpert
+    adjudicator: SimulatedExpert
+    second_outcomes: list[ReviewOutcome] = field(default_factory=list)
+    adjudications: list[ReviewOutcome] = field(default_factory=list)
+
+    def review_items(
+        self, items: pd.DataFrame | Iterable[Mapping[str, Any]], limit: int | None = None
+    ) -> list[ReviewOutcome]:
+        """``first`` reviews ``items`` (at most ``limit``); then ``second`` and ``adjudicator`` do their part.
+
+        Returns:
+            ``first``'s outcomes of this call (the round's budget counts the first readings).
+        """
+        done = self.first.review_items(items, limit)
+        read = {(o.label_set_id, o.class_name) for o in done}
+        blind = review.queue(self.first.ws, reader=self.second.reviewer)
+        blind = blind[blind["double_read"].astype(bool) & (blind["readings"] == 1)]
+        mine = [r for r in blind.to_dict("records") if (r["label_set_id"], r["class_name"]) in read]
+        self.second_outcomes += self.second.review_items(mine)
+        disputed = review.adjudication_list(self.first.ws)
+        self.adjudications += self.adjudicator.review_items(disputed)
+        return done
+
+    def error_summary(self) -> dict[str, int]:
+        """The readers' injected errors and what became of them.
+
+        Returns:
+            ``injected`` (wrong calls of either reader), ``double_read`` (of those, on double-read items),
+            ``caught`` (double-read ones whose verdict is now the right call: accept where the judged
+            label was within ``accept_dice`` of the truth, corrected otherwise), ``missed`` (double-read,
+            verdict still wrong or none), ``single_read`` (never seen by a second reader).
+        """
+        second_read = {(o.label_set_id, o.class_name) for o in self.second_outcomes}
+        out = {"injected": 0, "double_read": 0, "caught": 0, "missed": 0, "single_read": 0}
+        for o in [*self.first.outcomes, *self.second_outcomes]:
+            if not o.injected_error:
+                continue
+            out["injected"] += 1
+            if (o.label_set_id, o.class_name) not in second_read:
+                out["single_read"] += 1
+                continue
+            out["double_read"] += 1
+            right = "accept" if o.dice_before >= self.first.accept_dice else "corrected"
+            verdict = self.first.ws.catalog.verdict_of(o.label_set_id, o.class_name)
+            out["caught" if verdict is not None and verdict["decision"] == right else "missed"] += 1
+        return out
