@@ -67,7 +67,9 @@ def build(root: Path, scans: int, bad: float, seed: int) -> tuple[object, object
         ws.masks.write_label_set(ls, pseudo, SHAPE)
         cov = {c: "not_annotated" for c in class_names()}
         cov.update({c: "annotated_present" for c in pseudo})
-        record = LabelSetRecord(id=ls, scan_id=scan_id, version=1, origin="pseudo", mask_key=ls, run_id="bench")
+        record = LabelSetRecord(
+            id=ls, scan_id=scan_id, version=1, origin="pseudo", mask_key=ls, run_id="bench"
+        )
         ws.catalog.add_label_set(record, cov, [], scan=synthetic_scan(scan_id, shape=SHAPE, affine=affine))
         items += [
             {

@@ -1707,7 +1707,9 @@ class Catalog:
     def set_double_read_share(self, share: float) -> None:
         """Store the share of items read by two reviewers (0..1; the caller validates it)."""
         with self.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO schema_meta VALUES ('double_read_share', ?)", [repr(float(share))])
+            con.execute(
+                "INSERT OR REPLACE INTO schema_meta VALUES ('double_read_share', ?)", [repr(float(share))]
+            )
 
     def unplanned_items(self, label_set_ids: Sequence[str] | None = None) -> pd.DataFrame:
         """Uncertainty items (label set x class) without a ``reading_plan`` row and without any review.
@@ -1726,8 +1728,8 @@ class Catalog:
             "AND r.class_name = u.class_name)",
         ]
         return self.query(
-            f"SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id FROM uncertainty u {self._where(where)} "
-            "ORDER BY u.label_set_id, u.class_name",
+            "SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id FROM uncertainty u "
+            f"{self._where(where)} ORDER BY u.label_set_id, u.class_name",
             params,
         )
 
@@ -1882,7 +1884,8 @@ class Catalog:
         """True when the class of this revised label set is a double-read reader's correction that does
         not count (yet): the item's verdict is not ``corrected`` (``held_revision``)."""
         df = self.query(
-            "SELECT 1 FROM held_revision WHERE label_set_id = ? AND class_name = ?", [label_set_id, class_name]
+            "SELECT 1 FROM held_revision WHERE label_set_id = ? AND class_name = ?",
+            [label_set_id, class_name],
         )
         return not df.empty
 
@@ -1892,7 +1895,6 @@ class Catalog:
             "SELECT * FROM verdict WHERE label_set_id = ? AND class_name = ?", [label_set_id, class_name]
         )
         return None if df.empty else df.iloc[0].to_dict()
-
 
 
 #: What DuckDB says about a file that is not (or no longer) a readable database.

@@ -355,7 +355,8 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE VIEW reading AS
         WITH r AS (
-            SELECT s.*, min(s.created_at) OVER (PARTITION BY s.label_set_id, s.class_name, s.reviewer) AS first_at
+            SELECT s.*,
+                   min(s.created_at) OVER (PARTITION BY s.label_set_id, s.class_name, s.reviewer) AS first_at
             FROM standing_review s
             JOIN reading_plan p ON p.label_set_id = s.label_set_id AND p.class_name = s.class_name
             WHERE p.double_read AND s.decision <> 'skip'
@@ -382,7 +383,8 @@ MIGRATIONS: dict[int, str] = {
             FROM newest GROUP BY label_set_id, class_name
         ), adjudication AS (
             SELECT label_set_id, class_name, arg_max(id, created_at) AS adjudication_id,
-                   arg_max(decision, created_at) AS adjudication, arg_max(reviewer, created_at) AS adjudicator,
+                   arg_max(decision, created_at) AS adjudication,
+                   arg_max(reviewer, created_at) AS adjudicator,
                    max(created_at) AS adjudicated_at
             FROM reading WHERE reader_rank > 2 GROUP BY label_set_id, class_name
         )
@@ -432,7 +434,8 @@ MIGRATIONS: dict[int, str] = {
         LEFT JOIN review r ON r.id = v.review_id
         WHERE v.decision IN ('accept', 'reject', 'corrected', 'needs_correction')
         QUALIFY row_number() OVER (
-            PARTITION BY i.label_set_id, i.class_name ORDER BY vl.version DESC, v.decided_at DESC, v.review_id DESC
+            PARTITION BY i.label_set_id, i.class_name
+            ORDER BY vl.version DESC, v.decided_at DESC, v.review_id DESC
         ) = 1;
     CREATE OR REPLACE VIEW verdict AS
         SELECT scan_id, class_name, label_set_id, decision, reviewer, decided_at, review_id, reading

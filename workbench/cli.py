@@ -333,8 +333,8 @@ def _cmd_review_edit(args: argparse.Namespace) -> int:
     for path in files.values():
         print(path)
     print(
-        f"edit {cls} (label value {class_by_name(cls).index}) in labels.nii.gz, then: workbench review import "
-        f"{args.scan} {cls} {files['labels.nii.gz']} --reviewer NAME"
+        f"edit {cls} (label value {class_by_name(cls).index}) in labels.nii.gz, then: "
+        f"workbench review import {args.scan} {cls} {files['labels.nii.gz']} --reviewer NAME"
     )
     return 0
 

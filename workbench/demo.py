@@ -106,8 +106,10 @@ def demo_truth_specs(ws: Workspace) -> dict[str, Any]:
 
 #: Share of the demo's queue items read twice (above the workbench's 10 %, so a 20-item round shows some).
 DEMO_DOUBLE_READ_SHARE = 0.25
-#: The second demo reader's skill: a wrong call on 20 % of items, corrections 1 voxel off the truth.
-DEMO_SECOND_READER = {"error_rate": 0.2, "boundary_noise": 1}
+#: The second demo reader's skill: a wrong call on 20 % of items ...
+DEMO_SECOND_READER_ERROR_RATE = 0.2
+#: ... and corrections 1 voxel off the truth.
+DEMO_SECOND_READER_NOISE = 1
 
 
 def run_demo_round(
@@ -121,7 +123,8 @@ def run_demo_round(
     """Train a tiny model (round 1), pseudo-label, rank the queue, then one active-learning round in which
     the simulated expert corrects ``review_budget`` queued items with the phantoms' truth (round 2); the
     double-read share of them is read again, blind, by a second simulated reader
-    (:data:`DEMO_SECOND_READER`) and their disagreements adjudicated by a third, before training.
+    (:data:`DEMO_SECOND_READER_ERROR_RATE`, :data:`DEMO_SECOND_READER_NOISE`) and their disagreements
+    adjudicated by a third, before training.
 
     Args:
         ws: a demo workspace (``build_demo``).
@@ -168,7 +171,13 @@ def run_demo_round(
     team = ReadingTeam(
         expert,
         SimulatedExpert(
-            ws, truth, budget=review_budget, image=truth.image, reviewer="simulated reader B", **DEMO_SECOND_READER
+            ws,
+            truth,
+            budget=review_budget,
+            image=truth.image,
+            reviewer="simulated reader B",
+            error_rate=DEMO_SECOND_READER_ERROR_RATE,
+            boundary_noise=DEMO_SECOND_READER_NOISE,
         ),
         SimulatedExpert(ws, truth, budget=review_budget, image=truth.image, reviewer="simulated adjudicator"),
     )

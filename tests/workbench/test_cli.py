@@ -308,16 +308,21 @@ def test_review_list_accept_undo_on_the_command_line(demo_ws, tmp_path: Path) ->
     assert code == 0 and [(r["scan_id"], r["label_set_id"], r["status"]) for r in rows] == [
         ("btcv:demo000", ls, "pending")
     ]
-    code, out, _ = _run("--workspace", root, "review", "accept", "btcv:demo000", "colon", "--reviewer", "Dr Ada")
+    code, out, _ = _run(
+        "--workspace", root, "review", "accept", "btcv:demo000", "colon", "--reviewer", "Dr Ada"
+    )
     assert code == 0 and out.startswith(f"recorded accept of colon on btcv:demo000 ({ls}) by Dr Ada: rv-")
     review_id = out.strip().rsplit(" ", 1)[-1]
     code, out, _ = _run("--workspace", root, "review", "list", "--class", "colon", "--format", "json")
     assert json.loads(out) == []
-    # the next run predicts the cube moved by 2 voxels along i: 6 x 8 x 8 shared, Dice 0.75 < 0.9: back, with why
+    # the next run predicts the cube moved by 2 voxels along i: 6 x 8 x 8 shared, Dice 0.75 < 0.9: back
     _queued_colon(demo_ws.root, offset=2)
     code, out, _ = _run("--workspace", root, "review", "list", "--class", "colon", "--format", "json")
     (row,) = json.loads(out)
-    assert row["note"] == "re-queued: the new prediction differs from the label Dr Ada accepted, Dice 0.75 (< 0.9)"
+    assert (
+        row["note"]
+        == "re-queued: the new prediction differs from the label Dr Ada accepted, Dice 0.75 (< 0.9)"
+    )
     code, out, _ = _run("--workspace", root, "review", "undo", review_id, "--reviewer", "Dr Ada")
     assert code == 0 and out.startswith(f"undid {review_id} by Dr Ada: rv-")
 

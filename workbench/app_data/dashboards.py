@@ -251,7 +251,9 @@ def agreement_table(ws: Workspace) -> pd.DataFrame:
     df = double_reading.agreement(ws)
     if df.empty:
         return df
-    return pd.concat([_ordered(df[df["class_name"] != "all"]), df[df["class_name"] == "all"]], ignore_index=True)
+    return pd.concat(
+        [_ordered(df[df["class_name"] != "all"]), df[df["class_name"] == "all"]], ignore_index=True
+    )
 
 
 def agreement_figure(table: pd.DataFrame) -> go.Figure:
@@ -285,4 +287,3 @@ def reading_detail(ws: Workspace, label_set_id: str, class_name: str) -> str | N
     r = row.iloc[0]
     dice = "" if pd.isna(r["reading_dice"]) else f" (inter-reader Dice {float(r['reading_dice']):.2f})"
     return f"{r['reader_a']}: {r['decision_a']} · {r['reader_b']}: {r['decision_b']}{dice}"
-

@@ -36,6 +36,7 @@ QUEUE_ROWS = 200
 def blind_reader() -> str | None:
     """The sidebar's reviewer name when it is valid (the reader whose blind queue is listed), else None;
     never a message (recording a decision says what is wrong with the name)."""
+    assert ws is not None
     try:
         return validate_reviewer(ws, st.session_state.get("reviewer", "")) or None
     except HarmonizeError:

@@ -295,7 +295,6 @@ def noisy_boundary(mask: np.ndarray, voxels: int, rng: np.random.Generator) -> n
     return np.asarray(ndimage.binary_dilation(mask, iterations=voxels), dtype=bool)
 
 
-
 @dataclass(frozen=True)
 class ReviewOutcome:
     """What the expert did with one item.

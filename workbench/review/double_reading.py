@@ -268,7 +268,8 @@ def agreement_line(ws: Workspace) -> str:
     dice = "n/a" if math.isnan(float(r["inter_reader_dice"])) else f"{float(r['inter_reader_dice']):.2f}"
     kappa = "n/a" if math.isnan(float(r["kappa"])) else f"{float(r['kappa']):.2f}"
     return (
-        f"double reading (share {share(ws):.0%}): {int(r['pairs'])} pairs, agreement {float(r['agreement']):.2f}, "
+        f"double reading (share {share(ws):.0%}): {int(r['pairs'])} pairs, "
+        f"agreement {float(r['agreement']):.2f}, "
         f"kappa {kappa}, inter-reader Dice {dice} ({int(r['corrected_pairs'])} corrected pairs), "
         f"{int(r['disagreements'])} disagreements, {int(r['adjudicated'])} adjudicated"
     )

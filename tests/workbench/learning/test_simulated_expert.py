@@ -380,7 +380,13 @@ def test_a_reading_team_double_reads_and_adjudication_catches_the_error(ws: Work
     first = team.review_items(review.queue(ws))
     assert len(first) == 4 and len(team.second_outcomes) == 4 and len(team.adjudications) == 4
     # B erred on every item: every pair disagrees, the adjudicator's (right) call is the verdict
-    assert team.error_summary() == {"injected": 4, "double_read": 4, "caught": 4, "missed": 0, "single_read": 0}
+    assert team.error_summary() == {
+        "injected": 4,
+        "double_read": 4,
+        "caught": 4,
+        "missed": 0,
+        "single_read": 0,
+    }
     verdicts = [ws.catalog.verdict_of(o.label_set_id, "spleen") for o in first]
     assert [(v or {}).get("decision") for v in verdicts] == ["accept", "accept", "corrected", "corrected"]
     table = review.agreement(ws).set_index("class_name")

@@ -146,7 +146,11 @@ def test_cohen_kappa_numbers() -> None:
 
 
 def test_agreement_per_class_and_overall(ws: Workspace, item: str) -> None:
-    decisions = {"colon": ("accept", "accept"), "duodenum": ("accept", "reject"), "bladder": ("reject", "reject")}
+    decisions = {
+        "colon": ("accept", "accept"),
+        "duodenum": ("accept", "reject"),
+        "bladder": ("reject", "reject"),
+    }
     for cls, (da, db) in decisions.items():
         review.record_decision(ws, SCAN, cls, item, da, "Dr A")
         review.record_decision(ws, SCAN, cls, item, db, "Dr B")
@@ -156,4 +160,6 @@ def test_agreement_per_class_and_overall(ws: Workspace, item: str) -> None:
     # A: accept 2/3, reject 1/3; B: accept 1/3, reject 2/3 -> p_e = 2/9 + 2/9 = 4/9
     assert table.loc["all", "kappa"] == pytest.approx((2 / 3 - 4 / 9) / (1 - 4 / 9))
     assert table.loc["duodenum", "disagreements"] == 1 and table.loc["colon", "agreement"] == 1.0
-    assert dr.agreement_line(ws).startswith("double reading (share 100%): 3 pairs, agreement 0.67, kappa 0.40")
+    assert dr.agreement_line(ws).startswith(
+        "double reading (share 100%): 3 pairs, agreement 0.67, kappa 0.40"
+    )
