@@ -75,16 +75,17 @@ def queue(
     """
     if status not in QUEUE_STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(QUEUE_STATUSES)}")
-    upkeep(ws)
-    return ws.catalog.review_queue(
-        classes=classes,
-        sources=sources,
-        reasons=reasons,
-        status=status,
-        reviewer=reviewer,
-        reader=reader,
-        limit=limit,
-    )
+    with ws.catalog.session():  # one connection for the upkeep's quick checks and the listing
+        upkeep(ws)
+        return ws.catalog.review_queue(
+            classes=classes,
+            sources=sources,
+            reasons=reasons,
+            status=status,
+            reviewer=reviewer,
+            reader=reader,
+            limit=limit,
+        )
 
 
 def item_label_set(ws: Workspace, scan_id: str, class_name: str) -> str:
@@ -148,8 +149,9 @@ def rank(
         ``summary`` (``"kidney_left: volume 3.1 sd above the catalog mean; 2 components"``) and ``signals``
         (dict), sorted by score (then scan, class).
     """
-    upkeep(ws)
-    df = ws.catalog.ranking_items(run_id, include_decided=include_decided)
+    with ws.catalog.session():
+        upkeep(ws)
+        df = ws.catalog.ranking_items(run_id, include_decided=include_decided)
     rows = score_items(df.to_dict("records"), ws.catalog.annotated_counts(), long_tail_boost)
     for r in rows:
         reasons = r["reasons"]
