@@ -23,6 +23,22 @@ The views (schema v7):
 * ``verdict``: per scan x class x label set that has a standing decision, the one that counts (the
   newest): ``scan_id, class_name, label_set_id, decision, reviewer, decided_at, review_id``. The
   assembly rule and the queue read decisions only through it.
+
+Double reading and the requeue check (schema v8; ``docs/catalog.md``):
+
+* ``reading``: standing decisions (not ``skip``) on double-read items (``reading_plan.double_read``), with
+  ``reader_rank`` (1 and 2: the readers, in the order of their first decision; higher: adjudicators).
+* ``double_read_item``: per double-read item both readers' newest decisions, their inter-reader Dice
+  (``reading_dice``), the newest adjudication and ``state`` (``reading`` / ``agreed`` / ``disagreed`` /
+  ``adjudicated``).
+* ``decided``: the decision that counts per item: single-read the newest standing one; double-read the
+  adjudication, else the readers' common decision, else none.
+* ``prior_decision``: per queue item, the newest settling decision on an OLDER version of its scan x class
+  and the label it decided (the corrected set for ``corrected``).
+* ``verdict`` (redefined): ``decided``, plus a reject / needs_correction carried to a later item whose
+  ``requeue_check`` Dice against it is at or above the stored threshold (column ``reading``).
+* ``held_revision``: a double-read reader's correction while the item's verdict is not ``corrected``;
+  ``current_label_of`` does not use it.
 """
 
 from __future__ import annotations

@@ -160,3 +160,19 @@ def test_unchecked_items_wait_and_rank_follows_the_queue(
     ranked = review.rank(ws)
     assert CLS not in set(ranked[ranked["scan_id"] == SCAN]["class_name"])
     assert len(review.rank(ws, include_decided=True)) == len(review.queue(ws, status="all"))
+
+
+def test_the_run_driver_checks_a_new_item_at_once(
+    ws: Workspace, first: str, add_pseudo: Callable[..., str], blob: Callable[..., np.ndarray]
+) -> None:
+    from workbench.review.double_reading import enter_queue
+
+    review.record_decision(ws, SCAN, CLS, first, "accept", "Dr Ada")
+    moved = add_pseudo(ws, SCAN, {CLS: blob(shape(ws), (12, 12, 12), 8)}, run_id="run-2")
+    items(ws, moved, "run-2", 0.9)
+    enter_queue(ws, moved)  # what write_scan_result calls after storing the uncertainty rows
+    raw = ws.catalog.review_queue()  # no upkeep: the check is already stored
+    row = raw[raw["class_name"] == CLS].iloc[0]
+    assert (row["label_set_id"], row["prior_dice"], bool(row["requeued"])) == (moved, 0.421875, True)
+    plan = ws.catalog.query("SELECT * FROM reading_plan WHERE label_set_id = ?", [moved])
+    assert plan["class_name"].tolist() == [CLS] and plan["share"].tolist() == [0.1]
