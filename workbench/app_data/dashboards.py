@@ -277,13 +277,18 @@ def agreement_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def reading_detail(ws: Workspace, label_set_id: str, class_name: str) -> str | None:
-    """Both readings of a double-read item whose readers disagree, for its adjudicator, e.g.
-    ``"Dr A: accept · Dr B: corrected (inter-reader Dice 0.71)"``; None for any other item."""
+def reading_detail(ws: Workspace, label_set_id: str, class_name: str) -> tuple[str, set[str]] | None:
+    """Both readings of a double-read item whose readers disagree, for its adjudicator.
+
+    Returns:
+        ``("Dr A: accept · Dr B: corrected (inter-reader Dice 0.71)", {"Dr A", "Dr B"})``: the readings and
+        the two readers; None for any other item.
+    """
     df = double_reading.items(ws, class_name)
     row = df[(df["label_set_id"] == label_set_id) & (df["state"] == "disagreed")]
     if row.empty:
         return None
     r = row.iloc[0]
     dice = "" if pd.isna(r["reading_dice"]) else f" (inter-reader Dice {float(r['reading_dice']):.2f})"
-    return f"{r['reader_a']}: {r['decision_a']} · {r['reader_b']}: {r['decision_b']}{dice}"
+    text = f"{r['reader_a']}: {r['decision_a']} · {r['reader_b']}: {r['decision_b']}{dice}"
+    return text, {str(r["reader_a"]), str(r["reader_b"])}

@@ -126,11 +126,15 @@ else:
                 st.info(escape(item["note"]))
             if bool(item["double_read"]):
                 detail = app_data.reading_detail(ws, str(item["label_set_id"]), str(item["class_name"]))
-                st.caption(
-                    f"Adjudicate: {escape(detail)}; your decision is the verdict."
-                    if detail
-                    else "Double-read item: two reviewers judge it blind to each other."
-                )
+                if detail is None:
+                    st.caption("Double-read item: two reviewers judge it blind to each other.")
+                elif blind_reader() in detail[1]:
+                    st.caption(
+                        f"The readers disagree: {escape(detail[0])}. A new decision of yours replaces your "
+                        "reading; a third reviewer adjudicates."
+                    )
+                else:
+                    st.caption(f"Adjudicate: {escape(detail[0])}; your decision is the verdict.")
 
 # ------------------------------------------------------------------------------------- case selection
 # A case opened elsewhere (a Long tail outlier) arrives as browse_scan / browse_class. With items in the
