@@ -13,9 +13,13 @@ Printed: the per-class agreement table (pairs, decision agreement, Cohen's kappa
 corrections, disagreements, adjudicated) and the injected errors: how many fell on double-read items and
 how many of those the adjudication turned into the right verdict.
 
+With ``--queue-scale N``: instead, the time of one queue listing (``review.queue``, 200 rows, with its
+upkeep) on a synthetic catalog of N scans x 3 queue items with 1 % of them decided, median of 7.
+
 Usage:
     python benchmarks/bench_double_reading.py                 # ~1 min on 2 CPU cores
     python benchmarks/bench_double_reading.py --scans 40 --share 0.5 --error-b 0.3
+    python benchmarks/bench_double_reading.py --queue-scale 10000
 """
 
 from __future__ import annotations
@@ -87,6 +91,47 @@ def build(root: Path, scans: int, bad: float, seed: int) -> tuple[object, object
     return ws, truth
 
 
+def queue_timing(root: Path, n_scans: int) -> str:
+    """One line: the median time of a 200-row queue listing on ``n_scans`` synthetic scans x 3 items."""
+    import statistics
+
+    from storage.synthetic import build_synthetic_catalog
+    from storage.workspace import Workspace
+    from workbench import review
+
+    ws = Workspace.open(root / "ws")
+    build_synthetic_catalog(ws.catalog, n_scans)
+    rng = np.random.default_rng(1)
+    rows = [
+        {
+            "scan_id": scan_id,
+            "class_name": c,
+            "run_id": "bench",
+            "label_set_id": ls,
+            "score": float(rng.random()),
+            "signals": {},
+            "reasons": [],
+        }
+        for scan_id, ls in ws.catalog.label_sets()[["scan_id", "id"]].itertuples(index=False)
+        for c in ("liver", "spleen", "kidney_left")
+    ]
+    ws.catalog.add_uncertainty(rows)
+    for r in rows[: len(rows) // 100]:
+        ws.catalog.add_review(r["scan_id"], r["class_name"], r["label_set_id"], "accept", "", "dr")
+    t0 = time.perf_counter()
+    review.queue(ws, limit=200)  # the first listing plans every item
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        review.queue(ws, limit=200)
+        times.append(time.perf_counter() - t0)
+    return (
+        f"queue listing, {n_scans} scans x 3 items ({len(rows) // 100} decided): first {first * 1000:.0f} ms "
+        f"(plans every item), then median {statistics.median(times) * 1000:.0f} ms"
+    )
+
+
 def main() -> None:
     from workbench import review
     from workbench.learning.simulated_expert import ReadingTeam, SimulatedExpert
@@ -99,7 +144,12 @@ def main() -> None:
     p.add_argument("--error-b", type=float, default=0.2, help="reader B's rate of wrong calls")
     p.add_argument("--noise-b", type=int, default=1, help="reader B's boundary noise (voxels)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--queue-scale", type=int, default=0, help="time the queue on this many scans instead")
     args = p.parse_args()
+    if args.queue_scale:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(queue_timing(Path(tmp), args.queue_scale))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         ws, truth = build(Path(tmp), args.scans, args.bad, args.seed)
