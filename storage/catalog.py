@@ -145,6 +145,43 @@ class ReviewRecord:
     id: str = dataclasses.field(default_factory=lambda: "rv-" + uuid.uuid4().hex[:20])
 
 
+#: One row per uncertainty item with everything the queue's rules read (``Catalog.review_queue``): its
+#: verdict, whether it is the newest item of its scan x class, the prior decision on an older version and
+#: the requeue check against it, and its reading state; ``open`` is the pending rule.
+_QUEUE_ITEMS = """
+    WITH q0 AS (
+        SELECT u.scan_id, s.source_id, s.case_id, u.class_name, u.run_id, u.label_set_id, l.origin, l.version,
+               u.score, u.signals, u.reasons,
+               v.decision AS verdict, v.reviewer AS decided_by, v.decided_at, v.review_id,
+               p.decision AS prior_decision, p.reviewer AS prior_reviewer, p.review_id AS prior_review_id,
+               c.dice AS prior_dice, c.threshold AS requeue_dice,
+               d.label_set_id IS NOT NULL AS double_read, coalesce(d.readings, 0) AS readings,
+               d.state AS reading_state,
+               row_number() OVER (
+                   PARTITION BY u.scan_id, u.class_name
+                   ORDER BY l.version DESC NULLS LAST, r.started_at DESC NULLS LAST, u.run_id DESC
+               ) = 1 AS newest,
+               s.id IS NOT NULL AS in_catalog
+        FROM uncertainty u
+        LEFT JOIN scan s ON s.id = u.scan_id
+        LEFT JOIN label_set l ON l.id = u.label_set_id
+        LEFT JOIN run r ON r.id = u.run_id
+        LEFT JOIN verdict v ON v.label_set_id = u.label_set_id AND v.class_name = u.class_name
+        LEFT JOIN prior_decision p ON p.label_set_id = u.label_set_id AND p.class_name = u.class_name
+        LEFT JOIN requeue_check c
+          ON c.label_set_id = u.label_set_id AND c.class_name = u.class_name AND c.review_id = p.review_id
+        LEFT JOIN double_read_item d ON d.label_set_id = u.label_set_id AND d.class_name = u.class_name
+    ), q AS (
+        SELECT *, coalesce(verdict, CASE WHEN reading_state = 'disagreed' THEN 'adjudication' END, 'pending')
+                  AS status,
+               coalesce(prior_review_id IS NOT NULL AND prior_dice < requeue_dice, false) AS requeued,
+               (verdict IS NULL AND newest AND coalesce(reading_state, 'reading') = 'reading'
+                AND (prior_review_id IS NULL OR coalesce(prior_dice < requeue_dice, false))) AS open
+        FROM q0
+    )
+"""
+
+
 class Catalog:
     """The workspace's DuckDB catalog.
 
@@ -1128,56 +1165,65 @@ class Catalog:
         reasons: Sequence[str] | None = None,
         status: str = "pending",
         reviewer: str | None = None,
+        reader: str | None = None,
         limit: int | None = None,
     ) -> pd.DataFrame:
         """The review queue as the app lists it: uncertainty items of catalog scans, highest score first
-        (then scan, class, run), each with the newest standing decision (``standing_review``) on the SAME
-        label set version.
+        (then scan, class, run), each with its ``verdict`` (the decision that counts on the SAME label set
+        version), its prior decision on an older version of the scan x class and its reading state.
+
+        ``pending`` (an open item) is: no verdict; the newest item of its scan x class (highest label set
+        version, then newest run); for a double-read item fewer than two readings and no adjudication; and,
+        when an older version of the scan x class was decided (``prior_decision``), a requeue check whose
+        Dice against the decided label is below its stored threshold (an item not yet checked waits).
 
         Args:
             classes / sources: keep only these classes / source ids (None or empty: all).
             reasons: keep items with at least one of these reasons.
-            status: ``pending`` (no standing decision), ``decided`` (any), ``all``, or one decision value.
-            reviewer: keep items whose standing decision is by this reviewer.
+            status: ``pending``, ``decided`` (any verdict), ``all``, ``adjudication`` (double-read items
+                whose two readers disagree, no adjudication yet), or one decision value (the verdict).
+            reviewer: keep items whose verdict is by this reviewer.
+            reader: list this reviewer's blind queue: with ``pending``, also leave out items the reader
+                already read (a standing decision other than skip); readings of others never show.
             limit: at most this many rows.
 
         Returns:
             Columns ``scan_id, source_id, case_id, class_name, run_id, label_set_id, origin, version, score,
-            signals`` (JSON text), ``reasons`` (list of str), ``status`` (``pending`` or the decision),
-            ``decided_by, decided_at, review_id``.
+            signals`` (JSON text), ``reasons`` (list of str), ``status`` (``pending``, ``adjudication`` or the
+            verdict), ``decided_by, decided_at, review_id`` (the verdict's), ``prior_decision,
+            prior_reviewer, prior_review_id, prior_dice, requeue_dice`` (the check against the older
+            decision, NaN when unchecked or none), ``requeued`` (bool: prior decision, Dice below the
+            threshold), ``double_read`` (bool), ``readings`` (0-2), ``reading_state`` (``reading``,
+            ``agreed``, ``disagreed``, ``adjudicated``; None for single-read items), ``newest`` (bool).
         """
-        where, params = self._in_filters([("u.class_name", classes), ("s.source_id", sources)])
+        where, params = self._in_filters([("class_name", classes), ("source_id", sources)])
+        where.append("in_catalog")
         if reasons:
-            where.append("len(list_intersect(coalesce(u.reasons, []), ?)) > 0")
+            where.append("len(list_intersect(coalesce(reasons, []), ?)) > 0")
             params.append(list(reasons))
         if status == "pending":
-            where.append("d.decision IS NULL")
+            where.append("open")
+            if reader:
+                where.append(
+                    "NOT EXISTS (SELECT 1 FROM standing_review x WHERE x.label_set_id = q.label_set_id "
+                    "AND x.class_name = q.class_name AND x.reviewer = ? AND x.decision <> 'skip')"
+                )
+                params.append(reader)
         elif status == "decided":
-            where.append("d.decision IS NOT NULL")
+            where.append("verdict IS NOT NULL")
+        elif status == "adjudication":
+            where.append("reading_state = 'disagreed'")
         elif status != "all":
-            where.append("d.decision = ?")
+            where.append("verdict = ?")
             params.append(status)
         if reviewer:
-            where.append("d.reviewer = ?")
+            where.append("decided_by = ?")
             params.append(reviewer)
         sql = f"""
-            WITH newest AS (
-                SELECT * FROM standing_review
-                QUALIFY row_number() OVER (
-                    PARTITION BY scan_id, class_name, label_set_id ORDER BY created_at DESC, id DESC
-                ) = 1
-            )
-            SELECT u.scan_id, s.source_id, s.case_id, u.class_name, u.run_id, u.label_set_id,
-                   l.origin, l.version, u.score, u.signals, u.reasons,
-                   coalesce(d.decision, 'pending') AS status, d.reviewer AS decided_by,
-                   d.created_at AS decided_at, d.id AS review_id
-            FROM uncertainty u
-            JOIN scan s ON s.id = u.scan_id
-            LEFT JOIN label_set l ON l.id = u.label_set_id
-            LEFT JOIN newest d
-              ON d.scan_id = u.scan_id AND d.class_name = u.class_name AND d.label_set_id = u.label_set_id
+            {_QUEUE_ITEMS}
+            SELECT * EXCLUDE (verdict, open, in_catalog) FROM q
             {self._where(where)}
-            ORDER BY u.score DESC, u.scan_id, u.class_name, u.run_id
+            ORDER BY score DESC, scan_id, class_name, run_id
             {"LIMIT " + str(int(limit)) if limit is not None else ""}
         """
         df = self.query(sql, params)
@@ -1189,22 +1235,18 @@ class Catalog:
 
         Args:
             run_id: only items of this pseudo-label run (None: every run).
-            include_decided: also items with a standing decision (``standing_review``) on the same scan,
-                class and label set version; left out by default.
+            include_decided: every item; by default only open ones (:meth:`review_queue`'s ``pending``:
+                undecided, newest of its scan x class, not settled by an earlier decision).
 
         Returns:
             Columns ``scan_id, class_name, run_id, label_set_id, signals`` (JSON text), one row per
             ``uncertainty`` row, ordered by scan, class and run.
         """
-        sql = """
-            SELECT u.scan_id, u.class_name, u.run_id, u.label_set_id, u.signals
-            FROM uncertainty u
-            WHERE (? IS NULL OR u.run_id = ?)
-              AND (? OR NOT EXISTS (
-                  SELECT 1 FROM standing_review d
-                  WHERE d.scan_id = u.scan_id AND d.class_name = u.class_name
-                    AND d.label_set_id = u.label_set_id))
-            ORDER BY u.scan_id, u.class_name, u.run_id
+        sql = f"""
+            {_QUEUE_ITEMS}
+            SELECT scan_id, class_name, run_id, label_set_id, signals FROM q
+            WHERE (? IS NULL OR run_id = ?) AND (? OR open)
+            ORDER BY scan_id, class_name, run_id
         """
         return self.query(sql, [run_id, run_id, bool(include_decided)])
 
@@ -1427,25 +1469,22 @@ class Catalog:
         )
 
     def queue_status_counts(self) -> dict[str, int]:
-        """How many uncertainty items wait for a decision, by the newest standing decision
-        (``standing_review``) on the item's scan x class x label set.
+        """How many queue items wait, by the rule of :meth:`review_queue`.
 
         Returns:
-            ``{"pending": items without a standing decision, "needs_correction": items whose newest
-            standing decision is ``needs_correction``}``.
+            ``{"pending": open items, "needs_correction": items whose verdict is ``needs_correction``,
+            "adjudication": double-read items whose readers disagree}``.
         """
         row = self.query(
-            """
-            WITH standing AS (
-                SELECT scan_id, class_name, label_set_id, arg_max(decision, created_at) AS decision
-                FROM standing_review GROUP BY scan_id, class_name, label_set_id
-            )
-            SELECT count(*) FILTER (WHERE d.decision IS NULL) AS pending,
-                   count(*) FILTER (WHERE d.decision = 'needs_correction') AS needs_correction
-            FROM uncertainty u LEFT JOIN standing d USING (scan_id, class_name, label_set_id)
+            f"""
+            {_QUEUE_ITEMS}
+            SELECT count(*) FILTER (WHERE open) AS pending,
+                   count(*) FILTER (WHERE verdict = 'needs_correction') AS needs_correction,
+                   count(*) FILTER (WHERE reading_state = 'disagreed') AS adjudication
+            FROM q
             """
         ).iloc[0]
-        return {"pending": int(row["pending"] or 0), "needs_correction": int(row["needs_correction"] or 0)}
+        return {k: int(row[k] or 0) for k in ("pending", "needs_correction", "adjudication")}
 
     def unlabeled_scan_count(self) -> int:
         """Returns: the number of scans without any label set."""
@@ -1702,6 +1741,205 @@ class Catalog:
 
     # -- the app (workbench.app_pages, workbench.app_data) --------------------------------------------
     # (named queries of the app for #11 go here)
+
+    # -- queue and double reading (#13) ----------------------------------------------------------------
+    def double_read_share(self) -> float | None:
+        """The workspace's share of items read by two reviewers (``schema_meta`` key
+        ``double_read_share``); None when never set."""
+        df = self.query("SELECT value FROM schema_meta WHERE key = 'double_read_share'")
+        return None if df.empty else float(df["value"].iloc[0])
+
+    def set_double_read_share(self, share: float) -> None:
+        """Store the share of items read by two reviewers (0..1; the caller validates it)."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO schema_meta VALUES ('double_read_share', ?)", [repr(float(share))]
+            )
+
+    def unplanned_items(self, label_set_ids: Sequence[str] | None = None) -> pd.DataFrame:
+        """Uncertainty items (label set x class) without a ``reading_plan`` row and without any review.
+
+        Args:
+            label_set_ids: only these label sets (None: all).
+
+        Returns:
+            Columns ``scan_id, class_name, label_set_id``, one row per item.
+        """
+        where, params = self._in_filters([("u.label_set_id", label_set_ids)])
+        where += [
+            "NOT EXISTS (SELECT 1 FROM reading_plan p WHERE p.label_set_id = u.label_set_id "
+            "AND p.class_name = u.class_name)",
+            "NOT EXISTS (SELECT 1 FROM review r WHERE r.label_set_id = u.label_set_id "
+            "AND r.class_name = u.class_name)",
+        ]
+        return self.query(
+            "SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id FROM uncertainty u "
+            f"{self._where(where)} ORDER BY u.label_set_id, u.class_name",
+            params,
+        )
+
+    def add_reading_plan(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Plan items (ONE transaction; an item already planned keeps its plan).
+
+        Args:
+            rows: dicts ``scan_id, class_name, label_set_id, double_read`` (bool), ``share`` (the share
+                in force).
+        """
+        if not rows:
+            return
+        table = pa.table(
+            {
+                "label_set_id": [str(r["label_set_id"]) for r in rows],
+                "class_name": [str(r["class_name"]) for r in rows],
+                "scan_id": [str(r["scan_id"]) for r in rows],
+                "double_read": pa.array([bool(r["double_read"]) for r in rows], pa.bool_()),
+                "share": pa.array([float(r["share"]) for r in rows], pa.float64()),
+            }
+        )
+        with self.transaction() as con:
+            con.register("plan_in", table)
+            con.execute(
+                "INSERT OR IGNORE INTO reading_plan SELECT label_set_id, class_name, scan_id, double_read, "
+                "share, ? FROM plan_in",
+                [utc_now()],
+            )
+            con.unregister("plan_in")
+
+    def double_read_items(self, class_name: str | None = None) -> pd.DataFrame:
+        """Every double-read item with both readings (the ``double_read_item`` view).
+
+        Args:
+            class_name: only this class (None: all).
+
+        Returns:
+            Columns ``scan_id, class_name, label_set_id, readings, review_a, reader_a, decision_a,
+            result_a, review_b, reader_b, decision_b, result_b, read_at, reading_dice, agreement_dice,
+            adjudication_id, adjudication, adjudicator, adjudicated_at, state``, ordered by scan and class.
+        """
+        return self.query(
+            "SELECT * FROM double_read_item WHERE (? IS NULL OR class_name = ?) ORDER BY scan_id, class_name",
+            [class_name, class_name],
+        )
+
+    def unmeasured_reading_pairs(self) -> pd.DataFrame:
+        """Double-read items whose two newest readings are both corrections without a ``reading_dice``
+        row: the pairs whose inter-reader Dice is still to compute.
+
+        Returns:
+            Columns ``scan_id, class_name, label_set_id, review_a, review_b, mask_a, state_a, mask_b,
+            state_b`` (mask key and coverage state of the class in each reader's revised label set).
+        """
+        return self.query(
+            """
+            SELECT d.scan_id, d.class_name, d.label_set_id, d.review_a, d.review_b,
+                   la.mask_key AS mask_a, ca.state AS state_a, lb.mask_key AS mask_b, cb.state AS state_b
+            FROM double_read_item d
+            JOIN label_set la ON la.id = d.result_a
+            JOIN label_set lb ON lb.id = d.result_b
+            JOIN class_coverage ca ON ca.label_set_id = la.id AND ca.class_name = d.class_name
+            JOIN class_coverage cb ON cb.label_set_id = lb.id AND cb.class_name = d.class_name
+            WHERE d.decision_a = 'corrected' AND d.decision_b = 'corrected' AND d.reading_dice IS NULL
+            """
+        )
+
+    def add_reading_dice(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store inter-reader Dice values (ONE transaction; a pair already measured is replaced).
+
+        Args:
+            rows: dicts ``review_a, review_b, scan_id, class_name, label_set_id, dice, threshold``.
+        """
+        if not rows:
+            return
+        cols = ("review_a", "review_b", "scan_id", "class_name", "label_set_id")
+        table = pa.table(
+            {
+                **{c: [str(r[c]) for r in rows] for c in cols},
+                "dice": pa.array([float(r["dice"]) for r in rows], pa.float64()),
+                "threshold": pa.array([float(r["threshold"]) for r in rows], pa.float64()),
+            }
+        )
+        with self.transaction() as con:
+            con.register("dice_in", table)
+            con.execute(
+                "INSERT OR REPLACE INTO reading_dice SELECT review_a, review_b, scan_id, class_name, "
+                "label_set_id, dice, threshold, ? FROM dice_in",
+                [utc_now()],
+            )
+            con.unregister("dice_in")
+
+    def unchecked_requeue_items(self, label_set_ids: Sequence[str] | None = None) -> pd.DataFrame:
+        """Queue items with a prior decision (``prior_decision``) but no ``requeue_check`` against it.
+
+        Args:
+            label_set_ids: only items of these label sets (None: all).
+
+        Returns:
+            Columns ``scan_id, class_name, label_set_id, review_id, decision, decided_label_set_id,
+            item_mask, item_state, decided_mask, decided_state`` (mask key and coverage state of the class
+            in the item's and in the decided label set; state None when that set does not know the class).
+        """
+        ids = None if label_set_ids is None else [str(i) for i in label_set_ids]
+        return self.query(
+            """
+            SELECT p.scan_id, p.class_name, p.label_set_id, p.review_id, p.decision, p.decided_label_set_id,
+                   li.mask_key AS item_mask, ci.state AS item_state,
+                   ld.mask_key AS decided_mask, cd.state AS decided_state
+            FROM prior_decision p
+            JOIN label_set li ON li.id = p.label_set_id
+            JOIN label_set ld ON ld.id = p.decided_label_set_id
+            LEFT JOIN class_coverage ci ON ci.label_set_id = li.id AND ci.class_name = p.class_name
+            LEFT JOIN class_coverage cd ON cd.label_set_id = ld.id AND cd.class_name = p.class_name
+            WHERE NOT EXISTS (
+                SELECT 1 FROM requeue_check c
+                WHERE c.label_set_id = p.label_set_id AND c.class_name = p.class_name
+                  AND c.review_id = p.review_id)
+              AND (? IS NULL OR list_contains(?, p.label_set_id))
+            ORDER BY p.scan_id, p.class_name, p.label_set_id
+            """,
+            [ids, ids],
+        )
+
+    def add_requeue_checks(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store requeue checks (ONE transaction; the same item x decision is replaced).
+
+        Args:
+            rows: dicts ``label_set_id, class_name, review_id, scan_id, decision, decided_label_set_id,
+                dice, threshold``.
+        """
+        if not rows:
+            return
+        cols = ("label_set_id", "class_name", "review_id", "scan_id", "decision", "decided_label_set_id")
+        table = pa.table(
+            {
+                **{c: [str(r[c]) for r in rows] for c in cols},
+                "dice": pa.array([float(r["dice"]) for r in rows], pa.float64()),
+                "threshold": pa.array([float(r["threshold"]) for r in rows], pa.float64()),
+            }
+        )
+        with self.transaction() as con:
+            con.register("check_in", table)
+            con.execute(
+                "INSERT OR REPLACE INTO requeue_check SELECT label_set_id, class_name, review_id, scan_id, "
+                "decision, decided_label_set_id, dice, threshold, ? FROM check_in",
+                [utc_now()],
+            )
+            con.unregister("check_in")
+
+    def is_held_revision(self, label_set_id: str, class_name: str) -> bool:
+        """True when the class of this revised label set is a double-read reader's correction that does
+        not count (yet): the item's verdict is not ``corrected`` (``held_revision``)."""
+        df = self.query(
+            "SELECT 1 FROM held_revision WHERE label_set_id = ? AND class_name = ?",
+            [label_set_id, class_name],
+        )
+        return not df.empty
+
+    def verdict_of(self, label_set_id: str, class_name: str) -> dict[str, Any] | None:
+        """The ``verdict`` row of one item (label set x class), or None while nothing counts."""
+        df = self.query(
+            "SELECT * FROM verdict WHERE label_set_id = ? AND class_name = ?", [label_set_id, class_name]
+        )
+        return None if df.empty else df.iloc[0].to_dict()
 
 
 #: What DuckDB says about a file that is not (or no longer) a readable database.

@@ -23,11 +23,27 @@ The views (schema v7):
 * ``verdict``: per scan x class x label set that has a standing decision, the one that counts (the
   newest): ``scan_id, class_name, label_set_id, decision, reviewer, decided_at, review_id``. The
   assembly rule and the queue read decisions only through it.
+
+Double reading and the requeue check (schema v8; ``docs/catalog.md``):
+
+* ``reading``: standing decisions (not ``skip``) on double-read items (``reading_plan.double_read``), with
+  ``reader_rank`` (1 and 2: the readers, in the order of their first decision; higher: adjudicators).
+* ``double_read_item``: per double-read item both readers' newest decisions, their inter-reader Dice
+  (``reading_dice``), the newest adjudication and ``state`` (``reading`` / ``agreed`` / ``disagreed`` /
+  ``adjudicated``).
+* ``decided``: the decision that counts per item: single-read the newest standing one; double-read the
+  adjudication, else the readers' common decision, else none.
+* ``prior_decision``: per queue item, the newest settling decision on an OLDER version of its scan x class
+  and the label it decided (the corrected set for ``corrected``).
+* ``verdict`` (redefined): ``decided``, plus a reject / needs_correction carried to a later item whose
+  ``requeue_check`` Dice against it is at or above the stored threshold (column ``reading``).
+* ``held_revision``: a double-read reader's correction while the item's verdict is not ``corrected``;
+  ``current_label_of`` does not use it.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -43,6 +59,10 @@ ORIGIN_PRIORITY = {"revised": 3, "original": 2, "pseudo": 1}
 
 #: Standing decisions that take a pseudo-label out of every training set, export and statistic.
 EXCLUDING_DECISIONS = ("reject", "needs_correction")
+
+#: Decisions that settle a scan x class: a later run's item of it is re-queued only when its prediction
+#: differs materially from the decided label (``requeue_check``, v8).
+SETTLING_DECISIONS = ("accept", "reject", "corrected", "needs_correction")
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -299,6 +319,171 @@ MIGRATIONS: dict[int, str] = {
                         ELSE 'pseudo' END AS basis
             FROM class_coverage c JOIN label_set l ON l.id = c.label_set_id
             LEFT JOIN verdict v ON v.label_set_id = c.label_set_id AND v.class_name = c.class_name
+            WHERE c.state <> 'not_annotated'
+        )
+        SELECT * FROM candidate
+        WHERE basis <> 'rejected'
+          AND (list_contains(bases, basis) OR (basis = 'accepted' AND list_contains(bases, 'pseudo')))
+        QUALIFY row_number() OVER (
+            PARTITION BY scan_id, class_name
+            ORDER BY CASE basis WHEN 'revised' THEN 4 WHEN 'original' THEN 3 WHEN 'accepted' THEN 2 ELSE 1 END
+                     DESC, version DESC
+        ) = 1;
+    CREATE VIEW current_label AS SELECT * FROM current_label_of(['revised', 'original', 'pseudo']);
+    """,
+    # v8 (queue and double reading, #13): the reading plan (which items two readers judge blind to each
+    # other), the inter-reader Dice of two corrections, the requeue check (Dice of a later item against the
+    # label a reviewer decided); ``verdict`` becomes the adjudication / the readers' common decision for a
+    # double-read item, carries a reject to a later prediction that matches it, and a reader's correction
+    # counts only once the item's verdict is ``corrected`` (``held_revision``).
+    8: """
+    CREATE TABLE reading_plan (
+        label_set_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        scan_id VARCHAR NOT NULL,
+        double_read BOOLEAN NOT NULL,
+        share DOUBLE NOT NULL,
+        planned_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (label_set_id, class_name)
+    );
+    CREATE TABLE reading_dice (
+        review_a VARCHAR NOT NULL,
+        review_b VARCHAR NOT NULL,
+        scan_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        label_set_id VARCHAR NOT NULL,
+        dice DOUBLE NOT NULL,
+        threshold DOUBLE NOT NULL,
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (review_a, review_b)
+    );
+    CREATE TABLE requeue_check (
+        label_set_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        review_id VARCHAR NOT NULL,
+        scan_id VARCHAR NOT NULL,
+        decision VARCHAR NOT NULL,
+        decided_label_set_id VARCHAR NOT NULL,
+        dice DOUBLE NOT NULL,
+        threshold DOUBLE NOT NULL,
+        checked_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (label_set_id, class_name, review_id)
+    );
+    CREATE VIEW reading AS
+        WITH r AS (
+            SELECT s.*,
+                   min(s.created_at) OVER (PARTITION BY s.label_set_id, s.class_name, s.reviewer) AS first_at
+            FROM standing_review s
+            JOIN reading_plan p ON p.label_set_id = s.label_set_id AND p.class_name = s.class_name
+            WHERE p.double_read AND s.decision <> 'skip'
+        )
+        SELECT *, dense_rank() OVER (PARTITION BY label_set_id, class_name ORDER BY first_at, reviewer)
+                  AS reader_rank
+        FROM r;
+    CREATE VIEW double_read_item AS
+        WITH newest AS (
+            SELECT * FROM reading WHERE reader_rank <= 2
+            QUALIFY row_number() OVER (
+                PARTITION BY label_set_id, class_name, reviewer ORDER BY created_at DESC, id DESC) = 1
+        ), pair AS (
+            SELECT label_set_id, class_name, count(*) AS readings,
+                   max(CASE WHEN reader_rank = 1 THEN id END) AS review_a,
+                   max(CASE WHEN reader_rank = 1 THEN reviewer END) AS reader_a,
+                   max(CASE WHEN reader_rank = 1 THEN decision END) AS decision_a,
+                   max(CASE WHEN reader_rank = 1 THEN result_label_set_id END) AS result_a,
+                   max(CASE WHEN reader_rank = 2 THEN id END) AS review_b,
+                   max(CASE WHEN reader_rank = 2 THEN reviewer END) AS reader_b,
+                   max(CASE WHEN reader_rank = 2 THEN decision END) AS decision_b,
+                   max(CASE WHEN reader_rank = 2 THEN result_label_set_id END) AS result_b,
+                   max(created_at) AS read_at
+            FROM newest GROUP BY label_set_id, class_name
+        ), adjudication AS (
+            SELECT label_set_id, class_name, arg_max(id, created_at) AS adjudication_id,
+                   arg_max(decision, created_at) AS adjudication,
+                   arg_max(reviewer, created_at) AS adjudicator,
+                   max(created_at) AS adjudicated_at
+            FROM reading WHERE reader_rank > 2 GROUP BY label_set_id, class_name
+        )
+        SELECT p0.scan_id, p0.class_name, p0.label_set_id, coalesce(p.readings, 0) AS readings,
+               p.review_a, p.reader_a, p.decision_a, p.result_a,
+               p.review_b, p.reader_b, p.decision_b, p.result_b, p.read_at,
+               x.dice AS reading_dice, x.threshold AS agreement_dice,
+               a.adjudication_id, a.adjudication, a.adjudicator, a.adjudicated_at,
+               CASE WHEN a.adjudication_id IS NOT NULL THEN 'adjudicated'
+                    WHEN coalesce(p.readings, 0) < 2 THEN 'reading'
+                    WHEN p.decision_a = p.decision_b
+                         AND (p.decision_a <> 'corrected' OR x.dice >= x.threshold) THEN 'agreed'
+                    ELSE 'disagreed' END AS state
+        FROM reading_plan p0
+        LEFT JOIN pair p ON p.label_set_id = p0.label_set_id AND p.class_name = p0.class_name
+        LEFT JOIN reading_dice x ON x.review_a = p.review_a AND x.review_b = p.review_b
+        LEFT JOIN adjudication a ON a.label_set_id = p0.label_set_id AND a.class_name = p0.class_name
+        WHERE p0.double_read;
+    CREATE VIEW decided AS
+        SELECT scan_id, class_name, label_set_id, arg_max(decision, created_at) AS decision,
+               arg_max(reviewer, created_at) AS reviewer, max(created_at) AS decided_at,
+               arg_max(id, created_at) AS review_id, 'single' AS reading
+        FROM standing_review s
+        WHERE NOT EXISTS (
+            SELECT 1 FROM reading_plan p
+            WHERE p.double_read AND p.label_set_id = s.label_set_id AND p.class_name = s.class_name)
+        GROUP BY scan_id, class_name, label_set_id
+        UNION ALL BY NAME
+        SELECT scan_id, class_name, label_set_id,
+               CASE state WHEN 'adjudicated' THEN adjudication ELSE decision_b END AS decision,
+               CASE state WHEN 'adjudicated' THEN adjudicator ELSE reader_b END AS reviewer,
+               CASE state WHEN 'adjudicated' THEN adjudicated_at ELSE read_at END AS decided_at,
+               CASE state WHEN 'adjudicated' THEN adjudication_id ELSE review_b END AS review_id,
+               CASE state WHEN 'adjudicated' THEN 'adjudicated' ELSE 'double' END AS reading
+        FROM double_read_item WHERE state IN ('adjudicated', 'agreed');
+    CREATE VIEW prior_decision AS
+        WITH item AS (
+            SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id, l.version
+            FROM uncertainty u JOIN label_set l ON l.id = u.label_set_id
+        )
+        SELECT i.scan_id, i.class_name, i.label_set_id, v.decision, v.reviewer, v.decided_at, v.review_id,
+               coalesce(CASE WHEN v.decision = 'corrected' THEN r.result_label_set_id END, v.label_set_id)
+                   AS decided_label_set_id
+        FROM item i
+        JOIN decided v ON v.scan_id = i.scan_id AND v.class_name = i.class_name
+        JOIN label_set vl ON vl.id = v.label_set_id AND vl.version < i.version
+        LEFT JOIN review r ON r.id = v.review_id
+        WHERE v.decision IN ('accept', 'reject', 'corrected', 'needs_correction')
+        QUALIFY row_number() OVER (
+            PARTITION BY i.label_set_id, i.class_name
+            ORDER BY vl.version DESC, v.decided_at DESC, v.review_id DESC
+        ) = 1;
+    CREATE OR REPLACE VIEW verdict AS
+        SELECT scan_id, class_name, label_set_id, decision, reviewer, decided_at, review_id, reading
+        FROM decided
+        UNION ALL BY NAME
+        SELECT p.scan_id, p.class_name, p.label_set_id, p.decision, p.reviewer, p.decided_at, p.review_id,
+               'carried' AS reading
+        FROM prior_decision p
+        JOIN requeue_check c
+          ON c.label_set_id = p.label_set_id AND c.class_name = p.class_name AND c.review_id = p.review_id
+        WHERE p.decision IN ('reject', 'needs_correction') AND c.dice >= c.threshold
+          AND NOT EXISTS (
+              SELECT 1 FROM decided d WHERE d.label_set_id = p.label_set_id AND d.class_name = p.class_name);
+    CREATE VIEW held_revision AS
+        SELECT DISTINCT r.result_label_set_id AS label_set_id, r.class_name
+        FROM reading r
+        LEFT JOIN decided v ON v.label_set_id = r.label_set_id AND v.class_name = r.class_name
+        WHERE r.decision = 'corrected' AND r.reader_rank <= 2 AND r.result_label_set_id IS NOT NULL
+          AND v.decision IS DISTINCT FROM 'corrected';
+    DROP VIEW current_label;
+    DROP MACRO TABLE current_label_of;
+    CREATE MACRO current_label_of(bases) AS TABLE
+        WITH candidate AS (
+            SELECT l.scan_id, c.class_name, c.state, l.id AS label_set_id, l.mask_key, l.origin, l.version,
+                   CASE WHEN h.label_set_id IS NOT NULL THEN 'rejected'
+                        WHEN l.origin <> 'pseudo' THEN l.origin
+                        WHEN v.decision = 'accept' THEN 'accepted'
+                        WHEN v.decision IN ('reject', 'needs_correction') THEN 'rejected'
+                        ELSE 'pseudo' END AS basis
+            FROM class_coverage c JOIN label_set l ON l.id = c.label_set_id
+            LEFT JOIN verdict v ON v.label_set_id = c.label_set_id AND v.class_name = c.class_name
+            LEFT JOIN held_revision h ON h.label_set_id = c.label_set_id AND h.class_name = c.class_name
             WHERE c.state <> 'not_annotated'
         )
         SELECT * FROM candidate

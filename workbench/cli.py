@@ -17,6 +17,16 @@
                                 [--low-res-mm MM | --native] [--overlap F] [--device auto|cpu|cuda]
                                 [--ray [ADDRESS]] [--workers N]
     workbench [--workspace DIR] queue [--top N] [--run RUN_ID] [--long-tail-boost B]
+    workbench [--workspace DIR] review list [--reviewer NAME] [--adjudication] [--status S] [--class NAME ...]
+                                [--source ID ...] [--reason R ...] [--top N] [--format table|csv|json]
+    workbench [--workspace DIR] review accept|reject SCAN CLASS --reviewer NAME [--comment TEXT]
+                                [--label-set ID]
+    workbench [--workspace DIR] review edit SCAN CLASS OUT_DIR [--reviewer NAME]
+    workbench [--workspace DIR] review import SCAN CLASS FILE --reviewer NAME [--comment TEXT]
+                                [--label-set ID]
+    workbench [--workspace DIR] review undo REVIEW_ID --reviewer NAME [--comment TEXT]
+    workbench [--workspace DIR] review agreement [--format table|csv|json]
+    workbench [--workspace DIR] review share [SHARE]
     workbench [--workspace DIR] evaluate RUN_ID [--tolerance-mm MM] [--fraction F] [--seed N]
                                 [--min-tumour-voxels N]
     workbench [--workspace DIR] embed [--encoder minilm|clip] [--clip-weights FILE|TAG] [--template V1..V4]
@@ -253,6 +263,174 @@ def _cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Columns ``workbench review list`` prints (``note``: why an item is back, ``requeue.requeue_note``).
+REVIEW_LIST_COLUMNS = ["score", "scan_id", "class_name", "label_set_id", "status", "readings", "note"]
+#: Columns ``workbench review list --adjudication`` prints: both readings, for the adjudicator.
+ADJUDICATION_COLUMNS = [
+    "scan_id",
+    "class_name",
+    "label_set_id",
+    "reader_a",
+    "decision_a",
+    "reader_b",
+    "decision_b",
+    "reading_dice",
+]
+
+
+def _cmd_review_list(args: argparse.Namespace) -> int:
+    from workbench import review
+
+    ws = _existing_workspace(args.workspace)
+    if args.reviewer:
+        review.validate_reviewer(ws, args.reviewer)
+    if args.adjudication:
+        _print_table(review.adjudication_list(ws)[ADJUDICATION_COLUMNS].head(args.top), args.format)
+        return 0
+    q = review.queue(
+        ws,
+        classes=args.classes,
+        sources=args.sources,
+        reasons=args.reasons,
+        status=args.status,
+        reader=args.reviewer,
+        limit=args.top,
+    )
+    q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
+    _print_table(q[REVIEW_LIST_COLUMNS], args.format)
+    return 0
+
+
+def _cmd_review_decide(args: argparse.Namespace) -> int:
+    from workbench import review
+
+    ws = _existing_workspace(args.workspace)
+    name = review.validate_reviewer(ws, args.reviewer)
+    ls = args.label_set or review.item_label_set(ws, args.scan, args.class_name)
+    on_list = review.adjudication_list(ws)
+    disputed = not on_list[(on_list["label_set_id"] == ls) & (on_list["class_name"] == args.class_name)].empty
+    record = review.adjudicate if disputed else review.record_decision
+    rid = record(ws, args.scan, args.class_name, ls, args.decision, name, args.comment)
+    what = "adjudicated" if disputed else "recorded"
+    print(f"{what} {args.decision} of {args.class_name} on {args.scan} ({ls}) by {name}: {rid}")
+    return 0
+
+
+def _cmd_review_edit(args: argparse.Namespace) -> int:
+    from harmonize.taxonomy import class_by_name
+    from workbench import review
+    from workbench.review.validation import check_class
+
+    ws = _existing_workspace(args.workspace)
+    if args.reviewer:
+        review.validate_reviewer(ws, args.reviewer)
+    cls = check_class(ws, args.class_name)
+    files = review.export_case_for_slicer(ws, args.scan, args.out_dir)
+    for path in files.values():
+        print(path)
+    print(
+        f"edit {cls} (label value {class_by_name(cls).index}) in labels.nii.gz, then: "
+        f"workbench review import {args.scan} {cls} {files['labels.nii.gz']} --reviewer NAME"
+    )
+    return 0
+
+
+def _cmd_review_import(args: argparse.Namespace) -> int:
+    from workbench import review
+
+    ws = _existing_workspace(args.workspace)
+    name = review.validate_reviewer(ws, args.reviewer)
+    corr = review.import_correction(
+        ws, args.scan, args.class_name, args.file, name, args.comment, base_label_set_id=args.label_set
+    )
+    print(f"imported {args.class_name} of {args.scan} as {corr.label_set_id} by {name}: {corr.review_id}")
+    return 0
+
+
+def _cmd_review_undo(args: argparse.Namespace) -> int:
+    from workbench import review
+
+    ws = _existing_workspace(args.workspace)
+    name = review.validate_reviewer(ws, args.reviewer)
+    rid = review.undo(ws, args.review_id, name, args.comment)
+    print(f"undid {args.review_id} by {name}: {rid}")
+    return 0
+
+
+def _cmd_review_agreement(args: argparse.Namespace) -> int:
+    from workbench import review
+
+    ws = _existing_workspace(args.workspace)
+    table = review.agreement(ws)
+    print(review.agreement_line(ws))
+    if not table.empty:
+        _print_table(table, args.format)
+    return 0
+
+
+def _cmd_review_share(args: argparse.Namespace) -> int:
+    from workbench.review import double_reading
+
+    ws = _existing_workspace(args.workspace)
+    if args.share is not None:
+        planned = double_reading.set_share(ws, args.share)
+        print(f"double-read share set to {args.share:.0%}; {planned} newly planned items are double-read")
+    else:
+        print(f"double-read share {double_reading.share(ws):.0%}")
+    return 0
+
+
+def _add_review_parser(sub: argparse._SubParsersAction) -> None:
+    """``workbench review ...``: the queue and decisions for reviewers outside the app."""
+    from workbench.review import QUEUE_STATUSES
+
+    group = sub.add_parser("review", help="review outside the app: list, accept, reject, edit, import, undo")
+    rsub = group.add_subparsers(dest="review_command", required=True)
+    p = rsub.add_parser("list", help="the review queue (with --reviewer: that reviewer's blind queue)")
+    p.add_argument("--reviewer", help="list this reviewer's blind queue (double-read items not yet read)")
+    p.add_argument("--adjudication", action="store_true", help="double-read items whose readers disagree")
+    p.add_argument("--status", default="pending", choices=QUEUE_STATUSES)
+    p.add_argument("--class", dest="classes", action="append", help="only this class (repeatable)")
+    p.add_argument("--source", dest="sources", action="append", help="only this source (repeatable)")
+    p.add_argument("--reason", dest="reasons", action="append", help="only items with this reason")
+    p.add_argument("--top", type=int, default=50, help="at most this many rows")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=_cmd_review_list)
+    for decision in ("accept", "reject"):
+        p = rsub.add_parser(decision, help=f"{decision} the label of SCAN CLASS (its newest queue item)")
+        p.add_argument("scan")
+        p.add_argument("class_name", metavar="CLASS")
+        p.add_argument("--reviewer", required=True)
+        p.add_argument("--comment", default="")
+        p.add_argument("--label-set", help="the label set judged (default: the newest queue item's)")
+        p.set_defaults(func=_cmd_review_decide, decision=decision)
+    p = rsub.add_parser("edit", help="write CT + current labels + colour tables for 3D Slicer / ITK-SNAP")
+    p.add_argument("scan")
+    p.add_argument("class_name", metavar="CLASS")
+    p.add_argument("out_dir")
+    p.add_argument("--reviewer")
+    p.set_defaults(func=_cmd_review_edit)
+    p = rsub.add_parser("import", help="import an edited label NIfTI for SCAN CLASS as a correction")
+    p.add_argument("scan")
+    p.add_argument("class_name", metavar="CLASS")
+    p.add_argument("file")
+    p.add_argument("--reviewer", required=True)
+    p.add_argument("--comment", default="")
+    p.add_argument("--label-set", help="the label set corrected (default: the current one)")
+    p.set_defaults(func=_cmd_review_import)
+    p = rsub.add_parser("undo", help="undo one decision or correction")
+    p.add_argument("review_id")
+    p.add_argument("--reviewer", required=True)
+    p.add_argument("--comment", default="")
+    p.set_defaults(func=_cmd_review_undo)
+    p = rsub.add_parser("agreement", help="inter-reviewer agreement per class (double reading)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=_cmd_review_agreement)
+    p = rsub.add_parser("share", help="show or set the share of items read by two reviewers")
+    p.add_argument("share", nargs="?", type=float)
+    p.set_defaults(func=_cmd_review_share)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from workbench.learning.evaluation import evaluate
 
@@ -485,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="only items of this pseudo-label run")
     p.add_argument("--long-tail-boost", type=float, default=0.5, help="boost for rare classes (0: none)")
     p.set_defaults(func=_cmd_queue)
+
+    _add_review_parser(sub)
 
     p = sub.add_parser(
         "evaluate", help="Dice, NSD and tumour detection of a pseudo-label run on the held-out split"

@@ -5,7 +5,9 @@ Everything in it is SYNTHETIC (``harmonize.phantoms``): plausible HU and anatomy
 workspace says so in its catalog (``schema_meta.demo``) and in ``DEMO.txt``. Each phantom's generation spec
 (seed, shape, missing organs, variant) is kept in ``demo_data/phantoms.json`` so that its complete truth can
 be regenerated (:func:`demo_truth_specs` -> ``PhantomTruth``). :func:`run_demo_round` then trains a tiny
-model, pseudo-labels, ranks the queue and runs one active-learning round with the simulated expert.
+model, pseudo-labels, ranks the queue and runs one active-learning round with the simulated expert, a
+share of whose items (:data:`DEMO_DOUBLE_READ_SHARE`) a second, less careful simulated reader reads blind
+and a third adjudicates; the summary prints their agreement.
 
 Example:
     >>> from storage.workspace import Workspace
@@ -102,15 +104,27 @@ def demo_truth_specs(ws: Workspace) -> dict[str, Any]:
     return out
 
 
+#: Share of the demo's queue items read twice (above the workbench's 10 %, so a 20-item round shows some).
+DEMO_DOUBLE_READ_SHARE = 0.25
+#: The second demo reader's skill: a wrong call on 20 % of items ...
+DEMO_SECOND_READER_ERROR_RATE = 0.2
+#: ... and corrections 1 voxel off the truth.
+DEMO_SECOND_READER_NOISE = 1
+
+
 def run_demo_round(
     ws: Workspace,
     review_budget: int = 20,
     steps: int = 400,
     tune_steps: int = 30,
     progress: bool = True,
+    double_read_share: float = DEMO_DOUBLE_READ_SHARE,
 ) -> list[str]:
     """Train a tiny model (round 1), pseudo-label, rank the queue, then one active-learning round in which
-    the simulated expert corrects ``review_budget`` queued items with the phantoms' truth (round 2).
+    the simulated expert corrects ``review_budget`` queued items with the phantoms' truth (round 2); the
+    double-read share of them is read again, blind, by a second simulated reader
+    (:data:`DEMO_SECOND_READER_ERROR_RATE`, :data:`DEMO_SECOND_READER_NOISE`) and their disagreements
+    adjudicated by a third, before training.
 
     Args:
         ws: a demo workspace (``build_demo``).
@@ -119,18 +133,20 @@ def run_demo_round(
             recipe that learns phantom organs on a CPU in minutes).
         tune_steps: fine-tuning steps of round 2 (lr 1e-4, cosine decay).
         progress: progress bars.
+        double_read_share: share of queue items two readers judge (``workbench.review.set_share``).
 
     Returns summary lines (with the wall time of each round).
     """
     import dataclasses
 
     from workbench.learning.rounds import run_round, tiny_config
-    from workbench.learning.simulated_expert import PhantomTruth, SimulatedExpert
+    from workbench.learning.simulated_expert import PhantomTruth, ReadingTeam, SimulatedExpert
     from workbench.learning.vocabularies import embed
     from workbench.model.network import SMALL_UNET_FEATURES
-    from workbench.review import format_queue, rank
+    from workbench.review import agreement_line, format_queue, rank, set_share
 
     t0 = time.perf_counter()
+    set_share(ws, double_read_share)  # before the first pseudo-labels enter the queue
     vocab, _ = embed(ws, encoder="minilm")
     truth = PhantomTruth(ws, demo_truth_specs(ws))
     # The small UNet's default widths: the tiny config's narrower ones learn too little in this budget.
@@ -152,16 +168,35 @@ def run_demo_round(
     lines += first.lines()
     lines += ["review queue (top 5):", *format_queue(rank(ws, first.pseudolabel_run_id), 5)]
     expert = SimulatedExpert(ws, truth, budget=review_budget, image=truth.image)
+    team = ReadingTeam(
+        expert,
+        SimulatedExpert(
+            ws,
+            truth,
+            budget=review_budget,
+            image=truth.image,
+            reviewer="simulated reader B",
+            error_rate=DEMO_SECOND_READER_ERROR_RATE,
+            boundary_noise=DEMO_SECOND_READER_NOISE,
+        ),
+        SimulatedExpert(ws, truth, budget=review_budget, image=truth.image, reviewer="simulated adjudicator"),
+    )
     second = run_round(
         ws,
         vocabulary=vocab,
         config=tune_config,
         review_budget=review_budget,
-        reviewer=expert,
+        reviewer=team,
         truth=truth.scan_truth,
         progress=progress,
     )
     lines += second.lines()
+    errors = team.error_summary()
+    lines.append(agreement_line(ws))
+    lines.append(
+        f"readers' injected errors: {errors['injected']}, adjudication caught {errors['caught']} of the "
+        f"{errors['double_read']} on double-read items"
+    )
     lines.append(f"demo rounds took {time.perf_counter() - t0:.0f} s")
     return lines
 

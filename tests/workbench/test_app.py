@@ -295,6 +295,7 @@ def test_an_outlier_link_to_an_unknown_scan_is_an_error_message(ws: Workspace, q
 # A stand-in for `workbench pseudolabel` in another process: per step, a pseudo label set (masks + catalog
 # rows in one transaction) and its uncertainty row (another transaction), as pseudolabel writes them,
 # until the stop file appears. Prints the number of steps done after each one.
+# It writes duodenum, a class the queued item lacks: a newer colon item would stand for the class (#13).
 WRITER = """
 import sys, time
 from pathlib import Path
@@ -308,7 +309,7 @@ ws = Workspace.open(sys.argv[1])
 stop = Path(sys.argv[2])
 scans = ws.catalog.query("SELECT id, shape FROM scan ORDER BY id")
 coverage = {c: "not_annotated" for c in class_names()}
-coverage["colon"] = "annotated_present"
+coverage["duodenum"] = "annotated_present"
 n = 0
 while not stop.exists():
     scan_id, shape = scans.iloc[n % len(scans)]
@@ -316,12 +317,12 @@ while not stop.exists():
     ls_id = f"ls-bg-{n}"
     mask = np.zeros(shape, bool)
     mask[:4, :4, :4] = True
-    ws.masks.write_label_set(ls_id, {"colon": mask}, shape)
+    ws.masks.write_label_set(ls_id, {"duodenum": mask}, shape)
     record = LabelSetRecord(
         id=ls_id, scan_id=scan_id, version=100 + n, origin="pseudo", mask_key=ls_id, run_id="run-bg"
     )
     ws.catalog.add_label_set(record, coverage, [])
-    store_uncertainty(ws, [{"scan_id": scan_id, "class_name": "colon", "run_id": f"run-bg-{n}",
+    store_uncertainty(ws, [{"scan_id": scan_id, "class_name": "duodenum", "run_id": f"run-bg-{n}",
                             "label_set_id": ls_id, "score": 0.1, "signals": {"entropy": 0.1},
                             "reasons": ["high_entropy"]}])
     n += 1
@@ -738,3 +739,67 @@ def test_an_unreadable_file_is_one_line() -> None:
     at = AppTest.from_function(page, default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     assert [_plain(e.value) for e in at.error] == ["/data/case_1/ct.nii.gz: Permission denied"]
+
+
+# ----------------------------------------------------------------------- queue and double reading (#13)
+
+
+def test_the_review_page_is_blind_for_the_second_reader(ws: Workspace, queued: str) -> None:
+    review.set_share(ws, 1.0)
+    review.record_decision(ws, SCAN, "colon", queued, "accept", "Dr Ada", "first reading")
+    at = _app("review", reviewer="Dr Bob")
+    item = at.selectbox(key="q_item")
+    assert "colon" in item.format_func(item.value)  # still pending for the second reader
+    assert len(at.dataframe) == 1  # the queue only: Dr Ada's reading is not in a history table
+    assert any("No decisions yet" in c.value for c in at.caption)
+    assert any("Double-read item" in c.value for c in at.caption)
+    at_ada = _app("review", reviewer="Dr Ada")
+    item = at_ada.selectbox(key="q_item")
+    assert "colon" not in item.format_func(item.value)  # read already: out of Dr Ada's queue
+
+
+def test_the_adjudication_filter_shows_both_readings(ws: Workspace, queued: str) -> None:
+    review.set_share(ws, 1.0)
+    review.record_decision(ws, SCAN, "colon", queued, "accept", "Dr Ada")
+    review.record_decision(ws, SCAN, "colon", queued, "reject", "Dr Bob")
+    at = _app("review", reviewer="Dr Cy")
+    at.selectbox(key="q_status").set_value("adjudication").run()
+    assert not at.exception
+    assert any("Adjudicate: Dr Ada: accept · Dr Bob: reject" in _plain(c.value) for c in at.caption)
+    _button(at, "d_reject")
+    verdict = ws.catalog.verdict_of(queued, "colon")
+    assert verdict is not None and (verdict["decision"], verdict["reviewer"]) == ("reject", "Dr Cy")
+
+
+def test_a_requeued_item_says_why(ws: Workspace, queued: str) -> None:
+    from harmonize.taxonomy import class_names
+    from storage.catalog import LabelSetRecord
+
+    review.record_decision(ws, SCAN, "colon", queued, "accept", "Dr Ada")
+    shape = tuple(int(s) for s in ws.catalog.scan_row(SCAN)["shape"])  # type: ignore[index]
+    colon = np.zeros(shape, bool)
+    colon[0:5, 0:5, 0:5] = True  # nothing in common with the accepted colon: Dice 0
+    ws.masks.write_label_set("ls-run-2", {"colon": colon}, shape)  # type: ignore[arg-type]
+    cov = {n: "not_annotated" for n in class_names()}
+    cov["colon"] = "annotated_present"
+    rec = LabelSetRecord(id="ls-run-2", scan_id=SCAN, version=None, origin="pseudo", mask_key="ls-run-2")
+    ws.catalog.add_label_set(rec, cov, [])
+    item = {"scan_id": SCAN, "class_name": "colon", "run_id": "run-2", "label_set_id": "ls-run-2"}
+    ws.catalog.add_uncertainty([{**item, "score": 0.95, "signals": {}, "reasons": []}])
+    at = _app("review")
+    assert any(
+        "re-queued: the new prediction differs from the label Dr Ada accepted, Dice 0.00" in _plain(i.value)
+        for i in at.info
+    )
+
+
+def test_the_long_tail_page_shows_agreement_where_there_is_any(ws: Workspace, queued: str) -> None:
+    review.set_share(ws, 1.0)
+    for cls, second in (("colon", "accept"), ("intestine", "reject")):
+        review.record_decision(ws, SCAN, cls, queued, "accept", "Dr Ada")
+        review.record_decision(ws, SCAN, cls, queued, second, "Dr Bob")
+    at = _app("long_tail")
+    assert len(at.get("plotly_chart")) == 6
+    assert any("Inter-reviewer agreement" in s.value for s in at.subheader)
+    table = at.dataframe[-1].value
+    assert table.set_index("class_name").loc["all", "agreement"] == 0.5

@@ -261,3 +261,115 @@ def test_a_damaged_catalog_gives_one_line_and_the_way_back_without_a_traceback(t
         )
         assert "`workbench restore BACKUP WS`" in line and "move the file aside and re-ingest" in line
     assert catalog.read_bytes() == bytes(data)
+
+
+# ------------------------------------------------------------------------------- workbench review (#13)
+
+
+def _queued_colon(ws_root: Path, offset: int = 0) -> str:
+    """One pseudo colon (btcv does not annotate it) of btcv:demo000 in the queue; returns its label set."""
+    import numpy as np
+
+    from harmonize.taxonomy import class_names
+    from storage.catalog import LabelSetRecord
+    from storage.workspace import Workspace
+
+    ws = Workspace.open(ws_root)
+    shape = tuple(int(s) for s in ws.catalog.scan_row("btcv:demo000")["shape"])  # type: ignore[index]
+    colon = np.zeros(shape, bool)
+    colon[10 + offset : 18 + offset, 10:18, 10:18] = True
+    ls = f"ls-cli-{offset}"
+    ws.masks.write_label_set(ls, {"colon": colon}, shape)  # type: ignore[arg-type]
+    cov = {n: "not_annotated" for n in class_names()}
+    cov["colon"] = "annotated_present"
+    record = LabelSetRecord(id=ls, scan_id="btcv:demo000", version=None, origin="pseudo", mask_key=ls)
+    ws.catalog.add_label_set(record, cov, [])
+    ws.catalog.add_uncertainty(
+        [
+            {
+                "scan_id": "btcv:demo000",
+                "class_name": "colon",
+                "run_id": f"run-{offset}",
+                "label_set_id": ls,
+                "score": 0.99,
+                "signals": {},
+                "reasons": [],
+            }
+        ]
+    )
+    return ls
+
+
+def test_review_list_accept_undo_on_the_command_line(demo_ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = str(demo_ws.root)
+    ls = _queued_colon(demo_ws.root)
+    code, out, _ = _run("--workspace", root, "review", "list", "--class", "colon", "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and [(r["scan_id"], r["label_set_id"], r["status"]) for r in rows] == [
+        ("btcv:demo000", ls, "pending")
+    ]
+    code, out, _ = _run(
+        "--workspace", root, "review", "accept", "btcv:demo000", "colon", "--reviewer", "Dr Ada"
+    )
+    assert code == 0 and out.startswith(f"recorded accept of colon on btcv:demo000 ({ls}) by Dr Ada: rv-")
+    review_id = out.strip().rsplit(" ", 1)[-1]
+    code, out, _ = _run("--workspace", root, "review", "list", "--class", "colon", "--format", "json")
+    assert json.loads(out) == []
+    # the next run predicts the cube moved by 2 voxels along i: 6 x 8 x 8 shared, Dice 0.75 < 0.9: back
+    _queued_colon(demo_ws.root, offset=2)
+    code, out, _ = _run("--workspace", root, "review", "list", "--class", "colon", "--format", "json")
+    (row,) = json.loads(out)
+    assert (
+        row["note"]
+        == "re-queued: the new prediction differs from the label Dr Ada accepted, Dice 0.75 (< 0.9)"
+    )
+    code, out, _ = _run("--workspace", root, "review", "undo", review_id, "--reviewer", "Dr Ada")
+    assert code == 0 and out.startswith(f"undid {review_id} by Dr Ada: rv-")
+
+
+def test_review_double_reading_and_adjudication_on_the_command_line(demo_ws) -> None:  # type: ignore[no-untyped-def]
+    root = str(demo_ws.root)
+    ls = _queued_colon(demo_ws.root)
+    assert _run("--workspace", root, "review", "share", "1")[0] == 0
+    base = ("--workspace", root, "review")
+    assert _run(*base, "accept", "btcv:demo000", "colon", "--reviewer", "Dr A")[0] == 0
+    code, out, _ = _run(*base, "list", "--reviewer", "Dr B", "--class", "colon", "--format", "json")
+    assert [(r["status"], r["readings"]) for r in json.loads(out)] == [("pending", 1)]
+    code, out, _ = _run(*base, "list", "--reviewer", "Dr A", "--class", "colon", "--format", "json")
+    assert json.loads(out) == []
+    assert _run(*base, "reject", "btcv:demo000", "colon", "--reviewer", "Dr B")[0] == 0
+    code, out, _ = _run(*base, "list", "--adjudication", "--format", "json")
+    assert [(r["label_set_id"], r["decision_a"], r["decision_b"]) for r in json.loads(out)] == [
+        (ls, "accept", "reject")
+    ]
+    code, _, err = _run(*base, "accept", "btcv:demo000", "colon", "--reviewer", "Dr A")
+    assert code == 2 and "a third reviewer must adjudicate it" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = _run(*base, "reject", "btcv:demo000", "colon", "--reviewer", "Dr C")
+    assert code == 0 and out.startswith("adjudicated reject of colon")
+    code, out, _ = _run(*base, "agreement")
+    assert out.startswith("double reading (share 100%): 1 pairs, agreement 0.00")
+
+
+def test_review_edit_writes_the_case_for_slicer(demo_ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out_dir = tmp_path / "case"
+    code, out, _ = _run(
+        "--workspace", str(demo_ws.root), "review", "edit", "btcv:demo000", "liver", str(out_dir)
+    )
+    assert code == 0 and (out_dir / "labels.ctbl").is_file() and (out_dir / "ct.nii.gz").is_file()
+    assert "edit liver (label value" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["accept", "btcv:nope", "liver", "--reviewer", "Dr A"], "btcv:nope"),
+        (["accept", "btcv:demo000", "not_a_class", "--reviewer", "Dr A"], "not_a_class"),
+        (["reject", "btcv:demo000", "liver", "--reviewer", "   "], "reviewer"),
+        (["undo", "rv-nope", "--reviewer", "Dr A"], "rv-nope"),
+        (["import", "btcv:demo000", "liver", "/nonexistent/x.nii.gz", "--reviewer", "Dr A"], "x.nii.gz"),
+        (["share", "2"], "between 0 and 1"),
+    ],
+)
+def test_review_bad_input_is_one_line_and_exit_2(demo_ws, argv: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = _run("--workspace", str(demo_ws.root), "review", *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -23,6 +23,8 @@ from __future__ import annotations
 from harmonize.taxonomy import class_color
 from storage.files import safe_name
 from workbench.app_data.dashboards import (
+    agreement_figure,
+    agreement_table,
     annotated_by_source_figure,
     cooccurrence,
     coverage_matrix,
@@ -33,6 +35,7 @@ from workbench.app_data.dashboards import (
     outlier_from_selection,
     overview,
     present_classes,
+    reading_detail,
     scan_choices,
     volume_figure,
     volume_summary,
@@ -75,6 +78,8 @@ __all__ = [
     "VIEW_AXIS",
     "WL_PRESETS",
     "DisplayVolume",
+    "agreement_figure",
+    "agreement_table",
     "annotate_edges",
     "annotated_by_source_figure",
     "apply_window",
@@ -95,6 +100,7 @@ __all__ = [
     "pixel_mm",
     "plane_to_display",
     "present_classes",
+    "reading_detail",
     "safe_name",
     "scan_choices",
     "slice_image",

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 
 from harmonize.taxonomy import class_names
 from storage.workspace import Workspace
-from workbench.review import escape
+from workbench.review import double_reading, escape
 
 # --------------------------------------------------------------------------------------------- overview
 
@@ -43,6 +43,8 @@ def overview(ws: Workspace) -> dict[str, Any]:
         attention.append(f"{pending} pseudo-label items wait for review (Review page)")
     if needs:
         attention.append(f"{needs} items are marked 'needs correction'")
+    if queue["adjudication"]:
+        attention.append(f"{queue['adjudication']} double-read items wait for adjudication (Review page)")
     if issues:
         attention.append(f"{issues} files were skipped by ingest (see ingest issues)")
     if unlabeled:
@@ -238,3 +240,55 @@ def present_classes(ws: Workspace, label_set_id: str) -> list[str]:
     """Classes with state ``annotated_present`` in a label set, in model order."""
     cov = ws.catalog.coverage(label_set_id)
     return [n for n in class_names() if cov.get(n) == "annotated_present"]
+
+
+# ------------------------------------------------------------------------------- double reading (#13)
+
+
+def agreement_table(ws: Workspace) -> pd.DataFrame:
+    """Inter-reviewer agreement per class (``workbench.review.double_reading.agreement``), classes in model
+    order and the ``all`` row last; empty while no item was read twice."""
+    df = double_reading.agreement(ws)
+    if df.empty:
+        return df
+    return pd.concat(
+        [_ordered(df[df["class_name"] != "all"]), df[df["class_name"] == "all"]], ignore_index=True
+    )
+
+
+def agreement_figure(table: pd.DataFrame) -> go.Figure:
+    """Bars per class: the readers' agreement share on their decisions and, where both corrected, the mean
+    inter-reader Dice of their masks (0..1).
+
+    Args:
+        table: :func:`agreement_table` without its ``all`` row, or with it (left out here).
+    """
+    per_class = table[table["class_name"] != "all"]
+    names = [_html(n) for n in per_class["class_name"]]
+    fig = go.Figure()
+    fig.add_bar(x=names, y=per_class["agreement"], name="decision agreement")
+    fig.add_bar(x=names, y=per_class["inter_reader_dice"], name="inter-reader Dice (corrections)")
+    fig.update_layout(
+        title="Double reading: inter-reviewer agreement per class",
+        barmode="group",
+        yaxis={"range": [0, 1], "title": "agreement / Dice"},
+        height=360,
+    )
+    return fig
+
+
+def reading_detail(ws: Workspace, label_set_id: str, class_name: str) -> tuple[str, set[str]] | None:
+    """Both readings of a double-read item whose readers disagree, for its adjudicator.
+
+    Returns:
+        ``("Dr A: accept · Dr B: corrected (inter-reader Dice 0.71)", {"Dr A", "Dr B"})``: the readings and
+        the two readers; None for any other item.
+    """
+    df = double_reading.items(ws, class_name)
+    row = df[(df["label_set_id"] == label_set_id) & (df["state"] == "disagreed")]
+    if row.empty:
+        return None
+    r = row.iloc[0]
+    dice = "" if pd.isna(r["reading_dice"]) else f" (inter-reader Dice {float(r['reading_dice']):.2f})"
+    text = f"{r['reader_a']}: {r['decision_a']} · {r['reader_b']}: {r['decision_b']}{dice}"
+    return text, {str(r["reader_a"]), str(r["reader_b"])}

@@ -1,5 +1,6 @@
 """Long-tail page: annotated scans per class by source, coverage states, the source x class matrix,
-class co-occurrence and volume distributions with outliers that open in the Review page."""
+class co-occurrence and volume distributions with outliers that open in the Review page, and the
+inter-reviewer agreement of double reading where any item was read twice."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ with common.guarded():
         totals = ws.catalog.long_tail()
         co = app_data.cooccurrence(ws)
         summary, outliers = app_data.volume_summary(ws)
+    agreement = app_data.agreement_table(ws)
     if by_source.empty:
         st.info("No labelled scans yet: ingest a dataset (`workbench ingest`) or build the demo.")
     else:
@@ -68,3 +70,12 @@ with common.guarded():
             if st.button("Open in Review", key="lt_open"):
                 row = outliers.iloc[int(pick)]
                 open_in_review(str(row["scan_id"]), str(row["class_name"]))
+    if not agreement.empty:
+        st.subheader("Inter-reviewer agreement (double reading)")
+        st.plotly_chart(app_data.agreement_figure(agreement), width="stretch")
+        st.caption(
+            "Per class, over the items two reviewers read blind to each other: the share of equal decisions, "
+            "Cohen's kappa, and the mean Dice of their masks where both corrected. Disagreements go to the "
+            "adjudication list (Review page, status 'adjudication')."
+        )
+        st.dataframe(agreement, width="stretch", hide_index=True)

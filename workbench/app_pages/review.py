@@ -1,5 +1,9 @@
 """Review page: the ranked queue with filters, the case viewer (with the run's uncertainty map), decisions,
-quick fixes, undo, and the 3D Slicer / ITK-SNAP round trip. A case opened from the Long tail page
+quick fixes, undo, and the 3D Slicer / ITK-SNAP round trip. The queue is the reviewer's blind queue (one row
+per scan x class; a double-read item the reviewer already read is left out, another reader's decision is
+not shown, not even in the history); an item back after a decision says why (the Dice against the decided
+label), and the status ``adjudication`` lists the double-read items whose readers disagree, with both
+readings. A case opened from the Long tail page
 (``browse_scan`` / ``browse_class`` in the session) is shown instead of the queue item until "Back to the
 queue".
 
@@ -20,13 +24,23 @@ from harmonize.errors import HarmonizeError
 from harmonize.taxonomy import class_names
 from workbench import app_data, review
 from workbench.app_pages import common
-from workbench.review import escape
+from workbench.review import escape, validate_reviewer
 
 ws = common.workspace()
 assert ws is not None
 root = str(ws.root)
 st.title("Review")
 QUEUE_ROWS = 200
+
+
+def blind_reader() -> str | None:
+    """The sidebar's reviewer name when it is valid (the reader whose blind queue is listed), else None;
+    never a message (recording a decision says what is wrong with the name)."""
+    assert ws is not None
+    try:
+        return validate_reviewer(ws, st.session_state.get("reviewer", "")) or None
+    except HarmonizeError:
+        return None
 
 
 def remember(review_id: str, what: str, message: str) -> None:
@@ -72,8 +86,15 @@ else:
     f_status = f4.selectbox("Status", review.QUEUE_STATUSES, key="q_status")
     with common.guarded():
         q = review.queue(
-            ws, classes=f_classes, sources=f_sources, reasons=f_reasons, status=f_status, limit=QUEUE_ROWS
+            ws,
+            classes=f_classes,
+            sources=f_sources,
+            reasons=f_reasons,
+            status=f_status,
+            reader=blind_reader(),
+            limit=QUEUE_ROWS,
         )
+        q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
         st.caption(f"{len(q)} items shown (highest score first, at most {QUEUE_ROWS}); {n_items} in total")
         st.dataframe(
             q[
@@ -87,6 +108,8 @@ else:
                     "reasons",
                     "status",
                     "decided_by",
+                    "readings",
+                    "note",
                 ]
             ],
             width="stretch",
@@ -99,6 +122,19 @@ else:
             labels = [f"{r.score:.3f} · {r.scan_id} · {r.class_name}" for r in q.itertuples()]
             pick = st.selectbox("Item", range(len(q)), format_func=labels.__getitem__, key="q_item")
             item = q.iloc[int(pick or 0)].to_dict()
+            if item["note"]:
+                st.info(escape(item["note"]))
+            if bool(item["double_read"]):
+                detail = app_data.reading_detail(ws, str(item["label_set_id"]), str(item["class_name"]))
+                if detail is None:
+                    st.caption("Double-read item: two reviewers judge it blind to each other.")
+                elif blind_reader() in detail[1]:
+                    st.caption(
+                        f"The readers disagree: {escape(detail[0])}. A new decision of yours replaces your "
+                        "reading; a third reviewer adjudicates."
+                    )
+                else:
+                    st.caption(f"Adjudicate: {escape(detail[0])}; your decision is the verdict.")
 
 # ------------------------------------------------------------------------------------- case selection
 # A case opened elsewhere (a Long tail outlier) arrives as browse_scan / browse_class. With items in the
@@ -182,6 +218,9 @@ with ws.catalog.session():
         if current and current != shown and class_name in app_data.present_classes(ws, current)
         else None
     )
+if item is not None and bool(item["double_read"]) and item["reading_state"] == "reading":
+    # blind: while the item waits for its readings, the history shows only this reviewer's own decisions
+    history = history[history["reviewer"] == blind_reader()]
 try:
     dv = common.display_volume(root, scan_id, scan["image_path"])
 except (HarmonizeError, OSError) as e:  # the CT is unreadable: one line, the other scans still open

@@ -10,10 +10,19 @@ For each queued item (scan id, class, label set id) the expert looks up the trut
   class is always corrected.
 
 Every action is an ordinary, versioned review by the reviewer name (default ``simulated expert``), so the
-training set, the queue and the app see it exactly as a human's. Each reviewed item costs the same fixed
+training set, the queue and the app see it exactly as a human's.
+
+Two experts of different skill play a double-reading team (``workbench.review.double_reading``):
+``error_rate`` is the chance that the expert makes the wrong call on an item (it REJECTS a label it should
+accept, or ACCEPTS one it should correct; ``ReviewOutcome.injected_error`` says so), and
+``boundary_noise`` moves the boundary of each correction by that many voxels (dilated or eroded, at random),
+so two readers' corrections differ as two radiologists' do. Both draws are seeded per reviewer x scan x
+class (``seed``), so a run is repeatable. Each reviewed item costs the same fixed
 ``cost_per_item`` (accepting costs as much as correcting: the expert has to look either way); the expert
 stops when the next item would exceed ``budget`` and skips, without charging, an item whose scan x class
 it already reviewed in this session.
+
+:class:`ReadingTeam` plays double reading: two experts read, a third adjudicates their disagreements.
 
 Truth providers:
 
@@ -262,18 +271,44 @@ class StoredTruth:
 # ---------------------------------------------------------------------------------------- expert
 
 
+def noisy_boundary(mask: np.ndarray, voxels: int, rng: np.random.Generator) -> np.ndarray:
+    """A mask whose boundary moved by ``voxels`` (6-connected dilation or erosion, chosen by ``rng``): how
+    one reader's outline differs from another's.
+
+    Args:
+        mask: (i, j, k) bool mask.
+        voxels: how far the boundary moves (0: the mask itself).
+        rng: draws dilation or erosion.
+
+    Returns:
+        The (i, j, k) bool mask; an erosion that would empty a non-empty mask dilates instead.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if voxels <= 0 or not mask.any():
+        return mask.copy()
+    from scipy import ndimage
+
+    if rng.random() < 0.5:
+        eroded = ndimage.binary_erosion(mask, iterations=voxels)
+        if eroded.any():
+            return np.asarray(eroded, dtype=bool)
+    return np.asarray(ndimage.binary_dilation(mask, iterations=voxels), dtype=bool)
+
+
 @dataclass(frozen=True)
 class ReviewOutcome:
     """What the expert did with one item.
 
     Args:
         scan_id / class_name / label_set_id: the item (the label set version that was judged).
-        action: ``"accept"`` or ``"corrected"``.
+        action: ``"accept"``, ``"corrected"`` or ``"reject"`` (only as an injected error).
         dice_before: Dice of the judged mask against the truth (0 when the label set does not annotate
             the class and the truth has it; 1 when both are empty).
         review_id: the review row written.
         result_label_set_id: the ``revised`` label set a correction wrote (None for an accept).
         cost: what the item cost.
+        injected_error: True when ``error_rate`` made the expert take the wrong call (``action`` differs
+            from what the truth asks for).
     """
 
     scan_id: str
@@ -284,6 +319,7 @@ class ReviewOutcome:
     review_id: str
     result_label_set_id: str | None
     cost: float
+    injected_error: bool = False
 
 
 @dataclass
@@ -299,6 +335,11 @@ class SimulatedExpert:
         reviewer: the reviewer name on every review row.
         image: optional scan id -> (i, j, k) CT in HU, for the HU statistics of corrected classes
             (``PhantomTruth.image``); without it they are NaN.
+        error_rate: chance (0..1) of the wrong call on an item (reject instead of accept, accept instead
+            of correct).
+        boundary_noise: voxels by which each correction's boundary moves (dilated or eroded at random;
+            0: the truth itself).
+        seed: seeds the error and noise draws (with the reviewer, scan and class).
     """
 
     ws: Workspace
@@ -308,6 +349,9 @@ class SimulatedExpert:
     accept_dice: float = DEFAULT_ACCEPT_DICE
     reviewer: str = DEFAULT_REVIEWER
     image: Callable[[str], np.ndarray] | None = None
+    error_rate: float = 0.0
+    boundary_noise: int = 0
+    seed: int = 0
     spent: float = 0.0
     outcomes: list[ReviewOutcome] = field(default_factory=list)
 
@@ -318,6 +362,10 @@ class SimulatedExpert:
             raise ValueError(f"budget must be >= 0, got {self.budget}")
         if not 0.0 <= self.accept_dice <= 1.0:
             raise ValueError(f"accept_dice must be in [0, 1], got {self.accept_dice}")
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"error_rate must be in [0, 1], got {self.error_rate}")
+        if self.boundary_noise < 0:
+            raise ValueError(f"boundary_noise must be >= 0 voxels, got {self.boundary_noise}")
         self.reviewer = review.validate_reviewer(self.ws, self.reviewer)
 
     @property
@@ -361,36 +409,45 @@ class SimulatedExpert:
             )
         judged = self._judged_mask(label_set_id, class_name, shape)
         score = dice(judged, truth) if judged is not None else (0.0 if truth.any() else 1.0)
-        if judged is not None and score >= self.accept_dice:
-            review_id = review.record_decision(
-                self.ws,
-                scan_id,
-                class_name,
-                label_set_id,
-                "accept",
-                self.reviewer,
-                f"simulated: Dice {score:.3f} vs truth >= {self.accept_dice:g}",
-            )
-            result = None
-            action = "accept"
-        else:
+        rng = self._rng(scan_id, class_name)
+        right = "accept" if judged is not None and score >= self.accept_dice else "corrected"
+        erred = bool(rng.random() < self.error_rate)
+        action = {"accept": "reject", "corrected": "accept"}[right] if erred else right
+        result = None
+        if action == "corrected":
             corr = review.correct(
                 self.ws,
                 scan_id,
                 class_name,
-                truth,
+                noisy_boundary(truth, self.boundary_noise, rng),
                 self.reviewer,
                 f"simulated: Dice {score:.3f} vs truth < {self.accept_dice:g}, replaced by the truth",
                 base_label_set_id=label_set_id,
                 image=None if self.image is None else self.image(scan_id),
             )
-            review_id, result, action = corr.review_id, corr.label_set_id, "corrected"
+            review_id, result = corr.review_id, corr.label_set_id
+        else:
+            note = "an injected error" if erred else f">= {self.accept_dice:g}"
+            review_id = review.record_decision(
+                self.ws,
+                scan_id,
+                class_name,
+                label_set_id,
+                action,
+                self.reviewer,
+                f"simulated: Dice {score:.3f} vs truth, {note}",
+            )
         self.spent += self.cost_per_item
         outcome = ReviewOutcome(
-            scan_id, class_name, label_set_id, action, score, review_id, result, self.cost_per_item
+            scan_id, class_name, label_set_id, action, score, review_id, result, self.cost_per_item, erred
         )
         self.outcomes.append(outcome)
         return outcome
+
+    def _rng(self, scan_id: str, class_name: str) -> np.random.Generator:
+        """The draws of one item: seeded by ``seed``, the reviewer, the scan and the class."""
+        digest = hashlib.sha256(f"{self.seed}|{self.reviewer}|{scan_id}|{class_name}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
     def review_items(
         self, items: pd.DataFrame | Iterable[Mapping[str, Any]], limit: int | None = None
@@ -420,10 +477,81 @@ class SimulatedExpert:
         return done
 
     def counts(self) -> dict[str, float]:
-        """Items accepted and corrected, and the budget spent and left."""
+        """Items accepted and corrected, and the budget spent and left (:meth:`error_counts`: rejects and
+        injected errors)."""
         return {
             "accepted": sum(o.action == "accept" for o in self.outcomes),
             "corrected": sum(o.action == "corrected" for o in self.outcomes),
             "spent": self.spent,
             "remaining": self.remaining,
         }
+
+    def error_counts(self) -> dict[str, int]:
+        """Items rejected, and the injected errors (wrong calls drawn by ``error_rate``) among all items."""
+        return {
+            "rejected": sum(o.action == "reject" for o in self.outcomes),
+            "injected_errors": sum(o.injected_error for o in self.outcomes),
+        }
+
+
+# ------------------------------------------------------------------------------------ double reading
+
+
+@dataclass
+class ReadingTeam:
+    """Double reading played out from the truth: ``first`` reviews the queue, ``second`` reads the
+    double-read items ``first`` read (from its own blind queue), ``adjudicator`` settles the disagreements.
+    A :class:`~workbench.learning.rounds.Reviewer`, so an active-learning round can use it.
+
+    Args:
+        first / second: the two readers (e.g. of different ``error_rate`` / ``boundary_noise``).
+        adjudicator: the third reviewer (usually without errors).
+    """
+
+    first: SimulatedExpert
+    second: SimulatedExpert
+    adjudicator: SimulatedExpert
+    second_outcomes: list[ReviewOutcome] = field(default_factory=list)
+    adjudications: list[ReviewOutcome] = field(default_factory=list)
+
+    def review_items(
+        self, items: pd.DataFrame | Iterable[Mapping[str, Any]], limit: int | None = None
+    ) -> list[ReviewOutcome]:
+        """``first`` reviews ``items`` (at most ``limit``); then ``second`` and ``adjudicator`` do their part.
+
+        Returns:
+            ``first``'s outcomes of this call (the round's budget counts the first readings).
+        """
+        done = self.first.review_items(items, limit)
+        read = {(o.label_set_id, o.class_name) for o in done}
+        blind = review.queue(self.first.ws, reader=self.second.reviewer)
+        blind = blind[blind["double_read"].astype(bool) & (blind["readings"] == 1)]
+        mine = [r for r in blind.to_dict("records") if (r["label_set_id"], r["class_name"]) in read]
+        self.second_outcomes += self.second.review_items(mine)
+        disputed = review.adjudication_list(self.first.ws)
+        self.adjudications += self.adjudicator.review_items(disputed)
+        return done
+
+    def error_summary(self) -> dict[str, int]:
+        """The readers' injected errors and what became of them.
+
+        Returns:
+            ``injected`` (wrong calls of either reader), ``double_read`` (of those, on double-read items),
+            ``caught`` (double-read ones whose verdict is now the right call: accept where the judged
+            label was within ``accept_dice`` of the truth, corrected otherwise), ``missed`` (double-read,
+            verdict still wrong or none), ``single_read`` (never seen by a second reader).
+        """
+        second_read = {(o.label_set_id, o.class_name) for o in self.second_outcomes}
+        out = {"injected": 0, "double_read": 0, "caught": 0, "missed": 0, "single_read": 0}
+        for o in [*self.first.outcomes, *self.second_outcomes]:
+            if not o.injected_error:
+                continue
+            out["injected"] += 1
+            if (o.label_set_id, o.class_name) not in second_read:
+                out["single_read"] += 1
+                continue
+            out["double_read"] += 1
+            right = "accept" if o.dice_before >= self.first.accept_dice else "corrected"
+            verdict = self.first.ws.catalog.verdict_of(o.label_set_id, o.class_name)
+            out["caught" if verdict is not None and verdict["decision"] == right else "missed"] += 1
+        return out

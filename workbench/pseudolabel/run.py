@@ -107,6 +107,9 @@ def write_scan_result(ws: Workspace, result: ScanResult, run_id: str, seg: Segme
             )
         rows = uncertainty_rows(job.scan_id, run_id, ls_id, result.signals, ws.catalog.annotated_counts())
         store_uncertainty(ws, rows)
+        from workbench.review.double_reading import enter_queue  # here: review imports pseudolabel.scoring
+
+        enter_queue(ws, ls_id)
     return ls_id
 
 

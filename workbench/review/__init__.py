@@ -11,7 +11,12 @@ Modules:
 * :mod:`workbench.review.decisions`: ``record_decision``, ``reviews``, ``current_label_set``, ``undo``.
 * :mod:`workbench.review.corrections`: ``correct``, the quick fixes ``keep_largest`` /
   ``remove_component``, and the import of an edited NIfTI (file or upload).
-* :mod:`workbench.review.ranking`: the app's filtered ``queue``, the CLI's ``rank`` and ``format_queue``.
+* :mod:`workbench.review.ranking`: the app's filtered ``queue`` (one row per scan x class, blind per
+  reader), the CLI's ``rank`` and ``format_queue``, ``item_label_set``.
+* :mod:`workbench.review.requeue`: the queue never re-serves a decision: a later item of a decided scan x
+  class comes back only when its Dice against the decided label is below the threshold.
+* :mod:`workbench.review.double_reading`: a share of items read by two blind reviewers, their agreement
+  per class, the adjudication list and ``adjudicate``.
 * :mod:`workbench.review.slicer`: a case exported for 3D Slicer / ITK-SNAP with their colour tables.
 
 Each write is one short catalog transaction (the catalog retries while another process holds the DuckDB
@@ -39,7 +44,17 @@ from workbench.review.decisions import (
     reviews,
     undo,
 )
-from workbench.review.ranking import QUEUE_STATUSES, format_queue, queue, queue_reasons, rank
+from workbench.review.double_reading import (
+    DEFAULT_AGREEMENT_DICE,
+    DEFAULT_SHARE,
+    adjudicate,
+    adjudication_list,
+    agreement,
+    agreement_line,
+    set_share,
+)
+from workbench.review.ranking import QUEUE_STATUSES, format_queue, item_label_set, queue, queue_reasons, rank
+from workbench.review.requeue import DEFAULT_REQUEUE_DICE, check_requeue, requeue_note
 from workbench.review.slicer import export_case_for_slicer, itksnap_label_description, slicer_color_table
 from workbench.review.validation import (
     MAX_COMMENT_LEN,
@@ -55,11 +70,19 @@ from workbench.review.validation import (
 __all__ = [
     "ALL_DECISIONS",
     "DECISIONS",
+    "DEFAULT_AGREEMENT_DICE",
+    "DEFAULT_REQUEUE_DICE",
+    "DEFAULT_SHARE",
     "MAX_COMMENT_LEN",
     "MAX_REVIEWER_LEN",
     "QUEUE_STATUSES",
     "WORD_JOINER",
     "Correction",
+    "adjudicate",
+    "adjudication_list",
+    "agreement",
+    "agreement_line",
+    "check_requeue",
     "correct",
     "current_label_set",
     "escape",
@@ -67,6 +90,7 @@ __all__ = [
     "format_queue",
     "import_correction",
     "import_correction_upload",
+    "item_label_set",
     "itksnap_label_description",
     "keep_largest",
     "label_values_to_mask",
@@ -75,9 +99,11 @@ __all__ = [
     "rank",
     "record_decision",
     "remove_component",
+    "requeue_note",
     "reviews",
     "scan_affine",
     "scan_row",
+    "set_share",
     "slicer_color_table",
     "undo",
     "validate_comment",

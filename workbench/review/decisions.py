@@ -7,6 +7,8 @@
   one) that restores the class as it was current just before the correction (same mask and coverage
   state), so the previous content is current again under the per-class priority rule without deleting
   the undone version. The restored class then carries origin ``revised`` (a reviewer's explicit choice).
+  A double-read reader's correction that does not count yet (``held_revision``: the item has no
+  ``corrected`` verdict) never became current, so its undo is one ``undo`` row, like a decision's.
 
 The current label of a scan x class (:func:`current_label_set`) follows the training-set rule: the newest
 label set of the highest-priority origin whose coverage knows the class (the catalog's ``current_label``
@@ -133,7 +135,9 @@ def undo(ws: Workspace, review_id: str, reviewer: str, comment: str | None = "")
     if bool(row["undone"]):
         raise HarmonizeError(ws.catalog.path, f"review {review_id} was already undone")
     scan_id, class_name, base_id = str(row["scan_id"]), str(row["class_name"]), str(row["label_set_id"])
-    if row["decision"] == "corrected":
+    if row["decision"] == "corrected" and not ws.catalog.is_held_revision(
+        str(row["result_label_set_id"]), class_name
+    ):
         produced = str(row["result_label_set_id"])
         if current_label_set(ws, scan_id, class_name) != produced:
             raise HarmonizeError(

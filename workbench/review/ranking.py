@@ -22,13 +22,17 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from harmonize.errors import HarmonizeError
 from storage.workspace import Workspace
 from workbench.pseudolabel.scoring import DEFAULT_LONG_TAIL_BOOST, score_items
 from workbench.review.decisions import DECISIONS
+from workbench.review.double_reading import upkeep
+from workbench.review.validation import check_class, scan_row
 
-#: Queue status filter values: ``pending`` (no standing decision on that label set version), ``decided``
-#: (any standing decision), ``all``, or one standing decision.
-QUEUE_STATUSES = ("pending", "decided", "all", *DECISIONS, "corrected")
+#: Queue status filter values: ``pending`` (open: undecided, the newest item of its scan x class, not
+#: settled by an earlier decision), ``decided`` (any verdict), ``all``, ``adjudication`` (double-read items
+#: whose readers disagree), or one verdict.
+QUEUE_STATUSES = ("pending", "decided", "all", "adjudication", *DECISIONS, "corrected")
 
 
 def queue(
@@ -39,35 +43,75 @@ def queue(
     reasons: Sequence[str] | None = None,
     status: str = "pending",
     reviewer: str | None = None,
+    reader: str | None = None,
     limit: int | None = None,
 ) -> pd.DataFrame:
-    """The ranked review queue: uncertainty items (highest score first) with their scan and standing
-    decision.
+    """The ranked review queue: uncertainty items (highest score first) with their scan and verdict.
+
+    Before listing, new items are planned for single or double reading, new pairs of corrections measured
+    and items of decided scan x classes checked against the decision (``double_reading.upkeep``).
 
     Args:
         ws: the workspace.
         classes / sources: keep only these (None: all).
         reasons: keep items with at least one of these reasons.
-        status: one of :data:`QUEUE_STATUSES`; ``pending`` (default) leaves out items already decided for
-            the same label set version.
-        reviewer: keep items whose standing decision is by this reviewer.
+        status: one of :data:`QUEUE_STATUSES`; ``pending`` (default): one row per scan x class (its
+            newest item), undecided, and for a scan x class decided on an older version only when the new
+            prediction's Dice against the decided label is below the stored threshold.
+        reviewer: keep items whose verdict is by this reviewer.
+        reader: this reviewer's blind queue: with ``pending``, items the reader already read are left out;
+            another reader's decision on a double-read item never shows before both have read.
         limit: at most this many rows.
 
     Returns:
-        One row per scan x class x run of the ``uncertainty`` table, with ``source_id``, ``case_id``,
-        ``origin`` and ``version`` of the judged label set, ``score``, ``signals`` (JSON text),
-        ``reasons`` (list), and the standing decision on THAT label set version: ``status`` (``pending``
-        or the decision), ``decided_by``, ``decided_at``, ``review_id``. A decision that was undone does
-        not stand.
+        The columns of ``Catalog.review_queue``: the item (``scan_id, source_id, case_id, class_name,
+        run_id, label_set_id, origin, version, score, signals, reasons``), its verdict (``status``,
+        ``decided_by``, ``decided_at``, ``review_id``), the prior decision and requeue check
+        (``prior_decision, prior_reviewer, prior_review_id, prior_dice, requeue_dice, requeued``; see
+        ``requeue.requeue_note``) and double reading (``double_read, readings, reading_state``).
 
     Raises:
         ValueError: ``status`` is not one of :data:`QUEUE_STATUSES`.
     """
     if status not in QUEUE_STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(QUEUE_STATUSES)}")
-    return ws.catalog.review_queue(
-        classes=classes, sources=sources, reasons=reasons, status=status, reviewer=reviewer, limit=limit
-    )
+    with ws.catalog.session():  # one connection for the upkeep's quick checks and the listing
+        upkeep(ws)
+        return ws.catalog.review_queue(
+            classes=classes,
+            sources=sources,
+            reasons=reasons,
+            status=status,
+            reviewer=reviewer,
+            reader=reader,
+            limit=limit,
+        )
+
+
+def item_label_set(ws: Workspace, scan_id: str, class_name: str) -> str:
+    """The label set a decision on one scan x class judges when none is named (the CLI's ``review accept
+    SCAN CLASS``): the label set of the scan x class's newest queue item, else its current label set.
+
+    Args:
+        ws: the workspace.
+        scan_id / class_name: the scan x class.
+
+    Returns:
+        The label set id.
+
+    Raises:
+        HarmonizeError: unknown scan or class, or no label set of the scan knows the class.
+    """
+    scan_row(ws, scan_id)
+    class_name = check_class(ws, class_name)
+    q = queue(ws, classes=[class_name], status="all")
+    q = q[(q["scan_id"] == scan_id) & q["newest"].astype(bool)]
+    if not q.empty:
+        return str(q["label_set_id"].iloc[0])
+    current = ws.catalog.current_label_set(scan_id, class_name)
+    if current is None:
+        raise HarmonizeError(ws.catalog.path, f"no label set of {scan_id} knows {class_name}")
+    return current
 
 
 def queue_reasons(ws: Workspace) -> list[str]:
@@ -97,14 +141,17 @@ def rank(
         run_id: only items of this pseudo-label run (default: every run).
         long_tail_boost: see ``workbench.pseudolabel.scoring.assess``.
         limit: at most this many items.
-        include_decided: also list items a reviewer already decided (for audits); never in the default.
+        include_decided: every item, decided or not (for audits); by default only open items, as
+            :func:`queue` lists them as ``pending`` (upkept first the same way).
 
     Returns:
         DataFrame with ``scan_id, class_name, run_id, label_set_id, score, reasons`` (list of str),
         ``summary`` (``"kidney_left: volume 3.1 sd above the catalog mean; 2 components"``) and ``signals``
         (dict), sorted by score (then scan, class).
     """
-    df = ws.catalog.ranking_items(run_id, include_decided=include_decided)
+    with ws.catalog.session():
+        upkeep(ws)
+        df = ws.catalog.ranking_items(run_id, include_decided=include_decided)
     rows = score_items(df.to_dict("records"), ws.catalog.annotated_counts(), long_tail_boost)
     for r in rows:
         reasons = r["reasons"]

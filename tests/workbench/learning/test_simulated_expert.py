@@ -324,3 +324,70 @@ def test_simulated_expert_with_phantom_truth_restores_a_wrong_pseudo_label(tmp_p
     assert abs(stats["hu_mean"] - 60) < 10  # the phantom's liver HU, from the CT the provider re-made
     entry = assemble_training_set(ws, scan_ids=[scan_id])[0]
     assert entry.origins["liver"] == "revised" and np.array_equal(entry.masks["liver"], liver)
+
+
+# ------------------------------------------------------------------ two readers of different skill (#13)
+
+
+def test_noisy_boundary_moves_the_outline_by_whole_voxels() -> None:
+    from workbench.learning.simulated_expert import noisy_boundary
+
+    cube = np.zeros((12, 12, 12), bool)
+    cube[3:9, 3:9, 3:9] = True  # 216 voxels
+    sizes = {int(noisy_boundary(cube, 1, np.random.default_rng(s)).sum()) for s in range(20)}
+    # eroded: a 4-cube (64); dilated 6-connected: 216 + 6 faces x 36 = 432
+    assert sizes == {64, 432}
+    assert np.array_equal(noisy_boundary(cube, 0, np.random.default_rng(0)), cube)
+
+
+@pytest.mark.parametrize(("error_rate", "wrong"), [(0.0, 0), (1.0, 4)])
+def test_an_error_rate_makes_the_wrong_call(ws: Workspace, error_rate: float, wrong: int) -> None:
+    expert = SimulatedExpert(ws, truth, budget=10, error_rate=error_rate)
+    outcomes = expert.review_items(items(ws))
+    right = ["accept", "accept", "corrected", "corrected"]
+    # a wrong call rejects what it should accept and accepts what it should correct
+    expected = right if error_rate == 0 else ["reject", "reject", "accept", "accept"]
+    assert [o.action for o in outcomes] == expected
+    assert expert.error_counts() == {"rejected": 2 * (wrong > 0), "injected_errors": wrong}
+
+
+def test_the_draws_are_repeatable_per_reviewer(tmp_path: Path) -> None:
+    def actions(root: Path, reviewer: str) -> list[str]:
+        w = Workspace.open(root)
+        for i, shared in enumerate((20, 19, 10, 0, 20, 19, 10, 0)):
+            add_pseudo(w, add_scan(w, f"c{i}"), {"spleen": spleen_with_overlap(shared)})
+        e = SimulatedExpert(w, truth, budget=20, error_rate=0.5, reviewer=reviewer, seed=3)
+        return [o.action for o in e.review_items(items(w))]
+
+    assert actions(tmp_path / "a", "Dr A") == actions(tmp_path / "b", "Dr A")
+
+
+def test_a_reading_team_double_reads_and_adjudication_catches_the_error(ws: Workspace) -> None:
+    from workbench.learning.simulated_expert import ReadingTeam
+
+    review.set_share(ws, 1.0)
+    ws.catalog.add_uncertainty(
+        [
+            {**r, "run_id": "run-p", "score": 1.0 - i / 10, "signals": {}, "reasons": []}
+            for i, r in enumerate(items(ws))
+        ]
+    )
+    team = ReadingTeam(
+        SimulatedExpert(ws, truth, budget=10, reviewer="reader A"),
+        SimulatedExpert(ws, truth, budget=10, reviewer="reader B", error_rate=1.0),
+        SimulatedExpert(ws, truth, budget=10, reviewer="adjudicator"),
+    )
+    first = team.review_items(review.queue(ws))
+    assert len(first) == 4 and len(team.second_outcomes) == 4 and len(team.adjudications) == 4
+    # B erred on every item: every pair disagrees, the adjudicator's (right) call is the verdict
+    assert team.error_summary() == {
+        "injected": 4,
+        "double_read": 4,
+        "caught": 4,
+        "missed": 0,
+        "single_read": 0,
+    }
+    verdicts = [ws.catalog.verdict_of(o.label_set_id, "spleen") for o in first]
+    assert [(v or {}).get("decision") for v in verdicts] == ["accept", "accept", "corrected", "corrected"]
+    table = review.agreement(ws).set_index("class_name")
+    assert (table.loc["spleen", "pairs"], table.loc["spleen", "agreement"]) == (4, 0.0)
