@@ -160,7 +160,7 @@ def load_model(ws: Workspace, ref: str | Path, *, backbone: str | None = None) -
         names = ws.catalog.models()["name"].tolist() if ws.exists else []
         raise HarmonizeError(
             path,
-            "is neither a model file nor a registered model (registered: "
+            "no such checkpoint file, and no registered model of that name (registered: "
             f"{', '.join(names) or 'none; see `workbench import-model`'})",
         )
     return Segmenter.from_checkpoint(path, backbone=backbone)

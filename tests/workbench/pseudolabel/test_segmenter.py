@@ -35,5 +35,12 @@ def test_checkpoint_records_its_identity(tmp_path: Path, random_checkpoint: Save
 
 
 def test_resolve_device_passes_explicit_devices_through() -> None:
-    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
-    assert resolve_device("auto") in ("cpu", "cuda")
+    import torch
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda:0") == "cuda:0"
+    else:  # CUDA asked for without a GPU: one line naming the setting
+        with pytest.raises(ValueError, match=r"^--device cuda:1: no CUDA GPU is visible here"):
+            resolve_device("cuda:1")
