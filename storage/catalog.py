@@ -1708,6 +1708,13 @@ class Catalog:
         """Every registered model, by registration time (the ``model`` columns)."""
         return self.query("SELECT * FROM model ORDER BY registered_at, name")
 
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        """A run's recorded config (settings, model, spacing note); {} for an unknown run."""
+        df = self.query("SELECT config FROM run WHERE id = ?", [run_id])
+        if df.empty or not isinstance(df.iloc[0]["config"], str):
+            return {}
+        return dict(json.loads(df.iloc[0]["config"]))
+
 
 #: What DuckDB says about a file that is not (or no longer) a readable database.
 _DAMAGE_MARKERS = (
