@@ -329,3 +329,17 @@ def test_a_release_model_goes_through_the_loop(
     manifest = json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())
     (case,) = manifest["cases"]
     assert case["scan_id"] == "abdomenct_1k:00001" if "scan_id" in case else case
+
+
+def test_round_previous_takes_a_registered_name(tmp_path: Path, random_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    from storage.files import file_sha256
+    from storage.workspace import Workspace
+    from workbench.cli import _previous_model
+
+    ws = str(tmp_path / "ws")
+    ckpt = random_checkpoint(tmp_path / "m.pt", ("spleen", "liver"))
+    assert _run("--workspace", ws, "import-model", str(ckpt), "--name", "ours")[0] == 0
+    resolved = _previous_model(Workspace.open(ws), "ours")
+    assert resolved is not None and file_sha256(resolved) == file_sha256(ckpt)
+    assert _previous_model(Workspace.open(ws), str(ckpt)) == str(ckpt)  # a file stays a file
+    assert _previous_model(Workspace.open(ws), None) is None
