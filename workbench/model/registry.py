@@ -360,6 +360,9 @@ def import_model(
     name = name or default_model_name(model_file)
     if safe_name(name) != name:
         raise HarmonizeError(path, f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
+    taken = ws.catalog.model(name)
+    if taken is not None and taken["name"] == name:  # checked again inside the row's transaction
+        raise HarmonizeError(path, f"the model name {name!r} is taken by model {str(taken['sha256'])[:12]}")
     folder = ws.models / REGISTRY_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}-{model_file.sha256[:12]}{path.suffix or '.pth'}"

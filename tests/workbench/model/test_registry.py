@@ -148,3 +148,15 @@ def test_a_workbench_checkpoint_registers_too(tmp_path: Path, random_checkpoint:
     row = result.row
     assert result.registered and row["kind"] == "workbench" and row["backbone"] == "small_unet"
     assert list(row["class_names"]) == ["spleen", "liver"] and list(row["spacing_mm"]) == [6.0, 6.0, 6.0]
+
+
+def test_a_taken_name_is_refused_before_anything_is_copied(
+    tmp_path: Path, random_checkpoint: Callable[..., Path]
+) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    first = random_checkpoint(tmp_path / "a.pt", ("spleen",), seed=1)
+    second = random_checkpoint(tmp_path / "b.pt", ("spleen",), seed=2)
+    import_model(ws, first, name="m")
+    with pytest.raises(HarmonizeError, match="the model name 'm' is taken by model"):
+        import_model(ws, second, name="m")
+    assert len(ws.catalog.models()) == 1 and len(list((ws.models / "registry").iterdir())) == 1
