@@ -9,8 +9,15 @@ For each backbone (swinunetr, unet3d, small_unet), measured in one run on one de
   heads are about 3.9 G multiply-adds per 96^3 window whatever the backbone);
 * one training step (forward, partial-label loss, backward, AdamW step) on one window.
 
+``--release-parity``: for both release backbones, a release-keyed file with seeded weights from the
+shared key layouts (``../shared/fixtures/universal_model``, the test suite's builder) on one 96^3 window:
+the largest logit difference between our model and the reference reading of the original forward that
+``tests/workbench/model/test_checkpoint.py`` holds, and for Swin UNETR that of MONAI 1.x's patch-merging
+order on the same weights (voxels that change at the 0.5 threshold too).
+
 Usage:
     python benchmarks/bench_model.py                  # CPU, all backbones
+    python benchmarks/bench_model.py --release-parity
     python benchmarks/bench_model.py --device cuda    # the same on a GPU
     python benchmarks/bench_model.py --backbones small_unet --repeats 5 --side 64
 """
@@ -72,6 +79,51 @@ def bench(backbone: str, device: str, side: int, repeats: int, train_step: bool)
     return out
 
 
+def release_parity(side: int = 96) -> list[str]:
+    """Lines: our logits vs the original forward's, per release backbone (module docstring)."""
+    import json
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(repo / "tests" / "workbench"), str(repo / "tests" / "workbench" / "model")]
+    import conftest as fixtures  # the suite's release-file builder
+    import test_checkpoint as reference  # the suite's reading of the original forward
+
+    from workbench.model.registry import read_model_file
+
+    folder = repo.parent / "shared" / "fixtures" / "universal_model"
+    emb = torch.load(folder / "txt_encoding.pth", map_location="cpu", weights_only=True)
+    lines = []
+    for backbone in ("unet", "swinunetr"):
+        layout = json.loads((folder / f"universal_model_{backbone}_state_dict.json").read_text())
+        path = Path(tempfile.gettempdir()) / f"bench_release_{backbone}.pth"
+        torch.save({"net": fixtures._seeded_release_state(layout, emb, 12)}, path)
+        mf = read_model_file(path)
+        sd = mf.model.state_dict()
+        x = torch.rand((1, 1, side, side, side), generator=torch.Generator().manual_seed(3))
+        ref_backbone = reference._ref_unet if backbone == "unet" else reference._ref_swin
+        with torch.no_grad():
+            ref = reference._ref_heads(sd, *ref_backbone(x, sd))
+            line = (
+                f"{backbone}: max |ours - original| = {float((mf.model(x) - ref).abs().max()):.2e} "
+                f"(logits up to {float(ref.abs().max()):.2f}, {side}^3 window)"
+            )
+            if backbone == "swinunetr":
+                monai_order = UniversalModel("swinunetr", n_classes=32, swin_merging="monai")
+                monai_order.load_state_dict(sd)
+                logits = monai_order.eval()(x)
+                flips = int(((logits >= 0) != (ref >= 0)).sum())
+                line += (
+                    f"; MONAI 1.x merging order: {float((logits - ref).abs().max()):.3g}, "
+                    f"{flips} voxels change at the 0.5 threshold"
+                )
+        lines.append(line)
+        path.unlink()
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -80,7 +132,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-train", action="store_true", help="skip the train-step timing")
+    parser.add_argument("--release-parity", action="store_true", help="our logits vs the original forward")
     args = parser.parse_args()
+    if args.release_parity:
+        for line in release_parity(args.side):
+            print(line)
+        return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no GPU")
     if args.threads:

@@ -1941,6 +1941,63 @@ class Catalog:
         )
         return None if df.empty else df.iloc[0].to_dict()
 
+    # -- model registry (#12) ------------------------------------------------------------------------
+    _MODEL_COLUMNS = (
+        "name", "sha256", "kind", "backbone", "file", "original_path", "class_names", "vocabulary_sha256",
+        "encoder_id", "spacing_mm", "patch", "settings", "trained_on",
+    )  # fmt: skip
+
+    def add_model(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Register a model (``workbench.model.registry``) unless its file is registered already.
+
+        Args:
+            row: the ``model`` columns (``settings`` and ``trained_on`` as dicts or JSON text).
+
+        Returns:
+            None when registered now; the existing row when a model of the same ``sha256`` was (nothing
+            written then).
+
+        Raises:
+            ValueError: the name is taken by another model.
+        """
+        values = [
+            json.dumps(row[c]) if c in ("settings", "trained_on") and isinstance(row[c], dict) else row[c]
+            for c in self._MODEL_COLUMNS
+        ]
+        with self.transaction() as con:
+            same = con.execute("SELECT * FROM model WHERE sha256 = ?", [row["sha256"]]).df()
+            if len(same):
+                return dict(same.iloc[0].to_dict())
+            taken = con.execute("SELECT sha256 FROM model WHERE name = ?", [row["name"]]).fetchone()
+            if taken is not None:
+                raise ValueError(f"the model name {row['name']!r} is taken by model {str(taken[0])[:12]}")
+            con.execute(
+                f"INSERT INTO model ({', '.join(self._MODEL_COLUMNS)}, registered_at) "
+                f"VALUES ({', '.join('?' * (len(self._MODEL_COLUMNS) + 1))})",
+                [*values, utc_now()],
+            )
+        return None
+
+    def model(self, name_or_sha: str) -> dict[str, Any] | None:
+        """A registered model by name, sha256 or a unique sha256 prefix of 8+ hex digits; None if none."""
+        df = self.query(
+            "SELECT * FROM model WHERE name = ? OR sha256 = ? "
+            "OR (length(?) >= 8 AND starts_with(sha256, ?)) ORDER BY name = ? DESC",
+            [name_or_sha, name_or_sha, name_or_sha, name_or_sha, name_or_sha],
+        )
+        return None if df.empty else dict(df.iloc[0].to_dict())
+
+    def models(self) -> pd.DataFrame:
+        """Every registered model, by registration time (the ``model`` columns)."""
+        return self.query("SELECT * FROM model ORDER BY registered_at, name")
+
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        """A run's recorded config (settings, model, spacing note); {} for an unknown run."""
+        df = self.query("SELECT config FROM run WHERE id = ?", [run_id])
+        if df.empty or not isinstance(df.iloc[0]["config"], str):
+            return {}
+        return dict(json.loads(df.iloc[0]["config"]))
+
 
 #: What DuckDB says about a file that is not (or no longer) a readable database.
 _DAMAGE_MARKERS = (

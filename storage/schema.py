@@ -43,7 +43,7 @@ Double reading and the requeue check (schema v8; ``docs/catalog.md``):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -495,5 +495,25 @@ MIGRATIONS: dict[int, str] = {
                      DESC, version DESC
         ) = 1;
     CREATE VIEW current_label AS SELECT * FROM current_label_of(['revised', 'original', 'pseudo']);
+    """,
+    # v9 (model registry, #12): one row per registered model (a release file or a workbench checkpoint),
+    # named, keyed by the sha256 of the original file.
+    9: """
+    CREATE TABLE model (
+        name VARCHAR PRIMARY KEY,
+        sha256 VARCHAR NOT NULL UNIQUE,
+        kind VARCHAR NOT NULL,
+        backbone VARCHAR NOT NULL,
+        file VARCHAR NOT NULL,
+        original_path VARCHAR,
+        class_names VARCHAR[] NOT NULL,
+        vocabulary_sha256 VARCHAR NOT NULL,
+        encoder_id VARCHAR NOT NULL,
+        spacing_mm DOUBLE[3] NOT NULL,
+        patch INTEGER[3] NOT NULL,
+        settings VARCHAR NOT NULL,
+        trained_on VARCHAR,
+        registered_at TIMESTAMP NOT NULL
+    );
     """,
 }

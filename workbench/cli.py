@@ -13,8 +13,10 @@
     workbench [--workspace DIR] demo [--cases N] [--no-round] [--budget N]
     workbench [--workspace DIR] round --vocabulary NAME [--steps N] [--previous CKPT] [--from-scratch]
                                 [--simulated-expert --budget N]
-    workbench [--workspace DIR] pseudolabel CHECKPOINT [--scan ID ...] [--source ID ...] [--all-classes]
+    workbench [--workspace DIR] import-model FILE [--name NAME] [--backbone unet|swinunetr]
+    workbench [--workspace DIR] pseudolabel NAME|FILE [--scan ID ...] [--source ID ...] [--all-classes]
                                 [--low-res-mm MM | --native] [--overlap F] [--device auto|cpu|cuda]
+                                [--tta] [--sw-batch-size N] [--classes C ...] [--backbone unet|swinunetr]
                                 [--ray [ADDRESS]] [--workers N]
     workbench [--workspace DIR] queue [--top N] [--run RUN_ID] [--long-tail-boost B]
     workbench [--workspace DIR] review list [--reviewer NAME] [--adjudication] [--status S] [--class NAME ...]
@@ -218,7 +220,7 @@ def _cmd_round(args: argparse.Namespace) -> int:
         config=tiny_config(steps=args.steps, seed=args.seed),
         review_budget=args.budget if reviewer is not None else 0,
         reviewer=reviewer,
-        previous_checkpoint=args.previous,
+        previous_checkpoint=_previous_model(ws, args.previous),
         from_scratch=args.from_scratch,
         truth=truth,
         progress=not args.no_progress,
@@ -229,13 +231,20 @@ def _cmd_round(args: argparse.Namespace) -> int:
 
 
 def _cmd_pseudolabel(args: argparse.Namespace) -> int:
+    from workbench.pseudolabel.run import MODEL_DEFAULT
+
     ws = Workspace.open(args.workspace)
+    low_res: float | str | None = MODEL_DEFAULT if args.low_res_mm is None else args.low_res_mm
     common = {
         "scans": args.scan,
         "sources": args.source,
         "all_classes": args.all_classes,
-        "low_res_mm": None if args.native else args.low_res_mm,
+        "low_res_mm": None if args.native else low_res,
         "overlap": args.overlap,
+        "tta": True if args.tta else None,
+        "sw_batch_size": args.sw_batch_size,
+        "classes": args.classes,
+        "backbone": args.backbone,
         "progress": not args.no_progress,
     }
     if args.ray is not None:
@@ -251,6 +260,44 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line)
     return 1 if summary.failed else 0
+
+
+def _cmd_import_model(args: argparse.Namespace) -> int:
+    from workbench.model.registry import import_model
+
+    ws = Workspace.open(args.workspace)
+    embeddings = None
+    if args.embeddings:
+        from workbench.model.text import import_original_vocabulary
+
+        embeddings = import_original_vocabulary(args.embeddings).embeddings
+    result = import_model(
+        ws,
+        args.file,
+        name=args.name,
+        backbone=args.backbone,
+        embeddings=embeddings,
+        embeddings_path=args.embeddings,
+    )
+    print(result.line())
+    return 0
+
+
+def _previous_model(ws: Workspace, ref: str | None) -> str | None:
+    """``round --previous``: a registered model's name -> its file; a file as given."""
+    if ref is None:
+        return None
+    row = ws.catalog.model(ref)
+    if row is None:
+        return ref
+    if row["kind"] == "release":
+        raise ValueError(
+            f"round --previous {ref}: fine-tuning from a release model is not available yet (a round "
+            "fine-tunes a workbench checkpoint); `workbench pseudolabel` runs it"
+        )
+    from workbench.model.registry import registered_path
+
+    return str(registered_path(ws, row))
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
@@ -626,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocabulary", required=True, help="stored vocabulary name (see `workbench embed`)")
     p.add_argument("--steps", type=int, default=8, help="training steps of this round (tiny CPU config)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--previous", help="start from this checkpoint (default: the latest round's)")
+    p.add_argument(
+        "--previous", help="start from this checkpoint or registered model (default: the latest round's)"
+    )
     p.add_argument("--from-scratch", action="store_true", help="start from fresh weights")
     p.add_argument(
         "--simulated-expert",
@@ -637,14 +686,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_round)
 
+    p = sub.add_parser(
+        "import-model", help="register a model file (a release .pth or a workbench checkpoint) by name"
+    )
+    p.add_argument("file", help="the model file")
+    p.add_argument("--name", help="the name later commands use (default <kind>-<backbone>-<sha256[:8]>)")
+    p.add_argument("--backbone", choices=("unet", "swinunetr"), help="only where the keys are ambiguous")
+    p.add_argument("--embeddings", help="the released txt_encoding.pth: checked to be the model's own")
+    p.set_defaults(func=_cmd_import_model)
+
     p = sub.add_parser("pseudolabel", help="fill the classes scans lack with a model's predictions")
-    p.add_argument("checkpoint", help="a checkpoint written by the workbench's training")
+    p.add_argument(
+        "checkpoint",
+        help="a registered model's name, a workbench checkpoint, or an original release file",
+    )
+    p.add_argument("--backbone", choices=("unet", "swinunetr"), help="release files with ambiguous keys")
     p.add_argument("--scan", action="append", help="only this scan id (repeatable)")
     p.add_argument("--source", action="append", help="only scans of this source (repeatable)")
     p.add_argument("--all-classes", action="store_true", help="predict annotated classes too")
-    p.add_argument("--low-res-mm", type=float, default=3.0, help="inference spacing, mm (default 3)")
+    p.add_argument(
+        "--low-res-mm",
+        type=float,
+        default=None,
+        help="inference spacing, mm (default: a release model's 1.5, a workbench checkpoint 3)",
+    )
     p.add_argument("--native", action="store_true", help="infer at the checkpoint's own spacing")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default 0.5)")
+    p.add_argument(
+        "--tta", action="store_true", help="test-time augmentation for every model (doubles device time)"
+    )
+    p.add_argument("--sw-batch-size", type=int, default=1, help="sliding windows per forward (GPU: 4-8)")
+    p.add_argument("--classes", nargs="+", metavar="CLASS", help="predict only these classes")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--ray",

@@ -14,6 +14,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,3 +251,60 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         terminalreporter.section("fault suite: n tried / n survived / n lost")
         for line in LEDGER.lines():
             terminalreporter.write_line(line)
+
+
+def _seeded_release_state(layout: dict, embeddings: Any, seed: int) -> dict[str, Any]:
+    """Seeded weights with exactly a release layout (names, shapes, dtypes of
+    ``universal_model_<backbone>_state_dict.json``), keyed and saved as the release saves them.
+
+    Weights ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1), biases and running means ~ N(0, 0.05), running
+    variances ~ 1 + U(0, 0.1); integer buffers (Swin's relative position index, BN step counters) are the
+    deterministic values a freshly built network holds; ``organ_embedding`` is ``embeddings``.
+    """
+    import torch
+
+    from workbench.model.network import UniversalModel
+
+    backbone = layout["backbone"]
+    gen = torch.Generator().manual_seed(seed)
+    fresh = UniversalModel(backbone).state_dict()
+    net: dict[str, Any] = {}
+    for name, shape, dtype in layout["entries"]:
+        if name == "organ_embedding":
+            t = embeddings.float().clone()
+        elif not dtype.startswith("float"):
+            t = fresh[name].clone()
+        elif "running_var" in name:
+            t = 1.0 + 0.1 * torch.rand(shape, generator=gen)
+        elif len(shape) == 1 and name.endswith("weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif len(shape) == 1:
+            t = 0.05 * torch.randn(shape, generator=gen)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            t = torch.randn(shape, generator=gen) / np.sqrt(fan_in)
+        # train.py wraps the model in DDP ('module.'); the Swin release has no 'backbone.' segment.
+        raw = name.removeprefix("backbone.") if backbone == "swinunetr" else name
+        net["module." + raw] = t
+    return net
+
+
+@pytest.fixture(scope="session")
+def release_file(tmp_path_factory: pytest.TempPathFactory, shared_fixtures: Path) -> Callable[[str], Path]:
+    """``release_file(backbone)``: a release-keyed ``.pth`` ('unet' or 'swinunetr') with seeded weights
+    from the shared key layouts and the released ``txt_encoding.pth`` as its embeddings (built once)."""
+    import torch
+
+    made: dict[str, Path] = {}
+
+    def make(backbone: str) -> Path:
+        if backbone not in made:
+            folder = shared_fixtures / "universal_model"
+            layout = json.loads((folder / f"universal_model_{backbone}_state_dict.json").read_text())
+            emb = torch.load(folder / "txt_encoding.pth", map_location="cpu", weights_only=True)
+            path = tmp_path_factory.mktemp("release") / f"release_{backbone}.pth"
+            torch.save({"net": _seeded_release_state(layout, emb, seed=12), "epoch": 0}, path)
+            made[backbone] = path
+        return made[backbone]
+
+    return make

@@ -373,3 +373,85 @@ def test_review_edit_writes_the_case_for_slicer(demo_ws, tmp_path: Path) -> None
 def test_review_bad_input_is_one_line_and_exit_2(demo_ws, argv: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
     code, _, err = _run("--workspace", str(demo_ws.root), "review", *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+# -- release models through the loop (#12): import-model, pseudolabel, queue, Review page, export -------
+
+
+@pytest.mark.parametrize("backbone", ["unet", "swinunetr"])
+def test_a_release_model_goes_through_the_loop(
+    backbone: str,
+    tmp_path: Path,
+    release_file,  # type: ignore[no-untyped-def]
+    shared_fixtures: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A release-keyed file (seeded weights from the shared layouts, the released txt_encoding.pth as its
+    embeddings) on a 64x56x40 phantom at 3 mm: one 96^3 window (Swin UNETR takes ~40 s of it on a CPU)."""
+    from streamlit.testing.v1 import AppTest
+
+    from storage.workspace import Workspace
+    from workbench.pseudolabel.scoring import TTA_NOT_RUN
+
+    write_native(make_phantom(5, shape=(64, 56, 40)), get_protocol("abdomenct_1k"), tmp_path / "d", "00001")
+    ws = str(tmp_path / "ws")
+    assert _run("--workspace", ws, "ingest", "abdomenct_1k", str(tmp_path / "d"), "--no-progress")[0] == 0
+    model, txt = str(release_file(backbone)), str(shared_fixtures / "universal_model" / "txt_encoding.pth")
+    name = f"paper-{backbone}"
+    code, out, _ = _run("--workspace", ws, "import-model", model, "--name", name, "--embeddings", txt)
+    want = {"unet": "unet3d"}.get(backbone, backbone)
+    assert code == 0 and out.startswith(
+        f"registered model '{name}' (release {want}, 32 classes, clip-vit-b32"
+    )
+    code, out, _ = _run("--workspace", ws, "import-model", model)
+    assert code == 0 and out.startswith(f"already registered, nothing changed: model '{name}'")
+
+    args = ["--workspace", ws, "pseudolabel", name, "--low-res-mm", "3", "--device", "cpu", "--no-progress"]
+    code, out, err = _run(*args)
+    assert code == 0 and "1 scans pseudo-labelled" in out, err
+    catalog = Workspace.open(ws).catalog
+    run_id = catalog.pseudo_label_run_ids()[-1]
+    config = catalog.run_config(run_id)
+    assert config["model"] == {"name": name, "kind": "release"} and config["backbone"] == want
+    assert config["trained_spacing_mm"] == [1.5, 1.5, 1.5] and config["spacing_mm"] == [3.0, 3.0, 3.0]
+    assert config["spacing_note"] == "inferred at 3 mm; the model was trained at 1.5 mm"
+    assert config["tta"]["run"] is False and config["window"] == [96, 96, 96] and config["overlap"] == 0.5
+    items = catalog.uncertainty_items(run_id)
+    assert (
+        len(items) == 27
+    )  # the 32 classes less the 5 AbdomenCT-1K annotates (liver, kidneys, spleen, pancreas)
+    signals = [json.loads(s) for s in items["signals"]]
+    assert all(s["tta_disagreement"] is None and s["tta_not_run"] == TTA_NOT_RUN for s in signals)
+    assert "0 scans pseudo-labelled" in _run(*args)[1]  # a re-run resumes: nothing left to do
+
+    code, out, _ = _run("--workspace", ws, "queue", "--top", "5")
+    assert code == 0 and len(out.strip().splitlines()) == 5 and "no test-time augmentation was run" in out
+
+    monkeypatch.setenv("WORKBENCH_HOME", ws)
+    at = AppTest.from_file(str(REPO / "workbench" / "app.py"), default_timeout=60)
+    at.session_state["reviewer"] = "Dr Ada"
+    at.run()
+    at.switch_page("app_pages/review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [c.value.replace("\\", "") for c in at.caption]
+    assert any("the model was trained at 1.5 mm" in c for c in captions), captions
+
+    code, out, _ = _run("--workspace", ws, "export", "nnunet", str(tmp_path / "out"), "--no-progress")
+    assert code == 0
+    manifest = json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())
+    (case,) = manifest["cases"]
+    assert case["scan_id"] == "abdomenct_1k:00001" if "scan_id" in case else case
+
+
+def test_round_previous_takes_a_registered_name(tmp_path: Path, random_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    from storage.files import file_sha256
+    from storage.workspace import Workspace
+    from workbench.cli import _previous_model
+
+    ws = str(tmp_path / "ws")
+    ckpt = random_checkpoint(tmp_path / "m.pt", ("spleen", "liver"))
+    assert _run("--workspace", ws, "import-model", str(ckpt), "--name", "ours")[0] == 0
+    resolved = _previous_model(Workspace.open(ws), "ours")
+    assert resolved is not None and file_sha256(resolved) == file_sha256(ckpt)
+    assert _previous_model(Workspace.open(ws), str(ckpt)) == str(ckpt)  # a file stays a file
+    assert _previous_model(Workspace.open(ws), None) is None

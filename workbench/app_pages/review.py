@@ -276,6 +276,10 @@ def viewer() -> None:
         u4.image(app_data.entropy_legend(), caption=app_data.HEAT_LEGEND)
     else:
         u4.caption(f"uncertainty map of run {escape(run_id)}: most uncertain slice = largest sum of entropy")
+    if run_id is not None and ws is not None:  # e.g. a release model run coarser than it was trained
+        spacing_note = ws.catalog.run_config(run_id).get("spacing_note")
+        if spacing_note:
+            st.caption(f"Model run {escape(run_id)}: {escape(spacing_note)}")
     n_slices = dv.n_slices(view)
     slice_key = f"v_slice_{scan_id}_{view}"
     if slice_key not in st.session_state:

@@ -66,6 +66,64 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
         raise HarmonizeError(path, f"cannot be read as a torch checkpoint: {exc}") from exc
 
 
+def release_state(raw: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state of a loaded release object, keys mapped by :func:`release_key`.
+
+    Args:
+        raw: what ``torch.load`` returned (a dict with ``net`` or ``state_dict``, or a bare state dict).
+        path: the file, for messages.
+
+    Returns:
+        parameter name -> tensor, with ``organ_embedding``.
+
+    Raises:
+        HarmonizeError: not a state dict of tensors, or no ``organ_embedding``.
+    """
+    if isinstance(raw, Mapping) and "net" in raw:
+        raw = raw["net"]
+    elif isinstance(raw, Mapping) and "state_dict" in raw:
+        raw = raw["state_dict"]
+    if not isinstance(raw, Mapping) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise HarmonizeError(
+            path,
+            f"is neither a {FORMAT} checkpoint nor an original Universal Model release file "
+            "(expected a state dict of tensors, or a dict with 'net')",
+        )
+    state = {release_key(str(k)): v for k, v in raw.items()}
+    if "organ_embedding" not in state:
+        raise HarmonizeError(
+            path, "has no 'organ_embedding' (not a word-embedding Universal Model checkpoint)"
+        )
+    return state
+
+
+def release_model(state: Mapping[str, torch.Tensor], backbone: str, path: str | Path) -> UniversalModel:
+    """Build the ``UniversalModel`` of a release state (:func:`release_state`) and load it strictly.
+
+    Swin UNETR gets the release's patch-merging order (``swin_merging='release'``).
+
+    Raises:
+        HarmonizeError: keys or shapes that do not match the backbone (names listed).
+    """
+    model = UniversalModel(backbone, n_classes=int(state["organ_embedding"].shape[0]), swin_merging="release")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise HarmonizeError(path, f"does not match the {backbone} Universal Model: {exc}") from exc
+    return model.eval()
+
+
+def read_model_object(path: str | Path, *, allow_pickle: bool = False) -> Any:
+    """``torch.load`` a model file onto the CPU (tensors and plain containers only, unless
+    ``allow_pickle``); one :class:`HarmonizeError` line when it cannot be read."""
+    return _torch_load(Path(path), allow_pickle)
+
+
+def is_workbench_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is this project's own checkpoint format."""
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
 def load_release_checkpoint(path: str | Path, backbone: str, *, allow_pickle: bool = False) -> UniversalModel:
     """Build a ``UniversalModel`` from an original release checkpoint and load it strictly.
 
@@ -82,24 +140,7 @@ def load_release_checkpoint(path: str | Path, backbone: str, *, allow_pickle: bo
         HarmonizeError: unreadable file, or keys/shapes that do not match the backbone (names listed).
     """
     path = Path(path)
-    raw = _torch_load(path, allow_pickle)
-    if isinstance(raw, Mapping) and "net" in raw:
-        raw = raw["net"]
-    elif isinstance(raw, Mapping) and "state_dict" in raw:
-        raw = raw["state_dict"]
-    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise HarmonizeError(path, "expected a state dict (or a dict with 'net') of tensors")
-    state = {release_key(k): v for k, v in raw.items()}
-    if "organ_embedding" not in state:
-        raise HarmonizeError(
-            path, "has no 'organ_embedding' (not a word-embedding Universal Model checkpoint)"
-        )
-    model = UniversalModel(backbone, n_classes=int(state["organ_embedding"].shape[0]))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise HarmonizeError(path, f"does not match the {backbone} Universal Model: {exc}") from exc
-    return model.eval()
+    return release_model(release_state(_torch_load(path, allow_pickle), path), backbone, path)
 
 
 def _vocabulary_record(vocabulary: TextVocabulary) -> dict[str, Any]:
@@ -204,19 +245,22 @@ def check_vocabulary(path: str | Path, recorded: TextVocabulary, given: TextVoca
     )
 
 
-def load_checkpoint(path: str | Path, vocabulary: TextVocabulary | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, vocabulary: TextVocabulary | None = None, *, obj: Any = None
+) -> LoadedCheckpoint:
     """Load a checkpoint written by ``save_checkpoint``.
 
     Args:
         path: the file.
         vocabulary: if given, must be the vocabulary the checkpoint records, else ``VocabularyMismatch``.
+        obj: the file's contents when already read (:func:`read_model_object`).
 
     Returns:
         ``LoadedCheckpoint`` with the model (eval mode), optimizer state, training state and vocabulary.
     """
     path = Path(path)
-    obj = _torch_load(path, allow_pickle=False)
-    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
+    obj = _torch_load(path, allow_pickle=False) if obj is None else obj
+    if not is_workbench_checkpoint(obj):
         raise HarmonizeError(
             path, f"is not a {FORMAT} checkpoint (for the original release files use load_release_checkpoint)"
         )
@@ -225,6 +269,7 @@ def load_checkpoint(path: str | Path, vocabulary: TextVocabulary | None = None) 
         check_vocabulary(path, recorded, vocabulary)
     cfg = dict(obj["model_config"])
     cfg.pop("n_classes")
+    cfg.setdefault("swin_merging", "monai")  # saved before the option: trained with MONAI 1.x's order
     model = UniversalModel(embeddings=recorded.embeddings, **cfg)
     try:
         model.load_state_dict(obj["model_state"], strict=True)

@@ -25,7 +25,13 @@ stay bit-identical.
 
 Backbones (``backbone=``):
 
-* ``swinunetr``: MONAI SwinUNETR, feature_size 48 (deep: 768 ch at 1/32, feat: 48 ch).
+* ``swinunetr``: MONAI SwinUNETR, feature_size 48 (deep: 768 ch at 1/32, feat: 48 ch). Its patch-merging
+  layer gathers the 2x2x2 neighbours in the order ``swin_merging`` names: ``"release"`` (default) is the
+  order of the Swin UNETR the original repository vendored (``model/SwinUNETR.py``, MONAI 0.9.0's code,
+  which lists offsets (0,1,0) and (0,0,1) twice and never gathers (1,1,0) and (0,1,1)), the order the
+  released weights were trained with (:data:`RELEASE_MERGE_OFFSETS`); ``"monai"`` is MONAI 1.x's
+  ``"merging"`` (the fixed order, :data:`MONAI_MERGE_OFFSETS`), what checkpoints of this workbench saved
+  before the option existed were trained with.
 * ``unet3d``: the Models Genesis UNet3D of the original U-Net checkpoint (deep: 512 ch at 1/8, feat: 64 ch),
   with the original's batch-statistics BatchNorm.
 * ``small_unet``: a small MONAI BasicUNet for CPU work (deep: 128 ch at 1/16, feat: 16 ch).
@@ -60,12 +66,76 @@ HEAD_CHUNK_GPU = 1 << 18
 SMALL_UNET_FEATURES = (8, 16, 32, 64, 128, 16)
 
 
+#: The 2x2x2 neighbour offsets (i, j, k) in the order the release's patch merging concatenates them
+#: (the original repository's vendored ``PatchMerging``: x4..x6 read (1,0,1), (0,1,0), (0,0,1)).
+RELEASE_MERGE_OFFSETS = (
+    (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1),
+)  # fmt: skip
+#: MONAI 1.x ``PatchMerging`` ("merging"): every neighbour once.
+MONAI_MERGE_OFFSETS = (
+    (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1),
+)  # fmt: skip
+SWIN_MERGINGS = {"release": RELEASE_MERGE_OFFSETS, "monai": MONAI_MERGE_OFFSETS}
+
+
+def merge_neighbours(x: torch.Tensor, offsets: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+    """Concatenate the 2x2x2 neighbours of a channels-last volume in the given order.
+
+    Args:
+        x: [B, D, H, W, C] (odd sides are zero-padded at the end first).
+        offsets: 8 (i, j, k) offsets in 0/1, in concatenation order.
+
+    Returns:
+        [B, ceil(D/2), ceil(H/2), ceil(W/2), 8C].
+    """
+    d, h, w = x.shape[1:4]
+    if d % 2 or h % 2 or w % 2:
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+    return torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in offsets], -1)
+
+
+class OrderedPatchMerging(nn.Module):
+    """Swin UNETR's patch merging (LayerNorm 8C, Linear 8C -> 2C without bias) with a chosen neighbour
+    order; parameter names as MONAI's (``norm``, ``reduction``).
+
+    Args:
+        dim: input channels C.
+        offsets: the neighbour order (:data:`RELEASE_MERGE_OFFSETS` or :data:`MONAI_MERGE_OFFSETS`).
+        norm_layer: normalisation class (LayerNorm).
+        spatial_dims: 3 (MONAI's signature).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        offsets: Sequence[tuple[int, int, int]] = RELEASE_MERGE_OFFSETS,
+        norm_layer: type[nn.LayerNorm] = nn.LayerNorm,
+        spatial_dims: int = 3,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 3:
+            raise ValueError("OrderedPatchMerging is 3D only")
+        self.offsets: tuple[tuple[int, int, int], ...] = tuple(
+            (int(i), int(j), int(k)) for i, j, k in offsets
+        )
+        self.reduction = nn.Linear(8 * dim, 2 * dim, bias=False)
+        self.norm = norm_layer(8 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, D, H, W, C] -> [B, D/2, H/2, W/2, 2C]."""
+        return self.reduction(self.norm(merge_neighbours(x, self.offsets)))
+
+
 class BatchStatsNorm3d(_BatchNorm):
-    """BatchNorm that normalises with the batch's own statistics in training AND evaluation.
+    """BatchNorm that normalises with the batch's own statistics in training, and with each item's own
+    statistics in evaluation.
 
     The original U-Net (Models Genesis ``ContBatchNorm3d``) always used batch statistics, so its released
-    weights expect that. Running statistics are kept in the state dict for compatibility and updated only
-    in training mode (the original also updated them in eval; they are never read either way).
+    weights expect that; the original inference runs one window per forward (``sw_batch_size=1``), so in
+    evaluation each item is normalised by its own statistics (instance statistics with the BN's affine),
+    which is what a batch of one gives, also when several windows share one forward. Running statistics
+    are kept in the state dict for compatibility and updated only in training mode (the original also
+    updated them in eval; they are never read either way).
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -75,6 +145,8 @@ class BatchStatsNorm3d(_BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
         track = self.training
+        if not track:
+            return F.instance_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
         return F.batch_norm(
             input,
             self.running_mean if track else None,
@@ -159,8 +231,14 @@ class UNet3DBackbone(nn.Module):
         return deep, self.up_tr64(up, skip64)
 
 
-def _swin_backbone(in_channels: int) -> nn.Module:
+def _swin_backbone(in_channels: int, merging: str = "release") -> nn.Module:
+    from functools import partial
+
     from monai.networks.nets import SwinUNETR
+
+    if merging not in SWIN_MERGINGS:
+        raise ValueError(f"unknown swin_merging {merging!r}; known: {', '.join(SWIN_MERGINGS)}")
+    downsample = partial(OrderedPatchMerging, offsets=SWIN_MERGINGS[merging])
 
     class SwinUNETRBackbone(SwinUNETR):
         """MONAI SwinUNETR (feature_size 48) without its output block; input sides divisible by 32.
@@ -172,7 +250,13 @@ def _swin_backbone(in_channels: int) -> nn.Module:
         out_channels = 48
 
         def __init__(self) -> None:
-            super().__init__(in_channels=in_channels, out_channels=1, feature_size=48, use_checkpoint=False)
+            super().__init__(
+                in_channels=in_channels,
+                out_channels=1,
+                feature_size=48,
+                use_checkpoint=False,
+                downsample=downsample,  # type: ignore[arg-type]
+            )
             del self.out  # the dynamic heads replace it; the release has no such parameters
 
         def forward(self, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -223,11 +307,16 @@ def _small_unet_backbone(in_channels: int, features: Sequence[int]) -> nn.Module
 
 
 def build_backbone(
-    name: str, in_channels: int = 1, small_features: Sequence[int] = SMALL_UNET_FEATURES
+    name: str,
+    in_channels: int = 1,
+    small_features: Sequence[int] = SMALL_UNET_FEATURES,
+    swin_merging: str = "release",
 ) -> nn.Module:
-    """Build a backbone by name; it returns ``(deep, feat)`` and has ``deep_channels``/``out_channels``."""
+    """Build a backbone by name; it returns ``(deep, feat)`` and has ``deep_channels``/``out_channels``.
+
+    ``swin_merging`` ('release' / 'monai') is the Swin UNETR patch-merging order (module docstring)."""
     if name == "swinunetr":
-        return _swin_backbone(in_channels)
+        return _swin_backbone(in_channels, swin_merging)
     if name in ("unet3d", "unet"):
         return UNet3DBackbone(in_channels)
     if name == "small_unet":
@@ -257,6 +346,8 @@ class UniversalModel(nn.Module):
         small_features: BasicUNet feature sizes for 'small_unet' (6 ints).
         n_added_classes: how many of the last rows are added classes with a learnable head offset
             (``new_heads``); set by ``add_class`` and restored from checkpoints.
+        swin_merging: Swin UNETR patch-merging order, 'release' (the released weights') or 'monai'
+            (MONAI 1.x's; checkpoints saved before this option); ignored by the other backbones.
     """
 
     organ_embedding: torch.Tensor
@@ -269,12 +360,14 @@ class UniversalModel(nn.Module):
         in_channels: int = 1,
         small_features: Sequence[int] = SMALL_UNET_FEATURES,
         n_added_classes: int = 0,
+        swin_merging: str = "release",
     ) -> None:
         super().__init__()
         self.backbone_name = "unet3d" if backbone == "unet" else backbone
         self.in_channels = in_channels
         self.small_features = tuple(int(f) for f in small_features)
-        self.backbone = build_backbone(self.backbone_name, in_channels, self.small_features)
+        self.swin_merging = swin_merging
+        self.backbone = build_backbone(self.backbone_name, in_channels, self.small_features, swin_merging)
         deep_ch: int = self.backbone.deep_channels  # type: ignore[assignment]
         out_ch: int = self.backbone.out_channels  # type: ignore[assignment]
         self.precls_conv = nn.Sequential(
@@ -309,6 +402,7 @@ class UniversalModel(nn.Module):
             "in_channels": self.in_channels,
             "small_features": list(self.small_features),
             "n_added_classes": len(self.new_heads),
+            "swin_merging": self.swin_merging,
         }
 
     def set_embeddings(self, embeddings: np.ndarray | torch.Tensor) -> None:
@@ -380,14 +474,16 @@ class UniversalModel(nn.Module):
             outs.append(torch.baddbmm(b3, w3, h).view(c, -1))  # [C, n]: layer 3, per class
         return torch.cat(outs, dim=1).view(1, c, *head_input.shape[2:])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
         """Logits [B, n_classes, X, Y, Z] for images [B, in_channels, X, Y, Z] (sides divisible by the
-        backbone's stride: 32 swinunetr, 8 unet3d, 16 small_unet)."""
+        backbone's stride: 32 swinunetr, 8 unet3d, 16 small_unet); with ``channels`` only those classes'
+        heads run and the logits are [B, len(channels), X, Y, Z] in that order."""
         deep, feat = self.backbone(x)
         image_features = self.GAP(deep).flatten(1)  # [B, 256]
         head_inputs = self.precls_conv(feat)  # [B, 8, X, Y, Z]
+        pick = slice(None) if channels is None else list(channels)
         logits = [
-            self.dynamic_heads(head_inputs[i : i + 1], self.class_params(image_features[i]))
+            self.dynamic_heads(head_inputs[i : i + 1], self.class_params(image_features[i])[pick])
             for i in range(x.shape[0])
         ]
         return torch.cat(logits, dim=0)

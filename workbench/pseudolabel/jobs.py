@@ -31,8 +31,9 @@ from harmonize.taxonomy import CLASSES, PAIRS
 from harmonize.volume import Volume
 from storage.masks import MaskStore
 from storage.workspace import Workspace
-from workbench.pseudolabel.inference import predict_lowres, to_original_grid
+from workbench.pseudolabel.inference import PreparedImage, predict_prepared, prepare_image, to_original_grid
 from workbench.pseudolabel.postprocess import postprocess
+from workbench.pseudolabel.scoring import TTA_NOT_RUN, TTA_NOT_RUN_KEY
 from workbench.pseudolabel.segmenter import Segmenter
 from workbench.pseudolabel.uncertainty import ReferenceStats, ScanContext, scan_signals
 
@@ -111,17 +112,26 @@ class JobOptions:
         overlap: sliding-window overlap, in [0, 1).
         device: torch device of the inference.
         uncertainty: also compute uncertainty signals and the entropy map.
+        tta: run the test-time augmentation (a second prediction, about twice the device time); None: the
+            model's default (a workbench checkpoint: yes, with uncertainty; a release model: no, as the
+            paper's inference).
+        sw_batch_size: sliding windows per forward (more: faster on a GPU, more device memory).
 
     Raises:
-        ValueError: an overlap outside [0, 1), or a spacing that is not a positive number of mm.
+        ValueError: an overlap outside [0, 1), a spacing that is not a positive number of mm, or a
+            window batch below 1.
     """
 
     low_res_mm: float | None = 3.0
     overlap: float = 0.5
     device: str = "cpu"
     uncertainty: bool = True
+    tta: bool | None = None
+    sw_batch_size: int = 1
 
     def __post_init__(self) -> None:
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be at least 1, got {self.sw_batch_size}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.low_res_mm is not None and not (math.isfinite(self.low_res_mm) and self.low_res_mm > 0):
@@ -130,6 +140,12 @@ class JobOptions:
     def spacing_mm(self, seg: Segmenter) -> tuple[float, float, float]:
         """The inference grid spacing for ``seg``: ``low_res_mm`` isotropic, else the checkpoint's."""
         return (self.low_res_mm,) * 3 if self.low_res_mm else seg.spacing_mm
+
+    def use_tta(self, seg: Segmenter) -> bool:
+        """Whether the job runs the test-time augmentation for ``seg`` (see ``tta``)."""
+        if not self.uncertainty:
+            return False
+        return bool(self.tta) if self.tta is not None else bool(seg.settings.get("tta", not seg.is_release))
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -246,6 +262,41 @@ def _known_masks(job: ScanJob) -> dict[str, CroppedMask]:
     return out
 
 
+@dataclass
+class PreparedScan:
+    """A scan read and preprocessed for inference (:func:`prepare_scan`), or its one-line error."""
+
+    job: ScanJob
+    volume: Volume | None = None
+    known: dict[str, CroppedMask] = field(default_factory=dict)
+    image: PreparedImage | None = None
+    read_s: float = 0.0
+    error: str | None = None
+
+
+def prepare_scan(seg: Segmenter, job: ScanJob, options: JobOptions) -> PreparedScan:
+    """Read the CT and the scan's annotated masks and preprocess the CT (what a job does for the next
+    scan in a background thread while the device works on the current one).
+
+    Args:
+        seg: the model (its window).
+        job: the scan.
+        options: job settings (the spacing).
+
+    Returns:
+        :class:`PreparedScan`; on bad input (missing or changed file) only ``error`` is set.
+    """
+    t0 = time.perf_counter()
+    try:
+        vol = _read_image(job)
+        known = _known_masks(job)
+    except HarmonizeError as e:
+        return PreparedScan(job, error=f"{e.path}: {e.problem}")
+    t_read = time.perf_counter() - t0
+    image = prepare_image(seg, vol, options.spacing_mm(seg))
+    return PreparedScan(job, vol, known, image, t_read)
+
+
 def run_scan_job(
     seg: Segmenter,
     job: ScanJob,
@@ -253,6 +304,7 @@ def run_scan_job(
     reference: ReferenceStats,
     *,
     on_masks: Callable[[ScanJob, dict[str, CroppedMask]], dict[str, CroppedMask]] | None = None,
+    prepared: PreparedScan | None = None,
 ) -> ScanResult:
     """Predict, post-process and assess one scan; writes nothing.
 
@@ -263,25 +315,26 @@ def run_scan_job(
         reference: catalog statistics for the plausibility signals.
         on_masks: hook called with the final masks before statistics and signals, returning the masks to
             use (the error-detection benchmark injects faults here).
+        prepared: the scan already read and preprocessed (:func:`prepare_scan`); read now when None.
 
     Returns:
         :class:`ScanResult`; on bad input (missing or changed file) only ``error`` is set.
     """
     t0 = time.perf_counter()
-    try:
-        vol = _read_image(job)
-        known = _known_masks(job)
-    except HarmonizeError as e:
-        return ScanResult(job, error=f"{e.path}: {e.problem}")
-    t_read = time.perf_counter() - t0
-    pred = predict_lowres(
+    prep = prepared if prepared is not None else prepare_scan(seg, job, options)
+    if prep.error is not None or prep.volume is None or prep.image is None:
+        return ScanResult(job, error=prep.error or f"{job.image_path}: not read")
+    vol, known, t_read = prep.volume, prep.known, prep.read_s
+    pred = predict_prepared(
         seg,
-        vol,
-        spacing_mm=options.spacing_mm(seg),
+        prep.image,
         overlap=options.overlap,
         device=options.device,
-        tta=options.uncertainty,
+        tta=options.use_tta(seg),
+        sw_batch_size=options.sw_batch_size,
     )
+    if prepared is not None:
+        t0 -= t_read + prep.image.seconds  # the total counts the scan's read and preprocessing too
     t1 = time.perf_counter()
     midline = estimate_midline_x(vol)
     if job.existing_label_set is not None:
@@ -333,6 +386,9 @@ def run_scan_job(
         result.signals, result.entropy_map = scan_signals(
             final, ctx, reference, pred.probs, seg.class_names, pred.affine, pred.tta_probs
         )
+        if pred.tta_probs is None:  # say so: tta_disagreement is None because it was not made
+            for sig in result.signals.values():
+                sig[TTA_NOT_RUN_KEY] = TTA_NOT_RUN
         result.map_affine = pred.affine
         result.map_classes = tuple(final)
     t3 = time.perf_counter()

@@ -30,7 +30,13 @@ from typing import Any
 from harmonize.errors import HarmonizeError
 from storage.workspace import Workspace
 from workbench.pseudolabel.jobs import JobOptions, ScanJob, ScanResult, run_scan_job
-from workbench.pseudolabel.run import PseudolabelSummary, run_jobs
+from workbench.pseudolabel.run import (
+    MODEL_DEFAULT,
+    PseudolabelSummary,
+    default_low_res_mm,
+    resolve_segmenter,
+    run_jobs,
+)
 from workbench.pseudolabel.segmenter import Segmenter
 from workbench.pseudolabel.uncertainty import ReferenceStats
 
@@ -43,12 +49,20 @@ class _Worker:
     """Ray actor body: one loaded model, one scan at a time."""
 
     def __init__(
-        self, checkpoint: str, sha256: str, options: JobOptions, reference: Any, threads: int
+        self,
+        checkpoint: str,
+        sha256: str,
+        options: JobOptions,
+        reference: Any,
+        threads: int,
+        backbone: str | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         import torch  # lazy: the actor's process, not the driver's import, pays for torch
 
         torch.set_num_threads(max(1, threads))
-        self.seg = Segmenter.from_checkpoint(checkpoint)
+        seg = Segmenter.from_checkpoint(checkpoint, backbone=backbone)
+        self.seg = seg.with_classes(classes) if classes else seg
         if self.seg.sha256 != sha256:
             raise HarmonizeError(
                 checkpoint, f"on this node has sha256 {self.seg.sha256[:12]}, the driver's {sha256[:12]}"
@@ -73,6 +87,8 @@ class RayExecutor:
         actors: number of actors.
         use_gpu: one GPU per actor (else CPU actors).
         cpus_per_actor: CPUs (and torch threads) per actor.
+        backbone: the release backbone (from the driver's reading of the file).
+        classes: the classes the driver's model predicts (None: all of the file's).
     """
 
     checkpoint: str
@@ -80,6 +96,8 @@ class RayExecutor:
     actors: int
     use_gpu: bool
     cpus_per_actor: int = 1
+    backbone: str | None = None
+    classes: tuple[str, ...] | None = None
     description: str = "pseudolabel (ray)"
 
     @property
@@ -104,7 +122,15 @@ class RayExecutor:
         n = self.actors
         actor_cls = ray.remote(num_cpus=self.cpus_per_actor, num_gpus=1 if self.use_gpu else 0)(_Worker)
         actors = [
-            actor_cls.remote(self.checkpoint, self.sha256, options, reference, self.cpus_per_actor)
+            actor_cls.remote(
+                self.checkpoint,
+                self.sha256,
+                options,
+                reference,
+                self.cpus_per_actor,
+                self.backbone,
+                self.classes,
+            )
             for _ in range(n)
         ]
         pending: dict[Any, ScanJob] = {}
@@ -133,10 +159,14 @@ def pseudolabel_ray(
     scans: Sequence[str] | None = None,
     sources: Sequence[str] | None = None,
     all_classes: bool = False,
-    low_res_mm: float | None = 3.0,
-    overlap: float = 0.5,
+    low_res_mm: float | str | None = MODEL_DEFAULT,
+    overlap: float | None = None,
     device: str = "auto",
     uncertainty: bool = True,
+    tta: bool | None = None,
+    sw_batch_size: int = 1,
+    classes: Sequence[str] | None = None,
+    backbone: str | None = None,
     progress: bool = True,
     on_scan: Callable[[str, str], None] | None = None,
 ) -> PseudolabelSummary:
@@ -144,7 +174,8 @@ def pseudolabel_ray(
 
     Args:
         ws: the workspace (the driver's; actors only read scans and the mask store).
-        checkpoint_path: a ``save_checkpoint`` file, at the same path on every node.
+        checkpoint_path: a registered model's name or a model file (workbench checkpoint or release
+            file); the file must be at the same path on every node.
         address: a Ray cluster to join; None starts (and afterwards stops) a local instance.
         workers: number of actors; default one per GPU of the cluster, else 2 CPU actors.
         device: 'auto' gives each actor a GPU when the cluster has GPUs, else CPU.
@@ -163,9 +194,16 @@ def pseudolabel_ray(
     except ImportError as exc:
         raise ImportError(_INSTALL) from exc
 
-    options = JobOptions(low_res_mm, overlap, "cpu", uncertainty)  # checked now; the device follows Ray's
-    checkpoint = str(Path(checkpoint_path).resolve())
-    seg = Segmenter.from_checkpoint(checkpoint)  # the driver's check and the run's identity
+    seg = resolve_segmenter(ws, checkpoint_path, backbone=backbone, classes=classes)  # the run's identity
+    options = JobOptions(  # checked now; the device follows Ray's
+        default_low_res_mm(seg, low_res_mm),
+        float(seg.settings.get("overlap", 0.5)) if overlap is None else overlap,
+        "cpu",
+        uncertainty,
+        tta,
+        sw_batch_size,
+    )
+    checkpoint = str(Path(seg.path).resolve())
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -177,7 +215,15 @@ def pseudolabel_ray(
         gpus = int(resources.get("GPU", 0))
         use_gpu = gpus > 0 and device in ("auto", "cuda")
         n = workers or (gpus if use_gpu else 2)
-        executor = RayExecutor(checkpoint, seg.sha256, n, use_gpu, max(1, int(resources.get("CPU", 1)) // n))
+        executor = RayExecutor(
+            checkpoint,
+            seg.sha256,
+            n,
+            use_gpu,
+            max(1, int(resources.get("CPU", 1)) // n),
+            seg.backbone if seg.is_release else None,
+            tuple(seg.class_names) if classes else None,
+        )
         return run_jobs(
             ws,
             seg,

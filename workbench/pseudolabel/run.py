@@ -31,6 +31,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,10 +45,18 @@ from storage.files import PARTIAL_PREFIX
 from storage.maps import uncertainty_map_path, write_uncertainty_map
 from storage.workspace import Workspace
 from workbench.pseudolabel.inference import THRESHOLD, TTA_SCALE, TTA_SHIFT
-from workbench.pseudolabel.jobs import JobOptions, ScanJob, ScanResult, plan_jobs, run_scan_job
+from workbench.pseudolabel.jobs import (
+    JobOptions,
+    PreparedScan,
+    ScanJob,
+    ScanResult,
+    plan_jobs,
+    prepare_scan,
+    run_scan_job,
+)
 from workbench.pseudolabel.postprocess import RULE_NAMES
 from workbench.pseudolabel.scoring import rescore
-from workbench.pseudolabel.segmenter import Segmenter, resolve_device
+from workbench.pseudolabel.segmenter import Segmenter, load_model, resolve_device
 from workbench.pseudolabel.uncertainty import (
     ReferenceStats,
     reference_stats,
@@ -164,6 +173,8 @@ def start_run(
         The run id.
     """
     run_id = "run-pl-" + uuid.uuid4().hex[:16]
+    spacing = list(options.spacing_mm(seg))
+    trained = [float(v) for v in seg.spacing_mm]
     ws.catalog.start_run(
         run_id,
         "pseudolabel",
@@ -173,21 +184,44 @@ def start_run(
         device=options.device,
         config={
             "checkpoint": seg.path,
+            "model": {"name": seg.name, "kind": seg.kind},
             "backbone": seg.backbone,
             "low_res_mm": options.low_res_mm,
-            "spacing_mm": list(options.spacing_mm(seg)),
+            "spacing_mm": spacing,
+            "trained_spacing_mm": trained,
+            "spacing_note": spacing_note(spacing, trained),
             "window": list(seg.patch),
             "overlap": options.overlap,
             "blending": "gaussian",
             "threshold": THRESHOLD,
             "postprocess": list(RULE_NAMES),
             "uncertainty": options.uncertainty,
-            "tta": {"scale": TTA_SCALE, "intensity_shift": TTA_SHIFT, "mirroring": False},
+            "sw_batch_size": options.sw_batch_size,
+            "classes": list(seg.class_names),
+            "tta": {
+                "run": options.use_tta(seg),
+                "scale": TTA_SCALE,
+                "intensity_shift": TTA_SHIFT,
+                "mirroring": False,
+            },
             **dict(extra or {}),
             **this_process(),
         },
     )
     return run_id
+
+
+def spacing_note(spacing_mm: Sequence[float], trained_mm: Sequence[float]) -> str | None:
+    """The run record's (and the app's) line when a run infers at another spacing than the model was
+    trained at, e.g. "inferred at 3 mm; the model was trained at 1.5 mm"; None when they agree."""
+    if np.allclose(spacing_mm, trained_mm, atol=1e-6):
+        return None
+    return f"inferred at {_mm(spacing_mm)}; the model was trained at {_mm(trained_mm)}"
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    values = sorted({float(s) for s in spacing})
+    return f"{values[0]:g} mm" if len(values) == 1 else " x ".join(f"{float(s):g}" for s in spacing) + " mm"
 
 
 def finish_run(ws: Workspace, run_id: str, summary: PseudolabelSummary, t_start: float) -> None:
@@ -352,9 +386,19 @@ class LocalExecutor:
     def results(
         self, seg: Segmenter, jobs: Sequence[ScanJob], options: JobOptions, reference: ReferenceStats
     ) -> Iterator[ScanResult]:
-        """Run each job with :func:`~workbench.pseudolabel.jobs.run_scan_job` when the driver asks."""
-        for job in jobs:
-            yield run_scan_job(seg, job, options, reference, on_masks=self.on_masks)
+        """Run each job with :func:`~workbench.pseudolabel.jobs.run_scan_job` when the driver asks; the
+        next scan is read and preprocessed (:func:`~workbench.pseudolabel.jobs.prepare_scan`) in a
+        background thread meanwhile, so the device does not wait for the disk."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+            ahead: Future[PreparedScan] | None = (
+                pool.submit(prepare_scan, seg, jobs[0], options) if jobs else None
+            )
+            for i, job in enumerate(jobs):
+                assert ahead is not None
+                prepared = ahead.result()
+                ahead = pool.submit(prepare_scan, seg, jobs[i + 1], options) if i + 1 < len(jobs) else None
+                yield run_scan_job(seg, job, options, reference, on_masks=self.on_masks, prepared=prepared)
+                del prepared
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -442,6 +486,34 @@ def _close_quietly(ws: Workspace, run_id: str) -> None:
         close_interrupted_run(ws, run_id)
 
 
+#: ``low_res_mm`` of :func:`pseudolabel`: the model's own default (a release model: its 1.5 mm; a workbench
+#: checkpoint: :data:`CPU_LOW_RES_MM`).
+MODEL_DEFAULT = "default"
+#: The coarse CPU spacing a workbench checkpoint runs at by default.
+CPU_LOW_RES_MM = 3.0
+
+
+def default_low_res_mm(seg: Segmenter, low_res_mm: float | str | None) -> float | None:
+    """The inference spacing of a job: ``low_res_mm`` as given, or for :data:`MODEL_DEFAULT` the model's
+    own (None: its trained spacing, for a release model; 3 mm for a workbench checkpoint)."""
+    if low_res_mm != MODEL_DEFAULT:
+        return None if low_res_mm is None else float(low_res_mm)
+    return None if seg.is_release else CPU_LOW_RES_MM
+
+
+def resolve_segmenter(
+    ws: Workspace,
+    model: str | Path | Segmenter,
+    *,
+    backbone: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> Segmenter:
+    """The model of a job: a ready :class:`Segmenter`, a registered model's name, or a model file
+    (workbench checkpoint or release file); ``classes`` restricts what it predicts."""
+    seg = model if isinstance(model, Segmenter) else load_model(ws, model, backbone=backbone)
+    return seg.with_classes(classes) if classes else seg
+
+
 def pseudolabel(
     ws: Workspace,
     checkpoint_path: str | Path | Segmenter,
@@ -449,26 +521,36 @@ def pseudolabel(
     scans: Sequence[str] | None = None,
     sources: Sequence[str] | None = None,
     all_classes: bool = False,
-    low_res_mm: float | None = 3.0,
-    overlap: float = 0.5,
+    low_res_mm: float | str | None = MODEL_DEFAULT,
+    overlap: float | None = None,
     device: str = "auto",
     uncertainty: bool = True,
+    tta: bool | None = None,
+    sw_batch_size: int = 1,
+    classes: Sequence[str] | None = None,
+    backbone: str | None = None,
     progress: bool = True,
     on_scan: Callable[[str, str], None] | None = None,
     on_masks: Callable[[ScanJob, dict[str, CroppedMask]], dict[str, CroppedMask]] | None = None,
 ) -> PseudolabelSummary:
-    """Pseudo-label the workspace's scans with a checkpoint, on this machine (see module docstring).
+    """Pseudo-label the workspace's scans with a model, on this machine (see module docstring).
 
     Args:
         ws: the workspace.
-        checkpoint_path: a ``save_checkpoint`` file, or a ready :class:`Segmenter`.
+        checkpoint_path: a registered model's name, a model file (a ``save_checkpoint`` file or an
+            original release file), or a ready :class:`Segmenter`.
         scans: only these scan ids (default: all).
         sources: only scans of these sources.
         all_classes: predict every class of the model, not only those the scan's labels lack.
-        low_res_mm: isotropic inference spacing (3 mm: CPU mode); None uses the checkpoint's spacing.
-        overlap: sliding-window overlap (0..1).
+        low_res_mm: isotropic inference spacing (mm); None: the model's trained spacing; default
+            :data:`MODEL_DEFAULT` (a release model at its 1.5 mm, a workbench checkpoint at 3 mm).
+        overlap: sliding-window overlap (0..1); None: the model's (0.5).
         device: 'auto' (CUDA with mixed precision when present, else CPU), 'cpu', 'cuda', ...
         uncertainty: also compute uncertainty signals, the entropy map and the queue's rows.
+        tta: run the test-time augmentation (None: the model's default; see ``JobOptions.tta``).
+        sw_batch_size: sliding windows per forward.
+        classes: predict only these of the model's classes.
+        backbone: 'unet' / 'swinunetr' for a release file whose keys are ambiguous.
         progress: show a tqdm bar.
         on_scan: called with (scan id, outcome: done / failed) after each scan (tests interrupt here).
         on_masks: see :func:`~workbench.pseudolabel.jobs.run_scan_job`.
@@ -477,14 +559,17 @@ def pseudolabel(
         :class:`PseudolabelSummary`.
 
     Raises:
-        ValueError: an overlap outside [0, 1) or a spacing that is not positive.
-        HarmonizeError: unreadable or unfitting checkpoint, unknown scan ids.
+        ValueError: an overlap outside [0, 1), a spacing that is not positive, CUDA without a GPU.
+        HarmonizeError: unreadable or unfitting model, unknown scan ids.
     """
-    options = JobOptions(low_res_mm, overlap, resolve_device(device), uncertainty)
-    seg = (
-        checkpoint_path
-        if isinstance(checkpoint_path, Segmenter)
-        else Segmenter.from_checkpoint(checkpoint_path)
+    seg = resolve_segmenter(ws, checkpoint_path, backbone=backbone, classes=classes)
+    options = JobOptions(
+        default_low_res_mm(seg, low_res_mm),
+        float(seg.settings.get("overlap", 0.5)) if overlap is None else overlap,
+        resolve_device(device),
+        uncertainty,
+        tta,
+        sw_batch_size,
     )
     return run_jobs(
         ws,

@@ -37,6 +37,11 @@ WEIGHTS: dict[str, float] = {
     "entropy": 0.4,
 }
 DEFAULT_LONG_TAIL_BOOST = 0.5
+#: Signal key that says why no test-time augmentation was made (its text is the queue's last reason).
+TTA_NOT_RUN_KEY = "tta_not_run"
+#: ... and its text.
+TTA_NOT_RUN = "no test-time augmentation was run (no TTA disagreement; `pseudolabel --tta` adds it)"
+
 #: A reason is given for a signal whose severity reaches this.
 REASON_SEVERITY = 0.2
 #: Run statistics of a class need this many items of the run.
@@ -149,6 +154,8 @@ def assess(
         score *= 1.0 + long_tail_boost / math.sqrt(1.0 + max(0, n_annotated))
     ordered = sorted(sev.items(), key=lambda kv: -kv[1][0] * weights.get(kv[0], 0.0))
     reasons = [reason for _, (s, reason) in ordered if s >= REASON_SEVERITY]
+    if signals.get("tta_disagreement") is None and signals.get(TTA_NOT_RUN_KEY):
+        reasons.append(str(signals[TTA_NOT_RUN_KEY]))  # the second opinion that was not asked for
     return float(score), reasons
 
 

@@ -8,14 +8,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harmonize.errors import HarmonizeError
-from harmonize.taxonomy import class_names
-from storage.files import file_sha256
+from storage.workspace import Workspace
+
+if TYPE_CHECKING:
+    from workbench.model.registry import ModelFile
 
 
 @dataclass
@@ -31,6 +34,9 @@ class Segmenter:
         encoder_id / vocabulary_sha256: its text vocabulary's provenance.
         backbone: backbone name, for the record.
         path: the checkpoint file.
+        kind: 'workbench' (our checkpoint) or 'release' (an original Universal Model file).
+        name: its registered name ('' when used as a bare file).
+        settings: its inference defaults (``workbench.model.registry.RELEASE_SETTINGS`` for a release).
     """
 
     module: Any
@@ -42,50 +48,122 @@ class Segmenter:
     vocabulary_sha256: str = ""
     backbone: str = ""
     path: str = ""
+    kind: str = "workbench"
+    name: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_release(self) -> bool:
+        """Whether this is an original release model (the paper's settings are its defaults)."""
+        return self.kind == "release"
+
+    def with_classes(self, names: Sequence[str]) -> Segmenter:
+        """The same model predicting only ``names`` (its heads for the others never run: less device
+        memory per window, ``--classes``); the identity (sha256) stays the model's.
+
+        Raises:
+            ValueError: a class the model does not predict.
+        """
+        unknown = [n for n in names if n not in self.class_names]
+        if unknown:
+            raise ValueError(f"the model does not predict {unknown}; it predicts {list(self.class_names)}")
+        channels = [self.class_names.index(n) for n in names]
+        return dataclasses.replace(
+            self, module=_channel_subset(self.module, channels), class_names=tuple(names)
+        )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> Segmenter:
-        """Load a checkpoint written by ``workbench.model.checkpoint.save_checkpoint``.
+    def from_model_file(cls, mf: ModelFile, name: str = "") -> Segmenter:
+        """The :class:`Segmenter` of a read model file (``workbench.model.registry.read_model_file``)."""
+        return cls(
+            module=mf.model.eval(),
+            class_names=tuple(mf.vocabulary.class_names),
+            spacing_mm=mf.spacing_mm,
+            patch=mf.patch,
+            sha256=mf.sha256,
+            encoder_id=mf.vocabulary.encoder_id,
+            vocabulary_sha256=mf.vocabulary.sha256,
+            backbone=mf.backbone,
+            path=str(mf.path),
+            kind=mf.kind,
+            name=name,
+            settings=dict(mf.settings),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, backbone: str | None = None) -> Segmenter:
+        """Load a workbench checkpoint or an original release file (told apart by its contents).
 
         Args:
-            path: the checkpoint file.
+            path: the file.
+            backbone: 'unet' / 'swinunetr', only for a release file whose keys are ambiguous.
 
         Returns:
             The :class:`Segmenter`, its module in eval mode on the CPU.
 
         Raises:
-            HarmonizeError: unreadable file, not such a checkpoint, or output channels that are not
-                universal classes (a checkpoint that does not fit this workbench).
+            HarmonizeError: unreadable file, neither format, or output channels that are not universal
+                classes (a checkpoint that does not fit this workbench).
         """
         # Lazy: torch and MONAI load only when a model does (the CLI and the app import this package).
-        from workbench.model.checkpoint import load_checkpoint
-        from workbench.model.train import TrainConfig
+        from workbench.model.registry import read_model_file
 
-        path = Path(path)
-        loaded = load_checkpoint(path)
-        names = tuple(loaded.vocabulary.class_names)
-        known = set(class_names())
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise HarmonizeError(
-                path,
-                f"predicts classes that are not universal classes: {unknown} (the catalog cannot hold them)",
-            )
-        cfg = loaded.state.get("config")
-        pipeline = TrainConfig.from_dict(cfg).pipeline if isinstance(cfg, Mapping) else None
-        spacing = tuple(pipeline.spacing_mm) if pipeline else (1.5, 1.5, 1.5)
-        patch = tuple(pipeline.patch) if pipeline else (96, 96, 96)
-        return cls(
-            module=loaded.model.eval(),
-            class_names=names,
-            spacing_mm=spacing,  # type: ignore[arg-type]
-            patch=patch,  # type: ignore[arg-type]
-            sha256=file_sha256(path),
-            encoder_id=loaded.vocabulary.encoder_id,
-            vocabulary_sha256=loaded.vocabulary.sha256,
-            backbone=str(loaded.model.config.get("backbone", "")),
-            path=str(path),
+        return cls.from_model_file(read_model_file(path, backbone=backbone))
+
+
+def _channel_subset(module: Any, channels: Sequence[int]) -> Any:
+    """A module computing only ``channels`` of ``module``'s output (a ``UniversalModel`` runs only those
+    heads; any other module is sliced after its forward)."""
+    import torch  # lazy: see Segmenter.from_checkpoint
+
+    from workbench.model.network import UniversalModel
+
+    heads_only = isinstance(module, UniversalModel)
+
+    class ChannelSubset(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+            self.channels = list(channels)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if heads_only:
+                return self.inner(x, channels=self.channels)  # type: ignore[no-any-return]
+            return self.inner(x)[:, self.channels]  # type: ignore[no-any-return]
+
+    return ChannelSubset().eval()
+
+
+def load_model(ws: Workspace, ref: str | Path, *, backbone: str | None = None) -> Segmenter:
+    """A model by registered name (or sha256), else by file (``workbench pseudolabel NAME|FILE``).
+
+    Args:
+        ws: the workspace whose registry is searched.
+        ref: a registered model's name or sha256 (prefix of 8+), or a model file.
+        backbone: for a release file whose keys are ambiguous.
+
+    Returns:
+        The :class:`Segmenter`.
+
+    Raises:
+        HarmonizeError: neither a registered model nor a file (the registered names are listed), or a file
+            that is not a model of this workbench.
+    """
+    from workbench.model.registry import read_model_file, registered_path
+
+    row = ws.catalog.model(str(ref)) if ws.exists else None
+    if row is not None:
+        mf = read_model_file(registered_path(ws, row), backbone=str(row["backbone"]))
+        return Segmenter.from_model_file(mf, name=str(row["name"]))
+    path = Path(ref)
+    if not path.is_file():
+        names = ws.catalog.models()["name"].tolist() if ws.exists else []
+        raise HarmonizeError(
+            path,
+            "no such checkpoint file, and no registered model of that name (registered: "
+            f"{', '.join(names) or 'none; see `workbench import-model`'})",
         )
+    return Segmenter.from_checkpoint(path, backbone=backbone)
 
 
 def resolve_device(device: str) -> str:
@@ -96,9 +174,18 @@ def resolve_device(device: str) -> str:
 
     Returns:
         'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else as given.
+
+    Raises:
+        ValueError: a CUDA device asked for where none is visible (one line).
     """
-    if device != "auto":
-        return device
     import torch  # lazy: see Segmenter.from_checkpoint
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is visible here (use --device cpu or auto)")
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    return device

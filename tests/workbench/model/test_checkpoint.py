@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harmonize.errors import HarmonizeError
 from workbench.model.checkpoint import (
@@ -207,3 +209,108 @@ def test_load_checkpoint_rejects_other_files(tmp_path: Path, content: str) -> No
         torch.save({"net": {}}, path)
     with pytest.raises(HarmonizeError, match=r"x\.pt"):
         load_checkpoint(path)
+
+
+# -- release parity: our logits vs an independent reading of the original forward (#12) ---------------
+
+#: The neighbour order of the original repository's vendored Swin UNETR ``PatchMerging`` (3D branch),
+#: written out from reading it: x0..x7 = (0,0,0) (1,0,0) (0,1,0) (0,0,1) (1,0,1) (0,1,0) (0,0,1) (1,1,1).
+_ORIGINAL_ORDER = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1))
+
+
+def _original_merging(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The original's patch merging: its neighbour order, then LayerNorm and the bias-free Linear."""
+    picked = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in _ORIGINAL_ORDER], -1)
+    return self.reduction(self.norm(picked))  # type: ignore[operator]
+
+
+def _ref_conv_bn_relu(x: torch.Tensor, sd: dict[str, torch.Tensor], p: str) -> torch.Tensor:
+    # Models Genesis LUConv: 3x3x3 conv, ContBatchNorm3d (always the batch's statistics), ReLU.
+    x = F.conv3d(x, sd[f"{p}.conv1.weight"], sd[f"{p}.conv1.bias"], padding=1)
+    x = F.batch_norm(x, None, None, sd[f"{p}.bn1.weight"], sd[f"{p}.bn1.bias"], training=True, eps=1e-5)
+    return F.relu(x)
+
+
+def _ref_unet(x: torch.Tensor, sd: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    skips = []
+    for depth, name in enumerate(("down_tr64", "down_tr128", "down_tr256", "down_tr512")):
+        for i in (0, 1):
+            x = _ref_conv_bn_relu(x, sd, f"backbone.{name}.ops.{i}")
+        skips.append(x)
+        x = F.max_pool3d(x, 2) if depth < 3 else x
+    deep = x
+    for name, skip in zip(("up_tr256", "up_tr128", "up_tr64"), skips[2::-1]):
+        up = f"backbone.{name}.up_conv"
+        x = torch.cat([F.conv_transpose3d(x, sd[f"{up}.weight"], sd[f"{up}.bias"], stride=2), skip], 1)
+        for i in (0, 1):
+            x = _ref_conv_bn_relu(x, sd, f"backbone.{name}.ops.{i}")
+    return deep, x
+
+
+def _ref_swin(x: torch.Tensor, sd: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    import types
+
+    from monai.networks.nets import SwinUNETR
+
+    net = SwinUNETR(in_channels=1, out_channels=1, feature_size=48).eval()
+    own = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    missing, unexpected = net.load_state_dict(own, strict=False)
+    assert not unexpected and all(k.startswith("out.") for k in missing)
+    for stage in (net.swinViT.layers1, net.swinViT.layers2, net.swinViT.layers3, net.swinViT.layers4):
+        ds = stage[0].downsample
+        ds.forward = types.MethodType(_original_merging, ds)  # type: ignore[method-assign]
+    hidden = net.swinViT(x, net.normalize)
+    enc0, enc1 = net.encoder1(x), net.encoder2(hidden[0])
+    enc2, enc3 = net.encoder3(hidden[1]), net.encoder4(hidden[2])
+    deep = net.encoder10(hidden[4])
+    out = net.decoder2(net.decoder3(net.decoder4(net.decoder5(deep, hidden[3]), enc3), enc2), enc1)
+    return deep, net.decoder1(out, enc0)
+
+
+def _ref_heads(sd: dict[str, torch.Tensor], deep: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    """The original word-embedding head: GAP -> image feature, text_to_vision -> task feature, the
+    controller's 153 parameters per class, three grouped 1x1x1 convs over C copies of the 8 channels."""
+    c = sd["organ_embedding"].shape[0]
+    gap = F.relu(F.group_norm(deep, 16, sd["GAP.0.weight"], sd["GAP.0.bias"]))
+    image = F.conv3d(F.adaptive_avg_pool3d(gap, 1), sd["GAP.3.weight"], sd["GAP.3.bias"])
+    task = F.relu(F.linear(sd["organ_embedding"], sd["text_to_vision.weight"], sd["text_to_vision.bias"]))
+    out = []
+    for b in range(deep.shape[0]):
+        cond = torch.cat([image[b : b + 1].repeat(c, 1, 1, 1, 1), task[..., None, None, None]], 1)
+        params = F.conv3d(cond, sd["controller.weight"], sd["controller.bias"]).flatten(1)
+        h = F.relu(F.group_norm(feat[b : b + 1], 16, sd["precls_conv.0.weight"], sd["precls_conv.0.bias"]))
+        h = F.conv3d(h, sd["precls_conv.2.weight"], sd["precls_conv.2.bias"])
+        h = h.repeat(c, 1, 1, 1, 1).reshape(1, c * 8, *h.shape[2:])
+        w1, w2, w3, b1, b2, b3 = torch.split(params, [64, 64, 8, 8, 8, 1], 1)
+        layers = ((w1, b1, c * 8), (w2, b2, c * 8), (w3, b3, c))
+        for i, (w, bias, n_out) in enumerate(layers):
+            h = F.conv3d(h, w.reshape(n_out, 8, 1, 1, 1), bias.reshape(n_out), groups=c)
+            h = F.relu(h) if i < 2 else h
+        out.append(h.reshape(1, c, *h.shape[2:]))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize(("backbone", "batch"), [("unet", 2), ("swinunetr", 1)])
+def test_release_logits_match_the_original_forward(
+    release_file: Callable[[str], Path], backbone: str, batch: int
+) -> None:
+    from workbench.model.registry import read_model_file
+
+    path = release_file(backbone)
+    mf = read_model_file(path)  # the backbone from the keys
+    assert mf.kind == "release" and mf.backbone == {"unet": "unet3d"}.get(backbone, backbone)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in mf.model.state_dict().items()}
+    x = torch.rand((batch, 1, 64, 64, 64), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = mf.model(x)
+        # The original runs one window per forward (sw_batch_size=1): the reference sees each alone.
+        ref_backbone = _ref_unet if backbone == "unet" else _ref_swin
+        ref = torch.cat([_ref_heads(sd, *ref_backbone(x[i : i + 1], sd)) for i in range(batch)])
+    assert ours.shape == ref.shape == (batch, 32, 64, 64, 64)
+    assert float(ref.abs().max()) > 0.1  # logits of a size where 1e-4 means something
+    assert float((ours - ref).abs().max()) < 1e-4
+    if backbone == "swinunetr":  # MONAI 1.x's merging order on the same weights: not the original
+        monai_order = UniversalModel("swinunetr", n_classes=32, swin_merging="monai")
+        monai_order.load_state_dict(mf.model.state_dict())
+        with torch.no_grad():
+            assert float((monai_order.eval()(x) - ref).abs().max()) > 1e-3

@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.model.network import N_DYNAMIC_PARAMS, UniversalModel
+from workbench.model.network import (
+    MONAI_MERGE_OFFSETS,
+    N_DYNAMIC_PARAMS,
+    RELEASE_MERGE_OFFSETS,
+    UniversalModel,
+    merge_neighbours,
+)
 
 torch.set_num_threads(2)
 TINY = (4, 4, 8, 8, 16, 4)  # BasicUNet feature sizes for fast tests
@@ -160,3 +167,62 @@ def test_set_embeddings_checks_shape() -> None:
 def test_unknown_backbone_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown backbone"):
         UniversalModel("resnet")
+
+
+# -- Swin UNETR patch merging: the release's neighbour order, worked out by hand (#12) -----------------
+
+
+def _cube() -> torch.Tensor:
+    """A 2x2x2 volume, one channel, voxel (i, j, k) = 1 + 4i + 2j + k (values 1..8), channels last."""
+    x = torch.zeros((1, 2, 2, 2, 1))
+    for i, j, k in np.ndindex(2, 2, 2):
+        x[0, i, j, k, 0] = 1 + 4 * i + 2 * j + k
+    return x
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        # release: (0,0,0)=1 (1,0,0)=5 (0,1,0)=3 (0,0,1)=2 (1,0,1)=6 (0,1,0)=3 (0,0,1)=2 (1,1,1)=8
+        (RELEASE_MERGE_OFFSETS, [1, 5, 3, 2, 6, 3, 2, 8]),
+        # MONAI 1.x "merging": (1,1,0)=7 (1,0,1)=6 (0,1,1)=4 in places 4..6
+        (MONAI_MERGE_OFFSETS, [1, 5, 3, 2, 7, 6, 4, 8]),
+    ],
+)
+def test_patch_merging_gathers_neighbours_in_the_given_order(order: tuple, expected: list[int]) -> None:
+    merged = merge_neighbours(_cube(), order)
+    assert merged.shape == (1, 1, 1, 1, 8)
+    assert merged.flatten().tolist() == expected
+
+
+def test_the_release_swin_merging_layer_with_an_identity_like_reduction() -> None:
+    """The layer in the built network: norm made the identity, the reduction picks gathered slots 4 and 5
+    (release: voxels (1,0,1)=6 and (0,1,0)=3; MONAI 1.x's layer: (1,1,0)=7 and (1,0,1)=6)."""
+    from monai.networks.nets.swin_unetr import PatchMerging as MonaiPatchMerging
+
+    model = UniversalModel("swinunetr", n_classes=2)
+    ours = model.backbone.swinViT.layers1[0].downsample
+    monai_layer = MonaiPatchMerging(dim=1)
+    outs = []
+    for layer in (ours, monai_layer):
+        layer.norm = torch.nn.Identity()
+        layer.reduction = torch.nn.Linear(8, 2, bias=False)
+        with torch.no_grad():
+            layer.reduction.weight.zero_()
+            layer.reduction.weight[0, 4] = 1.0
+            layer.reduction.weight[1, 5] = 1.0
+            outs.append(layer(_cube()).flatten().tolist())
+    assert outs == [[6.0, 3.0], [7.0, 6.0]]
+    assert model.config["swin_merging"] == "release"
+
+
+def test_unet_eval_normalises_each_window_alone() -> None:
+    """Several windows per forward (sw_batch_size) give what each window alone gives (the original's
+    batch statistics over a batch of one), so batching does not change the U-Net's predictions."""
+    torch.manual_seed(0)
+    model = UniversalModel("unet3d", n_classes=3).eval()
+    x = torch.rand((2, 1, 16, 16, 16))
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[:1]), model(x[1:])])
+    assert float((together - alone).abs().max()) < 1e-5

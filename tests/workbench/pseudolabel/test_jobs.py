@@ -56,3 +56,61 @@ def test_a_vanished_scan_fails_with_one_line_and_writes_nothing(lits_ws, window_
         == 0
     )
     assert any(f"failed {gone}" in line for line in summary.lines())
+
+
+# -- the paper's settings for a release model; the prefetch thread (#12) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "tta", "uncertainty", "expected"),
+    [
+        ("release", None, True, False),  # the paper's inference: no second prediction unless asked
+        ("release", True, True, True),  # --tta
+        ("workbench", None, True, True),  # our checkpoints keep their default
+        ("workbench", True, False, False),  # no uncertainty, no TTA
+    ],
+)
+def test_tta_runs_only_where_asked_or_by_the_models_default(
+    window_segmenter: Callable[..., Segmenter], kind: str, tta: bool | None, uncertainty: bool, expected: bool
+) -> None:
+    import dataclasses
+
+    seg = dataclasses.replace(window_segmenter(("spleen",)), kind=kind)
+    assert JobOptions(3.0, 0.5, "cpu", uncertainty, tta).use_tta(seg) is expected
+
+
+def test_the_next_scan_is_prepared_while_the_current_one_runs(
+    lits_ws: tuple[Workspace, dict],
+    window_segmenter: Callable[..., Segmenter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from workbench.pseudolabel import jobs, run
+
+    events: list[tuple[str, str, str]] = []
+    real_prepare, real_run = jobs.prepare_scan, jobs.run_scan_job
+
+    def prepare(seg, job, options):  # type: ignore[no-untyped-def]
+        events.append(("prepare", job.scan_id, threading.current_thread().name))
+        return real_prepare(seg, job, options)
+
+    def run_one(seg, job, options, reference, **kw):  # type: ignore[no-untyped-def]
+        events.append(("run", job.scan_id, threading.current_thread().name))
+        out = real_run(seg, job, options, reference, **kw)
+        events.append(("ran", job.scan_id, threading.current_thread().name))
+        return out
+
+    monkeypatch.setattr(run, "prepare_scan", prepare)
+    monkeypatch.setattr(run, "run_scan_job", run_one)
+    seg = window_segmenter(("spleen",))
+    planned, _ = plan_jobs(lits_ws[0], seg, all_classes=True)
+    assert len(planned) == 2
+    results = list(run.LocalExecutor().results(seg, planned, JobOptions(6.0, 0.5, "cpu", False), {}))
+    assert [r.error for r in results] == [None, None]
+    first, second = planned[0].scan_id, planned[1].scan_id
+    # The second scan is read in the prefetch thread while the first one's prediction runs.
+    order = [e[:2] for e in events]
+    assert order.index(("run", first)) < order.index(("ran", first))
+    assert order.index(("prepare", second)) < order.index(("ran", first))
+    assert {t for kind, _, t in events if kind == "prepare"} != {threading.current_thread().name}

@@ -256,3 +256,19 @@ def test_a_run_that_raises_closes_itself(lits_ws, window_segmenter: Factory) -> 
     assert ws.catalog.unfinished_runs("pseudolabel") == []
     metrics = ws.catalog.query("SELECT metrics FROM run WHERE kind = 'pseudolabel'")["metrics"].iloc[0]
     assert json.loads(metrics)["interrupted"] is True
+
+
+@pytest.mark.parametrize(
+    ("spacing", "trained", "note"),
+    [
+        ((3.0, 3.0, 3.0), (1.5, 1.5, 1.5), "inferred at 3 mm; the model was trained at 1.5 mm"),
+        ((1.5, 1.5, 1.5), (1.5, 1.5, 1.5), None),
+        ((2.0, 2.0, 4.0), (1.5, 1.5, 1.5), "inferred at 2 x 2 x 4 mm; the model was trained at 1.5 mm"),
+    ],
+)
+def test_the_run_record_says_when_a_run_is_coarser_than_the_model(
+    spacing: tuple[float, ...], trained: tuple[float, ...], note: str | None
+) -> None:
+    from workbench.pseudolabel.run import spacing_note
+
+    assert spacing_note(spacing, trained) == note

@@ -35,5 +35,26 @@ def test_checkpoint_records_its_identity(tmp_path: Path, random_checkpoint: Save
 
 
 def test_resolve_device_passes_explicit_devices_through() -> None:
-    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
-    assert resolve_device("auto") in ("cpu", "cuda")
+    import torch
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda:0") == "cuda:0"
+    else:  # CUDA asked for without a GPU: one line naming the setting
+        with pytest.raises(ValueError, match=r"^--device cuda:1: no CUDA GPU is visible here"):
+            resolve_device("cuda:1")
+
+
+def test_a_release_file_is_a_model_directly(tmp_path: Path, release_file: Callable[[str], Path]) -> None:
+    from storage.workspace import Workspace
+    from workbench.pseudolabel.segmenter import load_model
+
+    path = release_file("unet")
+    seg = load_model(Workspace.open(tmp_path / "ws"), path)  # not registered: the file itself
+    assert seg.is_release and seg.backbone == "unet3d" and seg.name == ""
+    assert seg.spacing_mm == (1.5, 1.5, 1.5) and seg.patch == (96, 96, 96)
+    assert seg.class_names == tuple(class_names()) and seg.sha256 == file_sha256(path)
+    assert seg.encoder_id == "clip-vit-b32 (original release)" and seg.settings["tta"] is False
+    with pytest.raises(HarmonizeError, match="its keys are those of a unet3d release, not swinunetr"):
+        Segmenter.from_checkpoint(path, backbone="swinunetr")
