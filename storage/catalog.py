@@ -145,6 +145,25 @@ class ReviewRecord:
     id: str = dataclasses.field(default_factory=lambda: "rv-" + uuid.uuid4().hex[:20])
 
 
+@dataclass(frozen=True)
+class IngestedLabelSet:
+    """One label set as an ingest commits it (:meth:`Catalog.add_label_sets`).
+
+    Args:
+        label_set: the record (its mask file is already published).
+        coverage: all 32 class names -> coverage state.
+        stats: one ``ClassStats.as_dict()`` per present class.
+        splits: one ``SplitDecision.as_dict()`` per component of a split pair.
+        scan: the scan's record when the scan is new, else ``None``.
+    """
+
+    label_set: LabelSetRecord
+    coverage: dict[str, str]
+    stats: Sequence[dict[str, Any]] = ()
+    splits: Sequence[dict[str, Any]] = ()
+    scan: ScanRecord | None = None
+
+
 class Catalog:
     """The workspace's DuckDB catalog.
 
@@ -342,113 +361,129 @@ class Catalog:
         review: ReviewRecord | None,
         allocate: bool,
     ) -> LabelSetRecord:
-        now = utc_now()
         with self.transaction() as con:
-            if scan is not None:
-                con.execute(
-                    "INSERT INTO scan VALUES (" + ", ".join(["?"] * 17) + ")",
-                    [
-                        scan.id,
-                        scan.source_id,
-                        scan.case_id,
-                        scan.image_path,
-                        scan.label_path,
-                        scan.image_sha256,
-                        scan.image_bytes,
-                        scan.image_mtime,
-                        list(scan.shape),
-                        list(scan.spacing),
-                        scan.axcodes,
-                        list(scan.affine),
-                        scan.hu_min,
-                        scan.hu_max,
-                        scan.image_format,
-                        scan.series_uid_sha1,
-                        now,
-                    ],
-                )
-            ls = label_set
-            if allocate:
-                row = con.execute(
-                    "SELECT coalesce(max(version), 0) + 1 FROM label_set WHERE scan_id = ?", [ls.scan_id]
-                ).fetchone()
-                ls = dataclasses.replace(ls, version=int(row[0]))  # type: ignore[index]
+            return self._write_label_set_rows(
+                con, label_set, coverage, stats, splits, scan, review, allocate, utc_now()
+            )
+
+    def _write_label_set_rows(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        label_set: LabelSetRecord,
+        coverage: dict[str, str],
+        stats: Sequence[dict[str, Any]],
+        splits: Sequence[dict[str, Any]],
+        scan: ScanRecord | None,
+        review: ReviewRecord | None,
+        allocate: bool,
+        now: datetime,
+    ) -> LabelSetRecord:
+        """The rows of one label set (and its scan, review), inside the caller's transaction ``con``."""
+        if scan is not None:
             con.execute(
-                "INSERT INTO label_set VALUES (" + ", ".join(["?"] * 17) + ")",
+                "INSERT INTO scan VALUES (" + ", ".join(["?"] * 17) + ")",
                 [
-                    ls.id,
-                    ls.scan_id,
-                    ls.version,
-                    ls.origin,
-                    ls.parent_id,
-                    ls.run_id,
-                    ls.author,
-                    ls.protocol_version,
-                    ls.label_sha256,
-                    ls.label_bytes,
-                    ls.label_mtime,
-                    ls.mask_key,
-                    ls.midline_x_mm,
-                    ls.midline_method,
-                    json.dumps(ls.native_voxels) if ls.native_voxels is not None else None,
-                    list(ls.notes),
+                    scan.id,
+                    scan.source_id,
+                    scan.case_id,
+                    scan.image_path,
+                    scan.label_path,
+                    scan.image_sha256,
+                    scan.image_bytes,
+                    scan.image_mtime,
+                    list(scan.shape),
+                    list(scan.spacing),
+                    scan.axcodes,
+                    list(scan.affine),
+                    scan.hu_min,
+                    scan.hu_max,
+                    scan.image_format,
+                    scan.series_uid_sha1,
                     now,
                 ],
             )
-            cov = pa.table(
+        ls = label_set
+        if allocate:
+            row = con.execute(
+                "SELECT coalesce(max(version), 0) + 1 FROM label_set WHERE scan_id = ?", [ls.scan_id]
+            ).fetchone()
+            ls = dataclasses.replace(ls, version=int(row[0]))  # type: ignore[index]
+        con.execute(
+            "INSERT INTO label_set VALUES (" + ", ".join(["?"] * 17) + ")",
+            [
+                ls.id,
+                ls.scan_id,
+                ls.version,
+                ls.origin,
+                ls.parent_id,
+                ls.run_id,
+                ls.author,
+                ls.protocol_version,
+                ls.label_sha256,
+                ls.label_bytes,
+                ls.label_mtime,
+                ls.mask_key,
+                ls.midline_x_mm,
+                ls.midline_method,
+                json.dumps(ls.native_voxels) if ls.native_voxels is not None else None,
+                list(ls.notes),
+                now,
+            ],
+        )
+        cov = pa.table(
+            {
+                "label_set_id": [ls.id] * len(coverage),
+                "scan_id": [ls.scan_id] * len(coverage),
+                "class_name": list(coverage),
+                "state": list(coverage.values()),
+            }
+        )
+        con.register("cov_in", cov)
+        con.execute("INSERT INTO class_coverage SELECT * FROM cov_in")
+        con.unregister("cov_in")
+        if stats:
+            st = pa.table(
                 {
-                    "label_set_id": [ls.id] * len(coverage),
-                    "scan_id": [ls.scan_id] * len(coverage),
-                    "class_name": list(coverage),
-                    "state": list(coverage.values()),
+                    "label_set_id": [ls.id] * len(stats),
+                    "class_name": [s["name"] for s in stats],
+                    "voxels": pa.array([s["voxels"] for s in stats], pa.int64()),
+                    "volume_ml": [float(s["volume_ml"]) for s in stats],
+                    "components": pa.array([s["components"] for s in stats], pa.int32()),
+                    "bbox": [list(s["bbox"]) for s in stats],
+                    "centroid_mm": [list(s["centroid_mm"]) for s in stats],
+                    "hu_mean": [_finite_or_none(s["hu_mean"]) for s in stats],
+                    "hu_std": [_finite_or_none(s["hu_std"]) for s in stats],
                 }
             )
-            con.register("cov_in", cov)
-            con.execute("INSERT INTO class_coverage SELECT * FROM cov_in")
-            con.unregister("cov_in")
-            if stats:
-                st = pa.table(
-                    {
-                        "label_set_id": [ls.id] * len(stats),
-                        "class_name": [s["name"] for s in stats],
-                        "voxels": pa.array([s["voxels"] for s in stats], pa.int64()),
-                        "volume_ml": [float(s["volume_ml"]) for s in stats],
-                        "components": pa.array([s["components"] for s in stats], pa.int32()),
-                        "bbox": [list(s["bbox"]) for s in stats],
-                        "centroid_mm": [list(s["centroid_mm"]) for s in stats],
-                        "hu_mean": [_finite_or_none(s["hu_mean"]) for s in stats],
-                        "hu_std": [_finite_or_none(s["hu_std"]) for s in stats],
-                    }
-                )
-                con.register("st_in", st)
-                con.execute(
-                    "INSERT INTO class_stats SELECT label_set_id, class_name, voxels, volume_ml, components, "
-                    "bbox::INTEGER[6], centroid_mm::DOUBLE[3], hu_mean, hu_std FROM st_in"
-                )
-                con.unregister("st_in")
-            if splits:
-                sp = pa.table(
-                    {
-                        "label_set_id": [ls.id] * len(splits),
-                        "pair": [d["pair"] for d in splits],
-                        "component": pa.array([d["component"] for d in splits], pa.int32()),
-                        "voxels": pa.array([d["voxels"] for d in splits], pa.int64()),
-                        "centroid_mm": [list(d["centroid_mm"]) for d in splits],
-                        "side": [d["side"] for d in splits],
-                        "method": [d["method"] for d in splits],
-                        "left_voxels": pa.array([d["left_voxels"] for d in splits], pa.int64()),
-                        "right_voxels": pa.array([d["right_voxels"] for d in splits], pa.int64()),
-                        "midline_x_mm": [float(d["midline_x_mm"]) for d in splits],
-                    }
-                )
-                con.register("sp_in", sp)
-                con.execute(
-                    "INSERT INTO split_decision SELECT label_set_id, pair, component, voxels, "
-                    "centroid_mm::DOUBLE[3], side, method, left_voxels, right_voxels, midline_x_mm FROM sp_in"
-                )
-                con.unregister("sp_in")
-            if review is not None:
-                self._insert_review(con, review)
+            con.register("st_in", st)
+            con.execute(
+                "INSERT INTO class_stats SELECT label_set_id, class_name, voxels, volume_ml, components, "
+                "bbox::INTEGER[6], centroid_mm::DOUBLE[3], hu_mean, hu_std FROM st_in"
+            )
+            con.unregister("st_in")
+        if splits:
+            sp = pa.table(
+                {
+                    "label_set_id": [ls.id] * len(splits),
+                    "pair": [d["pair"] for d in splits],
+                    "component": pa.array([d["component"] for d in splits], pa.int32()),
+                    "voxels": pa.array([d["voxels"] for d in splits], pa.int64()),
+                    "centroid_mm": [list(d["centroid_mm"]) for d in splits],
+                    "side": [d["side"] for d in splits],
+                    "method": [d["method"] for d in splits],
+                    "left_voxels": pa.array([d["left_voxels"] for d in splits], pa.int64()),
+                    "right_voxels": pa.array([d["right_voxels"] for d in splits], pa.int64()),
+                    "midline_x_mm": [float(d["midline_x_mm"]) for d in splits],
+                }
+            )
+            con.register("sp_in", sp)
+            con.execute(
+                "INSERT INTO split_decision SELECT label_set_id, pair, component, voxels, "
+                "centroid_mm::DOUBLE[3], side, method, left_voxels, right_voxels, midline_x_mm FROM sp_in"
+            )
+            con.unregister("sp_in")
+        if review is not None:
+            self._insert_review(con, review)
         return ls
 
     def log_issue(self, source_id: str, path: str, problem: str) -> None:
@@ -1657,6 +1692,39 @@ class Catalog:
 
     # -- the app (workbench.app_pages, workbench.app_data) --------------------------------------------
     # (named queries of the app for #11 go here)
+
+    # -- scale (#15) --------------------------------------------------------------------------------
+
+    def add_label_sets(self, items: Sequence[IngestedLabelSet]) -> list[LabelSetRecord]:
+        """Write several label sets (each with its coverage, statistics, splits and new scan) in ONE
+        transaction: the batch commit of a multi-worker ingest. All or nothing, also after a kill.
+
+        Args:
+            items: the label sets; versions must be set (``None`` is allocated as in
+                :meth:`add_label_set`, inside this transaction).
+
+        Returns:
+            The records as stored, in ``items`` order.
+
+        Raises:
+            duckdb errors of any row (a duplicate scan or version): nothing of the batch is written.
+        """
+        now = utc_now()
+        with self.transaction() as con:
+            return [
+                self._write_label_set_rows(
+                    con,
+                    item.label_set,
+                    item.coverage,
+                    item.stats,
+                    item.splits,
+                    item.scan,
+                    None,
+                    item.label_set.version is None,
+                    now,
+                )
+                for item in items
+            ]
 
 
 #: What DuckDB says about a file that is not (or no longer) a readable database.
