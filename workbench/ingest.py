@@ -527,52 +527,60 @@ def _crashed(task: CaseTask, exc: BaseException) -> CaseResult:
 
 
 def _pool_results(tasks: list[CaseTask], workers: int, retries: int) -> Iterator[CaseResult]:
-    """Run ``tasks`` on a process pool; a dead worker's cases are tried again alone (module docstring)."""
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds DuckDB threads
+    """Run ``tasks`` on a process pool; a dead worker's cases are tried again alone (module docstring).
+
+    The pool's processes are spawned, not forked (the driver holds DuckDB and tqdm threads), so a script
+    that calls this needs the ``if __name__ == "__main__":`` guard that ``multiprocessing`` asks for.
+    """
+    context = multiprocessing.get_context("spawn")
     queue = deque(tasks)
-    suspects: list[CaseTask] = []
     while queue:
+        suspects: list[CaseTask] = []
         pool = ProcessPoolExecutor(workers, mp_context=context)
         in_flight: dict[Future[CaseResult], CaseTask] = {}
         try:
-            while queue or in_flight:
+            while (queue or in_flight) and not suspects:
                 while queue and len(in_flight) < workers * (1 + IN_FLIGHT_PER_WORKER):
                     task = queue.popleft()
                     in_flight[pool.submit(harmonize_task, task)] = task
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                broken = False
-                for future in done:
+                for future in sorted(done, key=lambda f: in_flight[f].index):
                     task = in_flight.pop(future)
                     try:
                         yield future.result()
                     except BrokenProcessPool:
                         suspects.append(task)
-                        broken = True
                     except Exception as exc:  # a bug or a pickling error in one case
                         yield _crashed(task, exc)
-                if broken:  # every case in flight is a suspect; the pool is gone
-                    suspects.extend(in_flight.values())
-                    in_flight.clear()
-                    break
+            suspects.extend(in_flight.values())  # the pool is gone: every case in flight is a suspect
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    for task in suspects:
-        yield _alone(task, context, retries)
+        yield from _isolated(sorted(suspects, key=lambda t: t.index), context, retries)
 
 
-def _alone(task: CaseTask, context: Any, retries: int) -> CaseResult:
-    """Run one suspect case in a fresh one-process pool, up to ``retries + 1`` times."""
-    for _ in range(retries + 1):
-        pool = ProcessPoolExecutor(1, mp_context=context)
-        try:
-            return pool.submit(harmonize_task, task).result()
-        except BrokenProcessPool:
-            continue
-        except Exception as exc:
-            return _crashed(task, exc)
-        finally:
+def _isolated(suspects: list[CaseTask], context: Any, retries: int) -> Iterator[CaseResult]:
+    """Run suspect cases one at a time in a one-process pool: a death now names its case, which gets
+    ``retries`` more tries (each in a fresh process) before it is skipped."""
+    pool: ProcessPoolExecutor | None = None
+    try:
+        for task in suspects:
+            for _ in range(retries + 1):
+                pool = pool or ProcessPoolExecutor(1, mp_context=context)
+                try:
+                    result = pool.submit(harmonize_task, task).result()
+                except BrokenProcessPool:
+                    pool.shutdown(wait=True)
+                    pool = None
+                    continue
+                except Exception as exc:
+                    result = _crashed(task, exc)
+                yield result
+                break
+            else:
+                yield _died(task, retries + 2)
+    finally:
+        if pool is not None:
             pool.shutdown(wait=True)
-    return _died(task, retries + 2)
 
 
 def _ray_results(
