@@ -234,3 +234,27 @@ def test_ray_gives_the_one_process_catalog(
     assert summary.added == one_process["summary"].added
     assert summary.skipped == one_process["summary"].skipped
     assert _snapshot(ws) == one_process["snapshot"]
+
+
+@pytest.mark.slow
+def test_the_cli_ingests_with_workers(kits_data: Path, one_process: dict[str, Any], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "--workspace", str(tmp_path / "ws"), "ingest", "kits23"]
+        + [str(kits_data), "--workers", "2", "--batch-size", "3", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr  # two cases were skipped (a duplicate, a damaged label)
+    assert proc.stdout.splitlines()[0] == one_process["summary"].lines()[0]
+    assert _snapshot(Workspace.open(tmp_path / "ws")) == one_process["snapshot"]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_the_cli_refuses_a_worker_count_below_one(value: str, tmp_path: Path) -> None:
+    from workbench.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--workspace", str(tmp_path / "ws"), "ingest", "kits23", str(tmp_path), "--workers", value])
+    assert exit_.value.code == 2
