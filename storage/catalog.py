@@ -704,31 +704,69 @@ class Catalog:
         return set(self.query("SELECT mask_key FROM label_set")["mask_key"])
 
     def long_tail(self, by_source: bool = False) -> pd.DataFrame:
-        """The long-tail table from each scan's current original labels.
+        """The long-tail table by THE ASSEMBLY RULE: a scan annotates a class when
+        ``current_label_of(['revised', 'original', 'accepted'])`` knows it (a correction, the source's own
+        labels or an accepted pseudo-label; plain pseudo-labels are not annotations), present or absent
+        as that label set says.
 
         Returns one row per universal class (in model order), or per class x source with
-        ``by_source=True``, with columns ``annotated`` (scans whose source annotates the class),
-        ``present``, ``absent``, ``not_annotated``.
+        ``by_source=True`` (every source with scans), with columns ``annotated`` (scans that annotate the
+        class), ``present``, ``absent``, ``not_annotated`` (the source's other scans).
+
+        Read from ``long_tail_cache`` (schema v8) while the catalog's fingerprint (label sets, reviews and
+        scans: counts and newest times) is the one it was computed at; the first call after a write
+        recomputes it and stores it again (skipped when another writer holds the file).
         """
-        keys = "c.class_name, s.source_id" if by_source else "c.class_name"
-        sql = f"""
-            SELECT {keys},
-                count(*) FILTER (WHERE c.state <> 'not_annotated') AS annotated,
-                count(*) FILTER (WHERE c.state = 'annotated_present') AS present,
-                count(*) FILTER (WHERE c.state = 'annotated_absent') AS absent,
-                count(*) FILTER (WHERE c.state = 'not_annotated') AS not_annotated
-            FROM class_coverage c
-            JOIN current_original cur USING (label_set_id)
-            JOIN scan s ON s.id = cur.scan_id
-            GROUP BY {keys}
-        """
-        df = self.query(sql)
+        df = self._long_tail_by_source()
+        if not by_source:
+            cols = ["annotated", "present", "absent", "not_annotated"]
+            df = df.groupby("class_name", as_index=False)[cols].sum()
         from harmonize.taxonomy import class_names
 
         order = {n: i for i, n in enumerate(class_names())}
         df["_o"] = df["class_name"].map(order)
         sort = ["_o", "source_id"] if by_source else ["_o"]
         return df.sort_values(sort).drop(columns="_o").reset_index(drop=True)
+
+    def _long_tail_by_source(self) -> pd.DataFrame:
+        """Class x source rows of the long tail, from the cache when it is current (:meth:`long_tail`)."""
+        with self.connect(read_only=True) as con:
+            fingerprint = self._long_tail_fingerprint(con)
+            cached = con.execute(
+                "SELECT class_name, source_id, annotated, present, absent, not_annotated "
+                "FROM long_tail_cache WHERE fingerprint = ?",
+                [fingerprint],
+            ).df()
+            if not cached.empty or not con.execute("SELECT count(*) FROM scan").fetchone()[0]:  # type: ignore[index]
+                return cached
+            from harmonize.taxonomy import class_names
+
+            fresh = con.execute(_LONG_TAIL_SQL, [class_names()]).df()
+        try:
+            with self.transaction() as con:
+                if self._long_tail_fingerprint(con) == fingerprint:  # nothing was written meanwhile
+                    con.execute("DELETE FROM long_tail_cache")
+                    con.register("lt_in", fresh.assign(fingerprint=fingerprint))
+                    con.execute(
+                        "INSERT INTO long_tail_cache SELECT fingerprint, class_name, source_id, annotated, "
+                        "present, absent, not_annotated FROM lt_in"
+                    )
+                    con.unregister("lt_in")
+        except (CatalogBusy, duckdb.Error):  # another writer holds the file: the next call stores it
+            pass
+        return fresh
+
+    @staticmethod
+    def _long_tail_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
+        """What changes whenever the long tail may change: label sets, reviews and scans (count, newest).
+
+        Label sets, coverage and reviews are only ever added (an undo is a new review row), so the counts
+        and newest creation times of label sets and reviews, with the scan count, identify a state."""
+        row = con.execute(
+            "SELECT (SELECT count(*) FROM label_set), (SELECT max(created_at) FROM label_set), "
+            "(SELECT count(*) FROM review), (SELECT max(created_at) FROM review), (SELECT count(*) FROM scan)"
+        ).fetchone()
+        return "|".join(str(v) for v in row)  # type: ignore[union-attr]
 
     def long_tail_table(self, by_source: bool = False) -> pd.DataFrame:
         """The long-tail table as ``workbench stats`` prints it: per class (and source) annotated /
@@ -913,8 +951,8 @@ class Catalog:
         ).to_dict("records")
 
     def annotated_counts(self) -> dict[str, int]:
-        """Class name -> scans whose current original labels annotate it (present or absent); the
-        ``annotated`` column of :meth:`long_tail`."""
+        """Class name -> scans that annotate it by the assembly rule (a revised, original or accepted
+        label set knows it, present or absent); the ``annotated`` column of :meth:`long_tail`."""
         df = self.long_tail()
         return {str(r["class_name"]): int(r["annotated"]) for r in df.to_dict("records")}
 
@@ -1411,6 +1449,7 @@ class Catalog:
         origins: Sequence[str],
         sources: Sequence[str] | None = None,
         scan_ids: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Per scan x class with known state, the label set that answers for it under the merge priority
         ``revised > original > pseudo`` (newest version first) among ``origins`` (``current_label_of``).
@@ -1419,12 +1458,15 @@ class Catalog:
             origins: the label origins that may contribute.
             sources: only scans of these sources (default: all).
             scan_ids: only these scans (default: all).
+            classes: only these classes (default: all); the filter reaches below the rule's window.
 
         Returns:
             One row per scan x known class, unordered; columns ``scan_id, source_id, image_path,
             class_name, state, label_set_id, mask_key, origin``.
         """
-        conditions, params = self._in_filters([("s.source_id", sources), ("s.id", scan_ids)])
+        conditions, params = self._in_filters(
+            [("s.source_id", sources), ("s.id", scan_ids), ("c.class_name", classes)]
+        )
         sql = f"""
             SELECT s.id AS scan_id, s.source_id, s.image_path, c.class_name, c.state, c.label_set_id,
                    c.mask_key, c.origin
@@ -1726,6 +1768,24 @@ class Catalog:
                 for item in items
             ]
 
+
+#: The long tail per class x source by THE ASSEMBLY RULE (:meth:`Catalog.long_tail`); ``?`` = class names.
+_LONG_TAIL_SQL = """
+    WITH known AS (
+        SELECT s.source_id, c.class_name,
+               count(*) AS annotated,
+               count(*) FILTER (WHERE c.state = 'annotated_present') AS present,
+               count(*) FILTER (WHERE c.state = 'annotated_absent') AS absent
+        FROM current_label_of(['revised', 'original', 'accepted']) c JOIN scan s ON s.id = c.scan_id
+        GROUP BY ALL
+    ),
+    scans AS (SELECT source_id, count(*) AS n FROM scan GROUP BY source_id)
+    SELECT k.class_name, sc.source_id,
+           coalesce(known.annotated, 0) AS annotated, coalesce(known.present, 0) AS present,
+           coalesce(known.absent, 0) AS absent, sc.n - coalesce(known.annotated, 0) AS not_annotated
+    FROM scans sc CROSS JOIN (SELECT unnest(?) AS class_name) k
+    LEFT JOIN known ON known.source_id = sc.source_id AND known.class_name = k.class_name
+"""
 
 #: What DuckDB says about a file that is not (or no longer) a readable database.
 _DAMAGE_MARKERS = (

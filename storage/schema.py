@@ -27,7 +27,7 @@ The views (schema v7):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -310,5 +310,20 @@ MIGRATIONS: dict[int, str] = {
                      DESC, version DESC
         ) = 1;
     CREATE VIEW current_label AS SELECT * FROM current_label_of(['revised', 'original', 'pseudo']);
+    """,
+    # v8 (scale): the long tail per class x source as last computed, with the catalog fingerprint it
+    # belongs to (storage.catalog.Catalog.long_tail reads it while the fingerprint holds), and indexes
+    # for the one-scan reads of the Review page (label sets and uncertainty rows by scan).
+    8: """
+    CREATE TABLE long_tail_cache (
+        fingerprint VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        source_id VARCHAR NOT NULL,
+        annotated BIGINT NOT NULL,
+        present BIGINT NOT NULL,
+        absent BIGINT NOT NULL,
+        not_annotated BIGINT NOT NULL
+    );
+    CREATE INDEX label_set_scan ON label_set (scan_id);
     """,
 }
