@@ -311,10 +311,22 @@ MIGRATIONS: dict[int, str] = {
         ) = 1;
     CREATE VIEW current_label AS SELECT * FROM current_label_of(['revised', 'original', 'pseudo']);
     """,
-    # v8 (scale): the long tail per class x source as last computed, with the catalog fingerprint it
-    # belongs to (storage.catalog.Catalog.long_tail reads it while the fingerprint holds), and indexes
-    # for the one-scan reads of the Review page (label sets and uncertainty rows by scan).
+    # v8 (scale): the long tail as last computed (storage.catalog.Catalog.long_tail): per scan x class
+    # the state the assembly rule's annotations (revised, original, accepted) give it, the per class x
+    # source counts with the catalog fingerprint they belong to, and the row counts seen at that refresh;
+    # an index for the one-scan reads of the Review page (label sets by scan).
     8: """
+    CREATE TABLE annotation_state (
+        scan_id VARCHAR NOT NULL,
+        source_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        state VARCHAR NOT NULL
+    );
+    CREATE TABLE long_tail_meta (
+        label_sets BIGINT NOT NULL,
+        reviews BIGINT NOT NULL,
+        scans BIGINT NOT NULL
+    );
     CREATE TABLE long_tail_cache (
         fingerprint VARCHAR NOT NULL,
         class_name VARCHAR NOT NULL,

@@ -272,3 +272,37 @@ def test_a_class_filter_reaches_below_the_window_of_current_label_of(tmp_path: P
     window_at = plan.index("Window")
     # the class filter is applied to the table scans below the window, not after it
     assert "kidney_left" not in plan[:window_at] and "class_name = 'kidney_left'" in plan[window_at:], plan
+
+
+@pytest.mark.parametrize("full_refresh_above", [0, 10_000])
+def test_an_incremental_long_tail_refresh_equals_a_full_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_refresh_above: int
+) -> None:
+    import storage.catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "LONG_TAIL_FULL_REFRESH", full_refresh_above)
+    cat = Catalog(tmp_path / "c.duckdb")
+    kits = {"kidney_left", "kidney_right", "kidney_tumor", "kidney_cyst"}
+    tails = []
+    for i in range(1, 6):
+        _add(cat, i, "kits23", {"kidney_right"} if i % 2 else {"kidney_left", "kidney_right"}, kits)
+        tails.append(cat.long_tail(by_source=True))
+    _label_set(cat, "kits23:case_00001", "ps-1", "pseudo", {"spleen": "annotated_present"})
+    accept = cat.add_review("kits23:case_00001", "spleen", "ps-1", "accept", "", "r1")
+    tails.append(cat.long_tail(by_source=True))
+    _label_set(cat, "kits23:case_00002", "rv-2", "revised", {"kidney_tumor": "annotated_present"})
+    cat.add_review("kits23:case_00001", "spleen", "ps-1", "undo", "", "r1", undo_of=accept)
+    tails.append(cat.long_tail(by_source=True))
+    # independently: the rule's rows, counted in Python
+    rows = cat.query(
+        "SELECT scan_id, class_name, state FROM current_label_of(['revised', 'original', 'accepted'])"
+    )
+    last = tails[-1].set_index("class_name")
+    for name in ("kidney_left", "kidney_tumor", "spleen"):
+        known = rows[rows.class_name == name]
+        assert last.loc[name, "annotated"] == len(known), name
+        assert last.loc[name, "present"] == int((known.state == "annotated_present").sum()), name
+        assert last.loc[name, "not_annotated"] == 5 - len(known), name
+    assert last.loc["kidney_tumor", "present"] == 1 and last.loc["spleen", "annotated"] == 0
+    state = cat.query("SELECT scan_id, class_name, state FROM annotation_state ORDER BY 1, 2")
+    assert state.values.tolist() == rows.sort_values(["scan_id", "class_name"]).values.tolist()
