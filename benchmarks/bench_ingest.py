@@ -104,12 +104,15 @@ def main() -> None:
             per_min_one, per_min_many = 60 * args.kits / one, 60 * args.kits / many
             print(f"kits23, {args.kits} cases: 1 worker {per_min_one:.1f} cases/min ({one:.1f} s)")
             print(
-                f"kits23, {args.kits} cases: {args.workers} workers {per_min_many:.1f} cases/min ({many:.1f} s), "
-                f"{per_min_many / per_min_one:.2f}x of 1 worker"
+                f"kits23, {args.kits} cases: {args.workers} workers {per_min_many:.1f} cases/min "
+                f"({many:.1f} s), {per_min_many / per_min_one:.2f}x of 1 worker"
             )
         t = time.perf_counter()
         again = ingest(Workspace.open(tmp / "ws-kits23-0"), "kits23", root / "kits23", progress=False)
-        print(f"re-ingest of the unchanged kits23 cases: {time.perf_counter() - t:.2f} s ({len(again.unchanged)} unchanged)")
+        print(
+            f"re-ingest of the unchanged kits23 cases: {time.perf_counter() - t:.2f} s "
+            f"({len(again.unchanged)} unchanged)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,10 +298,14 @@ def harmonize_class_files(
     return _finish(protocol, case_id, image, shape, affine, target_masks, native, not_annotated_here, notes)
 
 
-def harmonize_case(protocol: Protocol, case: CaseFiles) -> tuple[Volume, HarmonizedCase]:
+def harmonize_case(
+    protocol: Protocol, case: CaseFiles, *, on_image: Callable[[Volume], None] | None = None
+) -> tuple[Volume, HarmonizedCase]:
     """Read one case from disk and harmonize it.
 
     Returns ``(image, harmonized)``; the image is returned so the caller need not read it twice.
+    ``on_image`` is called with the image once the files are read, before harmonizing: work on the
+    image (an ingest's content hash) can run in another thread meanwhile.
 
     Raises:
         HarmonizeError: any reading or harmonizing problem, naming the file.
@@ -315,6 +319,8 @@ def harmonize_case(protocol: Protocol, case: CaseFiles) -> tuple[Volume, Harmoni
         if label_missing:
             raise HarmonizeError(case.label, "label file is missing for this image")
         label = read_png_stack(case.label, reference=image)
+        if on_image is not None:
+            on_image(image)
         return image, harmonize_label_map(
             label, protocol, case_id=case.case_id, image=image, label_path=case.label
         )
@@ -331,6 +337,8 @@ def harmonize_case(protocol: Protocol, case: CaseFiles) -> tuple[Volume, Harmoni
     image, *volumes = read_volumes([(case.image, "image"), *((p, "label") for p in labels)])
     if label_missing:
         raise HarmonizeError(case.label, "label file is missing for this image")
+    if on_image is not None:
+        on_image(image)
     if kind == "paired":
         return image, harmonize_label_map(
             volumes[0], protocol, case_id=case.case_id, image=image, label_path=case.label

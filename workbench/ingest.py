@@ -47,7 +47,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -282,8 +282,12 @@ def harmonize_task(task: CaseTask) -> CaseResult:
     protocol = get_protocol(task.source_id)
     case, existing = task.case, task.existing
     try:
-        image, harmonized = harmonize_case(protocol, case)
-        image_sha = volume_sha256(image)
+        with ThreadPoolExecutor(1) as hasher:  # hashlib releases the GIL: the hash runs beside harmonizing
+            hashing: list[Future[str]] = []
+            image, harmonized = harmonize_case(
+                protocol, case, on_image=lambda im: hashing.append(hasher.submit(volume_sha256, im))
+            )
+            image_sha = hashing[0].result()
         label_sha = files_sha256(case.label)
         has_labels = existing is not None and existing.get("ls_id") is not None
         if existing is not None:

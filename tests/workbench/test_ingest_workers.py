@@ -238,9 +238,9 @@ def test_ray_gives_the_one_process_catalog(
 
 @pytest.mark.slow
 def test_the_cli_ingests_with_workers(kits_data: Path, one_process: dict[str, Any], tmp_path: Path) -> None:
+    argv = ["--workspace", str(tmp_path / "ws"), "ingest", "kits23", str(kits_data), "--workers", "2"]
     proc = subprocess.run(
-        [sys.executable, "-m", "workbench", "--workspace", str(tmp_path / "ws"), "ingest", "kits23"]
-        + [str(kits_data), "--workers", "2", "--batch-size", "3", "--no-progress"],
+        [sys.executable, "-m", "workbench", *argv, "--batch-size", "3", "--no-progress"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
