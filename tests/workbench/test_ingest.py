@@ -435,3 +435,27 @@ def test_no_dicom_uid_or_patient_value_reaches_the_catalog(
     assert series_uid_sha1(str(intruder.SeriesInstanceUID))[:12] in problem  # named by its hash
     scan = ws.catalog.scan_by_case("chaos_ct", "1")
     assert scan is not None and scan["series_uid_sha1"] == series_uid_sha1(str(headers[0].SeriesInstanceUID))
+
+
+def test_the_zlib_fallback_ingests_the_same_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without python-isal the readers inflate with zlib: the same hashes, statistics and mask bytes."""
+    import zlib
+
+    from harmonize.readers import _gzip
+
+    _write_cases("kits23", tmp_path / "data", seeds=(0, 1))
+
+    def stored(ws: Workspace) -> list:
+        rows = ws.catalog.query(
+            "SELECT s.id, s.image_sha256, s.hu_min, s.hu_max, l.label_sha256, l.mask_key, st.class_name, "
+            "st.voxels, st.hu_mean FROM scan s JOIN label_set l ON l.scan_id = s.id "
+            "JOIN class_stats st ON st.label_set_id = l.id ORDER BY s.id, st.class_name"
+        ).to_dict("records")
+        return [{**r, "mask_key": ws.masks.path(r["mask_key"]).read_bytes()} for r in rows]
+
+    fast = Workspace.open(tmp_path / "isal")
+    assert len(ingest(fast, "kits23", tmp_path / "data", progress=False).added) == 2
+    monkeypatch.setattr(_gzip, "_engine", zlib)
+    slow = Workspace.open(tmp_path / "zlib")
+    assert len(ingest(slow, "kits23", tmp_path / "data", progress=False).added) == 2
+    assert stored(fast) == stored(slow)
