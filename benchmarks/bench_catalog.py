@@ -134,12 +134,14 @@ def main() -> None:
     )
 
     t = time.perf_counter()
+    ws.catalog.long_tail()
+    first = "builds annotation_state" if built is not None else "refreshes what the last run wrote"
+    report(f"long-tail table, first call ({first})", (time.perf_counter() - t) * 1000, QUERY_TARGET_MS)
     touch(ws, scan_id)
+    t = time.perf_counter()
     ws.catalog.long_tail()
     report(
-        "long-tail table, first call after a write (recomputes)",
-        (time.perf_counter() - t) * 1000,
-        QUERY_TARGET_MS,
+        "long-tail table, first call after one correction", (time.perf_counter() - t) * 1000, QUERY_TARGET_MS
     )
     report("long-tail table, Catalog.long_tail()", median_ms(ws.catalog.long_tail, r), QUERY_TARGET_MS)
     report(
