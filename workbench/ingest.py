@@ -436,6 +436,11 @@ class _Committer:
                 self.ws.catalog.add_label_sets([r.item for r in batch if r.item is not None])
             except Exception:  # a refused row: commit one by one below, so only that case is lost
                 pass
+            except BaseException:  # Ctrl-C: nothing of the batch is in the catalog, so no file stays
+                for r in batch:
+                    if r.item is not None:
+                        self.ws.masks.delete(r.item.label_set.id)
+                raise
             else:
                 for r in batch:
                     self._stored(r)
@@ -448,13 +453,13 @@ class _Committer:
                 )
             except HarmonizeError as e:
                 self.ws.masks.delete(r.item.label_set.id)
+                if r.item.scan is not None and r.image_sha is not None:
+                    self.hashes.discard(r.image_sha)  # not in the catalog: a later copy may take its place
                 self._skip(r.case, e.path, e.problem)
                 self._done(r.case, "skipped")
                 continue
-            except BaseException:
-                self.ws.masks.delete(
-                    r.item.label_set.id
-                )  # the catalog refused: do not leave an orphan behind
+            except BaseException:  # the catalog refused: do not leave an orphan behind
+                self.ws.masks.delete(r.item.label_set.id)
                 raise
             self._stored(r)
 
