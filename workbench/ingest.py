@@ -168,7 +168,8 @@ def ingest(
         on_case: called with ``(case, outcome)`` after each case (outcome: added, updated, unchanged,
             excluded, skipped), in case order, once the case is committed; used by tests to interrupt
             an ingest.
-        workers: worker processes on this machine; 1 harmonizes in this process.
+        workers: worker processes on this machine; 1 harmonizes in this process. The processes are
+            spawned: a script that passes more than 1 needs ``if __name__ == "__main__":``.
         ray_address: run the workers on this Ray cluster (``"auto"``, ``"ray://host:10001"``, or
             ``"local"`` for a local instance); ``workers`` is then the number of Ray tasks in flight
             (default: the cluster's CPUs).
