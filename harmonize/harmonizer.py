@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,40 +298,54 @@ def harmonize_class_files(
     return _finish(protocol, case_id, image, shape, affine, target_masks, native, not_annotated_here, notes)
 
 
-def harmonize_case(protocol: Protocol, case: CaseFiles) -> tuple[Volume, HarmonizedCase]:
+def harmonize_case(
+    protocol: Protocol, case: CaseFiles, *, on_image: Callable[[Volume], None] | None = None
+) -> tuple[Volume, HarmonizedCase]:
     """Read one case from disk and harmonize it.
 
     Returns ``(image, harmonized)``; the image is returned so the caller need not read it twice.
+    ``on_image`` is called with the image once the files are read, before harmonizing: work on the
+    image (an ingest's content hash) can run in another thread meanwhile.
 
     Raises:
         HarmonizeError: any reading or harmonizing problem, naming the file.
     """
-    from harmonize.readers import read_dicom_series, read_png_stack, read_volume
+    from harmonize.readers import read_dicom_series, read_png_stack, read_volumes
 
     kind = protocol.layout.kind
-    is_dicom = kind == "dicom_png"
-    image = read_dicom_series(case.image) if is_dicom else read_volume(case.image, kind="image")
-    if not case.label.exists() and not case.label.is_symlink():  # a broken link: the reader names it
-        raise HarmonizeError(case.label, "label file is missing for this image")
-    if kind == "paired":
-        label = read_volume(case.label, kind="label")
-        return image, harmonize_label_map(
-            label, protocol, case_id=case.case_id, image=image, label_path=case.label
-        )
+    label_missing = not case.label.exists() and not case.label.is_symlink()  # a broken link: read, named
     if kind == "dicom_png":
+        image = read_dicom_series(case.image)
+        if label_missing:
+            raise HarmonizeError(case.label, "label file is missing for this image")
         label = read_png_stack(case.label, reference=image)
+        if on_image is not None:
+            on_image(image)
         return image, harmonize_label_map(
             label, protocol, case_id=case.case_id, image=image, label_path=case.label
         )
-    files: dict[str, Volume] = {}
+    # image and label files decode at the same time (read_volumes); the image's error comes first
     paths: dict[str, str | Path] = {}
-    for stem in protocol.files:
-        path = _find_class_file(case.label, stem)
-        if path is not None:
-            files[stem] = read_volume(path, kind="label")
-            paths[stem] = path
-    if not files:
+    if kind != "paired" and not label_missing:
+        for stem in protocol.files:
+            path = _find_class_file(case.label, stem)
+            if path is not None:
+                paths[stem] = path
+    labels: list[str | Path] = (
+        [] if label_missing else [case.label] if kind == "paired" else list(paths.values())
+    )
+    image, *volumes = read_volumes([(case.image, "image"), *((p, "label") for p in labels)])
+    if label_missing:
+        raise HarmonizeError(case.label, "label file is missing for this image")
+    if on_image is not None:
+        on_image(image)
+    if kind == "paired":
+        return image, harmonize_label_map(
+            volumes[0], protocol, case_id=case.case_id, image=image, label_path=case.label
+        )
+    if not paths:
         raise HarmonizeError(case.label, "no per-class file of the protocol is in this folder")
+    files = dict(zip(paths, volumes, strict=True))
     return image, harmonize_class_files(files, protocol, case_id=case.case_id, image=image, paths=paths)
 
 

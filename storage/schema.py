@@ -43,7 +43,7 @@ Double reading and the requeue check (schema v8; ``docs/catalog.md``):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -515,5 +515,32 @@ MIGRATIONS: dict[int, str] = {
         trained_on VARCHAR,
         registered_at TIMESTAMP NOT NULL
     );
+    """,
+    # v10 (scale, #15): the long tail as last computed (storage.catalog.Catalog.long_tail): per scan x class
+    # the state the assembly rule's annotations (revised, original, accepted) give it, the per class x
+    # source counts with the catalog fingerprint they belong to, and the row counts seen at that refresh;
+    # an index for the one-scan reads of the Review page (label sets by scan).
+    10: """
+    CREATE TABLE annotation_state (
+        scan_id VARCHAR NOT NULL,
+        source_id VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        state VARCHAR NOT NULL
+    );
+    CREATE TABLE long_tail_meta (
+        label_sets BIGINT NOT NULL,
+        reviews BIGINT NOT NULL,
+        scans BIGINT NOT NULL
+    );
+    CREATE TABLE long_tail_cache (
+        fingerprint VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL,
+        source_id VARCHAR NOT NULL,
+        annotated BIGINT NOT NULL,
+        present BIGINT NOT NULL,
+        absent BIGINT NOT NULL,
+        not_annotated BIGINT NOT NULL
+    );
+    CREATE INDEX label_set_scan ON label_set (scan_id);
     """,
 }

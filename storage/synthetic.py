@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from harmonize.taxonomy import class_names
-from storage.catalog import Catalog, ScanRecord, utc_now
+from storage.catalog import Catalog, ScanRecord
 
 
 def synthetic_scan(
@@ -67,109 +67,159 @@ def synthetic_scan(
     )
 
 
-def build_synthetic_catalog(cat: Catalog, n_scans: int, seed: int = 0, n_sources: int = 20) -> None:
+def build_synthetic_catalog(
+    cat: Catalog,
+    n_scans: int,
+    seed: int = 0,
+    n_sources: int = 20,
+    *,
+    uncertainty_fraction: float = 0.0,
+    reviewed_fraction: float = 0.01,
+) -> None:
     """Fill ``cat`` with ``n_scans`` synthetic scans from ``n_sources`` sources, one ``original`` label
-    set each, coverage for all 32 classes and a statistics row per present class (bulk Arrow inserts).
+    set each, coverage for all 32 classes and a statistics row per present class, with set-based SQL
+    (``range()`` and ``hash()`` inside DuckDB, no Python loop over scans): a million scans take minutes.
 
     Each source annotates a random subset of 1-15 classes, so rare classes are annotated by few sources
-    (a long tail); 90 % of annotated classes are present. Scan ids are ``source_XX:case_NNNNNN``. For
-    benchmarks of the catalog and the app: nothing here is a real scan, and no mask file is written.
+    (a long tail); 90 % of annotated classes are present. Scan ids are ``source_XX:case_NNNNNNN``, label
+    set ids ``ls-NNNNNNNN``. With ``uncertainty_fraction`` > 0 that fraction of the scans also gets a
+    ``pseudo`` label set (version 2, run ``run-synthetic``; every class the source does not annotate is
+    present in it) with one ``uncertainty`` row per such class (score in [0, 1), one or two reasons), and
+    ``reviewed_fraction`` of those items a decision (accept or reject). For benchmarks of the catalog and
+    the app: nothing here is a real scan, and no mask file is written.
+
+    Args:
+        cat: an empty catalog.
+        n_scans: scans to create.
+        seed: the pseudo-random choices (sources, states, statistics, scores) follow from it.
+        n_sources: sources ``source_00`` ...
+        uncertainty_fraction: scans with a pseudo label set and queue items, 0-1.
+        reviewed_fraction: queue items with a decision, 0-1.
     """
     rng = np.random.default_rng(seed)
     names = class_names()
     sources = [f"source_{i:02d}" for i in range(n_sources)]
     # each source annotates a random subset of classes; rare classes are annotated by few sources
-    annotated = {s: set(rng.choice(names, size=int(rng.integers(1, 16)), replace=False)) for s in sources}
-    scan_source = rng.choice(sources, size=n_scans)
-    scan_ids = [f"{s}:case_{i:06d}" for i, s in enumerate(scan_source)]
-    now = utc_now()
-    scans = pa.table(
+    annotated = {s: sorted(rng.choice(names, size=int(rng.integers(1, 16)), replace=False)) for s in sources}
+    pairs = pa.table(
         {
-            "id": scan_ids,
-            "source_id": scan_source.tolist(),
-            "case_id": [f"case_{i:06d}" for i in range(n_scans)],
-            "image_path": [f"/data/{i}.nii.gz" for i in range(n_scans)],
-            "label_path": ["/data/l.nii.gz"] * n_scans,
-            "image_sha256": [f"{i:064d}" for i in range(n_scans)],
-            "image_bytes": [1] * n_scans,
-            "image_mtime": [0.0] * n_scans,
-            "shape": [[512, 512, 200]] * n_scans,
-            "spacing": [[0.8, 0.8, 1.5]] * n_scans,
-            "axcodes": ["LPS"] * n_scans,
-            "affine": [list(np.eye(4).ravel())] * n_scans,
-            "hu_min": [-1024.0] * n_scans,
-            "hu_max": [3000.0] * n_scans,
-            "image_format": ["nifti"] * n_scans,
-            "series_uid_sha1": [None] * n_scans,
-            "ingested_at": [now] * n_scans,
+            "source_id": [s for s in sources for _ in annotated[s]],
+            "class_name": [c for s in sources for c in annotated[s]],
         }
     )
-    ls_ids = [f"ls-{i:08d}" for i in range(n_scans)]
-    label_sets = pa.table(
-        {
-            "id": ls_ids,
-            "scan_id": scan_ids,
-            "version": [1] * n_scans,
-            "origin": ["original"] * n_scans,
-            "mask_key": ls_ids,
-            "created_at": [now] * n_scans,
-        }
-    )
-    cov_ls, cov_scan, cov_class, cov_state = [], [], [], []
-    st_ls, st_class = [], []
-    for ls, scan, src in zip(ls_ids, scan_ids, scan_source):
-        for name in names:
-            if name in annotated[src]:
-                state = "annotated_present" if rng.random() < 0.9 else "annotated_absent"
-            else:
-                state = "not_annotated"
-            cov_ls.append(ls)
-            cov_scan.append(scan)
-            cov_class.append(name)
-            cov_state.append(state)
-            if state == "annotated_present":
-                st_ls.append(ls)
-                st_class.append(name)
-    coverage = pa.table(
-        {"label_set_id": cov_ls, "scan_id": cov_scan, "class_name": cov_class, "state": cov_state}
-    )
-    n = len(st_ls)
-    stats = pa.table(
-        {
-            "label_set_id": st_ls,
-            "class_name": st_class,
-            "voxels": rng.integers(100, 10**6, n),
-            "volume_ml": rng.random(n) * 1000,
-            "components": rng.integers(1, 4, n).astype(np.int32),
-            "bbox": [[0, 0, 0, 10, 10, 10]] * n,
-            "centroid_mm": [[0.0, 0.0, 0.0]] * n,
-            "hu_mean": rng.normal(60, 20, n),
-            "hu_std": rng.random(n) * 30,
-        }
-    )
+    classes = pa.table({"class_name": names, "class_no": list(range(len(names)))})
+    params = {"n": int(n_scans), "seed": int(seed), "n_sources": int(n_sources)}
     with cat.transaction() as con:
         for src in sources:
             con.execute(
-                "INSERT INTO source VALUES (?, ?, 1, ?, [], 'paired', '', now())",
-                [src, src, sorted(annotated[src])],
+                "INSERT INTO source VALUES (?, ?, 1, ?, [], 'paired', '', now())", [src, src, annotated[src]]
             )
-        con.register("scans_in", scans)
-        con.execute(
-            "INSERT INTO scan SELECT id, source_id, case_id, image_path, label_path, image_sha256, "
-            "image_bytes, image_mtime, shape::INTEGER[3], spacing::DOUBLE[3], axcodes, affine::DOUBLE[16], "
-            "hu_min, hu_max, image_format, series_uid_sha1, ingested_at FROM scans_in"
-        )
-        con.register("ls_in", label_sets)
-        con.execute(
-            "INSERT INTO label_set (id, scan_id, version, origin, mask_key, created_at) SELECT * FROM ls_in"
-        )
-        con.register("cov_in", coverage)
-        con.execute("INSERT INTO class_coverage SELECT * FROM cov_in")
-        con.register("st_in", stats)
-        con.execute(
-            "INSERT INTO class_stats SELECT label_set_id, class_name, voxels, volume_ml, components, "
-            "bbox::INTEGER[6], centroid_mm::DOUBLE[3], hu_mean, hu_std FROM st_in"
-        )
+        con.register("annotates_in", pairs)
+        con.register("classes_in", classes)
+        for sql in _SYNTHETIC_SQL:
+            con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql})
+        if uncertainty_fraction > 0:
+            for sql in _SYNTHETIC_PSEUDO_SQL:
+                values = {
+                    **params,
+                    "fraction": float(uncertainty_fraction),
+                    "reviewed": float(reviewed_fraction),
+                }
+                con.execute(sql, {k: v for k, v in values.items() if f"${k}" in sql})
+        con.unregister("annotates_in")
+        con.unregister("classes_in")
+
+
+#: A uniform number in [0, 1) from the hash of its arguments (deterministic per seed).
+def _uniform(*parts: str) -> str:
+    return f"(hash($seed, {', '.join(parts)}) % 1000003) / 1000003.0"
+
+
+_SYNTHETIC_SQL = (
+    """
+    CREATE TEMP TABLE syn_scan AS
+    SELECT i, 'source_' || lpad(CAST(hash($seed, 'source', i) % $n_sources AS VARCHAR), 2, '0') AS source_id,
+           'case_' || lpad(CAST(i AS VARCHAR), 7, '0') AS case_id,
+           'ls-' || lpad(CAST(i AS VARCHAR), 8, '0') AS ls_id
+    FROM range($n) t(i)
+    """,
+    """
+    INSERT INTO scan
+    SELECT source_id || ':' || case_id, source_id, case_id, '/data/' || i || '.nii.gz', '/data/l.nii.gz',
+           lpad(CAST(i AS VARCHAR), 64, '0'), 1, 0.0, [512, 512, 200]::INTEGER[3], [0.8, 0.8, 1.5]::DOUBLE[3],
+           'LPS', [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]::DOUBLE[16], -1024.0, 3000.0, 'nifti',
+           NULL, now()
+    FROM syn_scan ORDER BY i
+    """,
+    """
+    INSERT INTO label_set (id, scan_id, version, origin, mask_key, created_at)
+    SELECT ls_id, source_id || ':' || case_id, 1, 'original', ls_id, now() FROM syn_scan ORDER BY i
+    """,
+    f"""
+    INSERT INTO class_coverage
+    SELECT s.ls_id, s.source_id || ':' || s.case_id, c.class_name,
+           CASE WHEN a.class_name IS NULL THEN 'not_annotated'
+                WHEN {_uniform("'state'", "s.i", "c.class_no")} < 0.9 THEN 'annotated_present'
+                ELSE 'annotated_absent' END
+    FROM syn_scan s CROSS JOIN classes_in c
+    LEFT JOIN annotates_in a ON a.source_id = s.source_id AND a.class_name = c.class_name
+    ORDER BY s.i, c.class_no
+    """,
+    f"""
+    INSERT INTO class_stats
+    SELECT c.label_set_id, c.class_name,
+           100 + CAST(hash($seed, 'voxels', c.label_set_id, c.class_name) % 999900 AS BIGINT),
+           {_uniform("'volume'", "c.label_set_id", "c.class_name")} * 1000,
+           1 + CAST(hash($seed, 'components', c.label_set_id, c.class_name) % 3 AS INTEGER),
+           [0, 0, 0, 10, 10, 10]::INTEGER[6], [0.0, 0.0, 0.0]::DOUBLE[3],
+           40 + {_uniform("'hu'", "c.label_set_id", "c.class_name")} * 40,
+           {_uniform("'hu_std'", "c.label_set_id", "c.class_name")} * 30
+    FROM class_coverage c WHERE c.state = 'annotated_present'
+    """,
+    "DROP TABLE syn_scan",
+)
+
+_SYNTHETIC_PSEUDO_SQL = (
+    """
+    INSERT INTO run (id, kind, device, started_at, finished_at)
+    VALUES ('run-synthetic', 'pseudolabel', 'cpu', now(), now())
+    """,
+    f"""
+    CREATE TEMP TABLE syn_pseudo AS
+    SELECT s.id AS scan_id, s.source_id, 'ps-' || substr(l.id, 4) AS ls_id
+    FROM scan s JOIN label_set l ON l.scan_id = s.id AND l.origin = 'original'
+    WHERE {_uniform("'pseudo'", "s.id")} < $fraction
+    """,
+    """
+    INSERT INTO label_set (id, scan_id, version, origin, run_id, mask_key, created_at)
+    SELECT ls_id, scan_id, 2, 'pseudo', 'run-synthetic', ls_id, now() FROM syn_pseudo
+    """,
+    """
+    INSERT INTO class_coverage
+    SELECT p.ls_id, p.scan_id, c.class_name,
+           CASE WHEN a.class_name IS NULL THEN 'annotated_present' ELSE 'not_annotated' END
+    FROM syn_pseudo p CROSS JOIN classes_in c
+    LEFT JOIN annotates_in a ON a.source_id = p.source_id AND a.class_name = c.class_name
+    """,
+    f"""
+    INSERT INTO uncertainty
+    SELECT c.scan_id, c.class_name, 'run-synthetic', c.label_set_id,
+           {_uniform("'score'", "c.label_set_id", "c.class_name")}, '{{}}',
+           CASE WHEN hash($seed, 'reasons', c.label_set_id, c.class_name) % 3 = 0
+                THEN ['low_confidence', 'small_volume'] ELSE ['low_confidence'] END
+    FROM class_coverage c JOIN syn_pseudo p ON p.ls_id = c.label_set_id
+    WHERE c.state = 'annotated_present'
+    """,
+    f"""
+    INSERT INTO review (id, scan_id, class_name, label_set_id, decision, reviewer, created_at)
+    SELECT 'rv-' || u.label_set_id || '-' || u.class_name, u.scan_id, u.class_name, u.label_set_id,
+           CASE WHEN hash($seed, 'decision', u.label_set_id, u.class_name) % 4 = 0 THEN 'reject'
+                ELSE 'accept' END,
+           'synthetic', now()
+    FROM uncertainty u WHERE {_uniform("'review'", "u.label_set_id", "u.class_name")} < $reviewed
+    """,
+    "DROP TABLE syn_pseudo",
+)
 
 
 def attach_real_case(

@@ -80,12 +80,27 @@ def _cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from workbench.ingest import ingest
 
     ws = Workspace.open(args.workspace)
     summary = ingest(
-        ws, args.source, args.root, progress=not args.no_progress, hash_case_ids=args.hash_case_ids
+        ws,
+        args.source,
+        args.root,
+        progress=not args.no_progress,
+        hash_case_ids=args.hash_case_ids,
+        workers=args.workers,
+        ray_address=args.ray,
+        batch_size=args.batch_size,
     )
     for line in summary.lines():
         print(line)
@@ -572,6 +587,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="store a SHA-256 prefix of each case folder name instead of the name (names that may "
         "identify a patient)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="harmonize cases in N worker processes; this process alone writes the catalog (default 1)",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the workers on a Ray cluster ('auto', 'ray://host:10001', or 'local'); dataset and "
+        "workspace must be at the same paths on every node",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="cases per catalog transaction (default 1 in one process, 16 with workers)",
     )
     p.set_defaults(func=_cmd_ingest)
 

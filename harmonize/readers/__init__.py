@@ -14,11 +14,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harmonize.errors import HarmonizeError
 from harmonize.readers._arrays import Kind, check_kind
 from harmonize.readers._files import path_problem
+from harmonize.readers._gzip import GZIP_ENGINE, VoxelStream, gzip_compress
 from harmonize.readers.dicom import read_dicom_series, series_uid_sha1
 from harmonize.readers.nifti import is_nifti_path, read_nifti
 from harmonize.readers.nrrd import is_nrrd_path, read_nrrd
@@ -26,12 +29,16 @@ from harmonize.readers.png_stack import read_png_stack
 from harmonize.volume import Volume
 
 __all__ = [
+    "GZIP_ENGINE",
     "Kind",
+    "VoxelStream",
+    "gzip_compress",
     "read_dicom_series",
     "read_nifti",
     "read_nrrd",
     "read_png_stack",
     "read_volume",
+    "read_volumes",
     "series_uid_sha1",
 ]
 
@@ -77,3 +84,30 @@ def read_volume(path: str | Path, *, kind: Kind = "image") -> Volume:
     raise HarmonizeError(
         path, "unsupported file type (expected .nii, .nii.gz, .nrrd, .nhdr or a DICOM folder)"
     )
+
+
+#: Most files decoded at the same time by :func:`read_volumes` (gzip inflate releases the GIL).
+READ_THREADS = 4
+
+
+def read_volumes(items: Sequence[tuple[str | Path, Kind]]) -> list[Volume]:
+    """Read several volumes at the same time (an image and its label, a folder of per-class files).
+
+    Decoding runs in up to :data:`READ_THREADS` threads: zlib and isal release the GIL, so an image and
+    its label cost about as much as the image alone.
+
+    Args:
+        items: ``(path, kind)`` per volume, as for :func:`read_volume`.
+
+    Returns:
+        The volumes, in the order of ``items``.
+
+    Raises:
+        HarmonizeError: the error of the first item (in ``items`` order) that could not be read, as
+            :func:`read_volume` raises it; every read has finished (or failed) by then.
+    """
+    if len(items) <= 1:
+        return [read_volume(path, kind=kind) for path, kind in items]
+    with ThreadPoolExecutor(min(READ_THREADS, len(items))) as pool:
+        futures = [pool.submit(read_volume, path, kind=kind) for path, kind in items]
+        return [f.result() for f in futures]

@@ -482,3 +482,41 @@ def test_a_failed_tool_output_write_leaves_no_label_set_rows_or_mask(
     assert ingest(ws, "totalsegmentator_v2", tmp_path / "data", progress=False).added
     assert len(ws.catalog.label_sets()) == 1 and len(ws.catalog.uncertainty_items()) == 23
     assert len(ws.masks.keys()) == 1
+
+
+def test_ingest_workers_write_the_tool_rows_of_one_process(tmp_path: Path) -> None:
+    """A tool's uncertainty rows are computed in the workers from a context read once by the driver."""
+    _write_cases("totalsegmentator_v2", tmp_path / "data", seeds=(0, 1))
+    alone, pooled = Workspace.open(tmp_path / "one"), Workspace.open(tmp_path / "two")
+    assert len(ingest(alone, "totalsegmentator_v2", tmp_path / "data", progress=False).added) == 2
+    assert len(ingest(pooled, "totalsegmentator_v2", tmp_path / "data", progress=False, workers=2).added) == 2
+
+    def rows(ws: Workspace) -> list[tuple]:
+        df = ws.catalog.uncertainty_items("tool-totalsegmentator_v2-p1")
+        return sorted(zip(df["scan_id"], df["class_name"], df["score"].round(9), df["signals"]))
+
+    assert rows(alone) == rows(pooled) and len(rows(alone)) == 46
+
+
+def test_the_zlib_fallback_ingests_the_same_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without python-isal the readers inflate with zlib: the same hashes, statistics and mask bytes."""
+    import zlib
+
+    from harmonize.readers import _gzip
+
+    _write_cases("kits23", tmp_path / "data", seeds=(0, 1))
+
+    def stored(ws: Workspace) -> list:
+        rows = ws.catalog.query(
+            "SELECT s.id, s.image_sha256, s.hu_min, s.hu_max, l.label_sha256, l.mask_key, st.class_name, "
+            "st.voxels, st.hu_mean FROM scan s JOIN label_set l ON l.scan_id = s.id "
+            "JOIN class_stats st ON st.label_set_id = l.id ORDER BY s.id, st.class_name"
+        ).to_dict("records")
+        return [{**r, "mask_key": ws.masks.path(r["mask_key"]).read_bytes()} for r in rows]
+
+    fast = Workspace.open(tmp_path / "isal")
+    assert len(ingest(fast, "kits23", tmp_path / "data", progress=False).added) == 2
+    monkeypatch.setattr(_gzip, "_engine", zlib)
+    slow = Workspace.open(tmp_path / "zlib")
+    assert len(ingest(slow, "kits23", tmp_path / "data", progress=False).added) == 2
+    assert stored(fast) == stored(slow)

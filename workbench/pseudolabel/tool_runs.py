@@ -10,7 +10,7 @@ or correct them like the workbench's own pseudo-labels, every class the tool lab
 component count, side of the midline, overlap, tumour outside its organ, presence where the class is
 expected), computed and scored by ``workbench.pseudolabel.uncertainty`` and ``scoring`` exactly as for
 the workbench's runs; entropy and test-time-augmentation disagreement stay None (the tool gives no
-probabilities).
+probabilities). What the rows need from the catalog is read once per ingest (:func:`tool_context`).
 
 Example:
     >>> proto = get_protocol("totalsegmentator_v2")  # doctest: +SKIP
@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from harmonize.harmonizer import ANNOTATED_PRESENT, NOT_ANNOTATED, HarmonizedCase
@@ -28,7 +29,13 @@ from harmonize.masks import CroppedMask
 from harmonize.protocols import Protocol
 from harmonize.volume import Volume
 from storage.workspace import Workspace
-from workbench.pseudolabel.uncertainty import ScanContext, reference_stats, scan_signals, uncertainty_rows
+from workbench.pseudolabel.uncertainty import (
+    ReferenceStats,
+    ScanContext,
+    reference_stats,
+    scan_signals,
+    uncertainty_rows,
+)
 
 #: The ``run.kind`` of a tool's outputs.
 TOOL_RUN_KIND = "tool"
@@ -118,24 +125,53 @@ def case_masks(hc: HarmonizedCase) -> dict[str, CroppedMask]:
     return out
 
 
+@dataclass(frozen=True)
+class ToolContext:
+    """What every case of one ingest of a tool's outputs shares (picklable: it travels to ingest workers).
+
+    Args:
+        run_id: the tool's ``run`` row (written by :func:`tool_context`).
+        reference: the reference ranges of the catalog's expert labels (``reference_stats``).
+        n_annotated: class -> annotated scans (``Catalog.annotated_counts``), for the long-tail boost.
+    """
+
+    run_id: str
+    reference: ReferenceStats
+    n_annotated: dict[str, int]
+
+
+def tool_context(ws: Workspace, protocol: Protocol) -> ToolContext | None:
+    """Read once per ingest what the uncertainty rows of a tool's outputs need, and make sure the tool's
+    ``run`` row exists; None for a source of expert labels.
+
+    A tool's outputs never join the expert labels, so the reference ranges and counts read at the start
+    of the ingest hold for all of its cases.
+
+    Args:
+        ws: the workspace.
+        protocol: the source's protocol.
+
+    Returns:
+        The :class:`ToolContext`, or None.
+    """
+    if not protocol.is_tool_output:
+        return None
+    return ToolContext(record_tool_run(ws, protocol), reference_stats(ws), ws.catalog.annotated_counts())
+
+
 def tool_output_rows(
-    ws: Workspace,
-    protocol: Protocol,
+    context: ToolContext | None,
     scan_id: str,
     label_set_id: str,
     hc: HarmonizedCase,
     image: Volume,
 ) -> list[dict[str, Any]]:
-    """The uncertainty rows of one case of a tool's output, and its ``run`` row (written once); [] for a
-    source of expert labels. The rows are meant for the label set's own transaction
-    (``Catalog.add_label_set(..., uncertainty=rows)``).
-
-    The reference ranges are those of the catalog's expert labels (``reference_stats``: current
-    ``original`` label sets), which a tool's outputs never join.
+    """The uncertainty rows of one case of a tool's output; [] without a context (expert labels). Pure:
+    the rows are meant for the label set's own transaction (``Catalog.add_label_set(...,
+    uncertainty=rows)``), and the function runs in ingest workers.
 
     Args:
-        ws: the workspace.
-        protocol: the source's protocol.
+        context: :func:`tool_context` of the ingest (None: a source of expert labels).
         scan_id / label_set_id: the item's keys (the label set about to be written).
         hc: the harmonized case.
         image: the CT (HU), for the body midline when the case split no merged pair.
@@ -144,10 +180,9 @@ def tool_output_rows(
         Dicts ``scan_id, class_name, run_id, label_set_id, score, signals, reasons`` (one per class the
         tool labels).
     """
-    if not protocol.is_tool_output:
+    if context is None:
         return []
-    run_id = record_tool_run(ws, protocol)
     midline = hc.midline_x_mm if hc.midline_x_mm is not None else estimate_midline_x(image)
     ctx = ScanContext(affine=hc.affine, shape=hc.shape, midline_x_mm=float(midline))
-    signals, _ = scan_signals(case_masks(hc), ctx, reference_stats(ws))
-    return uncertainty_rows(scan_id, run_id, label_set_id, signals, ws.catalog.annotated_counts())
+    signals, _ = scan_signals(case_masks(hc), ctx, context.reference)
+    return uncertainty_rows(scan_id, context.run_id, label_set_id, signals, context.n_annotated)

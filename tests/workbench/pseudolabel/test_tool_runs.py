@@ -20,7 +20,7 @@ from harmonize.protocols import get_protocol
 from storage.workspace import Workspace
 from workbench.ingest import ingest, scan_id_for
 from workbench.learning.evaluation import catalog_truth
-from workbench.pseudolabel.tool_runs import record_tool_run, tool_output_rows, tool_run_id
+from workbench.pseudolabel.tool_runs import record_tool_run, tool_context, tool_output_rows, tool_run_id
 from workbench.review import record_decision
 
 TOOL = "totalsegmentator_v2"
@@ -175,4 +175,5 @@ def test_expert_sources_have_no_tool_run(tool_ws: Workspace) -> None:
     with pytest.raises(ValueError, match="kits23 holds expert labels"):
         record_tool_run(tool_ws, kits)
     assert tool_ws.catalog.run_ids() == {RUN}
-    assert tool_output_rows(tool_ws, kits, "x", "y", None, None) == []  # type: ignore[arg-type]
+    assert tool_context(tool_ws, kits) is None
+    assert tool_output_rows(None, "x", "y", None, None) == []  # type: ignore[arg-type]
