@@ -809,17 +809,18 @@ class Catalog:
         fingerprint = self._long_tail_fingerprint(con)
         now = con.execute(
             "SELECT (SELECT count(*) FROM label_set), (SELECT count(*) FROM review), "
-            "(SELECT count(*) FROM scan)"
+            "(SELECT count(*) FROM scan), (SELECT count(*) FROM reading_dice)"
         ).fetchone()
-        seen = con.execute("SELECT label_sets, reviews, scans FROM long_tail_meta").fetchone()
+        seen = con.execute("SELECT label_sets, reviews, scans, reading_pairs FROM long_tail_meta").fetchone()
         changed: list[str] | None = None
         if seen is not None and all(int(n) >= int(o) for n, o in zip(now, seen, strict=True)):  # type: ignore[arg-type]
             changed = [
                 str(r[0])
                 for r in con.execute(
                     "SELECT scan_id FROM label_set WHERE rowid >= ? "
-                    "UNION SELECT scan_id FROM review WHERE rowid >= ?",
-                    [int(seen[0]), int(seen[1])],
+                    "UNION SELECT scan_id FROM review WHERE rowid >= ? "
+                    "UNION SELECT scan_id FROM reading_dice WHERE rowid >= ?",
+                    [int(seen[0]), int(seen[1]), int(seen[3])],
                 ).fetchall()
             ]
         insert = f"INSERT INTO annotation_state {_ANNOTATION_STATE_SQL}"
@@ -854,7 +855,7 @@ class Catalog:
         )
         con.unregister("lt_in")
         con.execute("DELETE FROM long_tail_meta")
-        con.execute("INSERT INTO long_tail_meta VALUES (?, ?, ?)", [int(v) for v in now])  # type: ignore[union-attr]
+        con.execute("INSERT INTO long_tail_meta VALUES (?, ?, ?, ?)", [int(v) for v in now])  # type: ignore[union-attr]
         return fresh
 
     @staticmethod
@@ -874,11 +875,13 @@ class Catalog:
 
     @staticmethod
     def _long_tail_fingerprint(con: duckdb.DuckDBPyConnection) -> str:
-        """What changes whenever the long tail may change: the row counts of label sets, reviews and
-        scans (append-only tables: an undo is a new review row) and the newest review time."""
+        """What changes whenever the long tail may change: the row counts of label sets, reviews, scans
+        and measured reader pairs (append-only tables: an undo is a new review row; two readers'
+        corrections agree only once their Dice is measured) and the newest review time."""
         row = con.execute(
             "SELECT (SELECT count(*) FROM label_set), (SELECT count(*) FROM review), "
-            "(SELECT count(*) FROM scan), (SELECT max(created_at) FROM review)"
+            "(SELECT count(*) FROM scan), (SELECT max(created_at) FROM review), "
+            "(SELECT count(*) FROM reading_dice)"
         ).fetchone()
         return "|".join(str(v) for v in row)  # type: ignore[union-attr]
 

@@ -530,7 +530,8 @@ MIGRATIONS: dict[int, str] = {
     CREATE TABLE long_tail_meta (
         label_sets BIGINT NOT NULL,
         reviews BIGINT NOT NULL,
-        scans BIGINT NOT NULL
+        scans BIGINT NOT NULL,
+        reading_pairs BIGINT NOT NULL
     );
     CREATE TABLE long_tail_cache (
         fingerprint VARCHAR NOT NULL,
