@@ -110,11 +110,16 @@ def test_two_corrections_agree_by_their_dice(
     ws: Workspace, item: str, blob: Callable[..., np.ndarray], offset: int, agreed: bool
 ) -> None:
     cls = "intestine"
+    before = ws.catalog.annotated_counts().get(cls, 0)  # also fills the long-tail cache
     a = review.correct(ws, SCAN, cls, blob(shape(ws), (40, 40, 20), 8), "Dr A", "", item)
     # A's correction is held: the item has no verdict, so the pseudo-label still answers for the class
     assert ws.catalog.current_label_set(SCAN, cls) == item
+    assert ws.catalog.annotated_counts().get(cls, 0) == before  # a held correction is no annotation
     b = review.correct(ws, SCAN, cls, blob(shape(ws), (40 + offset, 40, 20), 8), "Dr B", "", item)
-    row = dr.items(ws, cls).iloc[0]
+    assert ws.catalog.annotated_counts().get(cls, 0) == before  # both read, their Dice not measured yet
+    row = dr.items(ws, cls).iloc[0]  # measures the pair's Dice (the readers' agreement)
+    # the statistics follow the verdict: the agreed correction annotates the class, a disputed one not
+    assert ws.catalog.annotated_counts().get(cls, 0) == before + (1 if agreed else 0)
     # shifted by 2 on one axis: 6 x 8 x 8 = 384 shared voxels of 512 each, Dice 0.75
     assert row["reading_dice"] == pytest.approx(1.0 if agreed else 0.75)
     assert row["state"] == ("agreed" if agreed else "disagreed")
