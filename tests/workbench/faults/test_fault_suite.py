@@ -472,7 +472,8 @@ def test_hostile_names_never_share_an_output(hostile_ws: Workspace, tmp_path: Pa
     else:
         export = {"abdomenatlas": export_abdomenatlas, "nnunet": export_nnunet, "monai": export_monai}[fmt]
         kwargs = {"n_folds": 2} if fmt == "monai" else {}
-        manifest = export(hostile_ws, out, progress=False, **kwargs)
+        # every scan, held-out ones too: the point is that no two names collide
+        manifest = export(hostile_ws, out, progress=False, include_held_out=True, **kwargs)
         names = {c["case"] for c in manifest["cases"]}
         written = len(names)
         assert {c["scan_id"] for c in manifest["cases"]} == set(scans)  # the manifest maps names back
