@@ -41,7 +41,7 @@ QUERY_TARGET_MS = 100.0
 PAGE_TARGET_MS = 1000.0
 UNCERTAINTY_FRACTION = 0.1
 #: Bump when build_synthetic_catalog changes what it builds (the cache key).
-BUILDER_VERSION = 4
+BUILDER_VERSION = 5
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
