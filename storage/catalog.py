@@ -1120,7 +1120,7 @@ class Catalog:
                 "WHERE u.scan_id = x.scan_id AND u.class_name = x.class_name AND u.run_id = x.run_id"
             )
             con.unregister("upd_in")
-            self.invalidate_derived(con)
+            self.touch_scans(con, [str(r["scan_id"]) for r in rows])
 
     @staticmethod
     def _scored_columns(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -1905,6 +1905,7 @@ class Catalog:
             "FROM unc_in"
         )
         con.unregister("unc_in")
+        self.touch_scans(con, [str(r["scan_id"]) for r in rows])
 
     # -- the app (workbench.app_pages, workbench.app_data) --------------------------------------------
     # (named queries of the app for #11 go here)
@@ -1932,18 +1933,24 @@ class Catalog:
         Returns:
             Columns ``scan_id, class_name, label_set_id``, one row per item.
         """
-        where, params = self._in_filters([("u.label_set_id", label_set_ids)])
+        scope = self._todo_scope("unplanned_items") if label_set_ids is None else None
+        where, params = self._in_filters([("u.label_set_id", label_set_ids if scope is None else scope)])
+        if scope == [] or (label_set_ids is not None and not label_set_ids):
+            where.append("false")
         where += [
             "NOT EXISTS (SELECT 1 FROM reading_plan p WHERE p.label_set_id = u.label_set_id "
             "AND p.class_name = u.class_name)",
             "NOT EXISTS (SELECT 1 FROM review r WHERE r.label_set_id = u.label_set_id "
             "AND r.class_name = u.class_name)",
         ]
-        return self.query(
+        todo = self.query(
             "SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id FROM uncertainty u "
             f"{self._where(where)} ORDER BY u.label_set_id, u.class_name",
             params,
         )
+        if label_set_ids is None and todo.empty:
+            self._all_clear("unplanned_items")
+        return todo
 
     def add_reading_plan(self, rows: Sequence[dict[str, Any]]) -> None:
         """Plan items (ONE transaction; an item already planned keeps its plan).
@@ -2032,6 +2039,7 @@ class Catalog:
                 "label_set_id, dice, threshold, ? FROM dice_in",
                 [utc_now()],
             )
+            self.touch_scans(con, [str(r["scan_id"]) for r in rows])
             con.unregister("dice_in")
 
     def unchecked_requeue_items(self, label_set_ids: Sequence[str] | None = None) -> pd.DataFrame:
@@ -2045,9 +2053,17 @@ class Catalog:
             item_mask, item_state, decided_mask, decided_state`` (mask key and coverage state of the class
             in the item's and in the decided label set; state None when that set does not know the class).
         """
-        ids = None if label_set_ids is None else [str(i) for i in label_set_ids]
-        return self.query(
-            """
+        ids = self._todo_scope("unchecked_requeue_items") if label_set_ids is None else list(label_set_ids)
+        # a list of constants: the filter reaches below prior_decision's window (a list parameter does not)
+        scope = (
+            ""
+            if ids is None
+            else f"AND p.label_set_id IN ({', '.join(['?'] * len(ids))})"
+            if ids
+            else "AND false"
+        )
+        todo = self.query(
+            f"""
             SELECT p.scan_id, p.class_name, p.label_set_id, p.review_id, p.decision, p.decided_label_set_id,
                    li.mask_key AS item_mask, ci.state AS item_state,
                    ld.mask_key AS decided_mask, cd.state AS decided_state
@@ -2060,11 +2076,14 @@ class Catalog:
                 SELECT 1 FROM requeue_check c
                 WHERE c.label_set_id = p.label_set_id AND c.class_name = p.class_name
                   AND c.review_id = p.review_id)
-              AND (? IS NULL OR list_contains(?, p.label_set_id))
+              {scope}
             ORDER BY p.scan_id, p.class_name, p.label_set_id
             """,
-            [ids, ids],
+            [str(i) for i in ids or []],
         )
+        if label_set_ids is None and todo.empty:
+            self._all_clear("unchecked_requeue_items")
+        return todo
 
     def add_requeue_checks(self, rows: Sequence[dict[str, Any]]) -> None:
         """Store requeue checks (ONE transaction; the same item x decision is replaced).
@@ -2090,6 +2109,7 @@ class Catalog:
                 "decision, decided_label_set_id, dice, threshold, ? FROM check_in",
                 [utc_now()],
             )
+            self.touch_scans(con, [str(r["scan_id"]) for r in rows])
             con.unregister("check_in")
 
     def is_held_revision(self, label_set_id: str, class_name: str) -> bool:
@@ -2311,6 +2331,43 @@ class Catalog:
 
         return self._derived("cooccurrence_cache", refresh, read, live)
 
+    @staticmethod
+    def touch_scans(con: duckdb.DuckDBPyConnection, scan_ids: Sequence[str]) -> None:
+        """Inside a write transaction ``con`` that replaces rows in place (``INSERT OR REPLACE``,
+        ``UPDATE``: the row counts do not move), log their scans in ``derived_touch``, so the maintained
+        tables (schema v11) read those scans again at their next read.
+
+        Args:
+            scan_ids: the scans whose rows were replaced (repeats are fine).
+        """
+        if not scan_ids:
+            return
+        con.register("touch_in", pa.table({"scan_id": sorted(set(scan_ids))}))
+        con.execute("INSERT INTO derived_touch SELECT scan_id, ? FROM touch_in", [utc_now()])
+        con.unregister("touch_in")
+
+    def _todo_scope(self, name: str) -> list[str] | None:
+        """The label sets a to-do query of the queue's upkeep (``unplanned_items``,
+        ``unchecked_requeue_items``) must look at: those of the items of scans written since it last
+        found nothing to do (an item's to-do state depends on its own scan's rows only); None: all."""
+        with self.connect(read_only=True) as con:
+            changed = _changed_scans(con, _stored_marks(con, name), _derived_marks(con, name))
+            if not changed:
+                return changed
+            marks = ", ".join(["?"] * len(changed))
+            sql = f"SELECT DISTINCT label_set_id FROM uncertainty WHERE scan_id IN ({marks}) ORDER BY 1"
+            return [str(r[0]) for r in con.execute(sql, changed).fetchall()]
+
+    def _all_clear(self, name: str) -> None:
+        """Store that the to-do query ``name`` found nothing at the row counts of now (:meth:`_todo_scope`);
+        skipped while another process holds the file."""
+        try:
+            with self.transaction() as con:
+                now = json.dumps(_derived_marks(con, name))
+                con.execute("INSERT OR REPLACE INTO derived_meta VALUES (?, ?)", [name, now])
+        except CatalogBusy:
+            pass
+
     def invalidate_derived(self, con: duckdb.DuckDBPyConnection) -> None:
         """Inside a write transaction ``con`` that UPDATEs rows in place (the row counts do not move),
         mark every maintained table (schema v11) for a whole rebuild at its next read."""
@@ -2354,7 +2411,7 @@ _T = TypeVar("_T")
 
 #: Per maintained table (schema v11), the row counts whose change means it may have changed: the tables
 #: are append-only (an undo is a new review row), so a count that moved names the new rows by rowid.
-#: In-place updates (``update_scores``) call :meth:`Catalog.invalidate_derived`.
+#: Writers that replace rows in place log their scans with :meth:`Catalog.touch_scans` (``derived_touch``).
 _DERIVED_MARKS: dict[str, tuple[str, ...]] = {
     "queue_item": (
         "scan",
@@ -2365,6 +2422,7 @@ _DERIVED_MARKS: dict[str, tuple[str, ...]] = {
         "reading_dice",
         "requeue_check",
         "run",
+        "derived_touch",
     ),
     "assembled_label": (
         "scan",
@@ -2374,8 +2432,19 @@ _DERIVED_MARKS: dict[str, tuple[str, ...]] = {
         "reading_plan",
         "reading_dice",
         "requeue_check",
+        "derived_touch",
     ),
     "cooccurrence_cache": ("scan", "label_set:original"),
+    "unplanned_items": ("uncertainty", "reading_plan", "review", "derived_touch"),
+    "unchecked_requeue_items": (
+        "label_set",
+        "review",
+        "uncertainty",
+        "reading_plan",
+        "reading_dice",
+        "requeue_check",
+        "derived_touch",
+    ),
 }
 
 #: How the scans a new row of a table touches are found (``?``: the row count seen at the last refresh).

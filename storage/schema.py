@@ -549,12 +549,14 @@ MIGRATIONS: dict[int, str] = {
     # assembly rule's current label per scan x class (``assembled_label``), the Long tail page's
     # co-occurrence counts and volume distribution (``cooccurrence_cache``, ``volume_summary_cache``,
     # ``volume_outlier_cache``), each refreshed on read when the row counts it depends on moved
-    # (``derived_meta``); see storage.catalog, section "scale at a million scans".
+    # (``derived_meta``; ``derived_touch`` logs the scans of rows replaced in place); see storage.catalog,
+    # section "scale at a million scans".
     11: """
     CREATE TABLE derived_meta (
         name VARCHAR PRIMARY KEY,
         marks VARCHAR NOT NULL
     );
+    CREATE TABLE derived_touch (scan_id VARCHAR NOT NULL, touched_at TIMESTAMP NOT NULL);
     CREATE TABLE queue_item (
         scan_id VARCHAR, source_id VARCHAR, case_id VARCHAR, class_name VARCHAR, run_id VARCHAR,
         label_set_id VARCHAR, origin VARCHAR, version INTEGER, score DOUBLE, signals VARCHAR,
