@@ -1933,24 +1933,22 @@ class Catalog:
         Returns:
             Columns ``scan_id, class_name, label_set_id``, one row per item.
         """
-        scope = self._todo_scope("unplanned_items") if label_set_ids is None else None
-        where, params = self._in_filters([("u.label_set_id", label_set_ids if scope is None else scope)])
-        if scope == [] or (label_set_ids is not None and not label_set_ids):
-            where.append("false")
-        where += [
-            "NOT EXISTS (SELECT 1 FROM reading_plan p WHERE p.label_set_id = u.label_set_id "
-            "AND p.class_name = u.class_name)",
-            "NOT EXISTS (SELECT 1 FROM review r WHERE r.label_set_id = u.label_set_id "
-            "AND r.class_name = u.class_name)",
-        ]
-        todo = self.query(
-            "SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id FROM uncertainty u "
-            f"{self._where(where)} ORDER BY u.label_set_id, u.class_name",
-            params,
-        )
-        if label_set_ids is None and todo.empty:
-            self._all_clear("unplanned_items")
-        return todo
+
+        def run(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None) -> pd.DataFrame:
+            scope, params = _scope_sql("u.label_set_id", ids)
+            return con.execute(
+                "SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id FROM uncertainty u "
+                "WHERE NOT EXISTS (SELECT 1 FROM reading_plan p WHERE p.label_set_id = u.label_set_id "
+                "AND p.class_name = u.class_name) "
+                "AND NOT EXISTS (SELECT 1 FROM review r WHERE r.label_set_id = u.label_set_id "
+                f"AND r.class_name = u.class_name) {scope} ORDER BY u.label_set_id, u.class_name",
+                params,
+            ).df()
+
+        if label_set_ids is not None:
+            with self.connect(read_only=True) as con:
+                return run(con, label_set_ids)
+        return self._todo("unplanned_items", run)
 
     def add_reading_plan(self, rows: Sequence[dict[str, Any]]) -> None:
         """Plan items (ONE transaction; an item already planned keeps its plan).
@@ -2003,8 +2001,11 @@ class Catalog:
             Columns ``scan_id, class_name, label_set_id, review_a, review_b, mask_a, state_a, mask_b,
             state_b`` (mask key and coverage state of the class in each reader's revised label set).
         """
-        return self.query(
-            """
+
+        def run(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None) -> pd.DataFrame:
+            # a list of constants: the filter reaches below the reading views' windows
+            scope, params = _scope_sql("d.label_set_id", ids)
+            sql = f"""
             SELECT d.scan_id, d.class_name, d.label_set_id, d.review_a, d.review_b,
                    la.mask_key AS mask_a, ca.state AS state_a, lb.mask_key AS mask_b, cb.state AS state_b
             FROM double_read_item d
@@ -2013,8 +2014,11 @@ class Catalog:
             JOIN class_coverage ca ON ca.label_set_id = la.id AND ca.class_name = d.class_name
             JOIN class_coverage cb ON cb.label_set_id = lb.id AND cb.class_name = d.class_name
             WHERE d.decision_a = 'corrected' AND d.decision_b = 'corrected' AND d.reading_dice IS NULL
+              {scope}
             """
-        )
+            return con.execute(sql, params).df()
+
+        return self._todo("unmeasured_reading_pairs", run)
 
     def add_reading_dice(self, rows: Sequence[dict[str, Any]]) -> None:
         """Store inter-reader Dice values (ONE transaction; a pair already measured is replaced).
@@ -2053,17 +2057,12 @@ class Catalog:
             item_mask, item_state, decided_mask, decided_state`` (mask key and coverage state of the class
             in the item's and in the decided label set; state None when that set does not know the class).
         """
-        ids = self._todo_scope("unchecked_requeue_items") if label_set_ids is None else list(label_set_ids)
-        # a list of constants: the filter reaches below prior_decision's window (a list parameter does not)
-        scope = (
-            ""
-            if ids is None
-            else f"AND p.label_set_id IN ({', '.join(['?'] * len(ids))})"
-            if ids
-            else "AND false"
-        )
-        todo = self.query(
-            f"""
+
+        def run(con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None) -> pd.DataFrame:
+            # a list of constants: the filter reaches below prior_decision's window (a list parameter
+            # does not)
+            scope, params = _scope_sql("p.label_set_id", ids)
+            sql = f"""
             SELECT p.scan_id, p.class_name, p.label_set_id, p.review_id, p.decision, p.decided_label_set_id,
                    li.mask_key AS item_mask, ci.state AS item_state,
                    ld.mask_key AS decided_mask, cd.state AS decided_state
@@ -2078,12 +2077,13 @@ class Catalog:
                   AND c.review_id = p.review_id)
               {scope}
             ORDER BY p.scan_id, p.class_name, p.label_set_id
-            """,
-            [str(i) for i in ids or []],
-        )
-        if label_set_ids is None and todo.empty:
-            self._all_clear("unchecked_requeue_items")
-        return todo
+            """
+            return con.execute(sql, params).df()
+
+        if label_set_ids is not None:
+            with self.connect(read_only=True) as con:
+                return run(con, label_set_ids)
+        return self._todo("unchecked_requeue_items", run)
 
     def add_requeue_checks(self, rows: Sequence[dict[str, Any]]) -> None:
         """Store requeue checks (ONE transaction; the same item x decision is replaced).
@@ -2346,27 +2346,32 @@ class Catalog:
         con.execute("INSERT INTO derived_touch SELECT scan_id, ? FROM touch_in", [utc_now()])
         con.unregister("touch_in")
 
-    def _todo_scope(self, name: str) -> list[str] | None:
-        """The label sets a to-do query of the queue's upkeep (``unplanned_items``,
-        ``unchecked_requeue_items``) must look at: those of the items of scans written since it last
-        found nothing to do (an item's to-do state depends on its own scan's rows only); None: all."""
+    def _todo(
+        self, name: str, run: Callable[[duckdb.DuckDBPyConnection, Sequence[str] | None], pd.DataFrame]
+    ) -> pd.DataFrame:
+        """A to-do query of the queue's upkeep (``unplanned_items``, ``unchecked_requeue_items``,
+        ``unmeasured_reading_pairs``) over the items that may have work: ``run(con, label_set_ids)`` (None:
+        every item) is asked only about the label sets of scans written since it last found nothing to
+        do (an item's to-do state depends on its own scan's rows only). An empty answer is stored with
+        the row counts it was computed at (:data:`_DERIVED_MARKS`; skipped while another process holds
+        the file)."""
         with self.connect(read_only=True) as con:
-            changed = _changed_scans(con, _stored_marks(con, name), _derived_marks(con, name))
-            if not changed:
-                return changed
-            marks = ", ".join(["?"] * len(changed))
-            sql = f"SELECT DISTINCT label_set_id FROM uncertainty WHERE scan_id IN ({marks}) ORDER BY 1"
-            return [str(r[0]) for r in con.execute(sql, changed).fetchall()]
-
-    def _all_clear(self, name: str) -> None:
-        """Store that the to-do query ``name`` found nothing at the row counts of now (:meth:`_todo_scope`);
-        skipped while another process holds the file."""
-        try:
-            with self.transaction() as con:
-                now = json.dumps(_derived_marks(con, name))
-                con.execute("INSERT OR REPLACE INTO derived_meta VALUES (?, ?)", [name, now])
-        except CatalogBusy:
-            pass
+            now = _derived_marks(con, name)
+            seen = _stored_marks(con, name)
+            changed = [] if seen == now else _changed_scans(con, seen, now)
+            ids: list[str] | None = None
+            if changed is not None:
+                marks = ", ".join(["?"] * len(changed))
+                sql = f"SELECT DISTINCT label_set_id FROM uncertainty WHERE scan_id IN ({marks}) ORDER BY 1"
+                ids = [str(r[0]) for r in con.execute(sql, changed).fetchall()] if changed else []
+            todo = run(con, ids)
+        if todo.empty and seen != now:
+            try:
+                with self.transaction() as con:
+                    con.execute("INSERT OR REPLACE INTO derived_meta VALUES (?, ?)", [name, json.dumps(now)])
+            except CatalogBusy:
+                pass
+        return todo
 
     def invalidate_derived(self, con: duckdb.DuckDBPyConnection) -> None:
         """Inside a write transaction ``con`` that UPDATEs rows in place (the row counts do not move),
@@ -2435,6 +2440,7 @@ _DERIVED_MARKS: dict[str, tuple[str, ...]] = {
         "derived_touch",
     ),
     "cooccurrence_cache": ("scan", "label_set:original"),
+    "unmeasured_reading_pairs": ("label_set", "review", "reading_plan", "reading_dice", "derived_touch"),
     "unplanned_items": ("uncertainty", "reading_plan", "review", "derived_touch"),
     "unchecked_requeue_items": (
         "label_set",
@@ -2538,6 +2544,16 @@ def _changed_scans(
         return []
     scans = sorted(str(r[0]) for r in con.execute(" UNION ".join(parts), params).fetchall())
     return None if len(scans) > DERIVED_FULL_REFRESH else scans
+
+
+def _scope_sql(column: str, ids: Sequence[str] | None) -> tuple[str, list[str]]:
+    """``(condition, params)``: ``AND column IN (constants)`` for ``ids``, nothing for None, ``AND false``
+    for none."""
+    if ids is None:
+        return "", []
+    if not ids:
+        return "AND false", []
+    return f"AND {column} IN ({', '.join(['?'] * len(ids))})", [str(i) for i in ids]
 
 
 def _chunks(scan_ids: list[str]) -> Iterator[tuple[str, list[str]]]:
