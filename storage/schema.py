@@ -550,7 +550,8 @@ MIGRATIONS: dict[int, str] = {
     # co-occurrence counts and volume distribution (``cooccurrence_cache``, ``volume_summary_cache``,
     # ``volume_outlier_cache``), each refreshed on read when the row counts it depends on moved
     # (``derived_meta``; ``derived_touch`` logs the scans of rows replaced in place); see storage.catalog,
-    # section "scale at a million scans".
+    # section "scale at a million scans". ``prior_decision`` (same rows) reads only the items of scan x
+    # classes that have a settling decision, not every uncertainty row.
     11: """
     CREATE TABLE derived_meta (
         name VARCHAR PRIMARY KEY,
@@ -579,5 +580,24 @@ MIGRATIONS: dict[int, str] = {
         scan_id VARCHAR NOT NULL, class_name VARCHAR NOT NULL, volume_ml DOUBLE NOT NULL,
         label_set_id VARCHAR NOT NULL, rank BIGINT NOT NULL
     );
+    CREATE OR REPLACE VIEW prior_decision AS
+        WITH settling AS (
+            SELECT * FROM decided WHERE decision IN ('accept', 'reject', 'corrected', 'needs_correction')
+        ), item AS (
+            SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id, l.version
+            FROM uncertainty u JOIN label_set l ON l.id = u.label_set_id
+            SEMI JOIN settling d ON d.scan_id = u.scan_id AND d.class_name = u.class_name
+        )
+        SELECT i.scan_id, i.class_name, i.label_set_id, v.decision, v.reviewer, v.decided_at, v.review_id,
+               coalesce(CASE WHEN v.decision = 'corrected' THEN r.result_label_set_id END, v.label_set_id)
+                   AS decided_label_set_id
+        FROM item i
+        JOIN settling v ON v.scan_id = i.scan_id AND v.class_name = i.class_name
+        JOIN label_set vl ON vl.id = v.label_set_id AND vl.version < i.version
+        LEFT JOIN review r ON r.id = v.review_id
+        QUALIFY row_number() OVER (
+            PARTITION BY i.label_set_id, i.class_name
+            ORDER BY vl.version DESC, v.decided_at DESC, v.review_id DESC
+        ) = 1;
     """,
 }
