@@ -159,6 +159,8 @@ def test_training_rows_follow_every_write(cat: Catalog, write: str) -> None:
     cls = str(live["class_name"].iloc[0])
     one = _sorted(cat.training_rows(BASES, classes=[cls]), order)[live.columns]
     _assert_same(one, live[live["class_name"] == cls].reset_index(drop=True))
+    for r in live.head(20).to_dict("records"):
+        assert cat.current_label_set(str(r["scan_id"]), str(r["class_name"])) == r["label_set_id"]
 
 
 def test_a_second_original_moves_the_long_tail_page_distributions(cat: Catalog) -> None:
@@ -204,3 +206,7 @@ def test_the_upkeep_to_do_lists_follow_every_write(cat: Catalog, write: str) -> 
     every = cat.query("SELECT id FROM label_set")["id"].tolist()
     _assert_same(cat.unplanned_items(), cat.unplanned_items(every))
     _assert_same(cat.unchecked_requeue_items(), cat.unchecked_requeue_items(every))
+    pairs = cat.unmeasured_reading_pairs()
+    with cat.transaction() as con:
+        cat.invalidate_derived(con)  # no stored all-clear: every item is looked at
+    _assert_same(pairs, cat.unmeasured_reading_pairs())
