@@ -40,8 +40,8 @@ from workbench import app_data, review
 QUERY_TARGET_MS = 100.0
 PAGE_TARGET_MS = 1000.0
 UNCERTAINTY_FRACTION = 0.1
-#: Bump when build_synthetic_catalog changes what it builds (the cache key).
-BUILDER_VERSION = 4
+#: Bump when build_synthetic_catalog changes what it builds (the cache key); 5: catalogs of schema v10+.
+BUILDER_VERSION = 5
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -75,12 +75,11 @@ def cached_workspace(n_scans: int, seed: int, rebuild: bool) -> tuple[Workspace,
 
 
 def scan_detail(ws: Workspace, scan_id: str, class_name: str) -> None:
-    """What the Review page reads for one scan x class, in its sessions."""
+    """What the Review page reads for one scan x class, in its one session."""
     with ws.catalog.session():
         review.scan_row(ws, scan_id)
         sets = app_data.label_sets_of(ws, scan_id)
         review.current_label_set(ws, scan_id, class_name)
-    with ws.catalog.session():
         app_data.present_classes(ws, str(sets["id"].iloc[0]))
         review.reviews(ws, scan_id, class_name)
 

@@ -43,7 +43,7 @@ Double reading and the requeue check (schema v8; ``docs/catalog.md``):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -543,5 +543,61 @@ MIGRATIONS: dict[int, str] = {
         not_annotated BIGINT NOT NULL
     );
     CREATE INDEX label_set_scan ON label_set (scan_id);
+    """,
+    # v11 (scale at a million scans, #15): maintained answers the app's pages read instead of recomputing
+    # the rules over millions of rows: the queue's items with their pending rule (``queue_item``), the
+    # assembly rule's current label per scan x class (``assembled_label``), the Long tail page's
+    # co-occurrence counts and volume distribution (``cooccurrence_cache``, ``volume_summary_cache``,
+    # ``volume_outlier_cache``), each refreshed on read when the row counts it depends on moved
+    # (``derived_meta``; ``derived_touch`` logs the scans of rows replaced in place); see storage.catalog,
+    # section "scale at a million scans". ``prior_decision`` (same rows) reads only the items of scan x
+    # classes that have a settling decision, not every uncertainty row.
+    11: """
+    CREATE TABLE derived_meta (
+        name VARCHAR PRIMARY KEY,
+        marks VARCHAR NOT NULL
+    );
+    CREATE TABLE derived_touch (scan_id VARCHAR NOT NULL, touched_at TIMESTAMP NOT NULL);
+    CREATE TABLE queue_item (
+        scan_id VARCHAR, source_id VARCHAR, case_id VARCHAR, class_name VARCHAR, run_id VARCHAR,
+        label_set_id VARCHAR, origin VARCHAR, version INTEGER, score DOUBLE, signals VARCHAR,
+        reasons VARCHAR[], verdict VARCHAR, decided_by VARCHAR, decided_at TIMESTAMP, review_id VARCHAR,
+        prior_decision VARCHAR, prior_reviewer VARCHAR, prior_review_id VARCHAR, prior_dice DOUBLE,
+        requeue_dice DOUBLE, double_read BOOLEAN, readings BIGINT, reading_state VARCHAR, newest BOOLEAN,
+        in_catalog BOOLEAN, status VARCHAR, requeued BOOLEAN, open BOOLEAN
+    );
+    CREATE TABLE assembled_label (
+        scan_id VARCHAR NOT NULL, source_id VARCHAR NOT NULL, image_path VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL, state VARCHAR NOT NULL, label_set_id VARCHAR NOT NULL,
+        mask_key VARCHAR NOT NULL, origin VARCHAR NOT NULL, basis VARCHAR NOT NULL, version INTEGER NOT NULL
+    );
+    CREATE TABLE cooccurrence_cache (a VARCHAR NOT NULL, b VARCHAR NOT NULL, n BIGINT NOT NULL);
+    CREATE TABLE volume_summary_cache (
+        class_name VARCHAR NOT NULL, n BIGINT NOT NULL, q1 DOUBLE, median DOUBLE, q3 DOUBLE, lo DOUBLE,
+        hi DOUBLE
+    );
+    CREATE TABLE volume_outlier_cache (
+        scan_id VARCHAR NOT NULL, class_name VARCHAR NOT NULL, volume_ml DOUBLE NOT NULL,
+        label_set_id VARCHAR NOT NULL, rank BIGINT NOT NULL
+    );
+    CREATE OR REPLACE VIEW prior_decision AS
+        WITH settling AS (
+            SELECT * FROM decided WHERE decision IN ('accept', 'reject', 'corrected', 'needs_correction')
+        ), item AS (
+            SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id, l.version
+            FROM uncertainty u JOIN label_set l ON l.id = u.label_set_id
+            SEMI JOIN settling d ON d.scan_id = u.scan_id AND d.class_name = u.class_name
+        )
+        SELECT i.scan_id, i.class_name, i.label_set_id, v.decision, v.reviewer, v.decided_at, v.review_id,
+               coalesce(CASE WHEN v.decision = 'corrected' THEN r.result_label_set_id END, v.label_set_id)
+                   AS decided_label_set_id
+        FROM item i
+        JOIN settling v ON v.scan_id = i.scan_id AND v.class_name = i.class_name
+        JOIN label_set vl ON vl.id = v.label_set_id AND vl.version < i.version
+        LEFT JOIN review r ON r.id = v.review_id
+        QUALIFY row_number() OVER (
+            PARTITION BY i.label_set_id, i.class_name
+            ORDER BY vl.version DESC, v.decided_at DESC, v.review_id DESC
+        ) = 1;
     """,
 }

@@ -244,3 +244,4 @@ def attach_real_case(
             "WHERE label_set_id = ? AND list_contains(?, class_name)",
             [label_set_id, list(present)],
         )
+        cat.invalidate_derived(con)

@@ -181,34 +181,34 @@ else:
         item["run_id"],
     )
 
-try:
-    with ws.catalog.session():
+# one connection for the scan's reads (opening a catalog of a million scans costs tens of ms); the label
+# set picker in between is a widget, no file work
+with ws.catalog.session():
+    try:
         scan = review.scan_row(ws, scan_id)
         sets = app_data.label_sets_of(ws, scan_id)
         current = review.current_label_set(ws, scan_id, class_name)
-except HarmonizeError as e:  # e.g. an outlier link to a scan that is gone
-    st.error(escape(e.problem))
-    st.session_state.pop("browse_scan", None)
-    st.stop()
-if sets.empty:
-    st.warning(f"Scan {escape(scan_id)} has no label set.")
-    st.stop()
-set_ids = sets["id"].tolist()
-set_label = {r.id: f"v{r.version} {r.origin} ({r.id})" for r in sets.itertuples()}
-shown = judged if judged in set_ids else (current if current in set_ids else set_ids[0])
-shown = st.selectbox(
-    "Label set",
-    set_ids,
-    index=set_ids.index(shown),
-    format_func=set_label.__getitem__,
-    key=f"v_ls_{scan_id}_{class_name}_{shown}",
-)
-mask_keys = dict(zip(sets["id"], sets["mask_key"]))
-if run_id is None:  # browsing: a pseudo label set's own run may have a map
-    shown_run = sets.set_index("id").loc[shown, "run_id"]
-    run_id = str(shown_run) if isinstance(shown_run, str) and shown_run else None
-no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
-with ws.catalog.session():
+    except HarmonizeError as e:  # e.g. an outlier link to a scan that is gone
+        st.error(escape(e.problem))
+        st.session_state.pop("browse_scan", None)
+        st.stop()
+    if sets.empty:
+        st.warning(f"Scan {escape(scan_id)} has no label set.")
+        st.stop()
+    set_ids = sets["id"].tolist()
+    set_label = {r.id: f"v{r.version} {r.origin} ({r.id})" for r in sets.itertuples()}
+    shown = judged if judged in set_ids else (current if current in set_ids else set_ids[0])
+    shown = st.selectbox(
+        "Label set",
+        set_ids,
+        index=set_ids.index(shown),
+        format_func=set_label.__getitem__,
+        key=f"v_ls_{scan_id}_{class_name}_{shown}",
+    )
+    mask_keys = dict(zip(sets["id"], sets["mask_key"]))
+    if run_id is None:  # browsing: a pseudo label set's own run may have a map
+        shown_run = sets.set_index("id").loc[shown, "run_id"]
+        run_id = str(shown_run) if isinstance(shown_run, str) and shown_run else None
     present = app_data.present_classes(ws, shown)
     # read here with the other quick reads: every write below reruns the page before it shows the history
     history = review.reviews(ws, scan_id, class_name)
@@ -218,6 +218,7 @@ with ws.catalog.session():
         if current and current != shown and class_name in app_data.present_classes(ws, current)
         else None
     )
+no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
 if item is not None and bool(item["double_read"]) and item["reading_state"] == "reading":
     # blind: while the item waits for its readings, the history shows only this reviewer's own decisions
     history = history[history["reviewer"] == blind_reader()]
