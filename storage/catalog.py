@@ -2027,25 +2027,9 @@ class Catalog:
         Args:
             rows: dicts ``review_a, review_b, scan_id, class_name, label_set_id, dice, threshold``.
         """
-        if not rows:
-            return
-        cols = ("review_a", "review_b", "scan_id", "class_name", "label_set_id")
-        table = pa.table(
-            {
-                **{c: [str(r[c]) for r in rows] for c in cols},
-                "dice": pa.array([float(r["dice"]) for r in rows], pa.float64()),
-                "threshold": pa.array([float(r["threshold"]) for r in rows], pa.float64()),
-            }
+        self._replace_dice_rows(
+            "reading_dice", ("review_a", "review_b", "scan_id", "class_name", "label_set_id"), rows
         )
-        with self.transaction() as con:
-            con.register("dice_in", table)
-            con.execute(
-                "INSERT OR REPLACE INTO reading_dice SELECT review_a, review_b, scan_id, class_name, "
-                "label_set_id, dice, threshold, ? FROM dice_in",
-                [utc_now()],
-            )
-            self.touch_scans(con, [str(r["scan_id"]) for r in rows])
-            con.unregister("dice_in")
 
     def unchecked_requeue_items(self, label_set_ids: Sequence[str] | None = None) -> pd.DataFrame:
         """Queue items with a prior decision (``prior_decision``) but no ``requeue_check`` against it.
@@ -2093,25 +2077,29 @@ class Catalog:
             rows: dicts ``label_set_id, class_name, review_id, scan_id, decision, decided_label_set_id,
                 dice, threshold``.
         """
+        keys = ("label_set_id", "class_name", "review_id", "scan_id", "decision", "decided_label_set_id")
+        self._replace_dice_rows("requeue_check", keys, rows)
+
+    def _replace_dice_rows(self, table: str, keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+        """``INSERT OR REPLACE`` rows of ``reading_dice`` or ``requeue_check`` (text ``keys``, then ``dice,
+        threshold`` and the time) in ONE transaction, and mark their scans for the maintained tables."""
         if not rows:
             return
-        cols = ("label_set_id", "class_name", "review_id", "scan_id", "decision", "decided_label_set_id")
-        table = pa.table(
+        data = pa.table(
             {
-                **{c: [str(r[c]) for r in rows] for c in cols},
+                **{c: [str(r[c]) for r in rows] for c in keys},
                 "dice": pa.array([float(r["dice"]) for r in rows], pa.float64()),
                 "threshold": pa.array([float(r["threshold"]) for r in rows], pa.float64()),
             }
         )
         with self.transaction() as con:
-            con.register("check_in", table)
+            con.register("dice_in", data)
             con.execute(
-                "INSERT OR REPLACE INTO requeue_check SELECT label_set_id, class_name, review_id, scan_id, "
-                "decision, decided_label_set_id, dice, threshold, ? FROM check_in",
+                f"INSERT OR REPLACE INTO {table} SELECT {', '.join(keys)}, dice, threshold, ? FROM dice_in",
                 [utc_now()],
             )
             self.touch_scans(con, [str(r["scan_id"]) for r in rows])
-            con.unregister("check_in")
+            con.unregister("dice_in")
 
     def is_held_revision(self, label_set_id: str, class_name: str) -> bool:
         """True when the class of this revised label set is a double-read reader's correction that does
