@@ -347,7 +347,7 @@ def test_review_double_reading_and_adjudication_on_the_command_line(demo_ws) -> 
     code, out, _ = _run(*base, "reject", "btcv:demo000", "colon", "--reviewer", "Dr C")
     assert code == 0 and out.startswith("adjudicated reject of colon")
     code, out, _ = _run(*base, "agreement")
-    assert out.startswith("double reading (share 100%): 1 pairs, agreement 0.00")
+    assert out.startswith("double reading (share 100%): 1 pairs, decisions agree 0.00")
 
 
 def test_review_edit_writes_the_case_for_slicer(demo_ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -259,7 +259,7 @@ def _agreement_row(class_name: str, g: pd.DataFrame) -> dict[str, object]:
 
 def agreement_line(ws: Workspace) -> str:
     """One summary line of :func:`agreement` (the demo's and the CLI's), e.g. ``double reading: 12 pairs,
-    agreement 0.83, kappa 0.61, inter-reader Dice 0.91 (5 corrected pairs), 2 disagreements, 1
+    decisions agree 0.83, kappa 0.61, inter-reader Dice 0.91 (5 corrected pairs), 2 disagreements, 1
     adjudicated``."""
     df = agreement(ws)
     if df.empty:
@@ -269,7 +269,7 @@ def agreement_line(ws: Workspace) -> str:
     kappa = "n/a" if math.isnan(float(r["kappa"])) else f"{float(r['kappa']):.2f}"
     return (
         f"double reading (share {share(ws):.0%}): {int(r['pairs'])} pairs, "
-        f"agreement {float(r['agreement']):.2f}, "
+        f"decisions agree {float(r['agreement']):.2f}, "
         f"kappa {kappa}, inter-reader Dice {dice} ({int(r['corrected_pairs'])} corrected pairs), "
         f"{int(r['disagreements'])} disagreements, {int(r['adjudicated'])} adjudicated"
     )

@@ -166,5 +166,5 @@ def test_agreement_per_class_and_overall(ws: Workspace, item: str) -> None:
     assert table.loc["all", "kappa"] == pytest.approx((2 / 3 - 4 / 9) / (1 - 4 / 9))
     assert table.loc["duodenum", "disagreements"] == 1 and table.loc["colon", "agreement"] == 1.0
     assert dr.agreement_line(ws).startswith(
-        "double reading (share 100%): 3 pairs, agreement 0.67, kappa 0.40"
+        "double reading (share 100%): 3 pairs, decisions agree 0.67, kappa 0.40"
     )
