@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harmonize.taxonomy import class_names
 from storage.workspace import Workspace
+from workbench.model.registry import store_vocabulary
 from workbench.model.text import (
     DEFAULT_TEMPLATE,
     ClipTextEncoder,
@@ -32,29 +33,6 @@ from workbench.model.text import (
 
 ENCODERS = ("minilm", "clip")
 RELEASE_VOCABULARY = "universal-model-release"
-
-
-def store_vocabulary(ws: Workspace, vocab: TextVocabulary, name: str, note: str = "") -> None:
-    """Store ``vocab`` in the catalog under ``name`` (re-pointing the name if it existed).
-
-    Args:
-        ws: the workspace.
-        vocab: the vocabulary (embeddings, prompts and provenance).
-        name: the name it is found by (``load_vocabulary(ws, name)``).
-        note: a remark stored with it (e.g. "offline stand-in encoder, not CLIP").
-    """
-    ws.catalog.add_vocabulary(
-        name=name,
-        sha256=vocab.sha256,
-        encoder=vocab.encoder_id,
-        weights=vocab.weights_id,
-        template=vocab.template_id,
-        class_names=vocab.class_names,
-        prompts=vocab.prompts,
-        embeddings=vocab.to_bytes(),
-        dim=int(vocab.embeddings.shape[1]),
-        note=note,
-    )
 
 
 def load_vocabulary(ws: Workspace, name_or_sha: str) -> TextVocabulary:

@@ -303,13 +303,15 @@ def default_model_name(model_file: ModelFile) -> str:
     return f"{model_file.kind}-{model_file.backbone}-{model_file.sha256[:8]}"
 
 
-def _store_vocabulary(ws: Workspace, vocab: TextVocabulary, name: str) -> None:
-    """Store the model's vocabulary unless the catalog has it (another name keeps pointing to it)."""
-    try:
-        ws.catalog.vocabulary(vocab.sha256)
-        return
-    except KeyError:
-        pass
+def store_vocabulary(ws: Workspace, vocab: TextVocabulary, name: str, note: str = "") -> None:
+    """Store ``vocab`` in the catalog under ``name`` (re-pointing the name if it existed).
+
+    Args:
+        ws: the workspace.
+        vocab: the vocabulary (embeddings, prompts and provenance).
+        name: the name it is found by (``load_vocabulary(ws, name)``).
+        note: a remark stored with it (e.g. "offline stand-in encoder, not CLIP").
+    """
     ws.catalog.add_vocabulary(
         name=name,
         sha256=vocab.sha256,
@@ -320,8 +322,18 @@ def _store_vocabulary(ws: Workspace, vocab: TextVocabulary, name: str) -> None:
         prompts=vocab.prompts,
         embeddings=vocab.to_bytes(),
         dim=int(vocab.embeddings.shape[1]),
-        note="text embeddings of a registered model",
+        note=note,
     )
+
+
+def _store_vocabulary(ws: Workspace, vocab: TextVocabulary, name: str) -> None:
+    """Store the model's vocabulary unless the catalog has it (another name keeps pointing to it)."""
+    try:
+        ws.catalog.vocabulary(vocab.sha256)
+        return
+    except KeyError:
+        pass
+    store_vocabulary(ws, vocab, name, note="text embeddings of a registered model")
 
 
 def import_model(
