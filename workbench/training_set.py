@@ -165,3 +165,35 @@ def assemble_training_set(
             )
         )
     return entries
+
+
+#: The bases whose labels count as annotated examples a model learnt from (an unreviewed pseudo-label
+#: teaches a model nothing it did not already predict).
+LEARNT_BASES = ("revised", "original", "accepted")
+
+
+def learnt_counts(entries: Sequence[TrainingEntry]) -> dict[str, dict[str, object]]:
+    """Per class, the annotated training scans behind it: the ``trained_on`` record of a model.
+
+    Args:
+        entries: the training set (:func:`assemble_training_set`).
+
+    Returns:
+        class -> ``{"sources": sorted source ids, "scans": n}``, n = scans whose label of that class has
+        basis ``revised``, ``original`` or ``accepted`` (:data:`LEARNT_BASES`); classes with no such scan
+        are absent.
+
+    Example:
+        >>> e = TrainingEntry("s1", "kits23", "ct.nii.gz", ("kidney_left",), (), {}, bases={"kidney_left": "original"})
+        >>> learnt_counts([e])
+        {'kidney_left': {'sources': ['kits23'], 'scans': 1}}
+    """
+    sources: dict[str, set[str]] = {}
+    scans: dict[str, int] = {}
+    for e in entries:
+        for name, basis in e.bases.items():
+            if basis in LEARNT_BASES:
+                sources.setdefault(name, set()).add(e.source_id)
+                scans[name] = scans.get(name, 0) + 1
+    return {n: {"sources": sorted(sources[n]), "scans": scans[n]} for n in sorted(scans)}
+

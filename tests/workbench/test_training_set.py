@@ -13,7 +13,7 @@ from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord
 from storage.workspace import Workspace
 from workbench.ingest import ingest, scan_id_for
-from workbench.training_set import assemble_training_set, bases_for
+from workbench.training_set import assemble_training_set, bases_for, learnt_counts
 
 SHAPE = (64, 56, 40)
 
@@ -125,3 +125,25 @@ def test_pseudo_policies(policy: str, bases: tuple[str, ...]) -> None:
     assert bases_for(policy) == bases
     with pytest.raises(ValueError, match="unknown pseudo-label policy"):
         bases_for("gold")
+
+
+@pytest.mark.parametrize(
+    ("decision", "spleen_learnt"),
+    [(None, False), ("accept", True), ("reject", False)],
+)
+def test_learnt_counts_count_expert_and_accepted_labels_only(
+    ws: Workspace, decision: str | None, spleen_learnt: bool
+) -> None:
+    from workbench.review import record_decision
+
+    scan = scan_id_for("lits", "case01")
+    spleen = np.zeros(SHAPE, bool)
+    spleen[5:9, 5:9, 5:9] = True
+    ls = _add(ws, scan, "pseudo", 2, {"spleen": spleen}, {"spleen"})
+    if decision is not None:
+        record_decision(ws, scan, "spleen", ls, decision, "Dr Ada")
+    counts = learnt_counts(assemble_training_set(ws))
+    # LiTS annotates the liver and its tumour: one original scan each; the spleen only once accepted.
+    assert counts["liver"] == {"sources": ["lits"], "scans": 1}
+    assert ("spleen" in counts) is spleen_learnt
+    assert set(counts) - {"spleen"} == set(get_protocol("lits").annotated)

@@ -30,7 +30,7 @@ from workbench.learning.split import held_out_split
 from workbench.learning.vocabularies import load_vocabulary
 from workbench.model.text import TextVocabulary
 from workbench.model.train import TrainCase, TrainConfig, TrainResult, train
-from workbench.training_set import assemble_training_set
+from workbench.training_set import assemble_training_set, learnt_counts
 
 
 def catalog_train_cases(
@@ -92,9 +92,12 @@ def train_from_catalog(
     vocab = load_vocabulary(ws, vocabulary)
     config = config or TrainConfig()
     held = set() if include_held_out else held_out_split(ws)
+    entries = assemble_training_set(ws, sources=sources, exclude_scans=held)
     cases = [
-        c.restricted_to(vocab.class_names)
-        for c in catalog_train_cases(ws, sources=sources, exclude_scans=held)
+        TrainCase(image=e.image_path, masks=e.masks, annotated=e.annotated, case_id=e.scan_id).restricted_to(
+            vocab.class_names
+        )
+        for e in entries
     ]
     if not cases:
         raise ValueError(f"the catalog at {ws.root} has no scan with a known class to train on")
@@ -115,6 +118,7 @@ def train_from_catalog(
         },
         resume=resume,
         progress=progress,
+        trained_on=learnt_counts(entries),
     )
     return run_id, result
 
@@ -137,6 +141,7 @@ def train_and_record(
     progress: bool,
     init_state: Mapping[str, Any] | None = None,
     require_checkpoint: bool = False,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> tuple[TrainResult, str | None]:
     """Train and record it as catalog run ``run_id``: the run's start (encoder, vocabulary, ``run_config``),
     one ``train_record`` row per epoch, and its end (last record, seconds, checkpoint hash). Under DDP
@@ -154,6 +159,8 @@ def train_and_record(
         progress: show a progress bar.
         init_state: a state dict to start from (ignored when resuming).
         require_checkpoint: raise, before the run is finished, when training wrote no checkpoint.
+        trained_on: the model's per-class training record (:func:`workbench.training_set.learnt_counts`),
+            saved in the checkpoint.
 
     Returns:
         ``(result, checkpoint sha256)``; the hash is None when there is no checkpoint, and on ranks > 0.
@@ -185,6 +192,7 @@ def train_and_record(
         progress=progress,
         init_state=init_state,
         on_round_end=record if rank == 0 else None,
+        trained_on=trained_on,
     )
     has_checkpoint = result.checkpoint is not None and result.checkpoint.exists()
     if require_checkpoint and not has_checkpoint:

@@ -54,7 +54,7 @@ from workbench.model.train import TrainCase, TrainConfig
 from workbench.model.transforms import PipelineConfig
 from workbench.pseudolabel import pseudolabel
 from workbench.review import rank
-from workbench.training_set import TrainingEntry, assemble_training_set
+from workbench.training_set import TrainingEntry, assemble_training_set, learnt_counts
 
 
 @runtime_checkable
@@ -307,6 +307,7 @@ def train_stage(
         progress=progress,
         init_state=init_state,
         require_checkpoint=True,
+        trained_on=learnt_counts(entries),
     )
     if result.checkpoint is None or sha is None:  # require_checkpoint raised already; for the types
         raise HarmonizeError(out_dir, "training wrote no checkpoint")

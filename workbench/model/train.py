@@ -266,6 +266,7 @@ def train(
     on_step_end: Callable[[int, float], None] | None = None,
     progress: bool = True,
     init_state: Mapping[str, torch.Tensor] | None = None,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume training) a Universal Model.
 
@@ -281,6 +282,8 @@ def train(
         progress: show a tqdm bar (rank 0).
         init_state: a state dict to start from (e.g. ``load_release_checkpoint(...).state_dict()``),
             ignored when resuming.
+        trained_on: the model's per-class training record (class -> ``{"sources": [...], "scans": n}``,
+            ``workbench.training_set.learnt_counts``), saved in the checkpoint's state as ``trained_on``.
 
     Returns:
         ``TrainResult``; ``model`` is in train mode on the CPU (or the device it was trained on).
@@ -365,6 +368,8 @@ def train(
 
         epoch_done = step % steps_per_epoch == 0
         state = {"step": step, "epoch": step // steps_per_epoch, "config": config.to_dict()}
+        if trained_on is not None:
+            state["trained_on"] = dict(trained_on)
         if rank == 0 and (step % config.checkpoint_every == 0 or epoch_done or step == total):
             save_checkpoint(ckpt_path, model, optimizer, state, vocabulary)
         if epoch_done or step == total:
