@@ -184,7 +184,8 @@ def learnt_counts(entries: Sequence[TrainingEntry]) -> dict[str, dict[str, objec
         are absent.
 
     Example:
-        >>> e = TrainingEntry("s1", "kits23", "ct.nii.gz", ("kidney_left",), (), {}, bases={"kidney_left": "original"})
+        >>> e = TrainingEntry("s1", "kits23", "ct.nii.gz", ("kidney_left",), (), {})
+        >>> e.bases["kidney_left"] = "original"
         >>> learnt_counts([e])
         {'kidney_left': {'sources': ['kits23'], 'scans': 1}}
     """
