@@ -197,4 +197,3 @@ def learnt_counts(entries: Sequence[TrainingEntry]) -> dict[str, dict[str, objec
                 sources.setdefault(name, set()).add(e.source_id)
                 scans[name] = scans.get(name, 0) + 1
     return {n: {"sources": sorted(sources[n]), "scans": scans[n]} for n in sorted(scans)}
-
