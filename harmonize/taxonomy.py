@@ -5,6 +5,10 @@ embedding matrix. Names follow the original's ``ORGAN_NAME`` list, with two spel
 prompt names ('Arota' -> 'Aorta', 'Celiac Truck' -> 'Celiac Trunk'); the imported original embedding
 vocabulary keeps the original spellings (see ``ORIGINAL_PROMPT_NAMES``).
 
+A workspace may add classes as data (name, prompt name, kind, parents; :func:`define_class`), with label
+values 33, 34, ...: the catalog stores them and installs them on open (:func:`set_added_classes`), and
+``class_names`` / ``class_by_name`` then know them; ``CLASSES`` stays the 32 of the original model.
+
 Example:
     >>> from harmonize.taxonomy import class_by_name
     >>> class_by_name("kidney_left").index, class_by_name("kidney_left").twin
@@ -14,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import colorsys
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -145,18 +150,80 @@ PAIRS: dict[str, tuple[str, str]] = {
 
 _BY_NAME = {c.name: c for c in CLASSES}
 
+#: The kinds a class may be (an added class names one).
+KINDS: tuple[str, ...] = ("organ", "vessel", "tumor", "lesion")
+_NAME_RULE = re.compile(r"[a-z][a-z0-9_]{1,62}")
+#: Classes added to the taxonomy as data (the paper's incremental learning): the workspace's catalog
+#: installs its own on open (``storage.catalog.Catalog``, table ``added_class``), in index order.
+_ADDED: dict[str, UniversalClass] = {}
+
+
+def define_class(
+    name: str, prompt_name: str, kind: str, parents: Sequence[str] = (), *, index: int
+) -> UniversalClass:
+    """A new class as data: validated, not yet installed (:func:`set_added_classes` does that).
+
+    Args:
+        name: snake_case machine name, not a universal class or pair name (e.g. ``renal_vein``).
+        prompt_name: the name its text prompt uses (e.g. ``Renal Vein``); also its display name.
+        kind: one of :data:`KINDS`.
+        parents: classes it lies inside (universal or added ones).
+        index: its label value, above the 32 universal indices (33, 34, ...).
+
+    Returns:
+        The class.
+
+    Raises:
+        ValueError: a bad name, kind, parent or index (one line naming it).
+    """
+    if not _NAME_RULE.fullmatch(name):
+        raise ValueError(f"class name {name!r}: use 2-63 lower-case letters, digits and '_', a letter first")
+    if name in _BY_NAME or name in PAIRS:
+        raise ValueError(f"class name {name!r} is a universal class already")
+    if kind not in KINDS:
+        raise ValueError(f"class {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    unknown = [p for p in parents if p not in _BY_NAME and p not in _ADDED]
+    if unknown:
+        raise ValueError(f"class {name!r}: unknown parent classes {unknown}")
+    if index <= len(CLASSES):
+        raise ValueError(f"class {name!r}: index {index} is a universal index (1-{len(CLASSES)})")
+    if not prompt_name.strip():
+        raise ValueError(f"class {name!r}: empty prompt name")
+    return UniversalClass(index, name, prompt_name, prompt_name, kind, parents=tuple(parents))
+
+
+def set_added_classes(classes: Sequence[UniversalClass]) -> None:
+    """Install the added classes of the workspace in use (replacing any installed before).
+
+    Args:
+        classes: :func:`define_class` results, in index order.
+    """
+    _ADDED.clear()
+    _ADDED.update({c.name: c for c in sorted(classes, key=lambda c: c.index)})
+
+
+def added_classes() -> tuple[UniversalClass, ...]:
+    """The installed added classes, in index order (empty unless a workspace added some)."""
+    return tuple(_ADDED.values())
+
 
 def class_names() -> list[str]:
-    """The 32 machine names in model order."""
+    """The 32 machine names in model order, then the installed added classes (:func:`added_classes`)."""
+    return [c.name for c in CLASSES] + list(_ADDED)
+
+
+def universal_class_names() -> list[str]:
+    """The 32 machine names of the original Universal Model, in its order (never an added class)."""
     return [c.name for c in CLASSES]
 
 
 def class_by_name(name: str) -> UniversalClass:
-    """Look a class up by machine name; raises ``KeyError`` naming the valid names."""
-    try:
-        return _BY_NAME[name]
-    except KeyError:
-        raise KeyError(f"unknown universal class {name!r}; known: {', '.join(_BY_NAME)}") from None
+    """Look a class up by machine name (universal or added); raises ``KeyError`` naming the valid names."""
+    found = _BY_NAME.get(name) or _ADDED.get(name)
+    if found is None:
+        known = ", ".join([*_BY_NAME, *_ADDED])
+        raise KeyError(f"unknown universal class {name!r}; known: {known}") from None
+    return found
 
 
 def expand_target(target: str) -> tuple[str, ...]:

@@ -220,6 +220,7 @@ class Catalog:
         self._local = threading.local()
         with self.connect() as con:
             self._migrate(con)
+            self._install_added_classes(con)
 
     # -- connections -------------------------------------------------------------------------------
     @contextmanager
@@ -2366,6 +2367,91 @@ class Catalog:
         """Inside a write transaction ``con`` that UPDATEs rows in place (the row counts do not move),
         mark every maintained table (schema v11) for a whole rebuild at its next read."""
         con.execute("DELETE FROM derived_meta")
+
+    # -- fine-tuning (#12) ---------------------------------------------------------------------------
+    def add_class(
+        self, name: str, prompt_name: str, kind: str, parents: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Register a class the universal taxonomy lacks (``workbench train --add-class``), as data: the
+        next free label value above the 32 universal ones; installed into ``harmonize.taxonomy`` at once
+        and on every later open.
+
+        Args:
+            name: snake_case machine name.
+            prompt_name: the name its text prompt uses (and its display name).
+            kind: ``organ``, ``vessel``, ``tumor`` or ``lesion``.
+            parents: classes it lies inside.
+
+        Returns:
+            Its row (``name, class_index, prompt_name, kind, parents``); the existing row, unchanged, when
+            the same class is registered already.
+
+        Raises:
+            ValueError: a bad definition, or the name registered with another prompt, kind or parents.
+        """
+        from harmonize.taxonomy import define_class
+
+        with self.transaction() as con:
+            same = con.execute("SELECT * FROM added_class WHERE name = ?", [name]).df()
+            if len(same):
+                row = _added_class_row(same.iloc[0].to_dict())
+                wanted = {"prompt_name": prompt_name, "kind": kind, "parents": list(parents)}
+                if any(row[k] != v for k, v in wanted.items()):
+                    raise ValueError(
+                        f"class {name!r} is registered already as {row['prompt_name']!r} ({row['kind']}, "
+                        f"parents {row['parents']}), not {prompt_name!r} ({kind}, parents {list(parents)})"
+                    )
+                return row
+            top = con.execute("SELECT max(class_index) FROM added_class").fetchone()
+            index = max(int(top[0]) if top and top[0] is not None else 0, 32) + 1
+            cls = define_class(name, prompt_name, kind, parents, index=index)
+            con.execute(
+                "INSERT INTO added_class VALUES (?, ?, ?, ?, ?, ?)",
+                [cls.name, cls.index, cls.prompt_name, cls.kind, list(cls.parents), utc_now()],
+            )
+        self._install_added_classes()
+        return {"name": cls.name, "class_index": cls.index, "prompt_name": cls.prompt_name,
+                "kind": cls.kind, "parents": list(cls.parents)}  # fmt: skip
+
+    def added_classes(self) -> pd.DataFrame:
+        """Every added class (``name, class_index, prompt_name, kind, parents, added_at``), by index."""
+        return self.query("SELECT * FROM added_class ORDER BY class_index")
+
+    def _install_added_classes(self, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Install this catalog's added classes into ``harmonize.taxonomy`` (the ones of the workspace
+        opened last stand in this process)."""
+        from harmonize.taxonomy import define_class, set_added_classes
+
+        sql = "SELECT * FROM added_class ORDER BY class_index"
+        rows = self.query(sql) if con is None else con.execute(sql).df()
+        defined: list[Any] = []
+        for raw in rows.to_dict("records"):
+            r = _added_class_row(raw)
+            set_added_classes(defined)  # a parent may be an added class of a lower index
+            defined.append(
+                define_class(r["name"], r["prompt_name"], r["kind"], r["parents"], index=r["class_index"])
+            )
+        set_added_classes(defined)
+
+    def vocabularies_with_class(self, class_name: str) -> pd.DataFrame:
+        """Stored vocabularies that hold ``class_name`` (``sha256, name, encoder, weights, template``),
+        newest first: where an added class's text embedding may already be."""
+        return self.query(
+            "SELECT sha256, name, encoder, weights, template FROM text_vocabulary "
+            "WHERE list_contains(class_names, ?) ORDER BY created_at DESC",
+            [class_name],
+        )
+
+
+def _added_class_row(raw: dict[str, Any]) -> dict[str, Any]:
+    """An ``added_class`` row with plain Python values."""
+    return {
+        "name": str(raw["name"]),
+        "class_index": int(raw["class_index"]),
+        "prompt_name": str(raw["prompt_name"]),
+        "kind": str(raw["kind"]),
+        "parents": [str(p) for p in list(raw["parents"])],
+    }
 
 
 #: More changed scans than this and the long-tail refresh rebuilds ``annotation_state`` whole (reading

@@ -43,7 +43,7 @@ Double reading and the requeue check (schema v8; ``docs/catalog.md``):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -599,5 +599,19 @@ MIGRATIONS: dict[int, str] = {
             PARTITION BY i.label_set_id, i.class_name
             ORDER BY vl.version DESC, v.decided_at DESC, v.review_id DESC
         ) = 1;
+    """,
+    # v12 (fine-tuning, #12): classes added to the taxonomy as data (the paper's incremental learning:
+    # ``workbench train --init MODEL --add-class NAME``), one row each, label values from 33 up; the
+    # catalog installs them into ``harmonize.taxonomy`` on open, so labels, pseudo-labels, coverage,
+    # exports and the queue take them like the 32 universal classes.
+    12: """
+    CREATE TABLE added_class (
+        name VARCHAR PRIMARY KEY,
+        class_index INTEGER NOT NULL UNIQUE,
+        prompt_name VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        parents VARCHAR[] NOT NULL,
+        added_at TIMESTAMP NOT NULL
+    );
     """,
 }

@@ -11,8 +11,8 @@
                                 [--pseudo accepted|all|none] [--include-held-out]
                                 [--ignore-margin-mm MM] [--folds K] [--seed N]
     workbench [--workspace DIR] demo [--cases N] [--no-round] [--budget N]
-    workbench [--workspace DIR] round --vocabulary NAME [--steps N] [--previous CKPT] [--from-scratch]
-                                [--simulated-expert --budget N]
+    workbench [--workspace DIR] round [--vocabulary NAME] [--steps N] [--previous NAME|FILE]
+                                [--spacing MM] [--patch N] [--from-scratch] [--simulated-expert --budget N]
     workbench [--workspace DIR] import-model FILE [--name NAME] [--backbone unet|swinunetr]
     workbench [--workspace DIR] pseudolabel NAME|FILE [--scan ID ...] [--source ID ...] [--all-classes]
                                 [--low-res-mm MM | --native] [--overlap F] [--device auto|cpu|cuda]
@@ -35,7 +35,10 @@
                                 [--name NAME] [--import-release TXT_ENCODING_PTH]
     workbench [--workspace DIR] train --vocabulary NAME [--backbone B] [--spacing MM] [--patch N]
                                 [--epochs N] [--max-steps N] [--source ID ...] [--fresh]
-                                [--include-held-out]
+                                [--include-held-out] [--name NAME]
+    workbench [--workspace DIR] train --init MODEL [--class C ...] [--source ID ...] [--name NAME]
+                                [--add-class NAME [--prompt TEXT] [--kind K] [--parent C]]
+                                [--freeze none|backbone|old_classes] [--spacing MM] [--patch N] ...
 
 The workspace is ``--workspace``, else ``$WORKBENCH_HOME``, else ``./workspace``.
 """
@@ -229,20 +232,36 @@ def _cmd_round(args: argparse.Namespace) -> int:
         provider = PhantomTruth(ws, demo_truth_specs(ws))
         reviewer = SimulatedExpert(ws, provider, budget=args.budget, image=provider.image)
         truth = provider.scan_truth
+    config = tiny_config(steps=args.steps, seed=args.seed)
     result = run_round(
         ws,
         vocabulary=args.vocabulary,
-        config=tiny_config(steps=args.steps, seed=args.seed),
+        config=config,
         review_budget=args.budget if reviewer is not None else 0,
         reviewer=reviewer,
         previous_checkpoint=_previous_model(ws, args.previous),
         from_scratch=args.from_scratch,
         truth=truth,
         progress=not args.no_progress,
+        pipeline=_pipeline(config.pipeline, args.spacing, args.patch),
     )
     for line in result.lines():
         print(line)
     return 0
+
+
+def _pipeline(base: Any, spacing: float | None, patch: int | None) -> Any:
+    """``--spacing`` / ``--patch`` over a pipeline; None when neither was given (the model's own)."""
+    if spacing is None and patch is None:
+        return None
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if spacing is not None:
+        changes["spacing_mm"] = (spacing,) * 3
+    if patch is not None:
+        changes["patch"] = (patch,) * 3
+    return dataclasses.replace(base, **changes)
 
 
 def _cmd_pseudolabel(args: argparse.Namespace) -> int:
@@ -299,17 +318,13 @@ def _cmd_import_model(args: argparse.Namespace) -> int:
 
 
 def _previous_model(ws: Workspace, ref: str | None) -> str | None:
-    """``round --previous``: a registered model's name -> its file; a file as given."""
+    """``round --previous``: a registered model's name (a release or a workbench checkpoint) -> its
+    file; a file as given."""
     if ref is None:
         return None
     row = ws.catalog.model(ref)
     if row is None:
         return ref
-    if row["kind"] == "release":
-        raise ValueError(
-            f"round --previous {ref}: fine-tuning from a release model is not available yet (a round "
-            "fine-tunes a workbench checkpoint); `workbench pseudolabel` runs it"
-        )
     from workbench.model.registry import registered_path
 
     return str(registered_path(ws, row))
@@ -536,21 +551,24 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from workbench.learning.catalog_training import train_from_catalog
     from workbench.model.train import TrainConfig
-    from workbench.model.transforms import PipelineConfig
 
     ws = Workspace.open(args.workspace)
+    if args.init is not None:
+        return _cmd_fine_tune(args, ws)
+    if args.add_class or args.classes or args.freeze != "none":
+        raise ValueError("--add-class, --classes and --freeze fine-tune a model: give it with --init MODEL")
+    if args.vocabulary is None:
+        raise ValueError("train needs --vocabulary NAME (or --init MODEL, which brings its own)")
+    from workbench.learning.catalog_training import train_from_catalog
+    from workbench.model.transforms import PipelineConfig
+
+    spacing = 3.0 if args.spacing is None else args.spacing
+    patch = 64 if args.patch is None else args.patch
     config = TrainConfig(
-        backbone=args.backbone,
-        pipeline=PipelineConfig(spacing_mm=(args.spacing,) * 3, patch=(args.patch,) * 3),
-        lr=args.lr,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        grad_clip=args.grad_clip,
-        lr_schedule=args.lr_schedule,
+        backbone=args.backbone or "small_unet",
+        pipeline=PipelineConfig(spacing_mm=(spacing,) * 3, patch=(patch,) * 3),
+        **_schedule(args),
     )
     out = args.out or str(ws.models / "latest")
     run_id, result = train_from_catalog(
@@ -564,6 +582,69 @@ def _cmd_train(args: argparse.Namespace) -> int:
         include_held_out=args.include_held_out,
     )
     print(f"run {run_id}: {result.step} steps, {result.epoch} epochs; checkpoint {result.checkpoint}")
+    if args.name:
+        from workbench.model.registry import import_model
+
+        print(import_model(ws, str(result.checkpoint), name=args.name).line())
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``TrainConfig`` settings ``train`` takes from its flags, with or without ``--init``."""
+    return {
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "checkpoint_every": args.checkpoint_every,
+        "seed": args.seed,
+        "grad_clip": args.grad_clip,
+        "lr_schedule": args.lr_schedule,
+    }
+
+
+def _new_classes(args: argparse.Namespace) -> list[Any]:
+    """``--add-class NAME`` (repeatable) with its ``--prompt`` / ``--kind`` / ``--parent`` by position."""
+    from workbench.learning.fine_tuning import NewClass
+
+    names = list(args.add_class or [])
+    for flag in ("prompt", "kind", "parent"):
+        given = getattr(args, flag) or []
+        if len(given) > len(names):
+            raise ValueError(f"--{flag} given {len(given)} times for {len(names)} --add-class")
+    pick = lambda flag, i: (getattr(args, flag) or [])[i] if i < len(getattr(args, flag) or []) else None  # noqa: E731
+    return [
+        NewClass(name, prompt=pick("prompt", i), kind=pick("kind", i) or "organ", parent=pick("parent", i))
+        for i, name in enumerate(names)
+    ]
+
+
+def _cmd_fine_tune(args: argparse.Namespace, ws: Workspace) -> int:
+    from workbench.learning.fine_tuning import fine_tune
+    from workbench.model.train import TrainConfig
+
+    if args.vocabulary is not None or args.backbone is not None:
+        raise ValueError(
+            "--init keeps the model's own vocabulary and backbone; leave out --vocabulary and --backbone"
+        )
+    result = fine_tune(
+        ws,
+        args.init,
+        config=TrainConfig(freeze=args.freeze, **_schedule(args)),
+        spacing_mm=args.spacing,
+        patch=args.patch,
+        out_dir=args.out,
+        sources=args.source,
+        classes=args.classes,
+        new_classes=_new_classes(args),
+        name=args.name,
+        include_held_out=args.include_held_out,
+        resume=not args.fresh,
+        progress=not args.no_progress,
+        backbone=args.release_backbone,
+        clip_weights=args.clip_weights,
+    )
+    for line in result.lines():
+        print(line)
     return 0
 
 
@@ -703,11 +784,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("round", help="one active-learning round: review, fine-tune, evaluate, pseudo-label")
-    p.add_argument("--vocabulary", required=True, help="stored vocabulary name (see `workbench embed`)")
+    p.add_argument(
+        "--vocabulary",
+        help="stored vocabulary name (see `workbench embed`); a previous model brings its own (default)",
+    )
     p.add_argument("--steps", type=int, default=8, help="training steps of this round (tiny CPU config)")
+    p.add_argument(
+        "--spacing", type=float, help="training spacing in mm (default: the previous model's, else 6)"
+    )
+    p.add_argument("--patch", type=int, help="cubic patch side (default: the previous model's, else 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--previous", help="start from this checkpoint or registered model (default: the latest round's)"
+        "--previous",
+        help="start from this model: a registered name (release or workbench), a release file or a "
+        "checkpoint, any backbone (default: the latest round's)",
     )
     p.add_argument("--from-scratch", action="store_true", help="start from fresh weights")
     p.add_argument(
@@ -814,11 +904,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("train", help="train the Universal Model on the catalog (partial labels respected)")
-    p.add_argument("--vocabulary", required=True, help="stored vocabulary name (see `workbench embed`)")
-    p.add_argument("--out", help="checkpoint folder (default <workspace>/models/latest)")
-    p.add_argument("--backbone", choices=("small_unet", "unet3d", "swinunetr"), default="small_unet")
-    p.add_argument("--spacing", type=float, default=3.0, help="isotropic spacing in mm (paper: 1.5)")
-    p.add_argument("--patch", type=int, default=64, help="cubic patch size in voxels (paper: 96)")
+    p.add_argument("--vocabulary", help="stored vocabulary name (see `workbench embed`); not with --init")
+    p.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="fine-tune this model (a registered name, a release file or a workbench checkpoint): its "
+        "backbone, controller, heads and vocabulary are kept; the result is registered",
+    )
+    p.add_argument("--out", help="checkpoint folder (default models/latest; with --init models/ft-<init>)")
+    p.add_argument(
+        "--backbone", choices=("small_unet", "unet3d", "swinunetr"), help="fresh model (default small_unet)"
+    )
+    p.add_argument(
+        "--spacing", type=float, help="isotropic spacing in mm (default 3; with --init the model's own)"
+    )
+    p.add_argument(
+        "--patch", type=int, help="cubic patch side in voxels (default 64; with --init the model's)"
+    )
+    p.add_argument("--name", help="register the checkpoint under this name (with --init: <init>-ft-<sha8>)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="with --init: train only this class (repeatable; default every class of the model)",
+    )
+    p.add_argument(
+        "--add-class",
+        action="append",
+        metavar="NAME",
+        help="with --init: a head for a class the model lacks, registered in the catalog (repeatable)",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="the name the new class's text prompt uses, e.g. 'Renal Vein' (one per --add-class, in order)",
+    )
+    p.add_argument(
+        "--kind",
+        action="append",
+        choices=("organ", "vessel", "tumor", "lesion"),
+        help="the new class's kind (one per --add-class; default organ)",
+    )
+    p.add_argument(
+        "--parent", action="append", help="the class the new class lies inside (one per --add-class)"
+    )
+    p.add_argument(
+        "--freeze",
+        choices=("none", "backbone", "old_classes"),
+        default="none",
+        help="with --init: keep the backbone, or everything but the added classes' heads, fixed",
+    )
+    p.add_argument("--clip-weights", help="a local CLIP weights file, to embed a CLIP model's new class")
+    p.add_argument(
+        "--release-backbone", choices=("unet", "swinunetr"), help="--init release file with ambiguous keys"
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument(
         "--lr-schedule",

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -41,16 +42,24 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 
 from harmonize.errors import HarmonizeError
-from storage.files import file_sha256
 from storage.workspace import Workspace
 from workbench.learning.catalog_training import new_train_run_id, train_and_record
 from workbench.learning.evaluation import evaluate
+from workbench.learning.fine_tuning import model_pipeline
 from workbench.learning.metrics import ScanTruth
 from workbench.learning.split import DEFAULT_FRACTION, held_out_split, training_scan_ids
 from workbench.learning.vocabularies import load_vocabulary
-from workbench.model.checkpoint import load_checkpoint
+from workbench.model.checkpoint import check_vocabulary
+from workbench.model.network import UniversalModel
+from workbench.model.registry import (
+    ModelFile,
+    ResolvedModel,
+    inherited_trained_on,
+    merge_trained_on,
+    read_model_file,
+)
 from workbench.model.text import TextVocabulary
-from workbench.model.train import TrainCase, TrainConfig
+from workbench.model.train import TrainCase, TrainConfig, config_for_model
 from workbench.model.transforms import PipelineConfig
 from workbench.pseudolabel import pseudolabel
 from workbench.review import rank
@@ -248,53 +257,81 @@ class TrainedRound:
         run_id: the ``train`` run in the catalog.
         checkpoint: its ``last.pt``; sha256 its hash.
         previous_sha256: the hash of the checkpoint it was fine-tuned from (None: fresh weights).
+        spacing_mm: the spacing it trained at (the round pseudo-labels there).
     """
 
     run_id: str
     checkpoint: Path
     sha256: str
     previous_sha256: str | None
+    spacing_mm: float = 0.0
 
 
 def train_stage(
     ws: Workspace,
     entries: Sequence[TrainingEntry],
     *,
-    vocabulary: str,
+    vocabulary: str | None,
     config: TrainConfig,
     number: int,
     previous_checkpoint: str | Path | None,
     progress: bool,
+    pipeline: PipelineConfig | None = None,
 ) -> TrainedRound:
     """Stage 3: fine-tune on the round's training set, recorded as a ``train`` run.
 
-    The model trains on the vocabulary's classes only (a model of fewer classes ignores the others); its
-    checkpoint goes to ``<workspace>/models/round-<number>-<random>/``.
+    The model trains on its vocabulary's classes only (a model of fewer classes ignores the others); its
+    checkpoint goes to ``<workspace>/models/round-<number>-<random>/``. From a previous model (a round's
+    checkpoint, a ``workbench train`` checkpoint or a release file, :func:`previous_model`) it keeps that
+    model's architecture (backbone, small features, Swin merging order, added classes) and vocabulary,
+    and trains at its spacing and patch unless ``pipeline`` says otherwise; ``config`` gives the steps,
+    learning rate and the rest.
 
     Args:
         ws: the workspace.
         entries: the training set (:func:`training_entries`).
-        vocabulary: name or hash of a stored text vocabulary.
+        vocabulary: name or hash of a stored text vocabulary; with a previous model it must be that
+            model's (None: the previous model's own).
         config: training settings of this round.
         number: the round number.
-        previous_checkpoint: start from this checkpoint (None: fresh weights).
+        previous_checkpoint: start from this model file (None: fresh weights).
         progress: a progress bar.
+        pipeline: spacing, patch and sampling (default: the previous model's spacing and patch, with
+            ``config.pipeline``'s other settings; ``config.pipeline`` for fresh weights).
 
     Returns:
         The :class:`TrainedRound`.
 
     Raises:
-        HarmonizeError: the previous checkpoint does not exist or cannot be read; training wrote no
-            checkpoint.
+        HarmonizeError: the previous model does not exist, cannot be read, or holds another vocabulary
+            than ``vocabulary``; its weights do not fit; training wrote no checkpoint.
+        ValueError: fresh weights without a vocabulary.
     """
-    vocab = load_vocabulary(ws, vocabulary)
+    given = load_vocabulary(ws, vocabulary) if vocabulary else None
+    start = previous_model(previous_checkpoint, given)
+    if start is None and vocabulary is None:
+        raise ValueError("a round from fresh weights needs --vocabulary (there is no previous model)")
+    vocab = start.vocabulary if start is not None else load_vocabulary(ws, str(vocabulary))
     cases = [
         TrainCase(e.image_path, e.masks, e.annotated, e.scan_id).restricted_to(vocab.class_names)
         for e in entries
     ]
-    init_state, prev_sha = _initial_state(previous_checkpoint, vocab)
+    counts = {n: c for n, c in learnt_counts(entries).items() if n in vocab.class_names}
+    init_state: dict[str, Any] | None = None
+    trained_on: dict[str, Any] | None = counts
+    if start is not None:
+        config = config_for_model(
+            dataclasses.replace(config, init=start.init_record()),
+            start.model,
+            pipeline or model_pipeline(start.model_file, config.pipeline),
+        )
+        init_state = start.model.state_dict()
+        trained_on = merge_trained_on(inherited_trained_on(start.model_file), counts)
+    elif pipeline is not None:
+        config = dataclasses.replace(config, pipeline=pipeline)
     out_dir = ws.models / f"round-{number:03d}-{uuid.uuid4().hex[:6]}"
     run_id = new_train_run_id()
+    prev_sha = start.model_file.sha256 if start is not None else None
     result, sha = train_and_record(
         ws,
         run_id,
@@ -307,23 +344,54 @@ def train_stage(
         progress=progress,
         init_state=init_state,
         require_checkpoint=True,
-        trained_on=learnt_counts(entries),
+        trained_on=trained_on,
     )
     if result.checkpoint is None or sha is None:  # require_checkpoint raised already; for the types
         raise HarmonizeError(out_dir, "training wrote no checkpoint")
-    return TrainedRound(run_id, result.checkpoint, sha, prev_sha)
+    return TrainedRound(run_id, result.checkpoint, sha, prev_sha, float(config.pipeline.spacing_mm[0]))
 
 
-def _initial_state(
-    previous_checkpoint: str | Path | None, vocab: TextVocabulary
-) -> tuple[dict[str, Any] | None, str | None]:
-    """``(state dict, sha256)`` of the checkpoint a round starts from; ``(None, None)`` for fresh weights."""
+@dataclass(frozen=True)
+class PreviousModel:
+    """The model a round starts from: the file read, its model and vocabulary."""
+
+    model_file: ModelFile
+
+    @property
+    def model(self) -> UniversalModel:
+        return self.model_file.model
+
+    @property
+    def vocabulary(self) -> TextVocabulary:
+        return self.model_file.vocabulary
+
+    def init_record(self) -> dict[str, Any]:
+        """The ``init`` a round records (:meth:`workbench.model.registry.ResolvedModel.init_record`)."""
+        return ResolvedModel(self.model_file, self.model_file.path.name, False).init_record()
+
+
+def previous_model(
+    previous_checkpoint: str | Path | None, vocab: TextVocabulary | None
+) -> PreviousModel | None:
+    """The model a round starts from (any backbone; a workbench checkpoint or a release file); None for
+    fresh weights.
+
+    Args:
+        previous_checkpoint: the model file.
+        vocab: the vocabulary the round was given, if any: it must be the model's.
+
+    Raises:
+        HarmonizeError: no such file, not a model file, or another vocabulary (one line naming both).
+    """
     if previous_checkpoint is None:
-        return None, None
+        return None
     prev = Path(previous_checkpoint)
     if not prev.exists():
         raise HarmonizeError(prev, "previous round's checkpoint does not exist")
-    return load_checkpoint(prev, vocab).model.state_dict(), file_sha256(prev)
+    model_file = read_model_file(prev)
+    if vocab is not None:
+        check_vocabulary(prev, model_file.vocabulary, vocab)
+    return PreviousModel(model_file)
 
 
 def evaluate_stage(
@@ -397,7 +465,7 @@ def pseudolabel_stage(
 def run_round(
     ws: Workspace,
     *,
-    vocabulary: str,
+    vocabulary: str | None = None,
     config: TrainConfig,
     review_budget: int = 0,
     reviewer: Reviewer | ReviewFunction | None = None,
@@ -409,13 +477,17 @@ def run_round(
     truth: Callable[[str], ScanTruth] | None = None,
     low_res_mm: float | None = None,
     progress: bool = False,
+    pipeline: PipelineConfig | None = None,
 ) -> RoundResult:
     """Run one active-learning round (see the module docstring) and record it.
 
     Args:
         ws: the workspace.
-        vocabulary: name or hash of a stored text vocabulary.
-        config: training settings; its ``max_steps`` / ``epochs`` are the steps of THIS round.
+        vocabulary: name or hash of a stored text vocabulary; from a previous model it must be that
+            model's (None: the previous model's own; fresh weights need one).
+        config: training settings; its ``max_steps`` / ``epochs`` are the steps of THIS round. From a
+            previous model (any backbone, any registered model) the architecture is that model's
+            (:func:`train_stage`).
         review_budget: items the reviewer may review before training (0: no review).
         reviewer: a :class:`Reviewer` (``SimulatedExpert``) or a :data:`ReviewFunction`.
         previous_checkpoint: start from this checkpoint (default: the latest round's, if any).
@@ -426,13 +498,16 @@ def run_round(
         truth: scan id -> full truth for evaluation (benchmarks, demo); default the catalog's expert labels.
         low_res_mm: inference spacing for pseudo-labelling (default: the training spacing).
         progress: progress bars.
+        pipeline: training spacing, patch and sampling (default: the previous model's spacing and
+            patch, else ``config.pipeline``).
 
     Returns:
         The :class:`RoundResult` (also stored as a ``round`` row).
 
     Raises:
         ValueError: no training scan with a known class, or a negative budget.
-        HarmonizeError: an unreadable previous checkpoint.
+        HarmonizeError: an unreadable previous checkpoint, one of another vocabulary, weights that do
+            not fit (one line each).
     """
     if review_budget < 0:
         raise ValueError(f"review_budget must be >= 0, got {review_budget}")
@@ -469,12 +544,13 @@ def run_round(
         number=number,
         previous_checkpoint=previous_checkpoint,
         progress=progress,
+        pipeline=pipeline,
     )
     seconds["train"] = time.perf_counter() - t
 
     # 4. evaluate on the held-out split
     t = time.perf_counter()
-    spacing = low_res_mm if low_res_mm is not None else float(config.pipeline.spacing_mm[0])
+    spacing = low_res_mm if low_res_mm is not None else trained.spacing_mm
     eval_run, metrics = evaluate_stage(
         ws,
         trained.checkpoint,

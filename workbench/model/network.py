@@ -43,7 +43,7 @@ Parameter names follow the original ``Universal_model`` so release state dicts l
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -322,6 +322,44 @@ def build_backbone(
     if name == "small_unet":
         return _small_unet_backbone(in_channels, small_features)
     raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+
+
+#: What each ``freeze`` setting of fine-tuning keeps fixed, by parameter name: ``none`` trains everything,
+#: ``backbone`` keeps the backbone (the image encoder) and trains the controller, the text projection,
+#: the GAP and pre-classifier convs and any added heads; ``old_classes`` trains only the added classes'
+#: heads (``new_heads``), so every existing class's output stays bit-identical.
+FROZEN_BY: dict[str, Callable[[str], bool]] = {
+    "none": lambda name: False,
+    "backbone": lambda name: name.startswith("backbone."),
+    "old_classes": lambda name: not name.startswith("new_heads."),
+}
+
+
+def trainable_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
+    """Freeze what ``freeze`` names (``requires_grad`` False) and return the parameters left to train.
+
+    Args:
+        model: a ``UniversalModel``.
+        freeze: a key of :data:`FROZEN_BY`.
+
+    Returns:
+        The trainable parameters, in ``named_parameters`` order.
+
+    Raises:
+        ValueError: an unknown setting, or one that leaves nothing to train (``old_classes`` without an
+            added class).
+    """
+    if freeze not in FROZEN_BY:
+        raise ValueError(f"unknown freeze setting {freeze!r}; use one of {', '.join(FROZEN_BY)}")
+    frozen = FROZEN_BY[freeze]
+    keep = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(not frozen(name))
+        if not frozen(name):
+            keep.append(param)
+    if not keep:
+        raise ValueError(f"freeze {freeze!r} leaves nothing to train (no added class)")
+    return keep
 
 
 def _as_float_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:

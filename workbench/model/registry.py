@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from harmonize.errors import HarmonizeError
-from harmonize.taxonomy import CLASSES, ORIGINAL_PROMPT_NAMES, class_names
+from harmonize.taxonomy import CLASSES, ORIGINAL_PROMPT_NAMES, class_names, universal_class_names
 from storage.files import atomic_path, file_sha256, safe_name
 from storage.workspace import Workspace
 from workbench.model.network import UniversalModel
@@ -136,7 +136,7 @@ def release_vocabulary(embeddings: np.ndarray, weights_id: str) -> TextVocabular
     """The release's 32 classes with its text embeddings [32, 512] as a vocabulary (the V1 template
     with the original spellings, encoder ``clip-vit-b32 (original release)``)."""
     return TextVocabulary(
-        class_names=tuple(class_names()),
+        class_names=tuple(universal_class_names()),
         prompts=tuple(f"A computerized tomography of a {n}" for n in ORIGINAL_PROMPT_NAMES),
         template_id="V1",
         encoder_id=ORIGINAL_ENCODER_ID,
@@ -159,6 +159,8 @@ class ModelFile:
         spacing_mm / patch: the spacing and window it was trained with.
         settings: its inference defaults (:data:`RELEASE_SETTINGS` for a release).
         trained_on: class -> {"sources": [...], "scans": n or None}, or None when unknown.
+        inherited: a workbench checkpoint's init model's ``trained_on`` (``{}`` for fresh weights), or
+            None where the file does not say (a release, an older checkpoint).
     """
 
     path: Path
@@ -171,6 +173,17 @@ class ModelFile:
     patch: tuple[int, int, int]
     settings: dict[str, Any] = field(default_factory=dict)
     trained_on: dict[str, Any] | None = None
+    inherited: dict[str, Any] | None = None
+
+
+def _inherited(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The init model's ``trained_on`` a checkpoint's training state records ({} for fresh weights;
+    None when the state does not say)."""
+    config = state.get("config")
+    if not isinstance(config, Mapping) or "init" not in config:
+        return None
+    init = config["init"]
+    return dict(init.get("trained_on") or {}) if isinstance(init, Mapping) else {}
 
 
 def _release_file(path: Path, raw: Any, backbone: str | None, sha256: str) -> ModelFile:
@@ -227,6 +240,7 @@ def _workbench_file(path: Path, obj: Any, sha256: str) -> ModelFile:
         patch=patch,  # type: ignore[arg-type]
         settings={"spacing_mm": list(spacing), "window": list(patch), "tta": True},
         trained_on=loaded.state.get("trained_on"),
+        inherited=_inherited(loaded.state),
     )
 
 
@@ -420,3 +434,109 @@ def trained_on(row: Mapping[str, Any]) -> dict[str, Any] | None:
     if raw is None or (isinstance(raw, float) and raw != raw):
         return None
     return dict(json.loads(raw)) if isinstance(raw, str) else dict(raw)
+
+
+# -- fine-tuning (#12): a model by name or file, what it brings, what it learnt -------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model named on the command line (:func:`resolve_model`).
+
+    Args:
+        model_file: the file, read.
+        name: its registered name, else the file's name.
+        registered: whether it is a registered model of the workspace.
+    """
+
+    model_file: ModelFile
+    name: str
+    registered: bool
+
+    def init_record(self) -> dict[str, Any]:
+        """What a run that starts from this model records as ``init``: name, sha256, kind, backbone,
+        path and the model's own ``trained_on`` (None when unknown)."""
+        mf = self.model_file
+        return {
+            "name": self.name,
+            "sha256": mf.sha256,
+            "kind": mf.kind,
+            "backbone": mf.backbone,
+            "path": str(mf.path),
+            "trained_on": mf.trained_on,
+        }
+
+
+def resolve_model(ws: Workspace, ref: str | Path, *, backbone: str | None = None) -> ResolvedModel:
+    """A registered model's name (or sha256), or a model file (release or workbench checkpoint), read.
+
+    Args:
+        ws: the workspace.
+        ref: the name, hash or path.
+        backbone: for a release file whose keys are ambiguous.
+
+    Returns:
+        :class:`ResolvedModel`.
+
+    Raises:
+        HarmonizeError: neither a registered model nor a readable model file (one line naming the
+            registered ones).
+    """
+    row = ws.catalog.model(str(ref))
+    if row is not None:
+        given = backbone or (str(row["backbone"]) if row["kind"] == "release" else None)
+        model_file = read_model_file(registered_path(ws, row), backbone=given)
+        return ResolvedModel(model_file, str(row["name"]), True)
+    path = Path(ref)
+    if not path.exists():
+        names = ws.catalog.models()["name"].tolist()
+        raise HarmonizeError(
+            path, f"is neither a registered model ({', '.join(names) or 'none registered'}) nor a model file"
+        )
+    return ResolvedModel(read_model_file(path, backbone=backbone), path.name, False)
+
+
+def merge_trained_on(
+    base: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]] | None:
+    """What a fine-tuned model learnt: the init model's ``trained_on`` plus this run's counts.
+
+    Per class, sources are united (sorted) and scans summed where both are known; an unknown count
+    (None, the release's) stays None.
+
+    Args:
+        base: the init model's record (class -> ``{"sources": [...], "scans": n or None}``), or None.
+        new: this run's (:func:`workbench.training_set.learnt_counts`), or None.
+
+    Returns:
+        The merged record; None when both are None.
+
+    Example:
+        >>> merge_trained_on({"liver": {"sources": ["04"], "scans": None}},
+        ...                  {"liver": {"sources": ["lits"], "scans": 3}})
+        {'liver': {'sources': ['04', 'lits'], 'scans': None}}
+    """
+    if base is None and new is None:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for record in (base or {}, new or {}):
+        for name, entry in record.items():
+            sources = [str(s) for s in entry.get("sources", [])]
+            scans = entry.get("scans")
+            if name not in out:
+                out[name] = {"sources": sorted(set(sources)), "scans": scans}
+                continue
+            had = out[name]
+            total = None if had["scans"] is None or scans is None else int(had["scans"]) + int(scans)
+            out[name] = {"sources": sorted(set(had["sources"]) | set(sources)), "scans": total}
+    return dict(sorted(out.items()))
+
+
+def inherited_trained_on(model_file: ModelFile) -> dict[str, Any] | None:
+    """What a model brought from outside the workspace it was trained in: for a workbench checkpoint
+    the ``trained_on`` of the model it started from (``{}`` when it started from fresh weights), for a
+    release (or a checkpoint that does not say) its own ``trained_on``.
+
+    A round re-trains on the workspace's whole training set, so it adds this to its counts, not the
+    previous round's own counts (they are the same scans)."""
+    return model_file.trained_on if model_file.inherited is None else model_file.inherited

@@ -35,7 +35,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from harmonize.errors import HarmonizeError
-from harmonize.taxonomy import CLASSES, ORIGINAL_PROMPT_NAMES, class_names
+from harmonize.taxonomy import (
+    CLASSES,
+    ORIGINAL_PROMPT_NAMES,
+    added_classes,
+    class_names,
+    universal_class_names,
+)
 from storage.files import file_sha256
 
 EMBED_DIM = 512
@@ -92,8 +98,10 @@ def render_prompts(names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> tu
 
 
 def prompt_name(class_name: str) -> str:
-    """The name a prompt uses for a class: the taxonomy's prompt name, else the name with spaces."""
-    return _PROMPT_NAME.get(class_name, class_name.replace("_", " "))
+    """The name a prompt uses for a class: the taxonomy's prompt name (an added class's too), else the
+    name with spaces."""
+    added = {c.name: c.prompt_name for c in added_classes()}
+    return _PROMPT_NAME.get(class_name) or added.get(class_name) or class_name.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -263,7 +271,7 @@ def import_original_vocabulary(path: str | Path) -> TextVocabulary:
         raise HarmonizeError(path, f"expected a [32, 512] tensor, got {shape}")
     prompts = tuple(f"A computerized tomography of a {n}" for n in ORIGINAL_PROMPT_NAMES)
     return TextVocabulary(
-        class_names=tuple(class_names()),
+        class_names=tuple(universal_class_names()),
         prompts=prompts,
         template_id="V1",
         encoder_id=ORIGINAL_ENCODER_ID,

@@ -44,7 +44,7 @@ from harmonize.errors import HarmonizeError
 from harmonize.volume import Volume
 from workbench.model.checkpoint import load_checkpoint, save_checkpoint
 from workbench.model.loss import partial_label_loss
-from workbench.model.network import SMALL_UNET_FEATURES, UniversalModel
+from workbench.model.network import FROZEN_BY, SMALL_UNET_FEATURES, UniversalModel, trainable_parameters
 from workbench.model.text import TextVocabulary
 from workbench.model.transforms import PipelineConfig, augment_transforms, preprocess_transforms
 
@@ -142,6 +142,15 @@ class TrainConfig:
             total steps (``max_steps`` or all epochs); it depends only on the step, so a resumed run takes
             the same learning rates.
         min_lr_ratio: the cosine schedule's final learning rate as a fraction of ``lr``.
+        swin_merging: Swin UNETR's patch-merging order ('release' / 'monai'; ``UniversalModel``): a
+            fine-tuned model keeps the one it came with.
+        n_added_classes: how many of the vocabulary's last classes are added ones with a learnable head
+            offset (``UniversalModel.add_class``).
+        freeze: what stays fixed (:data:`workbench.model.network.FROZEN_BY`: 'none', 'backbone',
+            'old_classes'); frozen parameters are left out of the optimiser.
+        init: the model this run starts from (``name``, ``sha256``, ``kind``, ``backbone`` and
+            ``trained_on``, what it brings from its own training), recorded in the checkpoint's state
+            and the run; None for fresh weights.
     """
 
     backbone: str = "small_unet"
@@ -158,10 +167,16 @@ class TrainConfig:
     grad_clip: float | None = None
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.05
+    swin_merging: str = "release"
+    n_added_classes: int = 0
+    freeze: str = "none"
+    init: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.freeze not in FROZEN_BY:
+            raise ValueError(f"freeze must be one of {tuple(FROZEN_BY)}, got {self.freeze!r}")
         stride = BACKBONE_STRIDE.get("unet3d" if self.backbone == "unet" else self.backbone)
         patch = tuple(int(p) for p in self.pipeline.patch)
         if stride and any(p % stride or p < stride for p in patch):
@@ -301,9 +316,14 @@ def train(
 
     torch.manual_seed(config.seed)
     model = UniversalModel(
-        config.backbone, embeddings=vocabulary.embeddings, small_features=config.small_features
+        config.backbone,
+        embeddings=vocabulary.embeddings,
+        small_features=config.small_features,
+        n_added_classes=config.n_added_classes,
+        swin_merging=config.swin_merging,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = trainable_parameters(model, config.freeze)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_step = 0
     if resume and ckpt_path.exists():
         loaded = load_checkpoint(ckpt_path, vocabulary)
@@ -317,7 +337,7 @@ def train(
             optimizer.load_state_dict(loaded.optimizer_state)
         start_step = int(loaded.state["step"])
     elif init_state is not None:
-        model.load_state_dict(dict(init_state), strict=True)
+        load_init_state(model, init_state, vocabulary, config.init)
 
     net: torch.nn.Module = model
     if world > 1:
@@ -370,6 +390,8 @@ def train(
         state = {"step": step, "epoch": step // steps_per_epoch, "config": config.to_dict()}
         if trained_on is not None:
             state["trained_on"] = dict(trained_on)
+        if config.init is not None:
+            state["init"] = dict(config.init)
         if rank == 0 and (step % config.checkpoint_every == 0 or epoch_done or step == total):
             save_checkpoint(ckpt_path, model, optimizer, state, vocabulary)
         if epoch_done or step == total:
@@ -385,6 +407,7 @@ def train(
                 "backbone": model.backbone_name,
                 "world_size": world,
                 "vocabulary_sha256": vocabulary.sha256,
+                "init": _init_summary(config.init),
             }
             records.append(record)
             epoch_losses, epoch_start = [], time.perf_counter()
@@ -398,6 +421,74 @@ def train(
             on_step_end(step, loss_value)
     bar.close()
     return TrainResult(model, step, step // steps_per_epoch, records, ckpt_path if rank == 0 else None)
+
+
+def _init_summary(init: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The init model's name, sha256 and kind, for a per-epoch record (its ``trained_on`` left out)."""
+    if init is None:
+        return None
+    return {k: init.get(k) for k in ("name", "sha256", "kind", "backbone")}
+
+
+def load_init_state(
+    model: UniversalModel,
+    init_state: Mapping[str, torch.Tensor],
+    vocabulary: TextVocabulary,
+    init: Mapping[str, Any] | None = None,
+) -> None:
+    """Load the weights a run starts from, strictly, and check they hold the vocabulary's embeddings.
+
+    Args:
+        model: the freshly built model (architecture from the ``TrainConfig``).
+        init_state: the init model's state dict.
+        vocabulary: the run's vocabulary.
+        init: the init record (its name, for messages).
+
+    Raises:
+        HarmonizeError: keys or shapes that do not fit the model (one line with the first mismatch), or
+            text embeddings that are not the vocabulary's.
+    """
+    where = str((init or {}).get("name") or "the init model")
+    try:
+        model.load_state_dict(dict(init_state), strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split("\n")[1:2]).strip() or str(exc).splitlines()[0]
+        raise HarmonizeError(
+            where,
+            f"its weights do not fit a {model.backbone_name} model of {model.n_classes} classes "
+            f"(small_features {list(model.small_features)}): {detail[:300]}",
+        ) from exc
+    own = torch.from_numpy(vocabulary.embeddings.copy())
+    if not torch.equal(model.organ_embedding.detach().cpu(), own):
+        raise HarmonizeError(
+            where,
+            f"its text embeddings are not those of the vocabulary given ({vocabulary.encoder_id}, "
+            f"sha256 {vocabulary.sha256[:12]}): train with the model's own vocabulary",
+        )
+
+
+def config_for_model(
+    config: TrainConfig, model: UniversalModel, pipeline: PipelineConfig | None = None
+) -> TrainConfig:
+    """``config`` with the architecture of the model a run starts from (backbone, small features, Swin
+    merging order, added classes) and the given pipeline.
+
+    Args:
+        config: the run's settings (steps, learning rate, freeze, ...).
+        model: the init model.
+        pipeline: the spacing, patch and sampling to train with (default ``config.pipeline``).
+
+    Returns:
+        A new :class:`TrainConfig` (its patch checked against the backbone).
+    """
+    return dataclasses.replace(
+        config,
+        backbone=model.backbone_name,
+        small_features=tuple(model.small_features),
+        swin_merging=model.swin_merging,
+        n_added_classes=len(model.new_heads),
+        pipeline=pipeline or config.pipeline,
+    )
 
 
 def predict_item(

@@ -27,7 +27,7 @@ from harmonize.laterality import estimate_midline_x
 from harmonize.masks import CroppedMask
 from harmonize.readers import read_volume
 from harmonize.stats import class_stats
-from harmonize.taxonomy import CLASSES, PAIRS
+from harmonize.taxonomy import PAIRS, class_names
 from harmonize.volume import Volume
 from storage.masks import MaskStore
 from storage.workspace import Workspace
@@ -369,10 +369,10 @@ def run_scan_job(
                     class_stats(name, m.data, vol.affine, hu[m.box], offset=m.offset).as_dict()
                 )
         result.coverage = {
-            c.name: (ANNOTATED_PRESENT if not final[c.name].is_empty else ANNOTATED_ABSENT)
-            if c.name in final
+            name: (ANNOTATED_PRESENT if not final[name].is_empty else ANNOTATED_ABSENT)
+            if name in final
             else NOT_ANNOTATED
-            for c in CLASSES
+            for name in class_names()  # the 32 and the workspace's added classes
         }
     t2 = time.perf_counter()
     if options.uncertainty:
