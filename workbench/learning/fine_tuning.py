@@ -282,6 +282,7 @@ class FineTuned:
         steps: optimiser steps done in total.
         cases: training scans.
         registered: whether the registry got a new row now (False: the same file was registered).
+        unlearnt: added classes no training scan annotated (their heads are as created).
     """
 
     run_id: str
@@ -294,6 +295,7 @@ class FineTuned:
     steps: int = 0
     cases: int = 0
     registered: bool = True
+    unlearnt: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """A short summary for the CLI."""
@@ -307,6 +309,8 @@ class FineTuned:
         ]
         if self.added:
             out.append("added classes: " + ", ".join(self.added))
+        for name in self.unlearnt:
+            out.append(f"  {name}: no training scan annotates it yet, so its head is untrained")
         return out
 
 
@@ -441,4 +445,5 @@ def fine_tune(
         steps=result.step,
         cases=len(cases),
         registered=registered.registered,
+        unlearnt=[n for n in added if not any(n in c.annotated for c in cases)],
     )

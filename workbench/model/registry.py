@@ -445,7 +445,7 @@ class ResolvedModel:
 
     Args:
         model_file: the file, read.
-        name: its registered name, else the file's name.
+        name: its registered name, else :func:`default_model_name` (``<kind>-<backbone>-<sha256[:8]>``).
         registered: whether it is a registered model of the workspace.
     """
 
@@ -493,7 +493,8 @@ def resolve_model(ws: Workspace, ref: str | Path, *, backbone: str | None = None
         raise HarmonizeError(
             path, f"is neither a registered model ({', '.join(names) or 'none registered'}) nor a model file"
         )
-    return ResolvedModel(read_model_file(path, backbone=backbone), path.name, False)
+    model_file = read_model_file(path, backbone=backbone)
+    return ResolvedModel(model_file, default_model_name(model_file), False)
 
 
 def merge_trained_on(

@@ -184,11 +184,12 @@ class TrainConfig:
                 f"patch {patch} does not fit the {self.backbone} backbone: every side must be a positive "
                 f"multiple of {stride}"
             )
-        # small_unet's instance norm needs more than one voxel at its deepest level (1/16).
-        if self.backbone == "small_unet" and math.prod(p // 16 for p in patch) < 2:
+        # The deepest level's normalisation (instance norm; the U-Net's batch statistics of one patch)
+        # needs more than one voxel to train on.
+        if stride and math.prod(p // stride for p in patch) < 2:
             raise ValueError(
-                f"patch {patch} does not fit the small_unet backbone: at 1/16 it leaves one voxel, which "
-                "instance normalisation cannot train on (use 32 on one side at least)"
+                f"patch {patch} does not fit the {self.backbone} backbone: at 1/{stride} it leaves one "
+                f"voxel, which normalisation cannot train on (use {2 * stride} on one side at least)"
             )
 
     def lr_at(self, step: int, total: int) -> float:
