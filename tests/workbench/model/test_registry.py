@@ -18,8 +18,10 @@ from workbench.model.registry import (
     RELEASE_SOURCES,
     detect_backbone,
     import_model,
+    merge_trained_on,
     read_model_file,
     registered_path,
+    resolve_model,
     trained_on,
 )
 from workbench.model.text import ORIGINAL_ENCODER_ID, TextVocabulary, import_original_vocabulary
@@ -160,3 +162,55 @@ def test_a_taken_name_is_refused_before_anything_is_copied(
     with pytest.raises(HarmonizeError, match="the model name 'm' is taken by model"):
         import_model(ws, second, name="m")
     assert len(ws.catalog.models()) == 1 and len(list((ws.models / "registry").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("base", "new", "expected"),
+    [
+        (None, None, None),
+        (None, {"liver": {"sources": ["lits"], "scans": 3}}, {"liver": {"sources": ["lits"], "scans": 3}}),
+        # the release's count is unknown: it stays unknown, the sources are united
+        (
+            {"liver": {"sources": ["04", "01"], "scans": None}},
+            {"liver": {"sources": ["lits"], "scans": 3}},
+            {"liver": {"sources": ["01", "04", "lits"], "scans": None}},
+        ),
+        # known counts add up; a source in both counts once; classes of one side are kept
+        (
+            {"liver": {"sources": ["lits"], "scans": 4}, "spleen": {"sources": ["btcv"], "scans": 2}},
+            {
+                "liver": {"sources": ["lits", "btcv"], "scans": 3},
+                "kidney_left": {"sources": ["kits23"], "scans": 1},
+            },
+            {
+                "kidney_left": {"sources": ["kits23"], "scans": 1},
+                "liver": {"sources": ["btcv", "lits"], "scans": 7},
+                "spleen": {"sources": ["btcv"], "scans": 2},
+            },
+        ),
+    ],
+)
+def test_fine_tuning_adds_the_init_models_trained_on(
+    base: dict | None, new: dict | None, expected: dict | None
+) -> None:
+    assert merge_trained_on(base, new) == expected
+
+
+def test_an_init_that_is_no_model_names_the_registered_ones(
+    tmp_path: Path, random_checkpoint: Callable[..., Path]
+) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    import_model(ws, random_checkpoint(tmp_path / "m.pt", ("spleen", "liver")), name="ours")
+    with pytest.raises(
+        HarmonizeError, match=r"nope: is neither a registered model \(ours\) nor a model file"
+    ):
+        resolve_model(ws, "nope")
+    by_name, by_file = resolve_model(ws, "ours"), resolve_model(ws, tmp_path / "m.pt")
+    assert (by_name.name, by_name.registered) == ("ours", True)
+    assert (
+        by_file.name == f"workbench-small_unet-{file_sha256(tmp_path / 'm.pt')[:8]}"
+        and not by_file.registered
+    )
+    assert (
+        by_name.init_record()["sha256"] == by_file.init_record()["sha256"] == file_sha256(tmp_path / "m.pt")
+    )

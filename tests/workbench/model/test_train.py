@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -17,8 +18,16 @@ import torch
 from harmonize.errors import HarmonizeError
 from harmonize.phantoms import make_phantom
 from harmonize.volume import Volume
+from workbench.model.network import UniversalModel, trainable_parameters
 from workbench.model.text import TextVocabulary
-from workbench.model.train import TrainCase, TrainConfig, parameter_digest, predict_item, train
+from workbench.model.train import (
+    TrainCase,
+    TrainConfig,
+    config_for_model,
+    parameter_digest,
+    predict_item,
+    train,
+)
 from workbench.model.transforms import PipelineConfig, augment_transforms, preprocess_transforms
 
 torch.set_num_threads(2)
@@ -289,3 +298,89 @@ def test_lr_schedule(schedule: str, step: int, expected: float) -> None:
 def test_lr_schedule_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+# -- fine-tuning from a model (#12) -----------------------------------------------------------------
+
+
+def _tiny_model(n_added: int = 0, vocab: TextVocabulary | None = None) -> UniversalModel:
+    torch.manual_seed(0)
+    vocab = vocab or _vocab()
+    model = UniversalModel(
+        "small_unet", embeddings=vocab.embeddings[: vocab.n_classes - n_added], small_features=TINY
+    )
+    for row in vocab.embeddings[vocab.n_classes - n_added :]:
+        model.add_class(row)
+    return model
+
+
+def _count(model: torch.nn.Module, keep: Callable[[str], bool]) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if keep(n))
+
+
+@pytest.mark.parametrize(
+    ("freeze", "trained"),
+    [
+        ("none", lambda n: True),
+        ("backbone", lambda n: not n.startswith("backbone.")),
+        ("old_classes", lambda n: n.startswith("new_heads.")),
+    ],
+)
+def test_freeze_leaves_out_exactly_what_it_names(freeze: str, trained: Callable[[str], bool]) -> None:
+    model = _tiny_model(n_added=1)
+    params = trainable_parameters(model, freeze)
+    assert sum(p.numel() for p in params) == _count(model, trained) > 0
+    assert all(p.requires_grad == trained(n) for n, p in model.named_parameters())
+    if freeze == "old_classes":
+        assert sum(p.numel() for p in params) == 153  # one added head: the 153 dynamic parameters
+
+
+def test_old_classes_without_an_added_class_leaves_nothing_to_train() -> None:
+    with pytest.raises(ValueError, match="leaves nothing to train"):
+        trainable_parameters(_tiny_model(), "old_classes")
+    with pytest.raises(ValueError, match="freeze must be one of"):
+        TrainConfig(freeze="heads")
+
+
+def test_training_from_an_init_model_moves_only_what_is_not_frozen(tmp_path: Path) -> None:
+    vocab = _vocab()
+    init = _tiny_model(n_added=1, vocab=vocab)
+    record = {"name": "base", "sha256": "ab" * 32, "kind": "workbench", "backbone": "small_unet"}
+    config = config_for_model(_config(max_steps=2, freeze="backbone", init=record), init)
+    assert (config.backbone, config.small_features, config.n_added_classes) == ("small_unet", TINY, 1)
+    result = train(
+        [_case(0)], config, tmp_path, vocabulary=vocab, progress=False, init_state=init.state_dict()
+    )
+    before, after = init.state_dict(), result.model.state_dict()
+    moved = {n for n, _ in init.named_parameters() if not torch.equal(before[n], after[n])}
+    assert moved and not any(n.startswith("backbone.") for n in moved)
+    assert {"controller.weight", "new_heads.0"} <= moved
+    from workbench.model.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "last.pt", vocab).state
+    assert state["init"] == record and state["config"]["init"] == record
+    records = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert records[-1]["init"] == record
+
+
+def test_an_init_state_that_does_not_fit_is_one_line_not_a_runtime_error(tmp_path: Path) -> None:
+    """`round --previous` on a `workbench train` checkpoint (default small features) used to end in
+    load_state_dict's RuntimeError: the round built its model from the tiny config's features."""
+    vocab = _vocab()
+    torch.manual_seed(0)
+    trained = UniversalModel("small_unet", embeddings=vocab.embeddings)  # `workbench train`'s features
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        UniversalModel("small_unet", embeddings=vocab.embeddings, small_features=TINY).load_state_dict(
+            trained.state_dict()
+        )
+    with pytest.raises(HarmonizeError, match=r"^base: its weights do not fit a small_unet model") as err:
+        train([_case(0)], _config(init={"name": "base"}), tmp_path, vocabulary=vocab, progress=False,
+              init_state=trained.state_dict())  # fmt: skip
+    assert "\n" not in str(err.value) and "size mismatch" in str(err.value)
+    other = TextVocabulary(
+        NAMES, NAMES, "V1", "other", "none", np.random.default_rng(1).standard_normal((5, 512))
+    )
+    fitting = _tiny_model(vocab=other)  # same shapes, other embeddings
+    with pytest.raises(HarmonizeError, match="its text embeddings are not those of the vocabulary given"):
+        train([_case(0)], _config(), tmp_path / "b", vocabulary=vocab, progress=False,
+              init_state=fitting.state_dict())  # fmt: skip
