@@ -320,13 +320,16 @@ def train_stage(
     init_state: dict[str, Any] | None = None
     trained_on: dict[str, Any] | None = counts
     if start is not None:
+        # what the previous model brought from outside this workspace: its own counts are of the scans
+        # this round trains on again
+        inherited = inherited_trained_on(start.model_file)
         config = config_for_model(
-            dataclasses.replace(config, init=start.init_record()),
+            dataclasses.replace(config, init={**start.init_record(), "trained_on": inherited}),
             start.model,
             pipeline or model_pipeline(start.model_file, config.pipeline),
         )
         init_state = start.model.state_dict()
-        trained_on = merge_trained_on(inherited_trained_on(start.model_file), counts)
+        trained_on = merge_trained_on(inherited, counts)
     elif pipeline is not None:
         config = dataclasses.replace(config, pipeline=pipeline)
     out_dir = ws.models / f"round-{number:03d}-{uuid.uuid4().hex[:6]}"

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harmonize.errors import HarmonizeError
 from harmonize.phantoms import write_native
 from harmonize.protocols import get_protocol
 from harmonize.taxonomy import class_names
@@ -28,7 +29,11 @@ from workbench.learning.rounds import (
 from workbench.learning.simulated_expert import PhantomSpec, PhantomTruth, SimulatedExpert
 from workbench.learning.split import held_out_split, training_scan_ids
 from workbench.learning.vocabularies import store_vocabulary
+from workbench.model.checkpoint import load_checkpoint
+from workbench.model.network import SMALL_UNET_FEATURES
 from workbench.model.text import TextVocabulary
+from workbench.model.train import TrainConfig
+from workbench.model.transforms import PipelineConfig
 from workbench.pseudolabel import pseudolabel
 from workbench.review import rank
 from workbench.training_set import TrainingEntry
@@ -250,3 +255,73 @@ def test_round_command_arguments() -> None:
     assert (args.vocabulary, args.simulated_expert, args.budget, args.steps, args.from_scratch) == (
         "v", True, 7, 8, False
     )  # fmt: skip
+
+
+# -- a round from any model (#12) -----------------------------------------------------------------
+
+
+def _train_checkpoint(ws: Workspace, vocab: TextVocabulary) -> Path:
+    """What `workbench train` leaves: the default small features (not the tiny config's), 6 mm, 32^3."""
+    from workbench.learning.catalog_training import train_from_catalog
+
+    store_vocabulary(ws, vocab, "all")
+    config = TrainConfig(
+        pipeline=PipelineConfig(spacing_mm=(6.0,) * 3, patch=(32,) * 3, num_samples=1), epochs=5, max_steps=1
+    )
+    _, result = train_from_catalog(ws, ws.models / "latest", vocabulary="all", config=config, progress=False)
+    assert result.checkpoint is not None
+    return result.checkpoint
+
+
+def test_a_round_from_a_train_checkpoint_keeps_its_architecture(
+    ws: Workspace, random_vocab: TextVocabulary
+) -> None:
+    """This round used to end in load_state_dict's RuntimeError (size mismatch): it built the tiny
+    config's small UNet and loaded the `workbench train` checkpoint's wider one into it."""
+    previous = _train_checkpoint(ws, random_vocab)
+    first = run_round(ws, config=tiny_config(steps=1), previous_checkpoint=previous)
+    loaded = load_checkpoint(first.checkpoint, random_vocab)
+    assert tuple(loaded.model.small_features) == SMALL_UNET_FEATURES != tiny_config().small_features
+    assert loaded.state["config"]["pipeline"]["patch"] == [32, 32, 32]  # the previous model's, not 32 x 16
+    assert (
+        loaded.state["init"]["sha256"] == _sha(previous) == ws.catalog.run_config(first.train_run_id)["init"]
+    )
+    counts = {"liver": {"sources": ["lits"], "scans": 1}, "kidney_left": {"sources": ["kits23"], "scans": 1}}
+    assert {k: loaded.state["trained_on"][k] for k in counts} == counts
+    # a round from that round re-trains on the same scans: its counts are not added again
+    second = run_round(ws, config=tiny_config(steps=1))
+    again = load_checkpoint(second.checkpoint, random_vocab).state["trained_on"]
+    assert {k: again[k] for k in counts} == counts
+
+
+def test_a_round_from_a_model_of_another_vocabulary_is_one_line(
+    ws: Workspace, random_vocab: TextVocabulary
+) -> None:
+    previous = _train_checkpoint(ws, random_vocab)
+    names = ("liver", "spleen")
+    store_vocabulary(ws, TextVocabulary(names, names, "V1", "other", "none", np.ones((2, 512))), "two")
+    with pytest.raises(HarmonizeError, match="was trained with another text vocabulary") as err:
+        run_round(ws, vocabulary="two", config=tiny_config(steps=1), previous_checkpoint=previous)
+    assert "\n" not in str(err.value)
+    assert ws.catalog.latest_round() is None  # nothing recorded
+    with pytest.raises(ValueError, match="needs --vocabulary"):
+        run_round(ws, config=tiny_config(steps=1))
+
+
+def test_a_round_from_a_registered_release_model(ws: Workspace, release_file) -> None:  # type: ignore[no-untyped-def]
+    from workbench.model.registry import RELEASE_SOURCES, import_model, registered_path
+
+    import_model(ws, release_file("unet"), name="paper-unet")
+    row = ws.catalog.model("paper-unet")
+    assert row is not None
+    pipe = PipelineConfig(spacing_mm=(6.0,) * 3, patch=(16,) * 3, num_samples=1)
+    result = run_round(
+        ws, config=tiny_config(steps=1), previous_checkpoint=registered_path(ws, row), pipeline=pipe
+    )
+    loaded = load_checkpoint(result.checkpoint)
+    assert loaded.model.backbone_name == "unet3d" and loaded.vocabulary.encoder_id.startswith("clip-vit-b32")
+    assert loaded.state["init"]["kind"] == "release" and result.inputs["scans"] == 2
+    assert loaded.state["trained_on"]["liver"] == {
+        "sources": sorted({*RELEASE_SOURCES["liver"], "lits"}), "scans": None
+    }  # fmt: skip
+    assert len(ws.catalog.uncertainty_items(result.pseudolabel_run_id)) > 0  # the queue was rebuilt
