@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -455,3 +456,107 @@ def test_round_previous_takes_a_registered_name(tmp_path: Path, random_checkpoin
     assert resolved is not None and file_sha256(resolved) == file_sha256(ckpt)
     assert _previous_model(Workspace.open(ws), str(ckpt)) == str(ckpt)  # a file stays a file
     assert _previous_model(Workspace.open(ws), None) is None
+
+
+# -- fine-tuning and rounds from any model (#12) ---------------------------------------------------
+
+
+@pytest.fixture
+def trained_ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """One AbdomenCT-1K phantom, a MiniLM vocabulary of spleen and liver, and a `workbench train`
+    checkpoint of it registered as 'base' (the default small features, 6 mm, 32^3)."""
+    from harmonize.taxonomy import set_added_classes
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_native(make_phantom(23, shape=(48, 48, 32)), get_protocol("abdomenct_1k"), tmp_path / "d", "00001")
+    ws = str(tmp_path / "ws")
+    assert _run("--workspace", ws, "ingest", "abdomenct_1k", str(tmp_path / "d"), "--no-progress")[0] == 0
+    assert _run("--workspace", ws, "embed", "--class", "spleen", "--class", "liver", "--name", "two")[0] == 0
+    argv = ["--spacing", "6", "--patch", "32", "--epochs", "5", "--max-steps", "1", "--no-progress"]
+    code, out, err = _run("--workspace", ws, "train", "--vocabulary", "two", *argv, "--name", "base")
+    assert code == 0 and "registered model 'base' (workbench small_unet, 2 classes" in out, err
+    yield ws
+    set_added_classes(())
+
+
+def test_round_previous_on_a_train_checkpoint_runs(trained_ws: str) -> None:
+    """It used to end in a RuntimeError traceback (the round's tiny config could not hold the weights)."""
+    ws = trained_ws
+    for previous in (str(Path(ws) / "models" / "latest" / "last.pt"), "base"):
+        code, out, err = _run(
+            "--workspace", ws, "round", "--previous", previous, "--steps", "1", "--no-progress"
+        )
+        assert code == 0 and "run train-" in out and "queue rebuilt" in out, err
+    assert _run("--workspace", ws, "embed", "--class", "spleen", "--name", "one")[0] == 0
+    code, _, err = _run(
+        "--workspace", ws, "round", "--vocabulary", "one", "--previous", "base", "--no-progress"
+    )
+    assert code == 2 and "was trained with another text vocabulary" in err and err.count("\n") == 1
+
+
+def test_train_init_add_class_registers_the_model_and_the_class(trained_ws: str) -> None:
+    from storage.workspace import Workspace
+
+    ws = trained_ws
+    code, _, err = _run("--workspace", ws, "train", "--init", "base", "--class", "stomach", "--no-progress")
+    assert code == 2 and "base: has no head for ['stomach']" in err and err.count("\n") == 1
+    flags = ["--add-class", "left_liver_lobe", "--prompt", "Left Lobe of Liver", "--parent", "liver"]
+    argv = ["--freeze", "old_classes", "--max-steps", "1", "--epochs", "5", "--no-progress"]
+    code, out, err = _run("--workspace", ws, "train", "--init", "base", *flags, *argv)
+    assert code == 0, err
+    assert "from workbench model 'base' (small_unet" in out and "added classes: left_liver_lobe" in out
+    assert "left_liver_lobe: no training scan annotates it yet" in out
+    name = out.split("registered as model '")[1].split("'")[0]
+    assert name.startswith("base-ft-")
+    catalog = Workspace.open(ws).catalog
+    row = catalog.model(name)
+    assert row is not None and list(row["class_names"]) == ["spleen", "liver", "left_liver_lobe"]
+    added = catalog.added_classes()
+    assert added[["name", "class_index", "prompt_name", "kind"]].values.tolist() == [
+        ["left_liver_lobe", 33, "Left Lobe of Liver", "organ"]
+    ]
+    # pseudolabel NAME: the scan lacks the new class, so the model fills it in
+    code, out, err = _run("--workspace", ws, "pseudolabel", name, "--low-res-mm", "6", "--no-progress")
+    assert code == 0 and "1 scans pseudo-labelled" in out, err
+    items = catalog.uncertainty_items(catalog.pseudo_label_run_ids()[-1])
+    assert "left_liver_lobe" in set(items["class_name"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--init", "nope"],
+            "nope: is neither a registered model (none registered) nor a model file",
+        ),
+        (["train", "--vocabulary", "v", "--add-class", "x"], "--add-class, --classes and --freeze fine-tune"),
+        (["train"], "train needs --vocabulary NAME (or --init MODEL"),
+        (
+            ["train", "--init", "m", "--vocabulary", "v"],
+            "--init keeps the model's own vocabulary and backbone",
+        ),
+        (
+            ["train", "--init", "m", "--backbone", "unet3d"],
+            "--init keeps the model's own vocabulary and backbone",
+        ),
+    ],
+)
+def test_train_init_errors_are_one_line(argv: list[str], message: str, tmp_path: Path) -> None:
+    code, _, err = _run("--workspace", str(tmp_path / "ws"), *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_release_models_new_class_needs_its_clip_encoder(
+    tmp_path: Path,
+    release_file,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from storage.workspace import Workspace
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ws = str(tmp_path / "ws")
+    assert _run("--workspace", ws, "import-model", str(release_file("unet")), "--name", "paper")[0] == 0
+    code, _, err = _run("--workspace", ws, "train", "--init", "paper", "--add-class", "renal_vein")
+    assert code == 2 and err.count("\n") == 1
+    assert "paper: cannot embed the new class 'renal_vein': its text encoder (clip-vit-b32" in err
+    assert Workspace.open(ws).catalog.added_classes().empty  # nothing registered
