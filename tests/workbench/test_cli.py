@@ -520,6 +520,25 @@ def test_train_init_add_class_registers_the_model_and_the_class(trained_ws: str)
     assert code == 0 and "1 scans pseudo-labelled" in out, err
     items = catalog.uncertainty_items(catalog.pseudo_label_run_ids()[-1])
     assert "left_liver_lobe" in set(items["class_name"])
+    # a reviewer's label of the new class comes in like any class's (label value 1 of a mask file)
+    import nibabel as nib
+    import numpy as np
+
+    ct = nib.load(str(next((Path(ws).parent / "d").rglob("*_0000.nii.gz"))))
+    lobe = np.zeros(ct.shape, dtype=np.uint8)
+    lobe[10:20, 12:24, 8:16] = 1
+    nib.save(nib.Nifti1Image(lobe, ct.affine), str(Path(ws).parent / "lobe.nii.gz"))
+    scan = str(items["scan_id"].iloc[0])
+    code, _, err = _run(
+        "--workspace", ws, "review", "import", scan, "left_liver_lobe", str(Path(ws).parent / "lobe.nii.gz"),
+        "--reviewer", "Dr Ada",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = catalog.training_rows(["revised"], scan_ids=[scan])
+    revised = rows[rows["class_name"] == "left_liver_lobe"]
+    assert revised["state"].tolist() == ["annotated_present"]
+    mask = Workspace.open(ws).masks.read(str(revised["mask_key"].iloc[0]), "left_liver_lobe")
+    assert int(mask.sum()) == 10 * 12 * 8
 
 
 @pytest.mark.parametrize(
