@@ -13,11 +13,14 @@ The spec is a JSON file:
       "vocabulary": "vocab.json",           # TextVocabulary.to_bytes() written to a file
       "config": {...},                      # TrainConfig.to_dict(); missing keys take defaults
       "resume": true,
+      "init": "release_unet.pth",           # optional: fine-tune this model file (release or checkpoint)
       "cases": [{"image": "ct.nii.gz", "masks": {"liver": "liver.npy"}, "annotated": ["liver", "spleen"],
                  "case_id": "c1"}, ...]
     }
 
-Mask files are ``.npy`` or NIfTI on the CT's grid; relative paths are relative to the spec file. Each rank
+Mask files are ``.npy`` or NIfTI on the CT's grid; relative paths are relative to the spec file. With
+``init`` the run starts from that model (``workbench.model.registry.read_model_file``) and keeps its
+architecture and vocabulary (``vocabulary`` may then be left out; given, it must be the model's). Each rank
 writes ``out_dir/final_rank{r}.json`` with its step count and a sha256 of its final parameters, so a run
 can be checked for ranks that drifted apart.
 """
@@ -60,13 +63,39 @@ def cases_from_spec(spec: dict[str, Any], base: Path) -> list[TrainCase]:
     return cases
 
 
+def _start(
+    spec: dict[str, Any], base: Path, config: TrainConfig
+) -> tuple[TextVocabulary, TrainConfig, dict[str, torch.Tensor] | None]:
+    """The vocabulary, config and initial weights of a spec: fresh weights, or its ``init`` model's."""
+    given = (
+        TextVocabulary.from_bytes((base / spec["vocabulary"]).read_bytes()) if "vocabulary" in spec else None
+    )
+    if not spec.get("init"):
+        if given is None:
+            raise HarmonizeError(base, "the spec names neither a vocabulary nor an init model")
+        return given, config, None
+    from dataclasses import replace
+
+    from workbench.model.checkpoint import check_vocabulary
+    from workbench.model.registry import ResolvedModel, read_model_file
+    from workbench.model.train import config_for_model
+
+    path = base / spec["init"]
+    model_file = read_model_file(path)
+    if given is not None:
+        check_vocabulary(path, model_file.vocabulary, given)
+    record = ResolvedModel(model_file, path.name, False).init_record()
+    config = config_for_model(replace(config, init=record), model_file.model)
+    return model_file.vocabulary, config, model_file.model.state_dict()
+
+
 def run(spec_path: str | Path) -> dict[str, Any]:
     """Train from a spec in this process (the process group must already be initialised, or world 1)."""
     spec_path = Path(spec_path)
     spec = json.loads(spec_path.read_text())
     base = spec_path.parent
-    vocabulary = TextVocabulary.from_bytes((base / spec["vocabulary"]).read_bytes())
     config = TrainConfig.from_dict(spec.get("config", {}))
+    vocabulary, config, init_state = _start(spec, base, config)
     out_dir = base / spec["out_dir"]
     result = train(
         cases_from_spec(spec, base),
@@ -75,6 +104,7 @@ def run(spec_path: str | Path) -> dict[str, Any]:
         vocabulary=vocabulary,
         resume=bool(spec.get("resume", True)),
         progress=bool(spec.get("progress", True)),
+        init_state=init_state,
     )
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1

@@ -384,3 +384,23 @@ def test_an_init_state_that_does_not_fit_is_one_line_not_a_runtime_error(tmp_pat
     with pytest.raises(HarmonizeError, match="its text embeddings are not those of the vocabulary given"):
         train([_case(0)], _config(), tmp_path / "b", vocabulary=vocab, progress=False,
               init_state=fitting.state_dict())  # fmt: skip
+
+
+def test_a_ddp_spec_with_an_init_model_keeps_its_architecture(tmp_path: Path) -> None:
+    from workbench.model.checkpoint import load_checkpoint, save_checkpoint
+    from workbench.model.train_ddp import run
+
+    vocab = _vocab(("liver", "spleen"))
+    torch.manual_seed(1)
+    init = UniversalModel("small_unet", embeddings=vocab.embeddings, small_features=(4, 4, 8, 8, 16, 8))
+    save_checkpoint(tmp_path / "init.pt", init, None, {"step": 0}, vocab)
+    p = make_phantom(0, shape=(48, 48, 32), spacing=(6.0, 6.0, 6.0))
+    nib.save(nib.Nifti1Image(p.ct.array, p.ct.affine), tmp_path / "ct.nii.gz")
+    np.save(tmp_path / "liver.npy", p.masks["liver"])
+    case = {"image": "ct.nii.gz", "masks": {"liver": "liver.npy"}, "annotated": ["liver"], "case_id": "c0"}
+    spec = {"out_dir": "run", "init": "init.pt", "config": _config(max_steps=1).to_dict(), "cases": [case]}
+    (tmp_path / "spec.json").write_text(json.dumps({**spec, "progress": False}))
+    assert run(tmp_path / "spec.json")["step"] == 1
+    loaded = load_checkpoint(tmp_path / "run" / "last.pt", vocab)  # the init model's vocabulary
+    assert tuple(loaded.model.small_features) == (4, 4, 8, 8, 16, 8) != TINY  # not the config's
+    assert loaded.state["init"]["name"] == "init.pt" and loaded.state["init"]["kind"] == "workbench"
