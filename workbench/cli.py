@@ -608,14 +608,22 @@ def _new_classes(args: argparse.Namespace) -> list[Any]:
 
     names = list(args.add_class or [])
     for flag in ("prompt", "kind", "parent"):
-        given = getattr(args, flag) or []
-        if len(given) > len(names):
-            raise ValueError(f"--{flag} given {len(given)} times for {len(names)} --add-class")
-    pick = lambda flag, i: (getattr(args, flag) or [])[i] if i < len(getattr(args, flag) or []) else None  # noqa: E731
+        if len(getattr(args, flag) or []) > len(names):
+            raise ValueError(f"--{flag} given more often than --add-class ({len(names)})")
     return [
-        NewClass(name, prompt=pick("prompt", i), kind=pick("kind", i) or "organ", parent=pick("parent", i))
+        NewClass(
+            name,
+            prompt=_nth(args.prompt, i),
+            kind=_nth(args.kind, i) or "organ",
+            parent=_nth(args.parent, i),
+        )
         for i, name in enumerate(names)
     ]
+
+
+def _nth(values: Sequence[str] | None, i: int) -> str | None:
+    """The i-th value of a repeatable flag, None past its end."""
+    return values[i] if values is not None and i < len(values) else None
 
 
 def _cmd_fine_tune(args: argparse.Namespace, ws: Workspace) -> int:

@@ -186,6 +186,20 @@ def _inherited(state: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(init.get("trained_on") or {}) if isinstance(init, Mapping) else {}
 
 
+def _checkpoint_settings(
+    state: Mapping[str, Any], spacing: tuple[float, ...], patch: tuple[int, ...]
+) -> dict[str, Any]:
+    """A workbench checkpoint's inference defaults: its spacing and window, TTA on; a model fine-tuned
+    from a release keeps the paper's other settings (overlap, blending, threshold, no TTA)."""
+    init = state.get("init")
+    base = (
+        dict(RELEASE_SETTINGS)
+        if isinstance(init, Mapping) and init.get("kind") == "release"
+        else {"tta": True}
+    )
+    return {**base, "spacing_mm": list(spacing), "window": list(patch)}
+
+
 def _release_file(path: Path, raw: Any, backbone: str | None, sha256: str) -> ModelFile:
     from workbench.model.checkpoint import release_model, release_state
 
@@ -238,7 +252,7 @@ def _workbench_file(path: Path, obj: Any, sha256: str) -> ModelFile:
         vocabulary=loaded.vocabulary,
         spacing_mm=spacing,  # type: ignore[arg-type]
         patch=patch,  # type: ignore[arg-type]
-        settings={"spacing_mm": list(spacing), "window": list(patch), "tta": True},
+        settings=_checkpoint_settings(loaded.state, spacing, patch),  # type: ignore[arg-type]
         trained_on=loaded.state.get("trained_on"),
         inherited=_inherited(loaded.state),
     )

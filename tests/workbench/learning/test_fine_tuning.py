@@ -111,6 +111,8 @@ def test_fine_tuning_a_release_model_keeps_its_backbone_controller_and_vocabular
     assert learnt["liver"] == {"sources": sorted({*RELEASE_SOURCES["liver"], "abdomenct_1k"}), "scans": None}
     assert learnt["stomach"] == {"sources": sorted(RELEASE_SOURCES["stomach"]), "scans": None}
     assert ws.catalog.run_config(result.run_id)["init"]["sha256"] == record["sha256"]
+    settings = read_model_file(result.checkpoint).settings  # the paper's inference settings, its own grid
+    assert (settings["overlap"], settings["tta"], settings["window"]) == (0.5, False, [patch] * 3)
 
 
 def _add_lobe_labels(ws: Workspace, scan_ids: list[str]) -> dict[str, int]:
