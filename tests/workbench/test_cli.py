@@ -558,6 +558,10 @@ def test_train_init_add_class_registers_the_model_and_the_class(trained_ws: str)
             ["train", "--init", "m", "--backbone", "unet3d"],
             "--init keeps the model's own vocabulary and backbone",
         ),
+        (
+            ["train", "--init", "m", "--prompt", "Renal Vein"],
+            "--prompt given more often than --add-class (0)",
+        ),
     ],
 )
 def test_train_init_errors_are_one_line(argv: list[str], message: str, tmp_path: Path) -> None:
