@@ -424,7 +424,8 @@ class Catalog:
             record = self._write_label_set_rows(
                 con, label_set, coverage, stats, splits, scan, review, allocate, utc_now(), uncertainty
             )
-            self._keep_long_tail(con)
+            if label_set.origin == "revised":  # a correction; ingests and model runs leave it to the reader
+                self._keep_long_tail(con)
             return record
 
     def _write_label_set_rows(
@@ -2434,7 +2435,8 @@ class Catalog:
         the table current instead of paying that plus a second write. Nothing happens before the table's
         first refresh, or when more than :data:`LONG_TAIL_WRITE_THROUGH` scans changed since (a batch:
         its next reader refreshes it); the reader's fingerprint check stays the guard either way."""
-        self._refresh_long_tail(con, max_changed=LONG_TAIL_WRITE_THROUGH)
+        if con.execute("SELECT count(*) FROM long_tail_meta").fetchone() != (0,):
+            self._refresh_long_tail(con, max_changed=LONG_TAIL_WRITE_THROUGH)
 
 
 #: More changed scans than this and the long-tail refresh rebuilds ``annotation_state`` whole (reading
