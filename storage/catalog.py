@@ -1417,16 +1417,11 @@ class Catalog:
         """
         page = None
         if limit is not None:
-            # a page of the maintained table: its rows by rowid from the sort keys and filters alone, then
-            # their columns (a top-N over every column reads all of them for ~250 K rows)
-            page = f"""
-                SELECT * EXCLUDE (verdict, open, in_catalog) FROM queue_item
-                WHERE rowid IN (
-                    SELECT rowid FROM queue_item q {self._where(where)} {order} LIMIT {int(limit)}
-                )
-                {order}
-            """
-        df = self._queue(sql, params, table_sql=page)
+            # a page of the maintained table: its rowids from the sort keys and filters alone, then the
+            # columns of those rows (a top-N over every column reads all of them for ~250 K rows)
+            keys = f"SELECT rowid AS _row, scan_id, class_name, run_id FROM queue_item q {self._where(where)}"
+            page = _page_by_rowid(f"{keys} {order} LIMIT {int(limit)}", params, sql, order)
+        df = self._queue(sql, params, table_read=page)
         df["reasons"] = df["reasons"].map(lambda r: [] if r is None else list(r))
         return df
 
@@ -2296,14 +2291,20 @@ class Catalog:
             with self.connect(read_only=True) as con:
                 return live(con)
 
-    def _queue(self, sql: str, params: Sequence[Any] = (), *, table_sql: str | None = None) -> pd.DataFrame:
+    def _queue(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        table_read: Callable[[duckdb.DuckDBPyConnection], pd.DataFrame] | None = None,
+    ) -> pd.DataFrame:
         """Run ``sql`` (written against the relation ``q``: the columns of :data:`_QUEUE_ITEMS_OF`'s ``q``)
         over the maintained ``queue_item`` table (:meth:`_derived`).
 
         Args:
             sql / params: the query and its parameters.
-            table_sql: the same query written against ``queue_item`` itself (same parameters), used instead
-                of ``sql`` when the maintained table answers (e.g. a page by rowid).
+            table_read: the same answer read from ``queue_item`` another way (e.g. a page by rowid), used
+                instead of ``sql`` when the maintained table answers.
         """
 
         def refresh(con: duckdb.DuckDBPyConnection, changed: list[str] | None) -> None:
@@ -2321,9 +2322,8 @@ class Catalog:
         return self._derived(
             "queue_item",
             refresh,
-            lambda con: con.execute(
-                table_sql or f"WITH q AS (SELECT * FROM queue_item) {sql}", list(params)
-            ).df(),
+            table_read
+            or (lambda con: con.execute(f"WITH q AS (SELECT * FROM queue_item) {sql}", list(params)).df()),
             lambda con: con.execute(f"{_QUEUE_ITEMS} {sql}", list(params)).df(),
         )
 
@@ -2637,6 +2637,39 @@ def _chunks(scan_ids: list[str]) -> Iterator[tuple[str, list[str]]]:
     for at in range(0, len(scan_ids), _REFRESH_CHUNK):
         chunk = scan_ids[at : at + _REFRESH_CHUNK]
         yield ", ".join(["?"] * len(chunk)), chunk
+
+
+def _page_by_rowid(
+    keys_sql: str, params: Sequence[Any], sql: str, order: str
+) -> Callable[[duckdb.DuckDBPyConnection], pd.DataFrame]:
+    """A page of ``queue_item`` read in two steps (late materialisation): ``keys_sql`` picks the page's
+    rows (``_row`` = rowid, ``scan_id, class_name, run_id``), then their columns are fetched by rowid
+    constants (zonemaps skip every vector without one). The second read must find the same rows under the
+    same rowids; when a writer of this process moved them in between, the page is read by ``sql`` (the
+    query over ``q``) instead.
+
+    Args:
+        keys_sql / params: the page's keys in page order, and the parameters (also ``sql``'s).
+        sql: the page as one query over ``WITH q AS (SELECT * FROM queue_item)``.
+        order: the page's ``ORDER BY``.
+
+    Returns:
+        ``read(con)``: the page with the columns of ``sql``.
+    """
+
+    def read(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+        picked = con.execute(keys_sql, list(params)).df()
+        rows = ", ".join(str(int(r)) for r in picked["_row"]) or "NULL"
+        page = con.execute(
+            f"SELECT rowid AS _row, * EXCLUDE (verdict, open, in_catalog) FROM queue_item "
+            f"WHERE rowid IN ({rows}) {order}"
+        ).df()
+        key = ["_row", "scan_id", "class_name", "run_id"]
+        if not page[key].reset_index(drop=True).equals(picked[key].reset_index(drop=True)):
+            return con.execute(f"WITH q AS (SELECT * FROM queue_item) {sql}", list(params)).df()
+        return page.drop(columns="_row")
+
+    return read
 
 
 def _arrow_df(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> pd.DataFrame:

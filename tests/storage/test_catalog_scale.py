@@ -20,6 +20,7 @@ from storage.catalog import (
     IngestedLabelSet,
     LabelSetRecord,
     _long_tail_sql,
+    _page_by_rowid,
 )
 from storage.schema import BASES, scoped_rules_params, scoped_rules_sql
 from storage.synthetic import build_synthetic_catalog
@@ -340,3 +341,21 @@ def test_a_batch_of_changed_scans_is_left_to_the_next_reader(cat: Catalog) -> No
         fingerprint = cat._long_tail_fingerprint(con)
     assert cat.query("SELECT * FROM long_tail_cache WHERE fingerprint = ?", [fingerprint]).empty
     _assert_same(_sorted(cat.long_tail(by_source=True), ["class_name", "source_id"]), _live_long_tail(cat))
+
+
+def test_a_queue_page_whose_rows_moved_is_read_in_one_query(cat: Catalog) -> None:
+    """The page read by rowid checks that the second read found the rows the first one picked; rowids that
+    point elsewhere (a writer of this process moved the rows in between) fall back to the one query."""
+    whole = cat.review_queue(status="pending", limit=7)
+    order = "ORDER BY score DESC, scan_id, class_name, run_id"
+    plain = f"SELECT * EXCLUDE (verdict, open, in_catalog) FROM q WHERE open AND in_catalog {order} LIMIT 7"
+    keys = "SELECT rowid AS _row, scan_id, class_name, run_id FROM queue_item WHERE open AND in_catalog"
+    with cat.connect(read_only=True) as con:
+        right = _page_by_rowid(f"{keys} {order} LIMIT 7", [], plain, order)(con)
+        moved = _page_by_rowid(
+            f"{keys.replace('rowid AS', 'rowid + 1 AS')} {order} LIMIT 7", [], plain, order
+        )
+        fallback = moved(con)
+    for page in (right, fallback):
+        page["reasons"] = page["reasons"].map(list)
+        _assert_same(page, whole)
