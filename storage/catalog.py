@@ -754,10 +754,16 @@ class Catalog:
     @staticmethod
     def _in_filters(filters: Sequence[tuple[str, Sequence[Any] | None]]) -> tuple[list[str], list[Any]]:
         """``column IN (...)`` conditions for every ``(column, values)`` pair whose values are given (None
-        or empty: no filter on that column), and their parameters (one list per column)."""
-        parts, params = [], []
+        or empty: no filter on that column), and their parameters: up to :data:`_CONSTANT_LIST` values as
+        constants (``IN (?, ?)``: a filter on the table scan, which zonemaps and the rules' windows
+        honour), more as one list (``IN (SELECT unnest(?))``: a semi join)."""
+        parts: list[str] = []
+        params: list[Any] = []
         for column, values in filters:
-            if values:
+            if values and len(values) <= _CONSTANT_LIST:
+                parts.append(f"{column} IN ({', '.join(['?'] * len(values))})")
+                params += list(values)
+            elif values:
                 parts.append(f"{column} IN (SELECT unnest(?))")
                 params.append(list(values))
         return parts, params
@@ -2438,6 +2444,9 @@ class Catalog:
         if con.execute("SELECT count(*) FROM long_tail_meta").fetchone() != (0,):
             self._refresh_long_tail(con, max_changed=LONG_TAIL_WRITE_THROUGH)
 
+
+#: Filters on at most this many values are constant lists (:meth:`Catalog._in_filters`).
+_CONSTANT_LIST = 64
 
 #: More changed scans than this and the long-tail refresh rebuilds ``annotation_state`` whole (reading
 #: the changed scans again costs about 0.3 s per 1,000 at a million scans; the whole table about 25 s).
