@@ -43,7 +43,9 @@ Double reading and the requeue check (schema v8; ``docs/catalog.md``):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 12
+from collections.abc import Sequence
+
+SCHEMA_VERSION = 13
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -63,6 +65,263 @@ EXCLUDING_DECISIONS = ("reject", "needs_correction")
 #: Decisions that settle a scan x class: a later run's item of it is re-queued only when its prediction
 #: differs materially from the decided label (``requeue_check``, v8).
 SETTLING_DECISIONS = ("accept", "reject", "corrected", "needs_correction")
+
+#: The tables the decision and assembly rules read (every one has a ``scan_id``, except ``class_coverage``,
+#: read through its label sets): the rows of one scan decide that scan's answers alone.
+RULE_TABLES = (
+    "review",
+    "reading_plan",
+    "reading_dice",
+    "requeue_check",
+    "uncertainty",
+    "label_set",
+    "class_coverage",
+)
+
+#: THE RULES as text (schema v13): each view's SELECT over the relations it reads, named in braces (a
+#: table of :data:`RULE_TABLES` or an earlier view), in the order they build on each other. The same text
+#: defines the views over whole tables (:func:`rule_views_sql`, migration 12) and, over the rows of a few
+#: scans, the refreshes of the maintained tables (:func:`scoped_rules_sql`): no filter on a scan reaches
+#: below the views' windows and aggregations, rows restricted before them do.
+RULE_VIEWS: dict[str, str] = {
+    "standing_review": """
+        SELECT r.* FROM {review} r
+        WHERE r.decision <> 'undo'
+          AND r.id NOT IN (SELECT undo_of FROM {review} WHERE decision = 'undo' AND undo_of IS NOT NULL)
+    """,
+    "reading": """
+        WITH r AS (
+            SELECT s.*,
+                   min(s.created_at) OVER (PARTITION BY s.label_set_id, s.class_name, s.reviewer) AS first_at
+            FROM {standing_review} s
+            JOIN {reading_plan} p ON p.label_set_id = s.label_set_id AND p.class_name = s.class_name
+            WHERE p.double_read AND s.decision <> 'skip'
+        )
+        SELECT *, dense_rank() OVER (PARTITION BY label_set_id, class_name ORDER BY first_at, reviewer)
+                  AS reader_rank
+        FROM r
+    """,
+    "double_read_item": """
+        WITH newest AS (
+            SELECT * FROM {reading} WHERE reader_rank <= 2
+            QUALIFY row_number() OVER (
+                PARTITION BY label_set_id, class_name, reviewer ORDER BY created_at DESC, id DESC) = 1
+        ), pair AS (
+            SELECT label_set_id, class_name, count(*) AS readings,
+                   max(CASE WHEN reader_rank = 1 THEN id END) AS review_a,
+                   max(CASE WHEN reader_rank = 1 THEN reviewer END) AS reader_a,
+                   max(CASE WHEN reader_rank = 1 THEN decision END) AS decision_a,
+                   max(CASE WHEN reader_rank = 1 THEN result_label_set_id END) AS result_a,
+                   max(CASE WHEN reader_rank = 2 THEN id END) AS review_b,
+                   max(CASE WHEN reader_rank = 2 THEN reviewer END) AS reader_b,
+                   max(CASE WHEN reader_rank = 2 THEN decision END) AS decision_b,
+                   max(CASE WHEN reader_rank = 2 THEN result_label_set_id END) AS result_b,
+                   max(created_at) AS read_at
+            FROM newest GROUP BY label_set_id, class_name
+        ), adjudication AS (
+            SELECT label_set_id, class_name, arg_max(id, created_at) AS adjudication_id,
+                   arg_max(decision, created_at) AS adjudication,
+                   arg_max(reviewer, created_at) AS adjudicator,
+                   max(created_at) AS adjudicated_at
+            FROM {reading} WHERE reader_rank > 2 GROUP BY label_set_id, class_name
+        )
+        SELECT p0.scan_id, p0.class_name, p0.label_set_id, coalesce(p.readings, 0) AS readings,
+               p.review_a, p.reader_a, p.decision_a, p.result_a,
+               p.review_b, p.reader_b, p.decision_b, p.result_b, p.read_at,
+               x.dice AS reading_dice, x.threshold AS agreement_dice,
+               a.adjudication_id, a.adjudication, a.adjudicator, a.adjudicated_at,
+               CASE WHEN a.adjudication_id IS NOT NULL THEN 'adjudicated'
+                    WHEN coalesce(p.readings, 0) < 2 THEN 'reading'
+                    WHEN p.decision_a = p.decision_b
+                         AND (p.decision_a <> 'corrected' OR x.dice >= x.threshold) THEN 'agreed'
+                    ELSE 'disagreed' END AS state
+        FROM {reading_plan} p0
+        LEFT JOIN pair p ON p.label_set_id = p0.label_set_id AND p.class_name = p0.class_name
+        LEFT JOIN {reading_dice} x ON x.review_a = p.review_a AND x.review_b = p.review_b
+        LEFT JOIN adjudication a ON a.label_set_id = p0.label_set_id AND a.class_name = p0.class_name
+        WHERE p0.double_read
+    """,
+    "decided": """
+        SELECT scan_id, class_name, label_set_id, arg_max(decision, created_at) AS decision,
+               arg_max(reviewer, created_at) AS reviewer, max(created_at) AS decided_at,
+               arg_max(id, created_at) AS review_id, 'single' AS reading
+        FROM {standing_review} s
+        WHERE NOT EXISTS (
+            SELECT 1 FROM {reading_plan} p
+            WHERE p.double_read AND p.label_set_id = s.label_set_id AND p.class_name = s.class_name)
+        GROUP BY scan_id, class_name, label_set_id
+        UNION ALL BY NAME
+        SELECT scan_id, class_name, label_set_id,
+               CASE state WHEN 'adjudicated' THEN adjudication ELSE decision_b END AS decision,
+               CASE state WHEN 'adjudicated' THEN adjudicator ELSE reader_b END AS reviewer,
+               CASE state WHEN 'adjudicated' THEN adjudicated_at ELSE read_at END AS decided_at,
+               CASE state WHEN 'adjudicated' THEN adjudication_id ELSE review_b END AS review_id,
+               CASE state WHEN 'adjudicated' THEN 'adjudicated' ELSE 'double' END AS reading
+        FROM {double_read_item} WHERE state IN ('adjudicated', 'agreed')
+    """,
+    "prior_decision": """
+        WITH settling AS (
+            SELECT * FROM {decided} WHERE decision IN ('accept', 'reject', 'corrected', 'needs_correction')
+        ), item AS (
+            SELECT DISTINCT u.scan_id, u.class_name, u.label_set_id, l.version
+            FROM {uncertainty} u JOIN {label_set} l ON l.id = u.label_set_id
+            SEMI JOIN settling d ON d.scan_id = u.scan_id AND d.class_name = u.class_name
+        )
+        SELECT i.scan_id, i.class_name, i.label_set_id, v.decision, v.reviewer, v.decided_at, v.review_id,
+               coalesce(CASE WHEN v.decision = 'corrected' THEN r.result_label_set_id END, v.label_set_id)
+                   AS decided_label_set_id
+        FROM item i
+        JOIN settling v ON v.scan_id = i.scan_id AND v.class_name = i.class_name
+        JOIN {label_set} vl ON vl.id = v.label_set_id AND vl.version < i.version
+        LEFT JOIN {review} r ON r.id = v.review_id
+        QUALIFY row_number() OVER (
+            PARTITION BY i.label_set_id, i.class_name
+            ORDER BY vl.version DESC, v.decided_at DESC, v.review_id DESC
+        ) = 1
+    """,
+    "verdict": """
+        SELECT scan_id, class_name, label_set_id, decision, reviewer, decided_at, review_id, reading
+        FROM {decided}
+        UNION ALL BY NAME
+        SELECT p.scan_id, p.class_name, p.label_set_id, p.decision, p.reviewer, p.decided_at, p.review_id,
+               'carried' AS reading
+        FROM {prior_decision} p
+        JOIN {requeue_check} c
+          ON c.label_set_id = p.label_set_id AND c.class_name = p.class_name AND c.review_id = p.review_id
+        WHERE p.decision IN ('reject', 'needs_correction') AND c.dice >= c.threshold
+          AND NOT EXISTS (
+              SELECT 1 FROM {decided} d WHERE d.label_set_id = p.label_set_id AND d.class_name = p.class_name)
+    """,
+    "held_revision": """
+        SELECT DISTINCT r.result_label_set_id AS label_set_id, r.class_name
+        FROM {reading} r
+        LEFT JOIN {decided} v ON v.label_set_id = r.label_set_id AND v.class_name = r.class_name
+        WHERE r.decision = 'corrected' AND r.reader_rank <= 2 AND r.result_label_set_id IS NOT NULL
+          AND v.decision IS DISTINCT FROM 'corrected'
+    """,
+}
+
+#: THE ASSEMBLY RULE as text (the body of the table macro ``current_label_of(bases)``; ``{bases}``: the
+#: list of bases, the macro's parameter or a constant list).
+ASSEMBLY_RULE = """
+    WITH candidate AS (
+        SELECT l.scan_id, c.class_name, c.state, l.id AS label_set_id, l.mask_key, l.origin, l.version,
+               CASE WHEN h.label_set_id IS NOT NULL THEN 'rejected'
+                    WHEN l.origin <> 'pseudo' THEN l.origin
+                    WHEN v.decision = 'accept' THEN 'accepted'
+                    WHEN v.decision IN ('reject', 'needs_correction') THEN 'rejected'
+                    ELSE 'pseudo' END AS basis
+        FROM {class_coverage} c JOIN {label_set} l ON l.id = c.label_set_id
+        LEFT JOIN {verdict} v ON v.label_set_id = c.label_set_id AND v.class_name = c.class_name
+        LEFT JOIN {held_revision} h ON h.label_set_id = c.label_set_id AND h.class_name = c.class_name
+        WHERE c.state <> 'not_annotated'
+    )
+    SELECT * FROM candidate
+    WHERE basis <> 'rejected'
+      AND (list_contains({bases}, basis) OR (basis = 'accepted' AND list_contains({bases}, 'pseudo')))
+    QUALIFY row_number() OVER (
+        PARTITION BY scan_id, class_name
+        ORDER BY CASE basis WHEN 'revised' THEN 4 WHEN 'original' THEN 3 WHEN 'accepted' THEN 2 ELSE 1 END
+                 DESC, version DESC
+    ) = 1
+"""
+
+
+def rule_views_sql() -> str:
+    """The statements that (re)create the rules' views and the assembly macro over whole tables from
+    :data:`RULE_VIEWS` and :data:`ASSEMBLY_RULE` (migration 12).
+
+    Returns:
+        SQL text: ``CREATE OR REPLACE VIEW`` per view in order, then the macro ``current_label_of`` and the
+        view ``current_label``.
+    """
+    names = {n: n for n in (*RULE_TABLES, *RULE_VIEWS)}
+    views = [f"CREATE OR REPLACE VIEW {n} AS {body.format(**names)};" for n, body in RULE_VIEWS.items()]
+    return "\n".join(
+        [
+            *views,
+            "DROP VIEW current_label;",
+            "DROP MACRO TABLE current_label_of;",
+            f"CREATE MACRO current_label_of(bases) AS TABLE {ASSEMBLY_RULE.format(bases='bases', **names)};",
+            "CREATE VIEW current_label AS SELECT * FROM current_label_of(['revised', 'original', 'pseudo']);",
+        ]
+    )
+
+
+def scoped_rules_sql(n_scans: int, bases: Sequence[str] = ("revised", "original", "pseudo")) -> str:
+    """A ``WITH`` clause that states the rules over the rows of ``n_scans`` scans only: per table of
+    :data:`RULE_TABLES` a relation ``<table>_in`` of those scans' rows, per view of :data:`RULE_VIEWS`
+    ``<view>_in`` over them, and ``current_label_in``: the assembly rule among ``bases``. Every answer of
+    the rules for those scans equals the views' (each depends on its own scan's rows only). A scan's
+    rows are those with its ``scan_id`` whose label set is one of the scan's, as every writer stores them
+    (a review, a reading plan, a Dice row, a requeue check or an uncertainty row names the label set it
+    is about, of that scan).
+
+    Args:
+        n_scans: how many scan ids follow as parameters (``?``), once per table that has a ``scan_id``
+            (:func:`scoped_rules_params` repeats them).
+        bases: the assembly rule's bases (:data:`BASES`).
+
+    Returns:
+        ``WITH review_in AS (...), ..., current_label_in AS (...)`` (no trailing comma).
+
+    Raises:
+        ValueError: ``n_scans`` < 1 or an unknown basis.
+    """
+    if n_scans < 1:
+        raise ValueError(f"scoped rules need at least one scan, got {n_scans}")
+    unknown = sorted(set(bases) - set(BASES))
+    if unknown:
+        raise ValueError(f"unknown bases {unknown}; use {list(BASES)}")
+    marks = ", ".join(["?"] * n_scans)
+    names = {n: f"{n}_in" for n in (*RULE_TABLES, *RULE_VIEWS)}
+    # the scans' label sets first (an index scan); every other table's rows of those scans also by their
+    # label set: the semi join's filter skips row groups of tables clustered by label set (zonemaps)
+    ctes = [f"label_set_in AS (SELECT * FROM label_set WHERE scan_id IN ({marks}))"]
+    ctes += [
+        f"{t}_in AS (SELECT * FROM {t} SEMI JOIN label_set_in l ON {t}.label_set_id = l.id "
+        f"WHERE {t}.scan_id IN ({marks}))"
+        for t in RULE_TABLES
+        if t not in ("label_set", "class_coverage")
+    ]
+    ctes.append(
+        "class_coverage_in AS (SELECT * FROM class_coverage SEMI JOIN label_set_in l ON label_set_id = l.id)"
+    )
+    ctes += [f"{n}_in AS ({body.format(**names)})" for n, body in RULE_VIEWS.items()]
+    literal = "[" + ", ".join(f"'{b}'" for b in bases) + "]"
+    ctes.append(f"current_label_in AS ({ASSEMBLY_RULE.format(bases=literal, **names)})")
+    return "WITH " + ",\n".join(ctes)
+
+
+def scoped_rules_params(scan_ids: Sequence[str]) -> list[str]:
+    """The parameters of :func:`scoped_rules_sql` ``(len(scan_ids))``: the ids once per table that has a
+    ``scan_id`` (label sets first)."""
+    return [str(s) for s in scan_ids] * (len(RULE_TABLES) - 1)
+
+
+def _enum(values: Sequence[str]) -> str:
+    return "ENUM (" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+#: The known coverage states (a current label never has ``not_annotated``).
+KNOWN_STATES = ("annotated_present", "annotated_absent")
+
+#: Migration 12's rebuild of ``assembled_label`` with dictionary types for its fixed-domain columns (it is
+#: refilled by its first reader: ``derived_meta`` forgets it).
+ASSEMBLED_LABEL_V13 = f"""
+    CREATE TYPE known_state AS {_enum(KNOWN_STATES)};
+    CREATE TYPE label_origin AS {_enum(ORIGINS)};
+    CREATE TYPE label_basis AS {_enum(BASES)};
+    DROP TABLE assembled_label;
+    CREATE TABLE assembled_label (
+        scan_id VARCHAR NOT NULL, source_id VARCHAR NOT NULL, image_path VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL, state known_state NOT NULL, label_set_id VARCHAR NOT NULL,
+        mask_key VARCHAR NOT NULL, origin label_origin NOT NULL, basis label_basis NOT NULL,
+        version INTEGER NOT NULL
+    );
+    DELETE FROM derived_meta WHERE name = 'assembled_label';
+"""
+
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -614,4 +873,9 @@ MIGRATIONS: dict[int, str] = {
         added_at TIMESTAMP NOT NULL
     );
     """,
+    # v13 (scale at a million scans, part 2, #15): the rules' views and the assembly macro recreated from
+    # their text in RULE_VIEWS / ASSEMBLY_RULE (same rows as v11), so the maintained tables' refreshes
+    # state them over the rows of the changed scans only (scoped_rules_sql); the maintained current label
+    # keeps its state, origin and basis as ENUMs (exported as dictionaries: categorical columns).
+    13: rule_views_sql() + ASSEMBLED_LABEL_V13,
 }
