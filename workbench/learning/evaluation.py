@@ -7,7 +7,8 @@ enough, and scoring a model against its own guesses inflates it; ``docs/decision
 caller passes (benchmarks: the phantoms' complete truth, so every
 round is scored on the same items). With ``tumour_free``, a scan of a source whose protocol names it
 tumour-free (``tumour_free`` in its TOML: CHAOS, Pancreas-CT) has those tumour classes as known absent
-(:func:`workbench.learning.metrics.with_tumour_free`), so the patients count for the specificity. Predictions are the ``pseudo`` label sets of a pseudo-label run
+(:func:`workbench.learning.metrics.with_tumour_free`), so the patients count for the specificity.
+Predictions are the ``pseudo`` label sets of a pseudo-label run
 (:func:`evaluate`; the run must predict the annotated classes too: ``workbench pseudolabel --all-classes``)
 or any callable that returns masks (:func:`evaluate_predictions`, e.g. a round's model in memory). Only
 held-out scans (:mod:`workbench.learning.split`) are scored, or the scans the caller names (whole external

@@ -33,9 +33,7 @@ def _count(module: torch.nn.Module, window: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def window_flops(
-    module: torch.nn.Module, window: Sequence[int] = PAPER_WINDOW, in_channels: int = 1
-) -> int:
+def window_flops(module: torch.nn.Module, window: Sequence[int] = PAPER_WINDOW, in_channels: int = 1) -> int:
     """FLOPs of one forward pass of ``module`` over one window.
 
     Args:

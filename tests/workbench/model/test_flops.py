@@ -12,7 +12,7 @@ from workbench.model.network import UniversalModel
 
 
 class _Small(nn.Module):
-    """conv 3^3 (1 -> 4, same size) -> ReLU -> conv 3^3 stride 2 (4 -> 8) -> GroupNorm -> conv 1^3 (8 -> 2)."""
+    """conv 3^3 (1 -> 4, same size), ReLU, conv 3^3 stride 2 (4 -> 8), GroupNorm, conv 1^3 (8 -> 2)."""
 
     def __init__(self) -> None:
         super().__init__()
