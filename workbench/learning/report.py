@@ -499,3 +499,26 @@ def write_report(ws: Workspace, model: str, out: str | Path, against: Sequence[s
         HarmonizeError: an unknown model, plotly missing.
     """
     return save_report(collect(ws, model, against), out)
+
+
+#: Where the demo writes its report, under the workspace's ``reports/``.
+DEMO_REPORT = "demo_report.html"
+
+
+def report_line(ws: Workspace, model: str | Path, against: Sequence[str | Path] = ()) -> str:
+    """Write the report of ``model`` against ``against`` to ``<workspace>/reports/demo_report.html`` and
+    say so in one line (the demo's last line); without plotly, the line says what is missing instead.
+
+    Args:
+        ws: the workspace.
+        model / against: registered model names or model files (the demo's round checkpoints).
+
+    Returns:
+        ``report: <path> (rows: ...)``, or ``report not written: ...``.
+    """
+    try:
+        data = collect(ws, str(model), [str(a) for a in against])
+        path = save_report(data, ws.reports / DEMO_REPORT)
+    except HarmonizeError as e:
+        return f"report not written: {e}"
+    return data.lines(path)[0] + f"; `workbench report {model} OUT.html` writes it again"
