@@ -599,7 +599,7 @@ PAPER_SOURCES = {
     "ct_org": ("12", "04", "10_03"),
     "abdomenct_1k": ("08", "02", "04", "05", "10_03", "10_07", "10_09"),
     "abdomenct_12organ": ("13", "08"),
-    "flare22": ("13",),
+    "flare22": ("13", "10_07"),  # FLARE22 images are MSD Task07 images
 }
 # CHAOS: potential liver donors; Pancreas-CT (both label sets): kidney donors and patients without major
 # abdominal pathology or pancreatic lesions (TCIA's collection page).
