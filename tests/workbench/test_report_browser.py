@@ -91,8 +91,9 @@ def test_chromium_renders_the_report_without_errors_or_requests(report: Path) ->
 
     with _browser() as (go, console):
         script = go(report.as_uri())
+        count_points = "return document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length;"
         points = _wait(
-            lambda: script("return document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length;"),
+            lambda: script(count_points),
             60,
             "the plotly scatters' points",
         )
