@@ -493,7 +493,7 @@ def store_evaluation(
         config={
             "predictions": ev.predictions,
             "tolerance_mm": ev.tolerance_mm,
-            "split": {"fraction": fraction, "seed": seed},
+            "split": {"fraction": fraction, "seed": seed} if ev.scope == "held-out" else None,
             "truth_origins": list(truth_origins) if ev.truth == "catalog" else [],
             "truth": ev.truth,
             "min_tumour_voxels": int(min_tumour_voxels),

@@ -176,7 +176,7 @@ def load_external_model(ws: Workspace, ref: str | Path, *, backbone: str | None 
 def _record(ws: Workspace, mf: ModelFile, name: str, classes: Mapping[str, Any]) -> TrainingRecord:
     run = ws.catalog.training_run_of(mf.sha256)
     config = json.loads(run["config"]) if run is not None and isinstance(run.get("config"), str) else {}
-    sources = config.get("sources") or config.get("source") or []
+    sources = config.get("sources") or []  # empty: no filter, so trained_on is the record then
     return TrainingRecord(
         model=name,
         sha256=mf.sha256,

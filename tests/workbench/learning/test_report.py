@@ -279,3 +279,16 @@ def test_an_unknown_model_is_one_line(tmp_path: Path) -> None:
     assert code == 2
     assert err.getvalue().count("\n") == 1 and "no registered model of that name" in err.getvalue()
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_model_without_evaluations_gets_empty_tables_that_say_so(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    path = _checkpoint(tmp_path / "m.pt", 3, {"spleen": ["kits23"]})
+    _run("--workspace", str(ws), "import-model", str(path), "--name", "lonely")
+    _, lines = _run("--workspace", str(ws), "report", "lonely", str(tmp_path / "r.html"))
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    got = tables(text)
+    assert [r["model"] for r in got["models"]] == ["lonely"] and got["models"][0]["evaluations"] == "0"
+    for name in TABLES[1:]:
+        assert f'id="{name}-empty"' in text
+    assert "rows: models 1, dice 0, detection 0, external 0, efficiency 0, transfer 0" in lines[0]
