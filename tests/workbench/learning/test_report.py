@@ -22,7 +22,7 @@ from storage.files import file_sha256
 from storage.workspace import Workspace
 from workbench.cli import main
 from workbench.ingest import ingest
-from workbench.learning.report import TABLES, collect
+from workbench.learning.report import DEMO_REPORT, TABLES, collect, report_line
 from workbench.model.flops import window_flops
 from workbench.model.registry import read_model_file
 from workbench.pseudolabel import pseudolabel
@@ -292,3 +292,17 @@ def test_a_model_without_evaluations_gets_empty_tables_that_say_so(tmp_path: Pat
     for name in TABLES[1:]:
         assert f'id="{name}-empty"' in text
     assert "rows: models 1, dice 0, detection 0, external 0, efficiency 0, transfer 0" in lines[0]
+
+
+def test_the_demos_report_line_writes_the_report_into_the_workspace(
+    page: tuple[Path, str, dict[str, list[str]]],
+) -> None:
+    ws, text, _ = page
+    workspace = Workspace.open(ws)
+    scratch, tuned = (workspace.catalog.model(n) for n in ("scratch", "tuned"))
+    assert scratch is not None and tuned is not None
+    # the demo passes its rounds' checkpoint files; here: the registered copies, as files
+    line = report_line(workspace, ws / str(tuned["file"]), [ws / str(scratch["file"])])
+    written = workspace.reports / DEMO_REPORT
+    assert line.startswith(f"report: {written} (rows: models 2, ")
+    assert tables(written.read_text(encoding="utf-8"))["transfer"] == tables(text)["transfer"]
