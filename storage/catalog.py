@@ -2519,6 +2519,46 @@ class Catalog:
         if con.execute("SELECT count(*) FROM long_tail_meta").fetchone() != (0,):
             self._refresh_long_tail(con, max_changed=LONG_TAIL_WRITE_THROUGH)
 
+    # -- external evaluation and report (#16) ---------------------------------------------------------
+    def scans_of_sources(self, sources: Sequence[str]) -> pd.DataFrame:
+        """Every scan of these sources (an external evaluation's whole sources).
+
+        Returns:
+            Columns ``scan_id, source_id`` in scan id order; empty for no source.
+        """
+        if not sources:
+            return pd.DataFrame(columns=["scan_id", "source_id"])
+        marks = ", ".join("?" * len(sources))
+        return self.query(
+            f"SELECT id AS scan_id, source_id FROM scan WHERE source_id IN ({marks}) ORDER BY id",
+            [str(s) for s in sources],
+        )
+
+    def evaluation_runs(self) -> pd.DataFrame:
+        """Every finished ``evaluate`` run, oldest first.
+
+        Returns:
+            Columns ``id, config, metrics, timings`` (JSON text), ``started_at``, ``finished_at``.
+        """
+        return self.query(
+            "SELECT id, config, metrics, timings, started_at, finished_at FROM run "
+            "WHERE kind = 'evaluate' AND finished_at IS NOT NULL ORDER BY started_at, id"
+        )
+
+    def training_run_of(self, checkpoint_sha256: str) -> dict[str, Any] | None:
+        """The newest finished ``train`` run that wrote the checkpoint with this sha256.
+
+        Returns:
+            ``{"id", "config" (JSON text), "started_at"}``, or None when no training run of this catalog
+            wrote it (a release file, a checkpoint trained elsewhere).
+        """
+        df = self.query(
+            "SELECT id, config, started_at FROM run WHERE kind = 'train' AND checkpoint_sha256 = ? "
+            "AND finished_at IS NOT NULL ORDER BY started_at DESC, id DESC LIMIT 1",
+            [checkpoint_sha256],
+        )
+        return None if df.empty else dict(df.iloc[0].to_dict())
+
 
 def _added_class_row(raw: dict[str, Any]) -> dict[str, Any]:
     """An ``added_class`` row with plain Python values."""
@@ -2533,7 +2573,6 @@ def _added_class_row(raw: dict[str, Any]) -> dict[str, Any]:
 
 #: Filters on at most this many values are constant lists (:meth:`Catalog._in_filters`).
 _CONSTANT_LIST = 64
-
 #: More changed scans than this and the long-tail refresh rebuilds ``annotation_state`` whole (reading
 #: the changed scans again costs about 0.3 s per 1,000 at a million scans; the whole table about 25 s).
 LONG_TAIL_FULL_REFRESH = 50_000

@@ -30,7 +30,10 @@
     workbench [--workspace DIR] review agreement [--format table|csv|json]
     workbench [--workspace DIR] review share [SHARE]
     workbench [--workspace DIR] evaluate RUN_ID [--tolerance-mm MM] [--fraction F] [--seed N]
-                                [--min-tumour-voxels N]
+                                [--min-tumour-voxels N] [--tumour-free]
+    workbench [--workspace DIR] evaluate MODEL --external SOURCE ... [--tolerance-mm MM]
+                                [--low-res-mm MM] [--device auto|cpu|cuda] [--sw-batch-size N]
+    workbench [--workspace DIR] report MODEL OUT.html [--against MODEL ...]
     workbench [--workspace DIR] embed [--encoder minilm|clip] [--clip-weights FILE|TAG] [--template V1..V4]
                                 [--name NAME] [--import-release TXT_ENCODING_PTH]
     workbench [--workspace DIR] train --vocabulary NAME [--backbone B] [--spacing MM] [--patch N]
@@ -509,19 +512,46 @@ def _add_review_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from workbench.learning.evaluation import evaluate
+    if args.external:
+        from workbench.learning.external import evaluate_external
+        from workbench.pseudolabel.run import MODEL_DEFAULT
 
-    ws = Workspace.open(args.workspace)
-    result = evaluate(
-        ws,
-        args.run,
-        tolerance_mm=args.tolerance_mm,
-        fraction=args.fraction,
-        seed=args.seed,
-        min_tumour_voxels=args.min_tumour_voxels,
-        progress=not args.no_progress,
-    )
+        result = evaluate_external(
+            Workspace.open(args.workspace),
+            args.run,
+            args.external,
+            tolerance_mm=args.tolerance_mm,
+            min_tumour_voxels=args.min_tumour_voxels,
+            low_res_mm=MODEL_DEFAULT if args.low_res_mm is None else args.low_res_mm,
+            device=args.device,
+            sw_batch_size=args.sw_batch_size,
+            progress=not args.no_progress,
+        )
+    else:
+        from workbench.learning.evaluation import evaluate
+
+        result = evaluate(
+            Workspace.open(args.workspace),
+            args.run,
+            tolerance_mm=args.tolerance_mm,
+            fraction=args.fraction,
+            seed=args.seed,
+            min_tumour_voxels=args.min_tumour_voxels,
+            progress=not args.no_progress,
+            tumour_free=args.tumour_free,
+        )
     for line in result.lines():
+        print(line)
+    for scan, problem in result.facts.get("failed_scans", []):
+        print(f"  failed {scan}: {problem}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from workbench.learning.report import collect, save_report
+
+    data = collect(Workspace.open(args.workspace), args.model, args.against or ())
+    for line in data.lines(save_report(data, args.out)):
         print(line)
     return 0
 
@@ -870,10 +900,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_review_parser(sub)
 
     p = sub.add_parser(
-        "evaluate", help="Dice, NSD and tumour detection of a pseudo-label run on the held-out split"
+        "evaluate",
+        help="Dice, NSD and tumour detection of a pseudo-label run on the held-out split, or of a model on "
+        "external sources (--external)",
     )
     p.add_argument(
-        "run", help="a pseudo-label run id (it must predict annotated classes too: pseudolabel --all-classes)"
+        "run",
+        help="a pseudo-label run id (it must predict annotated classes too: pseudolabel --all-classes); "
+        "with --external: a registered model's name or a model file",
+    )
+    p.add_argument(
+        "--external",
+        nargs="+",
+        metavar="SOURCE",
+        help="run the model on every scan of these sources; refused for a source its training record holds",
     )
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD boundary tolerance in mm (default 2)")
     p.add_argument(
@@ -883,8 +923,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-tumour-voxels", type=int, default=1, help="predicted voxels that count as a detected tumour"
     )
+    p.add_argument(
+        "--tumour-free",
+        action="store_true",
+        help="held-out: count patients of tumour-free sources (CHAOS, Pancreas-CT) for the specificity "
+        "(always on with --external)",
+    )
+    p.add_argument(
+        "--low-res-mm", type=float, default=None, help="--external: inference spacing (default the model's)"
+    )
+    p.add_argument("--device", default="auto", help="--external: auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--sw-batch-size", type=int, default=1, help="--external: sliding windows per forward")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser(
+        "report", help="one self-contained HTML report: the paper's tables recomputed from the evaluations"
+    )
+    p.add_argument("model", help="a registered model's name (or sha256), or a model file")
+    p.add_argument("out", help="the HTML file to write")
+    p.add_argument("--against", action="append", metavar="MODEL", help="a model to compare with (repeatable)")
+    p.set_defaults(func=_cmd_report)
     p = sub.add_parser("embed", help="embed the class names with a text encoder; store the vocabulary")
     p.add_argument(
         "--encoder",

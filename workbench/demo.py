@@ -139,6 +139,7 @@ def run_demo_round(
     """
     import dataclasses
 
+    from workbench.learning.report import report_line
     from workbench.learning.rounds import run_round, tiny_config
     from workbench.learning.simulated_expert import PhantomTruth, ReadingTeam, SimulatedExpert
     from workbench.learning.vocabularies import embed
@@ -198,6 +199,7 @@ def run_demo_round(
         f"{errors['double_read']} on double-read items"
     )
     lines.append(f"demo rounds took {time.perf_counter() - t0:.0f} s")
+    lines.append(report_line(ws, second.checkpoint, [first.checkpoint]))  # report (#16)
     return lines
 
 

@@ -47,6 +47,13 @@ File format (documented once here; every file in ``sources/`` obeys it):
     [approximate]                       # honest notes where the mapping is not exact
     femur_left = "whole femur, universal class is the head of femur"
 
+    tumour_free = ["liver_tumor"]       # optional: tumour classes no patient of the source has (its
+                                        # cohort is healthy: CHAOS donors, Pancreas-CT); external
+                                        # evaluation scores them as absent (patient-level specificity)
+    paper_id = "04"                     # optional: the Universal Model paper's id of this dataset (its
+                                        # TEMPLATE keys "01".."14", "10_03", ...)
+    paper_overlap = ["10_03"]           # optional: other paper ids whose scans this source contains
+
 Every class that appears in a target (after expanding pairs) is *annotated* by the source: a scan
 without it is ``annotated_absent``. All other classes are ``not_annotated``. ``extra_annotated`` lists
 classes annotated though no value is drawn for them (rare).
@@ -147,6 +154,9 @@ class Protocol:
             label sets an ingest writes.
         tool: for ``pseudo``: the tool and its version (``"TotalSegmentator 2.x"``); empty otherwise.
         extends: the built-in protocol whose mapping tables this one shares, or empty.
+        tumour_free: tumour classes no patient of the source has (a healthy cohort), in model order.
+        paper_id: the Universal Model paper's id of this dataset ('' when it is not one of its sources).
+        paper_overlap: other paper ids whose scans this source contains (e.g. LiTS is MSD Task03's set).
     """
 
     id: str
@@ -165,6 +175,15 @@ class Protocol:
     default_origin: str = "original"
     tool: str = ""
     extends: str = ""
+    tumour_free: tuple[str, ...] = ()
+    paper_id: str = ""
+    paper_overlap: tuple[str, ...] = ()
+
+    @property
+    def paper_sources(self) -> tuple[str, ...]:
+        """The paper's dataset ids whose scans this source holds: ``paper_id`` first, then
+        ``paper_overlap``; empty when the paper did not use its scans."""
+        return tuple(dict.fromkeys(i for i in (self.paper_id, *self.paper_overlap) if i))
 
     @property
     def is_tool_output(self) -> bool:
@@ -234,6 +253,27 @@ def _origin(data: dict[str, Any]) -> tuple[str, str]:
     return origin, tool.strip()
 
 
+def _tumour_free(raw: Any) -> tuple[str, ...]:
+    """The ``tumour_free`` list, checked: tumour classes of the taxonomy, returned in model order."""
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        raise ValueError(f"tumour_free must be a list of tumour class names, got {raw!r}")
+    tumours = [c.name for c in CLASSES if c.is_tumor]
+    bad = sorted(set(raw) - set(tumours))
+    if bad:
+        raise ValueError(f"tumour_free names {bad}, which are not tumour classes ({', '.join(tumours)})")
+    return tuple(n for n in tumours if n in raw)
+
+
+def _paper_ids(data: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """``(paper_id, paper_overlap)`` of a protocol's data, checked to be strings."""
+    pid, overlap = data.get("paper_id", ""), data.get("paper_overlap", [])
+    if not isinstance(pid, str):
+        raise ValueError(f'paper_id must be a string such as "04", got {pid!r}')
+    if not isinstance(overlap, list) or not all(isinstance(i, str) and i for i in overlap):
+        raise ValueError(f"paper_overlap must be a list of paper ids, got {overlap!r}")
+    return pid, tuple(overlap)
+
+
 def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
     """Validate a protocol's TOML data and build the :class:`Protocol`; errors name ``origin``."""
     try:
@@ -266,6 +306,7 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
         extra = tuple(data.get("extra_annotated", ()))
         for name in extra:
             expand_target(name)
+        paper_id, paper_overlap = _paper_ids(data)
         return Protocol(
             id=data["id"],
             name=data["name"],
@@ -283,6 +324,9 @@ def parse_protocol(data: dict[str, Any], origin: str = "<toml>") -> Protocol:
             default_origin=default_origin,
             tool=tool,
             extends=str(data.get("extends", "")),
+            tumour_free=_tumour_free(data.get("tumour_free", [])),
+            paper_id=paper_id,
+            paper_overlap=paper_overlap,
         )
     except KeyError as e:
         raise ValueError(f"{origin}: missing key {e}") from None

@@ -50,6 +50,7 @@ ATLAS_10 = {"aorta", "gall_bladder", *KIDNEYS, "liver", "pancreas", "postcava", 
 EXPECTED_ANNOTATED: dict[str, set[str]] = {
     "btcv": BTCV_13,
     "pancreas_ct_multiorgan": GIBSON_8,
+    "pancreas_ct": {"pancreas"},
     "chaos_ct": {"liver"},
     "lits": {"liver", "liver_tumor"},
     "kits19": {*KIDNEYS, "kidney_tumor"},
@@ -108,6 +109,12 @@ PUBLISHED_PATHS = [
         "Pancreas-CT/PANCREAS_0001/11-24-2015-PANCREAS0001-Pancreas-18957/Pancreas-99667",
         "0001",
         "label_tcia_multiorgan/label0001.nii.gz",
+    ),
+    (
+        "pancreas_ct",
+        "Pancreas-CT/PANCREAS_0082/11-24-2015-PANCREAS0082-Pancreas-4390/Pancreas-71376",
+        "0082",
+        "TCIA_pancreas_labels-02-05-2017/label0082.nii.gz",
     ),
     ("chaos_ct", "Train_Sets/CT/21/DICOM_anon", "21", "Train_Sets/CT/21/Ground"),
     ("lits", "Training Batch 1/volume-0.nii", "0", "Training Batch 1/segmentation-0.nii"),
@@ -578,3 +585,76 @@ def test_the_sources_table_says_which_sources_are_tool_outputs() -> None:
     assert origin["totalsegmentator_v1_tool"] == "pseudo (TotalSegmentator 1.x)"
     assert origin["totalsegmentator"] == origin["kits23"] == "original"
     assert sum(o.startswith("pseudo") for o in origin.values()) == len(TOOL_OUTPUTS)
+
+
+# The paper's dataset id per source (its TEMPLATE keys), and the ids whose scans a source shares, from the
+# datasets' own descriptions: LiTS is MSD Task03's training set and 131 of CT-ORG's 140 scans; AbdomenCT-1K
+# gathers LiTS, KiTS19, MSD Spleen / Pancreas and NIH Pancreas-CT; the 12-organ set is AbdomenCT-1K's.
+PAPER_SOURCES = {
+    **{source: (key,) for source, key in ORIGINAL_KEY.items()},
+    "btcv": ("01", "01_2"),
+    "pancreas_ct": ("02",),
+    "lits": ("04", "10_03", "12"),
+    "msd_liver": ("10_03", "04", "12"),
+    "ct_org": ("12", "04", "10_03"),
+    "abdomenct_1k": ("08", "02", "04", "05", "10_03", "10_07", "10_09"),
+    "abdomenct_12organ": ("13", "08"),
+    "flare22": ("13", "10_07"),  # FLARE22 images are MSD Task07 images
+}
+# CHAOS: potential liver donors; Pancreas-CT (both label sets): kidney donors and patients without major
+# abdominal pathology or pancreatic lesions (TCIA's collection page).
+HEALTHY = ("liver_tumor", "kidney_tumor", "pancreas_tumor")
+TUMOUR_FREE = {"chaos_ct": HEALTHY, "pancreas_ct": HEALTHY, "pancreas_ct_multiorgan": HEALTHY}
+
+
+@pytest.mark.parametrize("source", sorted(EXPECTED_ANNOTATED))
+def test_paper_ids_name_the_papers_datasets(source: str) -> None:
+    assert get_protocol(source).paper_sources == PAPER_SOURCES.get(source, ())
+
+
+@pytest.mark.parametrize("source", sorted(EXPECTED_ANNOTATED))
+def test_tumour_free_sources_are_the_healthy_cohorts(source: str) -> None:
+    assert set(get_protocol(source).tumour_free) == set(TUMOUR_FREE.get(source, ()))
+
+
+def test_the_external_test_set_is_no_training_source_of_the_release() -> None:
+    from workbench.model.registry import RELEASE_SOURCES
+
+    trained = {i for ids in RELEASE_SOURCES.values() for i in ids}
+    assert get_protocol("ircadb").paper_id == "06" and "06" not in trained
+    assert {"01", "02", "03", "04", "05"} <= trained
+
+
+def _with(**extra: object) -> dict[str, object]:
+    return {
+        "id": "x",
+        "name": "X",
+        "protocol_version": 1,
+        "layout": {"kind": "paired", "image": ["{case}.nii.gz"], "label": ["{case}_seg.nii.gz"]},
+        "labels": {"1": ["liver"]},
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"tumour_free": ["liver"]}, "not tumour classes"),
+        ({"tumour_free": "liver_tumor"}, "must be a list"),
+        ({"paper_id": 4}, "paper_id must be a string"),
+        ({"paper_overlap": "04"}, "paper_overlap must be a list"),
+    ],
+)
+def test_bad_paper_and_tumour_free_fields_are_refused(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_protocol(_with(**extra), "x.toml")
+
+
+def test_tumour_free_is_kept_in_model_order() -> None:
+    p = parse_protocol(_with(tumour_free=["pancreas_tumor", "kidney_tumor"]), "x.toml")
+    assert p.tumour_free == ("kidney_tumor", "pancreas_tumor")
+
+
+@pytest.mark.parametrize(("case", "kept"), [("0001", True), ("0025", False), ("0070", False), ("0082", True)])
+def test_pancreas_ct_drops_the_two_withdrawn_duplicates(case: str, kept: bool) -> None:
+    assert get_protocol("pancreas_ct").include_case(case) is kept

@@ -583,3 +583,43 @@ def test_a_release_models_new_class_needs_its_clip_encoder(
     assert code == 2 and err.count("\n") == 1
     assert "paper: cannot embed the new class 'renal_vein': its text encoder (clip-vit-b32" in err
     assert Workspace.open(ws).catalog.added_classes().empty  # nothing registered
+# ------------------------------------------------------------ evaluate --external and report (#16)
+
+
+def _trained_on(path: Path, record: dict[str, object]) -> Path:
+    import torch
+
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj["state"]["trained_on"] = record
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        (["lits"], "source 'lits' is not external to model 'ours'"),
+        (["msd_liver"], "source 'msd_liver' is not external to model 'ours'"),  # LiTS' scans
+        (["ircadb"], "source 'ircadb' has no scans in this catalog"),
+    ],
+)
+def test_evaluate_external_refuses_with_one_line(  # type: ignore[no-untyped-def]
+    tmp_path: Path, random_checkpoint, sources: list[str], message: str
+) -> None:
+    ws = str(tmp_path / "ws")
+    ckpt = _trained_on(
+        random_checkpoint(tmp_path / "m.pt", ("liver", "liver_tumor")),
+        {"liver": {"sources": ["lits"], "scans": 3}},
+    )
+    assert _run("--workspace", ws, "import-model", str(ckpt), "--name", "ours")[0] == 0
+    code, out, err = _run("--workspace", ws, "evaluate", "ours", "--external", *sources, "--no-progress")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err
+
+
+def test_evaluate_keeps_its_run_usage_and_report_needs_a_model(tmp_path: Path) -> None:
+    ws = str(tmp_path / "ws")
+    code, _, err = _run("--workspace", ws, "evaluate", "run-pl-nope", "--no-progress")
+    assert code == 2 and "wrote no pseudo label set" in err  # a run id, as before
+    code, _, err = _run("--workspace", ws, "report", "nope", str(tmp_path / "r.html"), "--against", "x")
+    assert code == 2 and err.count("\n") == 1 and "no registered model of that name" in err

@@ -5,10 +5,14 @@ Truth is the scan's expert labels: the assembly rule restricted to the expert ba
 pseudo-label, not even an accepted one (an accepted prediction is a model's guess a reviewer found good
 enough, and scoring a model against its own guesses inflates it; ``docs/decisions.md``), or truths the
 caller passes (benchmarks: the phantoms' complete truth, so every
-round is scored on the same items). Predictions are the ``pseudo`` label sets of a pseudo-label run
+round is scored on the same items). With ``tumour_free``, a scan of a source whose protocol names it
+tumour-free (``tumour_free`` in its TOML: CHAOS, Pancreas-CT) has those tumour classes as known absent
+(:func:`workbench.learning.metrics.with_tumour_free`), so the patients count for the specificity.
+Predictions are the ``pseudo`` label sets of a pseudo-label run
 (:func:`evaluate`; the run must predict the annotated classes too: ``workbench pseudolabel --all-classes``)
 or any callable that returns masks (:func:`evaluate_predictions`, e.g. a round's model in memory). Only
-held-out scans (:mod:`workbench.learning.split`) are scored, by the rules of
+held-out scans (:mod:`workbench.learning.split`) are scored, or the scans the caller names (whole external
+sources, :mod:`workbench.learning.external`), by the rules of
 :mod:`workbench.learning.metrics`; the summary's mean Dice is the macro mean over classes of the pooled
 means.
 
@@ -29,7 +33,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from tqdm import tqdm
 
 from harmonize.errors import HarmonizeError
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
+from harmonize.protocols import all_protocols
 from storage.workspace import Workspace
 from workbench.learning.metrics import (
     ALL_SOURCES,
@@ -48,6 +53,7 @@ from workbench.learning.metrics import (
     detection_table,
     metrics_table,
     score_scan,
+    with_tumour_free,
 )
 from workbench.learning.split import DEFAULT_FRACTION, held_out_split
 from workbench.training_set import EXPERT_BASES, assemble_training_set
@@ -69,6 +75,9 @@ class Evaluation:
         unpredicted: (scan id, class) pairs the truth annotates but the prediction did not cover.
         report_dir: the report folder (None when not written).
         truth: ``catalog`` (expert labels in the catalog) or ``given`` (truths passed by the caller).
+        scope: ``held-out`` (the held-out split) or ``external`` (whole sources the caller named; then
+            ``held_out`` holds their scans).
+        facts: more entries of the summary (an external evaluation's model, FLOPs, seconds per scan).
     """
 
     run_id: str
@@ -82,6 +91,8 @@ class Evaluation:
     unpredicted: list[tuple[str, str]]
     report_dir: Path | None = None
     truth: str = "catalog"
+    scope: str = "held-out"
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mean_dice(self) -> float:
@@ -112,6 +123,7 @@ class Evaluation:
         m = self.metrics
         return {
             "predictions": self.predictions,
+            "scope": self.scope,
             "truth": self.truth,
             "tolerance_mm": self.tolerance_mm,
             "held_out_scans": len(self.held_out),
@@ -129,13 +141,15 @@ class Evaluation:
                 for r in self.detection.to_dict("records")
             },
             "report": None if self.report_dir is None else str(self.report_dir),
+            **self.facts,
         }
 
     def lines(self) -> list[str]:
         """A short human summary for the CLI."""
+        pool = "held-out scans" if self.scope == "held-out" else "scans of the external sources"
         out = [
             f"evaluation {self.run_id or '(not stored)'} of {self.predictions}: {len(self.scans)} of "
-            f"{len(self.held_out)} held-out scans, {len(self.items)} scan x class items, NSD tolerance "
+            f"{len(self.held_out)} {pool}, {len(self.items)} scan x class items, NSD tolerance "
             f"{self.tolerance_mm:g} mm",
             f"mean over classes: Dice {self.mean_dice:.3f}, NSD {self.mean_nsd:.3f}",
         ]
@@ -147,6 +161,7 @@ class Evaluation:
                 f"  detection {r.class_name:<20} sensitivity {r.detected}/{r.tumour_scans}, specificity "
                 f"{r.tumour_free - r.false_positives}/{r.tumour_free} ({r.excluded} scans excluded)"
             )
+        out += efficiency_lines(self.facts)
         if self.unpredicted:
             out.append(
                 f"{len(self.unpredicted)} annotated items had no prediction (pseudo-label with --all-classes "
@@ -155,6 +170,26 @@ class Evaluation:
         if self.report_dir is not None:
             out.append(f"report: {self.report_dir / 'report.md'}")
         return out
+
+
+def efficiency_lines(facts: Mapping[str, Any]) -> list[str]:
+    """The CLI's efficiency line of an evaluation that ran its model (FLOPs per window, seconds per CT);
+    none for one that scored stored predictions.
+
+    Example:
+        >>> efficiency_lines({"flops_per_window": 6.4e11, "window": [96, 96, 96], "seconds_per_scan": 1.5,
+        ...                   "timed_scans": 2})
+        ['efficiency: 640.0 GFLOPs per 96x96x96 window, 1.50 s per CT (n=2 scans)']
+    """
+    if "flops_per_window" not in facts:
+        return []
+    window = "x".join(str(int(v)) for v in facts.get("window", ()))
+    seconds = facts.get("seconds_per_scan")
+    per_ct = "–" if seconds is None else f"{float(seconds):.2f}"
+    return [
+        f"efficiency: {float(facts['flops_per_window']) / 1e9:.1f} GFLOPs per {window} window, {per_ct} s "
+        f"per CT (n={int(facts.get('timed_scans', 0))} scans)"
+    ]
 
 
 def catalog_truth(
@@ -280,8 +315,10 @@ def evaluate_predictions(
     truths: Iterable[ScanTruth] | None = None,
     store: bool = True,
     progress: bool = False,
+    scan_ids: Sequence[str] | None = None,
+    tumour_free: bool = False,
 ) -> Evaluation:
-    """Evaluate any prediction source on the held-out split; store and report it.
+    """Evaluate any prediction source on the held-out split (or on ``scan_ids``); store and report it.
 
     Args:
         ws: the workspace.
@@ -298,6 +335,10 @@ def evaluate_predictions(
             on the same items whatever reviewers add to the catalog.
         store: record an ``evaluate`` run, its ``evaluation`` rows and the report folder.
         progress: show a progress bar over scans.
+        scan_ids: evaluate these scans instead of the held-out split (scope ``external``: whole sources
+            a model never saw, :func:`workbench.learning.external.evaluate_external`).
+        tumour_free: score the tumour classes a scan's protocol names tumour-free as known absent
+            (:func:`workbench.learning.metrics.with_tumour_free`).
 
     Returns:
         The :class:`Evaluation`.
@@ -307,13 +348,16 @@ def evaluate_predictions(
     """
     started = time.time()
     check_truth_bases(truth_origins)
-    held = held_out_split(ws, fraction, seed)
+    scope = "held-out" if scan_ids is None else "external"
+    held = held_out_split(ws, fraction, seed) if scan_ids is None else set(scan_ids)
     if not held:
         raise HarmonizeError(
             ws.catalog.path,
             f"no scan is held out (at fraction {fraction} a source needs at least "
             f"{math.ceil(0.5 / fraction) if fraction > 0 else 'infinitely many'} scans); "
-            "add scans or use a larger fraction before the split is first stored",
+            "add scans or use a larger fraction before the split is first stored"
+            if scan_ids is None
+            else "no scan to evaluate",
         )
     items: list[dict[str, Any]] = []
     unpredicted: list[tuple[str, str]] = []
@@ -322,6 +366,8 @@ def evaluate_predictions(
         scan_truths = list(catalog_truth(ws, sorted(held), truth_origins))
     else:
         scan_truths = sorted((t for t in truths if t.scan_id in held), key=lambda t: t.scan_id)
+    if tumour_free:
+        scan_truths = [with_tumour_free(t, tumour_free_classes(t.source_id)) for t in scan_truths]
     for truth in tqdm(scan_truths, desc="evaluate", unit="scan", disable=not progress):
         got = predict(truth.scan_id)
         if got is None:
@@ -336,8 +382,8 @@ def evaluate_predictions(
     if not evaluated:
         raise HarmonizeError(
             ws.catalog.path,
-            f"{name}: none of the {len(held)} held-out scans has both expert labels and a prediction "
-            "(pseudo-label the held-out scans with --all-classes)",
+            f"{name}: none of the {len(held)} {scope} scans has both expert labels and a prediction "
+            + ("(pseudo-label the held-out scans with --all-classes)" if scan_ids is None else ""),
         )
     item_df = pd.DataFrame(items, columns=list(ITEM_COLUMNS))
     scans = pd.DataFrame(evaluated, columns=["scan_id", "source_id"])
@@ -352,10 +398,32 @@ def evaluate_predictions(
         detection=detection_table(item_df, scans, min_tumour_voxels),
         unpredicted=unpredicted,
         truth="catalog" if truths is None else "given",
+        scope=scope,
     )
     if store:
-        _store(ws, result, fraction, seed, truth_origins, min_tumour_voxels, started)
+        store_evaluation(
+            ws,
+            result,
+            fraction=fraction,
+            seed=seed,
+            truth_origins=truth_origins,
+            min_tumour_voxels=min_tumour_voxels,
+            started=started,
+            config={"tumour_free": True} if tumour_free else None,
+        )
     return result
+
+
+def tumour_free_classes(source_id: str) -> tuple[str, ...]:
+    """The tumour classes the built-in protocol of ``source_id`` names tumour-free (``tumour_free`` in
+    its TOML); none for a source without a built-in protocol.
+
+    Example:
+        >>> tumour_free_classes("chaos_ct"), tumour_free_classes("lits")
+        (('kidney_tumor', 'liver_tumor', 'pancreas_tumor'), ())
+    """
+    protocol = all_protocols().get(source_id)
+    return () if protocol is None else protocol.tumour_free
 
 
 def evaluate(
@@ -371,6 +439,7 @@ def evaluate(
     truths: Iterable[ScanTruth] | None = None,
     store: bool = True,
     progress: bool = False,
+    tumour_free: bool = False,
 ) -> Evaluation:
     """Evaluate the pseudo label sets of pseudo-label run ``run_id`` on the held-out split.
 
@@ -390,18 +459,33 @@ def evaluate(
         truths=truths,
         store=store,
         progress=progress,
+        tumour_free=tumour_free,
     )
 
 
-def _store(
+def store_evaluation(
     ws: Workspace,
     ev: Evaluation,
+    *,
     fraction: float,
     seed: int,
     truth_origins: Sequence[str],
     min_tumour_voxels: int,
     started: float,
+    config: Mapping[str, Any] | None = None,
 ) -> None:
+    """Record ``ev`` as one ``evaluate`` run: its config, its ``evaluation`` rows, the report folder and
+    the summary as the run's metrics; sets ``ev.run_id``.
+
+    Args:
+        ws: the workspace.
+        ev: the evaluation (its ``facts`` end up in the summary).
+        fraction / seed: the held-out split's settings, for the record.
+        truth_origins: the truth bases.
+        min_tumour_voxels: the detection threshold.
+        started: ``time.time()`` at the evaluation's start.
+        config: more entries of the run's config (an external evaluation's model and sources).
+    """
     ev.run_id = "run-eval-" + uuid.uuid4().hex[:16]
     ws.catalog.start_run(
         ev.run_id,
@@ -409,10 +493,12 @@ def _store(
         config={
             "predictions": ev.predictions,
             "tolerance_mm": ev.tolerance_mm,
-            "split": {"fraction": fraction, "seed": seed},
+            "split": {"fraction": fraction, "seed": seed} if ev.scope == "held-out" else None,
             "truth_origins": list(truth_origins) if ev.truth == "catalog" else [],
             "truth": ev.truth,
             "min_tumour_voxels": int(min_tumour_voxels),
+            "scope": ev.scope,
+            **dict(config or {}),
         },
     )
     ws.catalog.add_evaluation_items(ev.run_id, ev.tolerance_mm, ev.items.to_dict("records"))

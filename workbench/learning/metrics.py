@@ -12,7 +12,9 @@ scored, whatever the model predicts there):
   tumours and the kidney cyst): a scan whose truth has the tumour is DETECTED when the prediction has at
   least ``min_voxels`` (default 1) voxels of that class (sensitivity = detected / tumour scans); a scan
   whose source annotates the tumour as absent is a true negative when nothing of it is predicted
-  (specificity = true negatives / tumour-free scans). Scans that do not annotate the tumour are excluded.
+  (specificity = true negatives / tumour-free scans). Scans that do not annotate the tumour are excluded,
+  except those of a tumour-free cohort (:func:`with_tumour_free`: the source's protocol says no patient
+  has it), which count as tumour-free.
 * Means are taken over items (scan x class); ``dice_present`` / ``nsd_present`` only over items whose
   truth has the class.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -183,6 +185,27 @@ class ScanTruth:
         if self.states.get(class_name) == ANNOTATED_PRESENT:
             return np.asarray(self.masks[class_name], dtype=bool)
         return np.zeros(self.shape, dtype=bool)
+
+
+def with_tumour_free(truth: ScanTruth, classes: Sequence[str]) -> ScanTruth:
+    """The truth of a patient from a tumour-free cohort: ``classes`` the scan does not annotate become
+    ``annotated_absent`` (the patient is known to have none), so detection counts the scan for the
+    specificity; a class the scan annotates keeps its state.
+
+    Args:
+        truth: the scan's truth.
+        classes: tumour classes its source's protocol names tumour-free (``Protocol.tumour_free``).
+
+    Returns:
+        The same truth when nothing is added, else a copy with the added states.
+
+    Example:
+        >>> t = ScanTruth("s", "chaos_ct", (1.0, 1.0, 1.0), {"liver": "annotated_present"}, {}, (2, 2, 2))
+        >>> with_tumour_free(t, ["liver_tumor"]).states
+        {'liver': 'annotated_present', 'liver_tumor': 'annotated_absent'}
+    """
+    added = {c: ANNOTATED_ABSENT for c in classes if truth.states.get(c, NOT_ANNOTATED) == NOT_ANNOTATED}
+    return replace(truth, states={**truth.states, **added}) if added else truth
 
 
 def score_scan(
