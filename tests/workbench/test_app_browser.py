@@ -242,6 +242,13 @@ FRAME = (
 )
 
 
+#: JavaScript after FRAME: scroll the viewer to the top of the window, below Streamlit's header.
+SCROLL = (
+    "f.scrollIntoView({block: 'start'}); const m = document.querySelector('[data-testid=\"stMain\"]');"
+    "if (m) m.scrollBy(0, -70); return 1;"
+)
+
+
 def _drawn(script: Callable[[str], Any], after: str | None = None, timeout: float = 90) -> str:
     """Wait until the viewer has drawn an item (another than ``after``); returns its id."""
     return str(
@@ -335,6 +342,8 @@ def test_a_review_driven_by_keyboard_in_chromium(app_url: str, tmp_path: Path) -
         )
         time.sleep(1.0)  # the name's rerun
         d.script("document.activeElement && document.activeElement.blur(); return 1;")
+        d.script(FRAME + SCROLL)
+        time.sleep(0.5)
         d.screenshot(shots / "review_viewer.png")
 
         def decide(key: str, before: str) -> str:
@@ -347,6 +356,8 @@ def test_a_review_driven_by_keyboard_in_chromium(app_url: str, tmp_path: Path) -
         second = decide("a", first)
         third = decide("r", second)
         d.key("b")  # the brush
+        d.script(FRAME + SCROLL)
+        time.sleep(0.5)
         box = d.script(
             FRAME
             + "const r = f.getBoundingClientRect(), c = f.contentDocument.querySelectorAll('.pane canvas')[0]"

@@ -490,7 +490,8 @@ def prefetch_item(store: PayloadStore, source: ItemSource, base_url: str) -> dic
     the preload has built it, else the names it will have (the browser retries until they exist).
 
     Returns:
-        ``{"urls": {"ct", "labels", "item", "heat", "mip"}}`` (``heat`` None without a run).
+        ``{"urls": {"ct", "labels", "item", "heat", "mip"}}`` (``heat`` None without a map or before the
+        preload has built the item).
     """
     done = store.built(source)
     if done is not None:
@@ -501,7 +502,7 @@ def prefetch_item(store: PayloadStore, source: ItemSource, base_url: str) -> dic
             "ct": base_url + ct,
             "labels": base_url + base + ".lab",
             "item": base_url + base + ".item",
-            "heat": base_url + base + ".heat" if source.run_id else None,
+            "heat": None,  # whether the run wrote a map is known once built; it is small, fetched on load
             "mip": base_url + base + ".mip",
         }
     }

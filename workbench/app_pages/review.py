@@ -139,7 +139,8 @@ else:
             st.success("Nothing matches these filters: the queue is done for them.")
         else:
             labels = [f"{r.score:.3f} · {r.scan_id} · {r.class_name}" for r in q.itertuples()]
-            if int(st.session_state.get("q_item") or 0) >= len(q):
+            held = st.session_state.get("q_item")  # an index, or (Streamlit's choice) the option's label
+            if isinstance(held, int) and held >= len(q):  # the queue got shorter: its last item
                 st.session_state["q_item"] = len(q) - 1
             pick = st.selectbox("Item", range(len(q)), format_func=labels.__getitem__, key="q_item")
             item = q.iloc[int(pick or 0)].to_dict()
@@ -289,6 +290,7 @@ queue_slot.__exit__(None, None, None)
 def handle(action: dict[str, Any], geometry: app_data.DisplayVolume) -> None:
     """Carry out one action the viewer sent (once: its id is remembered), then rerun."""
     assert ws is not None
+    received = time.time()
     st.session_state["v_done"] = action.get("id")
     kind = str(action.get("action"))
     target = action.get("target") or {}
@@ -339,6 +341,7 @@ def handle(action: dict[str, Any], geometry: app_data.DisplayVolume) -> None:
             corr = review.correct(
                 ws, scan_id, class_name, fixed, name, comment_text() or kind.replace("_", " "), shown
             )
+            common.record_timing("edit_saved", received)
             st.session_state["v_editing"] = (scan_id, class_name)
             remember(
                 corr.review_id,

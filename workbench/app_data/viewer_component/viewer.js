@@ -20,7 +20,7 @@ function sendAction(action) {
   return action.id;
 }
 function setHeight() {
-  post("streamlit:setFrameHeight", { height: document.documentElement.scrollHeight + 4 });
+  post("streamlit:setFrameHeight", { height: Math.ceil(root.getBoundingClientRect().height) + 8 });
 }
 
 // ------------------------------------------------------------------------------------------------ state
@@ -70,7 +70,7 @@ for (const v of [...VIEWS, "3d"]) {
       p.append(d);
     }
     const cur = el("div", "cursor");
-    p.append(cur);
+    p.append(cur, el("div", "hline"), el("div", "vline"));
     p.dataset.view = v;
   }
   grid.append(p);
@@ -128,12 +128,13 @@ function get(url, gz) {
   }
   return cache.get(url);
 }
+// fetch ahead; a file the server's preload has not written yet is asked again (every 0.3 s, ``tries`` times)
+function prefetchOne(url, gz, tries) {
+  return get(url, gz).catch(() =>
+    tries > 0 ? new Promise((r) => setTimeout(r, 300)).then(() => prefetchOne(url, gz, tries - 1)) : null);
+}
 function prefetch(urls, tries) {
-  for (const [url, gz] of urls) {
-    get(url, gz).catch(() => {
-      if (tries > 0) setTimeout(() => prefetch([[url, gz]], tries - 1), 300);
-    });
-  }
+  return Promise.all(urls.map(([url, gz]) => prefetchOne(url, gz, tries)));
 }
 function itemUrls(item) {
   const u = item.urls;
@@ -174,7 +175,7 @@ async function load(item) {
   title.textContent = item.title;
   buildLayers();
   drawAll();
-  window.__viewer.drawn = { id: item.id, t: performance.now() };
+  requestAnimationFrame(() => { window.__viewer.drawn = { id: item.id, t: performance.now() }; });
   say(A.message || "");
 }
 
@@ -267,11 +268,12 @@ function drawPlane(view) {
     }
   }
   p.ctx.putImageData(p.img, 0, 0);
-  const [cr, cc] = crossPixel(view);
-  p.ctx.fillStyle = "rgba(0, 255, 0, 0.55)";
-  p.ctx.fillRect(0, cr, g.cols, Math.max(1, g.rows / 400));
-  p.ctx.fillRect(cc, 0, Math.max(1, g.cols / 400), g.rows);
   place(view, g.rows * g.rmm, g.cols * g.cmm);
+  // the crosshair: one screen pixel wide through the middle of the crosshair voxel
+  const [cr, cc] = crossPixel(view), cs = p.canvas.style;
+  const left = parseFloat(cs.left), top = parseFloat(cs.top), w = parseFloat(cs.width), h = parseFloat(cs.height);
+  Object.assign(p.box.querySelector(".hline").style, { left: left + "px", width: w + "px", top: top + ((cr + 0.5) * h) / g.rows + "px" });
+  Object.assign(p.box.querySelector(".vline").style, { top: top + "px", height: h + "px", left: left + ((cc + 0.5) * w) / g.cols + "px" });
   const edges = EDGES[view];
   for (const d of p.box.querySelectorAll(".edge")) d.textContent = edges[d.dataset.edge];
   p.box.classList.toggle("active", view === S.active);
@@ -481,14 +483,15 @@ function onKey(e) {
   e.preventDefault();
   e.stopPropagation();
   const now = performance.now();
-  window.__viewer.key = { what: what, t: now };
+  window.__viewer.key = { what: what, t: e.timeStamp || now };
   if (DECISIONS.includes(what)) { sendAction({ action: "decide", decision: what }); say("recording " + what.replace("_", " ") + " ..."); return; }
   if (what === "next_item" || what === "previous_item" || what === "undo") { sendAction({ action: what }); say(what.replace("_", " ") + " ..."); return; }
   if (what.startsWith("preset_")) { const wl = A.presets[what.slice(7)]; if (wl) { S.ww = wl[0]; S.wl = wl[1]; drawAll(); } return; }
   if (!V) return;
   if (what === "next_slice" || what === "previous_slice") {
     moveSlice(S.active, what === "next_slice" ? 1 : -1);
-    window.__viewer.slices.push(performance.now() - now);
+    const pressed = e.timeStamp; // the key event's time, same clock as performance.now()
+    requestAnimationFrame(() => window.__viewer.slices.push(performance.now() - pressed)); // drawn on screen
     return;
   }
   if (what === "toggle_overlay") { S.overlay = !S.overlay; drawAll(); return; }
@@ -506,6 +509,7 @@ try { // the app's page (same origin): keys work wherever the focus is, except i
 window.addEventListener("resize", drawAll);
 
 // ------------------------------------------------------------------------------------------ rendering
+let renders = 0;
 function render(args) {
   const first = A === null;
   A = args;
@@ -528,7 +532,9 @@ function render(args) {
   } else {
     say(args.message || "", !!args.error);
   }
-  for (const next of args.prefetch || []) prefetch(itemUrls(next), 40);
+  window.__viewer.prefetched = false;
+  const n = ++renders, ahead = (args.prefetch || []).flatMap(itemUrls);
+  prefetch(ahead, 100).then(() => { if (n === renders) window.__viewer.prefetched = true; });
   setHeight();
 }
 window.addEventListener("message", (ev) => {
