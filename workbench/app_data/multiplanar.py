@@ -270,6 +270,9 @@ class PayloadStore:
         self._used: OrderedDict[str, int] = OrderedDict()  # file name -> bytes, least recent first
         self._pending: dict[str, Future[Payload]] = {}
         self._built: dict[str, Payload] = {}
+        self._hurry: dict[str, threading.Event] = {}
+        #: Seconds a preload waits before it starts (the page's own render goes first).
+        self.preload_delay_s = 1.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="viewer-preload")
 
     def name(self, *parts: object) -> str:
@@ -329,7 +332,10 @@ class PayloadStore:
         key = self.name("payload", *_fields(source))
         with self._lock:
             pending = self._pending.get(key)
+            hurry = self._hurry.get(key)
         if pending is not None:
+            if hurry is not None:
+                hurry.set()  # wanted now: no more waiting for the page to finish first
             return pending.result()
         return self._build(key, source, read_ct, read_mask, read_entropy)
 
@@ -346,8 +352,28 @@ class PayloadStore:
         with self._lock:
             if key in self._pending or key in self._built:
                 return key
-            self._pending[key] = self._pool.submit(self._build, key, source, read_ct, read_mask, read_entropy)
+            hurry = self._hurry[key] = threading.Event()
+            self._pending[key] = self._pool.submit(
+                self._build_later, hurry, key, source, read_ct, read_mask, read_entropy
+            )
         return key
+
+    def _build_later(
+        self,
+        hurry: threading.Event,
+        key: str,
+        source: ItemSource,
+        read_ct: Callable[[ItemSource], DisplayVolume],
+        read_mask: Callable[[ItemSource, str], np.ndarray],
+        read_entropy: Callable[[ItemSource, DisplayVolume], np.ndarray | None],
+    ) -> Payload:
+        """:meth:`_build` after :attr:`preload_delay_s` (or at once when :meth:`prepare` asks for it), so the
+        page that asked for the preload is drawn first: on a few cores the preload's CT read would
+        otherwise compete with it."""
+        hurry.wait(self.preload_delay_s)
+        with self._lock:
+            self._hurry.pop(key, None)
+        return self._build(key, source, read_ct, read_mask, read_entropy)
 
     def _build(
         self,

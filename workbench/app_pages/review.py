@@ -61,7 +61,7 @@ def remember(review_id: str, what: str, message: str) -> None:
 
 # Fixed slots, so the viewer component keeps its place in the page (and its iframe, with the volumes it
 # holds) whatever appears above it from one rerun to the next.
-top_slot, queue_slot, viewer_slot = st.container(), st.container(), st.container()
+top_slot, queue_slot, notes_slot, viewer_slot = st.container(), st.container(), st.container(), st.container()
 top_slot.__enter__()
 flash = st.session_state.pop("flash", None)
 if flash:
@@ -291,6 +291,7 @@ def handle(action: dict[str, Any], geometry: app_data.DisplayVolume) -> None:
     """Carry out one action the viewer sent (once: its id is remembered), then rerun."""
     assert ws is not None
     received = time.time()
+    common.record_timing("action_received", received)
     st.session_state["v_done"] = action.get("id")
     kind = str(action.get("action"))
     target = action.get("target") or {}
@@ -321,7 +322,7 @@ def handle(action: dict[str, Any], geometry: app_data.DisplayVolume) -> None:
         return
     if kind == "decide":
         decision = str(action.get("decision"))
-        with common.guarded():
+        with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
             rid = review.record_decision(ws, t_scan, t_class, t_set, decision, name, comment_text())
             st.session_state.pop("v_editing", None)
             remember(
@@ -331,7 +332,7 @@ def handle(action: dict[str, Any], geometry: app_data.DisplayVolume) -> None:
             )
         return
     if kind in multiplanar.EDITS:
-        with common.guarded():
+        with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
             base = (
                 ws.masks.read(mask_keys[shown], class_name)
                 if class_name in present
@@ -376,7 +377,7 @@ def viewer_args(payload: multiplanar.Payload, next_payload: dict[str, Any] | Non
 source = multiplanar.ItemSource(
     root, scan_id, str(scan["image_path"]), str(mask_keys[shown]), tuple(present), class_name, run_id
 )
-viewer_slot.__enter__()
+notes_slot.__enter__()
 started = time.time()
 try:
     payload = mpr_viewer.prepare(ws, source)
@@ -400,6 +401,8 @@ geometry = multiplanar.display_geometry(tuple(int(v) for v in scan["shape"]), sc
 next_args = None
 if next_source is not None:
     next_args = mpr_viewer.preload(ws, next_source)
+notes_slot.__exit__(None, None, None)
+viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
 action = mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
 common.record_timing("mpr", started)
 st.caption(

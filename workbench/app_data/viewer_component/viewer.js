@@ -175,7 +175,9 @@ async function load(item) {
   title.textContent = item.title;
   buildLayers();
   drawAll();
-  requestAnimationFrame(() => { window.__viewer.drawn = { id: item.id, t: performance.now() }; });
+  const drawn = { id: item.id, t: performance.now(), painted: null };
+  window.__viewer.drawn = drawn;
+  requestAnimationFrame(() => { drawn.painted = performance.now(); }); // the frame that shows it
   say(A.message || "");
 }
 
@@ -473,6 +475,12 @@ panes["3d"].box.addEventListener("click", () => {
 });
 
 const DECISIONS = ["accept", "reject", "needs_correction", "skip"];
+// when the key event happened, on this frame's performance.now() clock (a key pressed in the app's page
+// carries that page's clock)
+function eventTime(e) {
+  const win = e.view || window;
+  try { return e.timeStamp + win.performance.timeOrigin - performance.timeOrigin; } catch (err) { return performance.now(); }
+}
 function onKey(e) {
   const t = e.target;
   if (!A || e.ctrlKey || e.metaKey || e.altKey) return;
@@ -482,15 +490,14 @@ function onKey(e) {
   if (!what) return;
   e.preventDefault();
   e.stopPropagation();
-  const now = performance.now();
-  window.__viewer.key = { what: what, t: e.timeStamp || now };
+  window.__viewer.key = { what: what, t: eventTime(e) };
   if (DECISIONS.includes(what)) { sendAction({ action: "decide", decision: what }); say("recording " + what.replace("_", " ") + " ..."); return; }
   if (what === "next_item" || what === "previous_item" || what === "undo") { sendAction({ action: what }); say(what.replace("_", " ") + " ..."); return; }
   if (what.startsWith("preset_")) { const wl = A.presets[what.slice(7)]; if (wl) { S.ww = wl[0]; S.wl = wl[1]; drawAll(); } return; }
   if (!V) return;
   if (what === "next_slice" || what === "previous_slice") {
     moveSlice(S.active, what === "next_slice" ? 1 : -1);
-    const pressed = e.timeStamp; // the key event's time, same clock as performance.now()
+    const pressed = eventTime(e);
     requestAnimationFrame(() => window.__viewer.slices.push(performance.now() - pressed)); // drawn on screen
     return;
   }
