@@ -81,6 +81,10 @@ KEYS: dict[str, str] = {
     "fill_hole": "f",
     "smaller_brush": "[",
     "larger_brush": "]",
+    "preset_abdomen": "1",
+    "preset_liver": "2",
+    "preset_bone": "3",
+    "preset_lung": "4",
 }
 #: What each key means, in the page's list.
 KEY_HELP: dict[str, str] = {
@@ -103,6 +107,10 @@ KEY_HELP: dict[str, str] = {
     "fill_hole": "tool: fill the clicked hole",
     "smaller_brush": "brush 1 mm smaller",
     "larger_brush": "brush 1 mm larger",
+    "preset_abdomen": "window abdomen W400/L40",
+    "preset_liver": "window liver W150/L30",
+    "preset_bone": "window bone W1800/L400",
+    "preset_lung": "window lung W1500/L-600",
 }
 #: The edit actions the component sends (``apply_edit``).
 EDITS = ("brush", "eraser", "keep_component", "remove_component", "fill_hole")

@@ -34,6 +34,7 @@ from workbench.app_pages import common, mpr_viewer
 from workbench.review import escape, validate_reviewer
 from workbench.review.validation import scan_affine
 
+PAGE_STARTED = time.time()
 ws = common.workspace()
 assert ws is not None
 root = str(ws.root)
@@ -618,3 +619,5 @@ with st.expander("Edit in 3D Slicer or ITK-SNAP"):
                     f"imported correction of {class_name} on {scan_id}",
                     f"Imported as {escape(corr.label_set_id)}.",
                 )
+
+common.record_timing("review_page", PAGE_STARTED)

@@ -110,7 +110,9 @@ def test_clicked_edits_and_bad_actions() -> None:
     mask[6:9, 6:9, 2:4] = True
     display = dv.mask(mask)
     inside = [int(v) for v in np.argwhere(display)[0]]
-    removed = multiplanar.apply_edit(dv, mask, {"action": "remove_component", "view": "axial", "voxel": inside})
+    removed = multiplanar.apply_edit(
+        dv, mask, {"action": "remove_component", "view": "axial", "voxel": inside}
+    )
     kept = multiplanar.apply_edit(dv, mask, {"action": "keep_component", "view": "axial", "voxel": inside})
     assert removed.sum() + kept.sum() == mask.sum() and (removed & kept).sum() == 0
     for bad, match in [
@@ -158,7 +160,9 @@ class _Reads:
 
 
 def _source(mask_key: str = "ls-1", run_id: str | None = "run-1") -> multiplanar.ItemSource:
-    return multiplanar.ItemSource("/ws", "btcv:1", "/data/ct.nii.gz", mask_key, ("liver", "spleen"), "liver", run_id)
+    return multiplanar.ItemSource(
+        "/ws", "btcv:1", "/data/ct.nii.gz", mask_key, ("liver", "spleen"), "liver", run_id
+    )
 
 
 def test_a_payload_is_built_once_and_holds_what_the_browser_reads(tmp_path: Path) -> None:
@@ -178,9 +182,11 @@ def test_a_payload_is_built_once_and_holds_what_the_browser_reads(tmp_path: Path
     assert args["urls"]["ct"] == "../data/" + p.ct and args["classes"][0]["name"] == "spleen"
     # a revised label set is another payload, but the same CT file
     q = store.prepare(_source("ls-2"), reads.ct, reads.mask, reads.entropy)
-    assert q.ct == p.ct and q.item != p.item and multiplanar.prefetch_item(store, _source("ls-2"), "")["urls"][
-        "item"
-    ] == q.item
+    assert (
+        q.ct == p.ct
+        and q.item != p.item
+        and multiplanar.prefetch_item(store, _source("ls-2"), "")["urls"]["item"] == q.item
+    )
 
 
 def test_a_damaged_mask_is_one_line_and_the_rest_still_shows(tmp_path: Path) -> None:
@@ -210,3 +216,14 @@ def test_the_preload_builds_in_the_background_and_the_folder_stays_bounded(tmp_p
     assert set(filter(None, [b.ct, b.labels, b.item, b.heat, b.mip])) <= files
     assert a.item not in files  # evicted: the bound holds the newest item only
     assert store.size() <= ct_bytes + 100 or len(files) == 5
+
+
+def test_every_key_is_one_key_and_explained() -> None:
+    keys = list(multiplanar.KEYS.values())
+    assert len(set(keys)) == len(keys)  # one action per key
+    assert set(multiplanar.KEY_HELP) == set(multiplanar.KEYS)
+    for action in ("accept", "reject", "needs_correction", "skip", "next_item", "previous_item", "undo"):
+        assert action in multiplanar.KEYS
+    assert {k.removeprefix("preset_") for k in multiplanar.KEYS if k.startswith("preset_")} == set(
+        app_data.WL_PRESETS
+    )

@@ -175,7 +175,7 @@ async function load(item) {
   title.textContent = item.title;
   buildLayers();
   drawAll();
-  const drawn = { id: item.id, t: performance.now(), painted: null };
+  const drawn = { id: item.id, t: performance.now(), wall: Date.now(), painted: null };
   window.__viewer.drawn = drawn;
   requestAnimationFrame(() => { drawn.painted = performance.now(); }); // the frame that shows it
   say(A.message || "");
@@ -457,7 +457,7 @@ for (const view of VIEWS) {
     if (drag && drag.kind === "stroke" && stroke) {
       const id = sendAction({ action: stroke.erase ? "eraser" : "brush", view: stroke.view, points: stroke.points, radius_mm: S.radius, depth: S.depth });
       pendingEdit = { id: id, changes: stroke.changes };
-      window.__viewer.stroke = { id: id, t: performance.now() };
+      window.__viewer.stroke = { id: id, t: performance.now(), wall: Date.now() };
       say("saving the stroke ...");
       stroke = null;
       for (const v of VIEWS) drawPlane(v);
@@ -490,7 +490,7 @@ function onKey(e) {
   if (!what) return;
   e.preventDefault();
   e.stopPropagation();
-  window.__viewer.key = { what: what, t: eventTime(e) };
+  window.__viewer.key = { what: what, t: eventTime(e), wall: Date.now() };
   if (DECISIONS.includes(what)) { sendAction({ action: "decide", decision: what }); say("recording " + what.replace("_", " ") + " ..."); return; }
   if (what === "next_item" || what === "previous_item" || what === "undo") { sendAction({ action: what }); say(what.replace("_", " ") + " ..."); return; }
   if (what.startsWith("preset_")) { const wl = A.presets[what.slice(7)]; if (wl) { S.ww = wl[0]; S.wl = wl[1]; drawAll(); } return; }
