@@ -32,7 +32,7 @@ from workbench import app_data, review
 from workbench.app_data import multiplanar
 from workbench.app_pages import common, mpr_viewer
 from workbench.review import escape, validate_reviewer
-from workbench.review.validation import scan_affine
+from workbench.review.validation import label_set_row, scan_affine
 
 PAGE_STARTED = time.time()
 ws = common.workspace()
@@ -60,10 +60,89 @@ def remember(review_id: str, what: str, message: str) -> None:
     st.rerun()
 
 
+def note(review_id: str, what: str, message: str) -> None:
+    """Keep the session's last action (for undo) and the message shown on top of this render."""
+    st.session_state["last_action"] = {"id": review_id, "what": what}
+    st.session_state["flash"] = message
+
+
+def handle(action: dict[str, Any]) -> None:
+    """Carry out one action the viewer sent, before the page is drawn, so this very run shows its result
+    (the next item after a decision, the revised label set after an edit) without a second run. The
+    action names the item it was made on (``target``: what was on screen), and that item gets it."""
+    assert ws is not None
+    received = time.time()
+    common.record_timing("action_received", received)
+    st.session_state["v_done"] = action.get("id")
+    kind = str(action.get("action"))
+    if kind in ("next_item", "previous_item"):
+        if st.session_state.pop("v_editing", None) is None:
+            st.session_state["q_item_step"] = 1 if kind == "next_item" else -1
+        return
+    if kind == "undo":
+        last = st.session_state.get("last_action")
+        if not last:
+            st.session_state["v_message"] = "Nothing to undo in this session."
+            return
+        name = common.reviewer(ws)
+        if name:
+            with common.guarded():
+                review.undo(ws, last["id"], name)
+                st.session_state.pop("last_action")
+                st.session_state["flash"] = f"Undone: {escape(last['what'])}"
+        return
+    name = common.reviewer(ws)
+    if not name:
+        return
+    target = action.get("target") or {}
+    t_scan, t_class, t_set = (str(target.get(k, "")) for k in ("scan_id", "class_name", "label_set_id"))
+    if kind == "decide":
+        decision = str(action.get("decision"))
+        with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
+            rid = review.record_decision(ws, t_scan, t_class, t_set, decision, name, comment_text())
+            st.session_state.pop("v_editing", None)
+            note(
+                rid,
+                f"{decision} of {t_class} on {t_scan}",
+                f"Recorded {decision} of {escape(t_class)} on {escape(t_scan)} by {escape(name)} ({rid}).",
+            )
+        return
+    if kind not in multiplanar.EDITS:
+        return
+    with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
+        scan = review.scan_row(ws, t_scan)
+        base_row = label_set_row(ws, t_set, t_scan)
+        geometry = multiplanar.display_geometry(tuple(int(v) for v in scan["shape"]), scan_affine(scan))
+        base = (
+            ws.masks.read(str(base_row["mask_key"]), t_class)
+            if t_class in app_data.present_classes(ws, t_set)
+            else np.zeros(geometry.file_shape, bool)
+        )
+        fixed = multiplanar.apply_edit(geometry, base, action)
+        corr = review.correct(
+            ws, t_scan, t_class, fixed, name, comment_text() or kind.replace("_", " "), t_set
+        )
+        common.record_timing("edit_saved", received)
+        st.session_state["v_editing"] = (t_scan, t_class)
+        note(
+            corr.review_id,
+            f"correction of {t_class} on {t_scan}",
+            f"Saved {escape(corr.label_set_id)} ({escape(kind.replace('_', ' '))}).",
+        )
+
+
+def comment_text() -> str:
+    """The comment box's text (its value is in the session)."""
+    return str(st.session_state.get("v_comment") or "")
+
+
 # Fixed slots, so the viewer component keeps its place in the page (and its iframe, with the volumes it
 # holds) whatever appears above it from one rerun to the next.
 top_slot, queue_slot, notes_slot, viewer_slot = st.container(), st.container(), st.container(), st.container()
 top_slot.__enter__()
+viewer_action = st.session_state.get("mpr")
+if isinstance(viewer_action, dict) and viewer_action.get("id") not in (None, st.session_state.get("v_done")):
+    handle(viewer_action)
 flash = st.session_state.pop("flash", None)
 if flash:
     st.success(flash)
@@ -84,15 +163,12 @@ top_slot.__exit__(None, None, None)
 queue_slot.__enter__()
 
 # ------------------------------------------------------------------------------------------ the queue
-pending_pick = st.session_state.pop("q_item_pending", None)  # next / previous item from the viewer's keys
-if pending_pick is not None:
-    st.session_state["q_item"] = pending_pick
 with ws.catalog.session():
     n_items = ws.catalog.queue_size()
     sources = ws.catalog.source_ids()
     reasons = review.queue_reasons(ws) if n_items else []
 item = None
-queue_pick, queue_len, next_row = 0, 0, None
+next_row = None
 if n_items == 0:
     st.info(
         "The review queue is empty: no pseudo-labels with uncertainty yet. Run a pseudo-labelling job "
@@ -141,11 +217,13 @@ else:
         else:
             labels = [f"{r.score:.3f} · {r.scan_id} · {r.class_name}" for r in q.itertuples()]
             held = st.session_state.get("q_item")  # an index, or (Streamlit's choice) the option's label
-            if isinstance(held, int) and held >= len(q):  # the queue got shorter: its last item
-                st.session_state["q_item"] = len(q) - 1
+            step = int(st.session_state.pop("q_item_step", 0))  # next / previous item from the viewer's keys
+            if step and not isinstance(held, int):
+                held = next((i for i, label in enumerate(labels) if label == held), 0)
+            if isinstance(held, int) and (step or held >= len(q)):  # moved, or the queue got shorter
+                st.session_state["q_item"] = min(max(held + step, 0), len(q) - 1)
             pick = st.selectbox("Item", range(len(q)), format_func=labels.__getitem__, key="q_item")
             item = q.iloc[int(pick or 0)].to_dict()
-            queue_pick, queue_len = int(pick or 0), len(q)
             next_row = q.iloc[int(pick or 0) + 1].to_dict() if int(pick or 0) + 1 < len(q) else None
             if item["note"]:
                 st.info(escape(item["note"]))
@@ -288,75 +366,6 @@ queue_slot.__exit__(None, None, None)
 
 
 # ------------------------------------------------------------------------------------------ the viewer
-def handle(action: dict[str, Any], geometry: app_data.DisplayVolume) -> None:
-    """Carry out one action the viewer sent (once: its id is remembered), then rerun."""
-    assert ws is not None
-    received = time.time()
-    common.record_timing("action_received", received)
-    st.session_state["v_done"] = action.get("id")
-    kind = str(action.get("action"))
-    target = action.get("target") or {}
-    if kind in ("next_item", "previous_item"):
-        st.session_state.pop("v_editing", None)
-        step = 1 if kind == "next_item" else -1
-        if not editing:
-            st.session_state["q_item_pending"] = min(max(queue_pick + step, 0), max(queue_len - 1, 0))
-        st.rerun()
-    if kind == "undo":
-        if last:
-            name = common.reviewer(ws)
-            if name:
-                with common.guarded():
-                    review.undo(ws, last["id"], name)
-                    st.session_state.pop("last_action")
-                    st.session_state["flash"] = f"Undone: {escape(last['what'])}"
-                    st.rerun()
-        else:
-            st.session_state["v_message"] = "Nothing to undo in this session."
-        return
-    name = common.reviewer(ws)
-    if not name:
-        return
-    t_scan, t_class, t_set = (str(target.get(k, "")) for k in ("scan_id", "class_name", "label_set_id"))
-    if (t_scan, t_class, t_set) != (scan_id, class_name, shown):  # the page moved on: do nothing
-        st.session_state["v_message"] = "The item changed before the action arrived; nothing was recorded."
-        return
-    if kind == "decide":
-        decision = str(action.get("decision"))
-        with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
-            rid = review.record_decision(ws, t_scan, t_class, t_set, decision, name, comment_text())
-            st.session_state.pop("v_editing", None)
-            remember(
-                rid,
-                f"{decision} of {t_class} on {t_scan}",
-                f"Recorded {decision} of {escape(t_class)} on {escape(t_scan)} by {escape(name)} ({rid}).",
-            )
-        return
-    if kind in multiplanar.EDITS:
-        with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
-            base = (
-                ws.masks.read(mask_keys[shown], class_name)
-                if class_name in present
-                else np.zeros(geometry.file_shape, bool)
-            )
-            fixed = multiplanar.apply_edit(geometry, base, action)
-            corr = review.correct(
-                ws, scan_id, class_name, fixed, name, comment_text() or kind.replace("_", " "), shown
-            )
-            common.record_timing("edit_saved", received)
-            st.session_state["v_editing"] = (scan_id, class_name)
-            remember(
-                corr.review_id,
-                f"correction of {class_name} on {scan_id}",
-                f"Saved {escape(corr.label_set_id)} ({escape(kind.replace('_', ' '))}).",
-            )
-
-
-def comment_text() -> str:
-    """The comment box's text (the box comes below the viewer; its value is in the session)."""
-    return str(st.session_state.get("v_comment") or "")
-
-
 def viewer_args(payload: multiplanar.Payload, next_payload: dict[str, Any] | None) -> dict[str, Any]:
     """The component's arguments for the shown item (JSON only)."""
     title_line = f"{scan_id} · {class_name} · {set_label[shown]}"
@@ -398,20 +407,17 @@ elif run_id is not None:
     spacing_note = ws.catalog.run_config(run_id).get("spacing_note")
     if spacing_note:  # e.g. a release model run coarser than it was trained
         st.caption(f"Model run {escape(run_id)}: {escape(spacing_note)}")
-geometry = multiplanar.display_geometry(tuple(int(v) for v in scan["shape"]), scan_affine(scan))
 next_args = None
 if next_source is not None:
     next_args = mpr_viewer.preload(ws, next_source)
 notes_slot.__exit__(None, None, None)
 viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
-action = mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
+mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
 common.record_timing("mpr", started)
 st.caption(
     "Keys (click the viewer or anywhere outside a text field first): "
     + " · ".join(f"**{escape(k)}** {escape(multiplanar.KEY_HELP[a])}" for a, k in multiplanar.KEYS.items())
 )
-if isinstance(action, dict) and action.get("id") and action.get("id") != st.session_state.get("v_done"):
-    handle(action, geometry)
 classic = st.toggle("Classic slice view (fallback)", key="v_classic")
 viewer_slot.__exit__(None, None, None)
 if classic:

@@ -164,7 +164,7 @@ async function load(item) {
   const sameCase = V && V.viewKey === item.view_key;
   V = {
     id: item.id, viewKey: item.view_key, shape: item.shape, spacing: item.spacing,
-    ct: new Int16Array(ct), lab: new Uint8Array(lab), item: new Uint8Array(msk).slice(),
+    ct: new Int16Array(ct), lab: new Uint8Array(lab), item: new Uint8Array(msk), itemOwned: false,
     heat: heat ? new Uint8Array(heat) : null, mip: planes, classes: item.classes, itemClass: item.item_class,
   };
   pendingEdit = null;
@@ -380,6 +380,7 @@ function pixelOf(view, ev) {
   return [row, col];
 }
 function discPaint(view, vox, erase, changes) {
+  if (!V.itemOwned) { V.item = V.item.slice(); V.itemOwned = true; } // the fetched buffer stays as fetched
   const [nx, ny] = V.shape, sp = V.spacing, ax = AXIS[view];
   const [a, b] = [0, 1, 2].filter((k) => k !== ax);
   const ra = Math.floor(S.radius / sp[a]), rb = Math.floor(S.radius / sp[b]);
