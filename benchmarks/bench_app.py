@@ -195,7 +195,11 @@ def _server_times(log: Path) -> tuple[float, float]:
     """(when the server got the newest action, when the Review page's next run after it ended), epoch s."""
     lines = [x.split() for x in log.read_text().splitlines()]
     received = [float(x[2]) for x in lines if x[0] == "action_received"][-1]
-    ends = [float(x[2]) + float(x[1]) for x in lines if x[0] == "review_page" and float(x[2]) >= received]
+    ends = [
+        float(x[2]) + float(x[1])
+        for x in lines
+        if x[0] == "review_page" and float(x[2]) + float(x[1]) >= received
+    ]
     return received, (ends[0] if ends else float("nan"))
 
 

@@ -362,9 +362,8 @@ def brush(
     for p in pts:
         _inside(m.shape, p.tolist())
     centres = stroke_centres(pts, radius_mm, spacing)
-    voxels = np.unique(
-        (centres[:, None, :] + disc_offsets(radius_mm, spacing, axis)[None]).reshape(-1, 3), axis=0
-    )
+    # repeats are harmless in the assignment below (no sort of the stroke's voxels needed)
+    voxels = (centres[:, None, :] + disc_offsets(radius_mm, spacing, axis)[None]).reshape(-1, 3)
     keep = np.all((voxels >= 0) & (voxels < np.asarray(m.shape)), axis=1)
     voxels = voxels[keep]
     for s in _slab(m.shape, axis, int(pts[0, axis]), depth):
