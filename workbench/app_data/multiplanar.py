@@ -149,7 +149,7 @@ class Payload:
         shape: (x, y, z) display shape.
         spacing: (x, y, z) mm.
         classes: the classes of ``labels``, in label-value order (value k = ``classes[k - 1]``).
-        problems: one line per mask file that could not be read (left out of the overlays).
+        problems: ``(file, problem)`` per mask file that could not be read (left out of the overlays).
         start: the (x, y, z) display voxel the crosshair opens on (:func:`start_voxel`).
     """
 
@@ -161,7 +161,7 @@ class Payload:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     classes: tuple[str, ...]
-    problems: tuple[str, ...]
+    problems: tuple[tuple[str, str], ...]
     start: tuple[int, int, int]
 
 
@@ -416,14 +416,14 @@ class PayloadStore:
         ct, base = self.names_for(source)
         if not self._has(ct):
             self._write(ct, encode_ct(dv))
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         others: dict[str, np.ndarray] = {}
         item = np.zeros(dv.array.shape, bool)
         for name in source.present:
             try:
                 m = dv.mask(read_mask(source, name))
             except HarmonizeError as e:
-                line = f"{e.path}: {e.problem}"
+                line = (str(e.path), str(e.problem))
                 if line not in problems:
                     problems.append(line)
                 continue

@@ -395,8 +395,11 @@ except (HarmonizeError, OSError) as e:  # the CT is unreadable: one line, the ot
     where, problem = (e.path, e.problem) if isinstance(e, HarmonizeError) else (scan["image_path"], e)
     st.error(f"{escape(where)}: {escape(problem)}. {common.WAY_BACK}")
     st.stop()
-for line in payload.problems:
-    st.error(f"{escape(line)}. {common.WAY_BACK}")
+shown_problems = {
+    f"{escape(path)}: {escape(problem)}. {common.WAY_BACK}" for path, problem in payload.problems
+}
+for line in sorted(shown_problems):
+    st.error(line)
 if no_map is not None:
     st.caption(escape(no_map))
 elif run_id is not None:
@@ -459,7 +462,8 @@ def viewer() -> None:
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="v_opacity")
     masks, damaged = common.display_masks(root, scan_id, scan["image_path"], mask_keys[shown], overlay_names)
     for line in damaged:
-        st.error(line)
+        if line not in shown_problems:  # the viewer above named it already: one line per damaged file
+            st.error(line)
     entropy = None
     if no_map is None and run_id is not None:
         with common.guarded():
@@ -505,7 +509,8 @@ def viewer() -> None:
         else ({}, [])
     )
     for line in damaged_other:
-        st.error(line)
+        if line not in shown_problems:
+            st.error(line)
     if other:
         compare = app_data.annotate_edges(
             app_data.slice_image(dv, view, index, width, level, other, opacity, heat, heat_opacity),

@@ -193,7 +193,7 @@ def test_a_damaged_mask_is_one_line_and_the_rest_still_shows(tmp_path: Path) -> 
     store = multiplanar.PayloadStore(folder=tmp_path)
     reads = _Reads(damaged="spleen")
     p = store.prepare(_source(run_id=None), reads.ct, reads.mask, reads.entropy)
-    assert p.problems == ("masks/x.npz: truncated file",) and p.classes == () and p.heat is None
+    assert p.problems == (("masks/x.npz", "truncated file"),) and p.classes == () and p.heat is None
 
 
 def test_the_preload_builds_in_the_background_and_the_folder_stays_bounded(tmp_path: Path) -> None:
