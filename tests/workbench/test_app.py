@@ -47,6 +47,7 @@ def _app(page: str | None = None, reviewer: str | None = "Dr Ada") -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     if reviewer is not None:
         at.session_state["reviewer"] = reviewer
+    at.session_state["v_classic"] = True  # the Review page's classic slice view, which AppTest can inspect
     at.run()
     if page is not None:
         at.switch_page(f"app_pages/{page}.py").run()

@@ -1,5 +1,10 @@
-"""Review page: the ranked queue with filters, the case viewer (with the run's uncertainty map), decisions,
-quick fixes, undo, and the 3D Slicer / ITK-SNAP round trip. The queue is the reviewer's blind queue (one row
+"""Review page: the ranked queue with filters, the multiplanar viewer (axial / coronal / sagittal at full
+resolution, crosshair, window/level, overlays, the run's uncertainty map, a 3D view) with corrections in the
+browser (brush and eraser in mm, keep / remove a clicked component, fill a hole, over a slice range) and
+keyboard-driven decisions, undo, the classic slice view as a fallback, and the 3D Slicer / ITK-SNAP round
+trip. The viewer is a Streamlit component (``workbench/app_data/viewer_component/``); its data and the
+preload of the next item are :mod:`workbench.app_data.multiplanar`; every edit it sends is saved through
+``review.correct`` as a revised label set. The queue is the reviewer's blind queue (one row
 per scan x class; a double-read item the reviewer already read is left out, another reader's decision is
 not shown, not even in the history); an item back after a decision says why (the Dice against the decided
 label), and the status ``adjudication`` lists the double-read items whose readers disagree, with both
@@ -16,6 +21,7 @@ around the few quick reads of each step, never around an image read or a mask de
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -23,9 +29,12 @@ import streamlit as st
 from harmonize.errors import HarmonizeError
 from harmonize.taxonomy import class_names
 from workbench import app_data, review
-from workbench.app_pages import common
+from workbench.app_data import multiplanar
+from workbench.app_pages import common, mpr_viewer
 from workbench.review import escape, validate_reviewer
+from workbench.review.validation import label_set_row, scan_affine
 
+PAGE_STARTED = time.time()
 ws = common.workspace()
 assert ws is not None
 root = str(ws.root)
@@ -51,6 +60,89 @@ def remember(review_id: str, what: str, message: str) -> None:
     st.rerun()
 
 
+def note(review_id: str, what: str, message: str) -> None:
+    """Keep the session's last action (for undo) and the message shown on top of this render."""
+    st.session_state["last_action"] = {"id": review_id, "what": what}
+    st.session_state["flash"] = message
+
+
+def handle(action: dict[str, Any]) -> None:
+    """Carry out one action the viewer sent, before the page is drawn, so this very run shows its result
+    (the next item after a decision, the revised label set after an edit) without a second run. The
+    action names the item it was made on (``target``: what was on screen), and that item gets it."""
+    assert ws is not None
+    received = time.time()
+    common.record_timing("action_received", received)
+    st.session_state["v_done"] = action.get("id")
+    kind = str(action.get("action"))
+    if kind in ("next_item", "previous_item"):
+        if st.session_state.pop("v_editing", None) is None:
+            st.session_state["q_item_step"] = 1 if kind == "next_item" else -1
+        return
+    if kind == "undo":
+        last = st.session_state.get("last_action")
+        if not last:
+            st.session_state["v_message"] = "Nothing to undo in this session."
+            return
+        name = common.reviewer(ws)
+        if name:
+            with common.guarded():
+                review.undo(ws, last["id"], name)
+                st.session_state.pop("last_action")
+                st.session_state["flash"] = f"Undone: {escape(last['what'])}"
+        return
+    name = common.reviewer(ws)
+    if not name:
+        return
+    target = action.get("target") or {}
+    t_scan, t_class, t_set = (str(target.get(k, "")) for k in ("scan_id", "class_name", "label_set_id"))
+    if kind == "decide":
+        decision = str(action.get("decision"))
+        with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
+            rid = review.record_decision(ws, t_scan, t_class, t_set, decision, name, comment_text())
+            st.session_state.pop("v_editing", None)
+            note(
+                rid,
+                f"{decision} of {t_class} on {t_scan}",
+                f"Recorded {decision} of {escape(t_class)} on {escape(t_scan)} by {escape(name)} ({rid}).",
+            )
+        return
+    if kind not in multiplanar.EDITS:
+        return
+    with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
+        scan = review.scan_row(ws, t_scan)
+        base_row = label_set_row(ws, t_set, t_scan)
+        geometry = multiplanar.display_geometry(tuple(int(v) for v in scan["shape"]), scan_affine(scan))
+        base = (
+            ws.masks.read(str(base_row["mask_key"]), t_class)
+            if t_class in app_data.present_classes(ws, t_set)
+            else np.zeros(geometry.file_shape, bool)
+        )
+        fixed = multiplanar.apply_edit(geometry, base, action)
+        corr = review.correct(
+            ws, t_scan, t_class, fixed, name, comment_text() or kind.replace("_", " "), t_set
+        )
+        common.record_timing("edit_saved", received)
+        st.session_state["v_editing"] = (t_scan, t_class)
+        note(
+            corr.review_id,
+            f"correction of {t_class} on {t_scan}",
+            f"Saved {escape(corr.label_set_id)} ({escape(kind.replace('_', ' '))}).",
+        )
+
+
+def comment_text() -> str:
+    """The comment box's text (its value is in the session)."""
+    return str(st.session_state.get("v_comment") or "")
+
+
+# Fixed slots, so the viewer component keeps its place in the page (and its iframe, with the volumes it
+# holds) whatever appears above it from one rerun to the next.
+top_slot, queue_slot, notes_slot, viewer_slot = st.container(), st.container(), st.container(), st.container()
+top_slot.__enter__()
+viewer_action = st.session_state.get("mpr")
+if isinstance(viewer_action, dict) and viewer_action.get("id") not in (None, st.session_state.get("v_done")):
+    handle(viewer_action)
 flash = st.session_state.pop("flash", None)
 if flash:
     st.success(flash)
@@ -67,12 +159,16 @@ if last:
                 st.session_state["flash"] = f"Undone: {escape(last['what'])}"
                 st.rerun()
 
+top_slot.__exit__(None, None, None)
+queue_slot.__enter__()
+
 # ------------------------------------------------------------------------------------------ the queue
 with ws.catalog.session():
     n_items = ws.catalog.queue_size()
     sources = ws.catalog.source_ids()
     reasons = review.queue_reasons(ws) if n_items else []
 item = None
+next_row = None
 if n_items == 0:
     st.info(
         "The review queue is empty: no pseudo-labels with uncertainty yet. Run a pseudo-labelling job "
@@ -120,8 +216,15 @@ else:
             st.success("Nothing matches these filters: the queue is done for them.")
         else:
             labels = [f"{r.score:.3f} · {r.scan_id} · {r.class_name}" for r in q.itertuples()]
+            held = st.session_state.get("q_item")  # an index, or (Streamlit's choice) the option's label
+            step = int(st.session_state.pop("q_item_step", 0))  # next / previous item from the viewer's keys
+            if step and not isinstance(held, int):
+                held = next((i for i, label in enumerate(labels) if label == held), 0)
+            if isinstance(held, int) and (step or held >= len(q)):  # moved, or the queue got shorter
+                st.session_state["q_item"] = min(max(held + step, 0), len(q) - 1)
             pick = st.selectbox("Item", range(len(q)), format_func=labels.__getitem__, key="q_item")
             item = q.iloc[int(pick or 0)].to_dict()
+            next_row = q.iloc[int(pick or 0) + 1].to_dict() if int(pick or 0) + 1 < len(q) else None
             if item["note"]:
                 st.info(escape(item["note"]))
             if bool(item["double_read"]):
@@ -136,6 +239,29 @@ else:
                 else:
                     st.caption(f"Adjudicate: {escape(detail[0])}; your decision is the verdict.")
 
+
+def next_item_source(row: dict[str, Any]) -> multiplanar.ItemSource | None:
+    """What the preload needs of the queue's next item (quick catalog reads), or None when it is gone."""
+    assert ws is not None
+    try:
+        next_scan = review.scan_row(ws, str(row["scan_id"]))
+        next_sets = app_data.label_sets_of(ws, str(row["scan_id"])).set_index("id")
+    except HarmonizeError:
+        return None
+    ls = str(row["label_set_id"])
+    if ls not in next_sets.index:
+        return None
+    return multiplanar.ItemSource(
+        root,
+        str(row["scan_id"]),
+        str(next_scan["image_path"]),
+        str(next_sets.loc[ls, "mask_key"]),
+        tuple(app_data.present_classes(ws, ls)),
+        str(row["class_name"]),
+        str(row["run_id"]) if isinstance(row["run_id"], str) and row["run_id"] else None,
+    )
+
+
 # ------------------------------------------------------------------------------------- case selection
 # A case opened elsewhere (a Long tail outlier) arrives as browse_scan / browse_class. With items in the
 # queue it overrides the queue item until "Back to the queue"; with an empty queue it presets the pickers.
@@ -143,7 +269,20 @@ focus_scan = st.session_state.get("browse_scan")
 focus_class = st.session_state.get("browse_class")
 if focus_class not in class_names():
     focus_class = class_names()[0]
-if n_items and focus_scan:
+editing = st.session_state.get("v_editing")  # (scan, class) corrected in the viewer: stays on screen
+if editing and not focus_scan:
+    o1, o2 = st.columns([3, 1])
+    o1.info(
+        f"Correcting {escape(editing[1])} of {escape(editing[0])}: each edit is saved as a revised label "
+        f"set (key {multiplanar.KEYS['undo']} undoes the last one). Key {multiplanar.KEYS['next_item']}: "
+        "back to the queue."
+    )
+    if o2.button("Back to the queue", key="back_from_editing"):
+        st.session_state.pop("v_editing", None)
+        st.rerun()
+    item = None
+    scan_id, class_name = str(editing[0]), str(editing[1])
+elif n_items and focus_scan:
     o1, o2 = st.columns([3, 1])
     o1.info(
         f"Viewing outlier {escape(focus_scan)} · {escape(focus_class)} (opened from the Long tail), "
@@ -218,18 +357,79 @@ with ws.catalog.session():
         if current and current != shown and class_name in app_data.present_classes(ws, current)
         else None
     )
+    next_source = next_item_source(next_row) if item is not None and next_row is not None else None
 no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
 if item is not None and bool(item["double_read"]) and item["reading_state"] == "reading":
     # blind: while the item waits for its readings, the history shows only this reviewer's own decisions
     history = history[history["reviewer"] == blind_reader()]
+queue_slot.__exit__(None, None, None)
+
+
+# ------------------------------------------------------------------------------------------ the viewer
+def viewer_args(payload: multiplanar.Payload, next_payload: dict[str, Any] | None) -> dict[str, Any]:
+    """The component's arguments for the shown item (JSON only)."""
+    title_line = f"{scan_id} · {class_name} · {set_label[shown]}"
+    item_args = multiplanar.component_item(payload, mpr_viewer.base_url(), class_name, title_line)
+    item_args["view_key"] = f"{scan_id}\x00{class_name}"
+    return {
+        "item": item_args,
+        "prefetch": [next_payload] if next_payload else [],
+        "presets": {k: list(v) for k, v in app_data.WL_PRESETS.items()},
+        "keys": multiplanar.KEYS,
+        "heat_stops": [[x, list(c)] for x, c in app_data.HEAT_STOPS],
+        "heat_floor": app_data.ENTROPY_FLOOR,
+        "target": {"scan_id": scan_id, "class_name": class_name, "label_set_id": shown},
+        "done": st.session_state.get("v_done"),
+        "message": st.session_state.pop("v_message", ""),
+    }
+
+
+source = multiplanar.ItemSource(
+    root, scan_id, str(scan["image_path"]), str(mask_keys[shown]), tuple(present), class_name, run_id
+)
+notes_slot.__enter__()
+started = time.time()
 try:
-    dv = common.display_volume(root, scan_id, scan["image_path"])
+    payload = mpr_viewer.prepare(ws, source)
 except (HarmonizeError, OSError) as e:  # the CT is unreadable: one line, the other scans still open
     where, problem = (e.path, e.problem) if isinstance(e, HarmonizeError) else (scan["image_path"], e)
     st.error(f"{escape(where)}: {escape(problem)}. {common.WAY_BACK}")
     st.stop()
-
-# ------------------------------------------------------------------------------------------ the viewer
+shown_problems = {
+    f"{escape(path)}: {escape(problem)}. {common.WAY_BACK}" for path, problem in payload.problems
+}
+for line in sorted(shown_problems):
+    st.error(line)
+if no_map is not None:
+    st.caption(escape(no_map))
+elif run_id is not None:
+    st.caption(
+        f"Uncertainty map of run {escape(run_id)} (key {multiplanar.KEYS['toggle_heat']}). "
+        f"{escape(app_data.HEAT_LEGEND)}"
+    )
+    spacing_note = ws.catalog.run_config(run_id).get("spacing_note")
+    if spacing_note:  # e.g. a release model run coarser than it was trained
+        st.caption(f"Model run {escape(run_id)}: {escape(spacing_note)}")
+next_args = None
+if next_source is not None:
+    next_args = mpr_viewer.preload(ws, next_source)
+notes_slot.__exit__(None, None, None)
+viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
+mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
+common.record_timing("mpr", started)
+st.caption(
+    "Keys (click the viewer or anywhere outside a text field first): "
+    + " · ".join(f"**{escape(k)}** {escape(multiplanar.KEY_HELP[a])}" for a, k in multiplanar.KEYS.items())
+)
+classic = st.toggle("Classic slice view (fallback)", key="v_classic")
+viewer_slot.__exit__(None, None, None)
+if classic:
+    try:
+        dv = common.display_volume(root, scan_id, scan["image_path"])
+    except (HarmonizeError, OSError) as e:  # the CT is unreadable: one line, the other scans still open
+        where, problem = (e.path, e.problem) if isinstance(e, HarmonizeError) else (scan["image_path"], e)
+        st.error(f"{escape(where)}: {escape(problem)}. {common.WAY_BACK}")
+        st.stop()
 
 
 def class_region() -> np.ndarray | None:
@@ -262,7 +462,8 @@ def viewer() -> None:
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="v_opacity")
     masks, damaged = common.display_masks(root, scan_id, scan["image_path"], mask_keys[shown], overlay_names)
     for line in damaged:
-        st.error(line)
+        if line not in shown_problems:  # the viewer above named it already: one line per damaged file
+            st.error(line)
     entropy = None
     if no_map is None and run_id is not None:
         with common.guarded():
@@ -308,7 +509,8 @@ def viewer() -> None:
         else ({}, [])
     )
     for line in damaged_other:
-        st.error(line)
+        if line not in shown_problems:
+            st.error(line)
     if other:
         compare = app_data.annotate_edges(
             app_data.slice_image(dv, view, index, width, level, other, opacity, heat, heat_opacity),
@@ -327,9 +529,8 @@ def viewer() -> None:
     common.record_timing("viewer", started)
 
 
-viewer()
-view = st.session_state.get("v_view", "axial")
-index = int(st.session_state.get(f"v_slice_{scan_id}_{view}", 0))
+if classic:
+    viewer()
 
 # ---------------------------------------------------------------------------------------- decisions
 st.subheader(f"Decision on {escape(class_name)} of {escape(scan_id)}")
@@ -376,30 +577,10 @@ if q1.button("Keep the largest component", key="fix_largest"):
                 f"correction of {class_name} on {scan_id}",
                 f"Saved {escape(corr.label_set_id)}.",
             )
-with q2:
-    st.caption(
-        "Remove the component under one voxel of this slice (row and column counted in voxels, "
-        "from the top left, before display scaling)"
-    )
-    r_col, c_col = st.columns(2)
-    row = r_col.number_input("row", 0, 4096, 0, key="fix_row")
-    col_ = c_col.number_input("column", 0, 4096, 0, key="fix_col")
-    if st.button("Remove that component", key="fix_remove"):
-        name = common.reviewer(ws)
-        if name and class_name in present:
-            with common.guarded():
-                xyz = app_data.plane_to_display(dv, view, index, int(row), int(col_))
-                fixed = review.remove_component(
-                    ws.masks.read(mask_keys[shown], class_name), dv.to_file_index(xyz)
-                )
-                corr = review.correct(
-                    ws, scan_id, class_name, fixed, name, comment or "remove component", shown
-                )
-                remember(
-                    corr.review_id,
-                    f"correction of {class_name} on {scan_id}",
-                    f"Saved {escape(corr.label_set_id)}.",
-                )
+q2.caption(
+    "Remove or keep a component, brush, erase and fill holes in the viewer above: pick the tool (or its "
+    "key), then click or drag on a plane; each edit is saved as a revised label set."
+)
 
 st.subheader("History")
 if history.empty:
@@ -449,3 +630,5 @@ with st.expander("Edit in 3D Slicer or ITK-SNAP"):
                     f"imported correction of {class_name} on {scan_id}",
                     f"Imported as {escape(corr.label_set_id)}.",
                 )
+
+common.record_timing("review_page", PAGE_STARTED)

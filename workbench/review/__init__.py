@@ -9,8 +9,9 @@ Modules:
 * :mod:`workbench.review.validation`: reviewer, comment, class and upload-name checks, ``escape``, and the
   scan / label set lookups that refuse unknown ids.
 * :mod:`workbench.review.decisions`: ``record_decision``, ``reviews``, ``current_label_set``, ``undo``.
-* :mod:`workbench.review.corrections`: ``correct``, the quick fixes ``keep_largest`` /
-  ``remove_component``, and the import of an edited NIfTI (file or upload).
+* :mod:`workbench.review.corrections`: ``correct``, the edits ``keep_largest`` /
+  ``remove_component`` / ``keep_component`` / ``brush`` / ``fill_hole``, and the import of an edited
+  NIfTI (file or upload).
 * :mod:`workbench.review.ranking`: the app's filtered ``queue`` (one row per scan x class, blind per
   reader), the CLI's ``rank`` and ``format_queue``, ``item_label_set``.
 * :mod:`workbench.review.requeue`: the queue never re-serves a decision: a later item of a decided scan x
@@ -29,9 +30,12 @@ Example:
 
 from workbench.review.corrections import (
     Correction,
+    brush,
     correct,
+    fill_hole,
     import_correction,
     import_correction_upload,
+    keep_component,
     keep_largest,
     label_values_to_mask,
     remove_component,
@@ -82,16 +86,19 @@ __all__ = [
     "adjudication_list",
     "agreement",
     "agreement_line",
+    "brush",
     "check_requeue",
     "correct",
     "current_label_set",
     "escape",
     "export_case_for_slicer",
+    "fill_hole",
     "format_queue",
     "import_correction",
     "import_correction_upload",
     "item_label_set",
     "itksnap_label_description",
+    "keep_component",
     "keep_largest",
     "label_values_to_mask",
     "queue",

@@ -8,13 +8,14 @@ coverage, statistics), so it is a complete version. Classes of a ``pseudo`` base
 unreviewed guesses above the original labels (training priority is revised > original > pseudo, per
 class).
 
-The corrected mask comes from the app's quick fixes (:func:`keep_largest`, :func:`remove_component`, on
-``harmonize.geometry``'s 26-connected components), from any caller of :func:`correct`, or from an edited
-NIfTI file (:func:`import_correction`; :func:`import_correction_upload` for the app's uploads), e.g. the
-label map of :func:`workbench.review.slicer.export_case_for_slicer` edited in 3D Slicer or ITK-SNAP. A
-label map gives a class with its nested classes (a tumour painted over its kidney is kidney too:
-:func:`workbench.review.nesting.decode_class`), so an export imported back unchanged is bit-identical, and
-such an import writes nothing (:attr:`Correction.changed` is False).
+The corrected mask comes from the app's edits (:func:`keep_largest`, :func:`remove_component`,
+:func:`keep_component` on ``harmonize.geometry``'s 26-connected components; :func:`brush` and eraser
+with a radius in mm, :func:`fill_hole`, both over a range of slices), from any caller of :func:`correct`,
+or from an edited NIfTI file (:func:`import_correction`; :func:`import_correction_upload` for the app's
+uploads), e.g. the label map of :func:`workbench.review.slicer.export_case_for_slicer` edited in 3D
+Slicer or ITK-SNAP. A label map gives a class with its nested classes (a tumour painted over its kidney
+is kidney too: :func:`workbench.review.nesting.decode_class`), so an export imported back unchanged is
+bit-identical, and such an import writes nothing (:attr:`Correction.changed` is False).
 
 Example:
     >>> corr = correct(ws, "btcv:demo000", "liver", fixed, "Dr Ada", "trimmed")  # doctest: +SKIP
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import json
 import shutil
 import uuid
@@ -37,6 +39,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from harmonize.errors import HarmonizeError
 from harmonize.geometry import GRID_TOLERANCE_MM, grid_difference_mm, label_components, largest_component
@@ -239,6 +242,179 @@ def keep_largest(mask: np.ndarray) -> np.ndarray:
         components the first in scan order is kept).
     """
     return largest_component(mask)[0]
+
+
+def keep_component(mask: np.ndarray, voxel: Sequence[int]) -> np.ndarray:
+    """A copy of ``mask`` with only the 26-connected component that contains ``voxel``.
+
+    Args:
+        mask: (i, j, k) bool mask.
+        voxel: (i, j, k) index of a voxel of the component to keep.
+
+    Returns:
+        The (i, j, k) bool mask of that component alone.
+
+    Raises:
+        ValueError: ``voxel`` lies outside the volume or is not in the mask.
+    """
+    m = np.asarray(mask, dtype=bool)
+    v = _inside(m.shape, voxel)
+    if not m[v]:
+        raise ValueError(f"voxel {v} is not in the mask: pick a voxel of the component to keep")
+    labels, _ = label_components(m)
+    return np.asarray(labels == labels[v])
+
+
+def _inside(shape: Sequence[int], voxel: Sequence[int]) -> tuple[int, ...]:
+    """``voxel`` as a tuple of ints; ValueError when it lies outside ``shape``."""
+    v = tuple(int(x) for x in voxel)
+    if len(v) != len(shape) or any(x < 0 or x >= s for x, s in zip(v, shape)):
+        raise ValueError(f"voxel {v} lies outside the volume of shape {tuple(shape)}")
+    return v
+
+
+def _slab(shape: Sequence[int], axis: int, centre: int, depth: int) -> range:
+    """The slices ``centre - depth .. centre + depth`` along ``axis`` that exist in ``shape``."""
+    if depth < 0:
+        raise ValueError(f"slice depth {depth} is negative")
+    return range(max(centre - depth, 0), min(centre + depth, int(shape[axis]) - 1) + 1)
+
+
+def disc_offsets(radius_mm: float, spacing: Sequence[float], axis: int) -> np.ndarray:
+    """The in-plane voxel offsets of a disc of ``radius_mm`` in the plane normal to ``axis``.
+
+    Args:
+        radius_mm: the disc's radius in mm (> 0); a radius under half a voxel is the centre voxel alone.
+        spacing: (i, j, k) voxel size in mm.
+        axis: the axis normal to the plane (0, 1 or 2).
+
+    Returns:
+        (n, 3) int offsets, 0 along ``axis``: every voxel whose centre lies within ``radius_mm`` of the
+        disc's centre (distances in mm, so a disc on 0.8 x 5 mm voxels is round on the patient).
+    """
+    if not radius_mm > 0:
+        raise ValueError(f"brush radius {radius_mm} mm is not positive")
+    a, b = (x for x in range(3) if x != axis)
+    ra, rb = int(radius_mm // spacing[a]), int(radius_mm // spacing[b])
+    da, db = np.meshgrid(np.arange(-ra, ra + 1), np.arange(-rb, rb + 1), indexing="ij")
+    inside = (da * spacing[a]) ** 2 + (db * spacing[b]) ** 2 <= radius_mm**2
+    out = np.zeros((int(inside.sum()), 3), np.int64)
+    out[:, a], out[:, b] = da[inside], db[inside]
+    return out
+
+
+def stroke_centres(points: np.ndarray, radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """The voxel centres of a brush stroke: ``points`` and, between consecutive ones, enough points that
+    no two centres are further apart than half the radius (so a fast stroke leaves no gaps).
+
+    Args:
+        points: (n, 3) voxel indices (i, j, k) along the stroke, n >= 1.
+        radius_mm: the brush radius in mm.
+        spacing: (i, j, k) voxel size in mm.
+
+    Returns:
+        (m, 3) int voxel indices, m >= n, in stroke order, repeats removed.
+    """
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(p) == 0:
+        raise ValueError("a brush stroke needs at least one point")
+    step = max(radius_mm / 2.0, 1e-6)
+    parts = [p[:1]]
+    for a, b in itertools.pairwise(p):
+        n = max(1, int(np.ceil(np.linalg.norm((b - a) * np.asarray(spacing)) / step)))
+        parts.append(a + (b - a) * (np.arange(1, n + 1)[:, None] / n))
+    centres = np.rint(np.concatenate(parts)).astype(np.int64)
+    _, first = np.unique(centres, axis=0, return_index=True)
+    return centres[np.sort(first)]
+
+
+def brush(
+    mask: np.ndarray,
+    points: np.ndarray,
+    radius_mm: float,
+    spacing: Sequence[float],
+    axis: int,
+    *,
+    erase: bool = False,
+    depth: int = 0,
+) -> np.ndarray:
+    """Paint (or erase) a brush stroke: discs of ``radius_mm`` in the plane normal to ``axis`` along the
+    stroke, on the stroke's slice and ``depth`` slices either side (a 3D-aware edit over a slice range).
+
+    Args:
+        mask: (i, j, k) bool mask.
+        points: (n, 3) voxel indices of the stroke; all on one slice along ``axis`` (the first point's).
+        radius_mm: brush radius in mm (:func:`disc_offsets`).
+        spacing: (i, j, k) voxel size in mm.
+        axis: the axis normal to the painted plane.
+        erase: remove voxels instead of adding them.
+        depth: slices either side of the stroke's slice that get the same stroke (0: that slice only).
+
+    Returns:
+        A new (i, j, k) bool mask (``mask`` is not changed); voxels of the disc outside the volume are
+        left out.
+
+    Raises:
+        ValueError: a point outside the volume, no point, a radius <= 0 or a negative depth.
+    """
+    m = np.array(mask, dtype=bool)
+    pts = np.asarray(points, np.int64).reshape(-1, 3)
+    for p in pts:
+        _inside(m.shape, p.tolist())
+    centres = stroke_centres(pts, radius_mm, spacing)
+    # repeats are harmless in the assignment below (no sort of the stroke's voxels needed)
+    voxels = (centres[:, None, :] + disc_offsets(radius_mm, spacing, axis)[None]).reshape(-1, 3)
+    keep = np.all((voxels >= 0) & (voxels < np.asarray(m.shape)), axis=1)
+    voxels = voxels[keep]
+    for s in _slab(m.shape, axis, int(pts[0, axis]), depth):
+        voxels[:, axis] = s
+        m[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = not erase
+    return m
+
+
+def fill_hole(mask: np.ndarray, voxel: Sequence[int], axis: int, *, depth: int = 0) -> np.ndarray:
+    """Fill the hole that ``voxel`` lies in: on the slice normal to ``axis`` through ``voxel``, the
+    4-connected background region containing it, when that region does not reach the slice's edge (then
+    it is enclosed by the mask: a hole). With ``depth``, the same is done at the voxel's in-plane position
+    on ``depth`` slices either side, on each slice where that position lies in a hole of its own.
+
+    Args:
+        mask: (i, j, k) bool mask.
+        voxel: (i, j, k) index of a background voxel inside the hole.
+        axis: the axis normal to the slice (0, 1 or 2).
+        depth: slices either side that get filled too (0: the clicked slice only).
+
+    Returns:
+        A new (i, j, k) bool mask.
+
+    Raises:
+        ValueError: ``voxel`` outside the volume or in the mask, or its region on the clicked slice
+            reaches the edge (not a hole).
+    """
+    m = np.array(mask, dtype=bool)
+    v = _inside(m.shape, voxel)
+    if m[v]:
+        raise ValueError(f"voxel {v} is in the mask: click inside the hole to fill")
+    for s in _slab(m.shape, axis, v[axis], depth):
+        at = list(v)
+        at[axis] = s
+        index: list[int | slice] = [slice(None)] * 3
+        index[axis] = s
+        plane = m[tuple(index)]
+        pos = tuple(x for a, x in enumerate(at) if a != axis)
+        if plane[pos]:
+            continue
+        regions, _ = ndimage.label(~plane)
+        region = regions == regions[pos]
+        touches = region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()
+        if touches:
+            if s == v[axis]:
+                raise ValueError(
+                    f"voxel {v} is not in a hole: its background region reaches the slice's edge"
+                )
+            continue
+        plane[region] = True
+    return m
 
 
 # ------------------------------------------------------------------------------- edited NIfTI files

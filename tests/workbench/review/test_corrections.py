@@ -307,3 +307,87 @@ def test_an_unchanged_import_writes_nothing_and_a_changed_one_a_revised_set(
     corr = review.import_correction(ws, SCAN, "liver", path, "Dr Ada")
     assert corr.changed and ws.catalog.counts()["label_set"] == n + 1
     assert int(ws.masks.read(corr.label_set_id, "liver").sum()) == int(liver.sum()) - 1
+
+
+# --------------------------------------------------------------------------------- edits in the browser
+
+
+def _disc_count(radius_mm: float, sa: float, sb: float) -> int:
+    """Voxels whose centre lies within ``radius_mm`` of the centre voxel's, counted by brute force."""
+    n = 0
+    for a in range(-50, 51):
+        for b in range(-50, 51):
+            n += (a * sa) ** 2 + (b * sb) ** 2 <= radius_mm**2
+    return n
+
+
+@pytest.mark.parametrize(
+    ("radius", "spacing", "axis"),
+    [(2.0, (1.0, 1.0, 1.0), 2), (3.0, (0.8, 0.8, 5.0), 2), (3.0, (0.8, 0.8, 5.0), 0), (0.3, (1, 1, 1), 1)],
+)
+def test_a_brush_dab_is_a_disc_in_mm(radius: float, spacing: tuple[float, ...], axis: int) -> None:
+    m = np.zeros((40, 40, 40), bool)
+    out = review.brush(m, [[20, 20, 20]], radius, spacing, axis)
+    sa, sb = (spacing[a] for a in range(3) if a != axis)
+    assert out.sum() == max(_disc_count(radius, sa, sb), 1)
+    assert np.unique(np.nonzero(out)[axis]).tolist() == [20]  # one slice: the stroke's
+    assert not m.any()  # the input is not changed
+
+
+def test_a_stroke_covers_the_line_between_its_points_and_the_range_of_slices() -> None:
+    m = np.zeros((30, 30, 9), bool)
+    out = review.brush(m, [[5, 10, 4], [25, 10, 4]], 1.0, (1.0, 1.0, 3.0), 2, depth=2)
+    # radius 1 mm on 1 mm voxels: the centre and its 4 neighbours along the whole line x 5..25, y = 10
+    plane = np.zeros((30, 30), bool)
+    plane[5:26, 9:12] = True
+    plane[4, 10] = plane[26, 10] = True
+    for k in range(9):
+        assert np.array_equal(out[:, :, k], plane if 2 <= k <= 6 else np.zeros_like(plane)), k
+
+
+def test_the_eraser_removes_and_clips_at_the_volume_edge() -> None:
+    m = np.ones((10, 10, 3), bool)
+    out = review.brush(m, [[0, 0, 1]], 2.0, (1.0, 1.0, 1.0), 2, erase=True)
+    # the quarter disc inside the volume: (a, b) >= 0 with a^2 + b^2 <= 4
+    assert (~out).sum() == sum(a * a + b * b <= 4 for a in range(3) for b in range(3))
+    assert out[:, :, 0].all() and out[:, :, 2].all()
+
+
+@pytest.mark.parametrize("bad", ["outside", "no point", "radius", "depth"])
+def test_bad_brush_strokes_are_refused(bad: str) -> None:
+    m = np.zeros((8, 8, 8), bool)
+    points, radius, depth = [[4, 4, 4]], 1.0, 0
+    if bad == "outside":
+        points = [[4, 4, 8]]
+    elif bad == "no point":
+        points = []
+    elif bad == "radius":
+        radius = 0.0
+    else:
+        depth = -1
+    with pytest.raises(ValueError):
+        review.brush(m, np.asarray(points).reshape(-1, 3), radius, (1, 1, 1), 2, depth=depth)
+
+
+def test_keep_component_keeps_only_the_clicked_one(blob: Callable[..., np.ndarray]) -> None:
+    shape = (40, 40, 40)
+    m = blob(shape, (8, 8, 8), 5) | blob(shape, (28, 28, 28), 7)
+    kept = review.keep_component(m, (9, 9, 9))
+    assert kept.sum() == 5**3 and kept[9, 9, 9] and not kept[30, 30, 30]
+    with pytest.raises(ValueError, match="not in the mask"):
+        review.keep_component(m, (0, 0, 0))
+
+
+def test_fill_hole_fills_the_enclosed_region_on_the_slices_asked() -> None:
+    m = np.zeros((12, 12, 5), bool)
+    m[2:10, 2:10, :] = True
+    m[4:7, 4:7, :] = False  # a 3 x 3 hole on every slice
+    m[0:12, 5, 4] = False  # slice 4: the hole opens to the edge, so it is no hole there
+    one = review.fill_hole(m, (5, 5, 2), 2)
+    assert (one ^ m).sum() == 9 and (one ^ m)[:, :, 2].sum() == 9
+    three = review.fill_hole(m, (5, 5, 2), 2, depth=2)
+    assert [(three ^ m)[:, :, k].sum() for k in range(5)] == [9, 9, 9, 9, 0]
+    with pytest.raises(ValueError, match="not in a hole"):
+        review.fill_hole(m, (5, 5, 4), 2)
+    with pytest.raises(ValueError, match="in the mask"):
+        review.fill_hole(m, (3, 3, 2), 2)
