@@ -24,6 +24,7 @@ from harmonize.errors import HarmonizeError
 from harmonize.taxonomy import class_names
 from workbench import app_data, review
 from workbench.app_pages import common
+from workbench.app_pages.learnt import unlearnt_notice  # learnt classes (#12)
 from workbench.review import escape, validate_reviewer
 
 ws = common.workspace()
@@ -84,6 +85,7 @@ else:
     f_sources = f2.multiselect("Source", sources, key="q_sources")
     f_reasons = f3.multiselect("Reason", reasons, key="q_reasons")
     f_status = f4.selectbox("Status", review.QUEUE_STATUSES, key="q_status")
+    include_unlearnt = unlearnt_notice(ws)  # learnt classes (#12): one line per class, and a checkbox
     with common.guarded():
         q = review.queue(
             ws,
@@ -93,6 +95,7 @@ else:
             status=f_status,
             reader=blind_reader(),
             limit=QUEUE_ROWS,
+            include_unlearnt=include_unlearnt,  # learnt classes (#12)
         )
         q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
         st.caption(f"{len(q)} items shown (highest score first, at most {QUEUE_ROWS}); {n_items} in total")
