@@ -12,7 +12,8 @@ Signals (keys of ``uncertainty.signals``, JSON; see :data:`SIGNAL_KEYS`):
 * plausibility against the catalog's statistics of ANNOTATED scans (:class:`ReferenceStats`):
   ``volume_z`` (z-score of log volume), ``components`` vs ``expected_components``, ``side_offset_mm``
   (centroid's distance from the body midline towards the class's own side; negative = wrong side),
-  ``outside_parent`` (fraction of a tumour outside its dilated organ), and for a class predicted absent,
+  ``outside_parent`` (fraction of a tumour outside its dilated organ; None while the organ is predicted
+  absent: then the organ is the item to fix), and for a class predicted absent,
   ``in_region`` + ``expected_presence`` (the scan covers where the class lies, judged from the other
   organs' positions, and how often annotated scans have it).
 * ``near_miss_ml`` / ``near_miss_p``: for a class predicted absent, the volume (mL) of the largest
@@ -436,7 +437,9 @@ def plausibility_signals(
     sig["parent"] = None
     sig["outside_parent"] = None
     if cls.parents:
-        parents = [everything[p] for p in cls.parents if p in everything]
+        # a parent predicted absent leaves the tumour nothing to lie outside of: that is the parent's
+        # error (its own ``missing`` signal), not the tumour's
+        parents = [everything[p] for p in cls.parents if p in everything and not everything[p].is_empty]
         sig["parent"] = " or ".join(cls.parents)
         if parents:
             sig["outside_parent"] = outside_parent_signal(mask, parents, ctx.spacing)

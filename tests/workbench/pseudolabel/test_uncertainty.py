@@ -227,6 +227,9 @@ def test_tumour_outside_its_organ_and_wrong_side_signals() -> None:
     masks = {"liver": liver, "liver_tumor": tumour, "kidney_left": kidney_left}
     sig = unc.plausibility_signals("liver_tumor", tumour, masks, ctx, {})
     assert sig["outside_parent"] == pytest.approx(1.0) and sig["parent"] == "liver"
+    no_liver = {**masks, "liver": CroppedMask.empty(shape)}  # the liver's miss is the liver's item
+    sig = unc.plausibility_signals("liver_tumor", tumour, no_liver, ctx, {})
+    assert sig["outside_parent"] is None and sig["parent"] == "liver"
     sig = unc.plausibility_signals("kidney_left", kidney_left, masks, ctx, {})
     assert sig["side_offset_mm"] == pytest.approx(-44.5) and sig["side"] == "left"
 
