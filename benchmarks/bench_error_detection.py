@@ -402,6 +402,14 @@ def main() -> None:
     for fault in (*FAULTS, "natural"):
         if fault in found:
             print(f"  {fault:<15} {found[fault][0]}/{found[fault][1]}")
+    print("\nclean items ranked within the top k (k = faulty items), every seed:")
+    for seed, (out, f) in enumerate(per_seed):
+        for n, i in enumerate(sorted(out["items"], key=lambda i: -i["score"])[: f["faulty"]], start=1):
+            if not i["faulty"]:
+                print(
+                    f"  seed {seed} rank {n:3d} {i['score']:.3f} Dice {i['dice']:.2f} {i['key'][0]}  "
+                    f"{i['reasons']}"
+                )
     items = per_seed[0][0]["items"]
     n_faulty = per_seed[0][1]["faulty"]
     ranked = sorted(items, key=lambda i: -i["score"])

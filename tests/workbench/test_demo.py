@@ -11,6 +11,7 @@ from storage.workspace import Workspace
 from workbench.demo import build_demo, held_out_line, run_demo_round
 from workbench.learning.rounds import rounds
 from workbench.learning.simulated_expert import REAL_ERROR_DICE
+from workbench.learning.split import held_out_split
 
 PRECISION = re.compile(r"^queue top-(\d+) precision ([0-9.]+): (\d+) of its (\d+) items")
 HELD_OUT = re.compile(r"^held-out mean Dice ([0-9.]+) before the round, ([0-9.]+) after \(([-+][0-9.]+)\)$")
@@ -19,9 +20,11 @@ REVIEW_DICE = re.compile(r"^simulated: Dice ([0-9.]+) vs truth")
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, list[str]]:
-    """A one-case-per-source demo with a tiny round (20 + 5 steps, 10 items reviewed): ~1 min on 2 cores."""
+    """A two-cases-per-source demo, one of each held out, with a tiny round (20 + 5 steps, 10 items
+    reviewed): ~1-2 min on 2 cores."""
     ws = Workspace.open(tmp_path_factory.mktemp("demo") / "ws")
-    build_demo(ws, cases_per_source=1, progress=False)
+    build_demo(ws, cases_per_source=2, progress=False)
+    held_out_split(ws, fraction=0.5)  # stored once: the rounds use it (the default 0.2 holds out none of 2)
     return ws, run_demo_round(ws, review_budget=10, steps=20, tune_steps=5, progress=False)
 
 
@@ -29,7 +32,9 @@ def test_the_summary_prints_the_queues_top_10_precision_as_the_reviews_measured_
     demo: tuple[Workspace, list[str]],
 ) -> None:
     ws, lines = demo
-    (line,) = [m for m in map(PRECISION.match, lines) if m]
+    matches = [m for m in map(PRECISION.match, lines) if m]
+    assert len(matches) == 1, lines
+    line = matches[0]
     k, precision, errors, n = int(line[1]), float(line[2]), int(line[3]), int(line[4])
     assert k == n == 10 and precision == pytest.approx(errors / n, abs=0.005)
     # the simulated expert reviewed the same queue top-down in the round: its first 10 review comments
@@ -44,7 +49,9 @@ def test_the_summary_prints_the_held_out_dice_before_and_after_the_round(
     demo: tuple[Workspace, list[str]],
 ) -> None:
     ws, lines = demo
-    (line,) = [m for m in map(HELD_OUT.match, lines) if m]
+    matches = [m for m in map(HELD_OUT.match, lines) if m]
+    assert len(matches) == 1, lines
+    line = matches[0]
     first, second = (r["metrics"]["mean_dice"] for r in rounds(ws).to_dict("records"))
     assert float(line[1]) == pytest.approx(first, abs=5e-4)
     assert float(line[2]) == pytest.approx(second, abs=5e-4)

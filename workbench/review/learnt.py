@@ -17,9 +17,9 @@ item, so the queue's speed at a million items does not change: the held-back run
 
 Example:
     >>> known = learnt_classes(ws)  # doctest: +SKIP
-    >>> rank(ws, held_back=known.held_back)  # doctest: +SKIP
+    >>> ws.catalog.review_queue(held_back=known.held_back)  # doctest: +SKIP
     >>> known.lines(ws.catalog.held_back_counts(known.held_back))  # doctest: +SKIP
-    ['celiac_trunk: the model never learnt this class (27 items held back)']
+    ['celiac_trunk: the model never learnt this class (27 items held back; --include-unlearnt shows them)']
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def item_label_set(ws: Workspace, scan_id: str, class_name: str) -> str:
     """
     scan_row(ws, scan_id)
     class_name = check_class(ws, class_name)
-    q = queue(ws, classes=[class_name], status="all")
+    q = queue(ws, classes=[class_name], status="all", include_unlearnt=True)  # held back or not
     q = q[(q["scan_id"] == scan_id) & q["newest"].astype(bool)]
     if not q.empty:
         return str(q["label_set_id"].iloc[0])
