@@ -31,7 +31,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1363,6 +1363,7 @@ class Catalog:
         reviewer: str | None = None,
         reader: str | None = None,
         limit: int | None = None,
+        held_back: Mapping[str, Sequence[str]] | None = None,
     ) -> pd.DataFrame:
         """The review queue as the app lists it: uncertainty items of catalog scans, highest score first
         (then scan, class, run), each with its ``verdict`` (the decision that counts on the SAME label set
@@ -1382,6 +1383,8 @@ class Catalog:
             reader: list this reviewer's blind queue: with ``pending``, also leave out items the reader
                 already read (a standing decision other than skip); readings of others never show.
             limit: at most this many rows.
+            held_back: run id -> classes whose items of that run are left out (the classes the run's model
+                never learnt, ``workbench.review.learnt``); None: none.
 
         Returns:
             Columns ``scan_id, source_id, case_id, class_name, run_id, label_set_id, origin, version, score,
@@ -1416,6 +1419,10 @@ class Catalog:
             where.append("decided_by = ?")
             params.append(reviewer)
         order = "ORDER BY score DESC, scan_id, class_name, run_id"
+        if held_back:
+            cond, cond_params = _held_back_condition(held_back)
+            where.append(f"NOT ({cond})")
+            params += cond_params
         sql = f"""
             SELECT * EXCLUDE (verdict, open, in_catalog) FROM q
             {self._where(where)}
@@ -1432,24 +1439,38 @@ class Catalog:
         df["reasons"] = df["reasons"].map(lambda r: [] if r is None else list(r))
         return df
 
-    def ranking_items(self, run_id: str | None = None, *, include_decided: bool = False) -> pd.DataFrame:
+    def ranking_items(
+        self,
+        run_id: str | None = None,
+        *,
+        include_decided: bool = False,
+        held_back: Mapping[str, Sequence[str]] | None = None,
+        reader: str | None = None,
+    ) -> pd.DataFrame:
         """The uncertainty items the CLI's ranking scores (``workbench.review.rank``).
 
         Args:
             run_id: only items of this pseudo-label run (None: every run).
             include_decided: every item; by default only open ones (:meth:`review_queue`'s ``pending``:
                 undecided, newest of its scan x class, not settled by an earlier decision).
+            held_back: run id -> classes left out (as :meth:`review_queue`).
+            reader: leave out the items this reviewer already read (a standing decision other than skip):
+                the reader's blind queue, as :meth:`review_queue`'s ``reader``.
 
         Returns:
             Columns ``scan_id, class_name, run_id, label_set_id, signals`` (JSON text), one row per
             ``uncertainty`` row, ordered by scan, class and run.
         """
-        sql = """
+        cond, cond_params = _held_back_condition(held_back or {})
+        sql = f"""
             SELECT scan_id, class_name, run_id, label_set_id, signals FROM q
-            WHERE (? IS NULL OR run_id = ?) AND (? OR open)
+            WHERE (? IS NULL OR run_id = ?) AND (? OR open) AND NOT ({cond})
+              AND (? IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM standing_review x WHERE x.label_set_id = q.label_set_id
+                  AND x.class_name = q.class_name AND x.reviewer = ? AND x.decision <> 'skip'))
             ORDER BY scan_id, class_name, run_id
         """
-        return self._queue(sql, [run_id, run_id, bool(include_decided)])
+        return self._queue(sql, [run_id, run_id, bool(include_decided), *cond_params, reader, reader])
 
     def queue_reasons(self) -> list[str]:
         """Every distinct reason in the ``uncertainty`` table, sorted (the queue's reason filter)."""
@@ -1681,20 +1702,25 @@ class Catalog:
             [limit],
         )
 
-    def queue_status_counts(self) -> dict[str, int]:
+    def queue_status_counts(self, held_back: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
         """How many queue items wait, by the rule of :meth:`review_queue`.
+
+        Args:
+            held_back: run id -> classes whose items are not counted (as :meth:`review_queue`).
 
         Returns:
             ``{"pending": open items, "needs_correction": items whose verdict is ``needs_correction``,
             "adjudication": double-read items whose readers disagree}``.
         """
+        cond, cond_params = _held_back_condition(held_back or {})
         row = self._queue(
-            """
+            f"""
             SELECT count(*) FILTER (WHERE open) AS pending,
                    count(*) FILTER (WHERE verdict = 'needs_correction') AS needs_correction,
                    count(*) FILTER (WHERE reading_state = 'disagreed') AS adjudication
-            FROM q
-            """
+            FROM q WHERE NOT ({cond})
+            """,
+            cond_params,
         ).iloc[0]
         return {k: int(row[k] or 0) for k in ("pending", "needs_correction", "adjudication")}
 
@@ -2508,6 +2534,57 @@ class Catalog:
             [class_name],
         )
 
+    # -- learnt classes (#12) -------------------------------------------------------------------------
+    def run_training_records(self) -> pd.DataFrame:
+        """What each model run knows of its model's training (``workbench.review.learnt`` resolves it once
+        per run, not per queue item).
+
+        Returns:
+            One row per ``pseudolabel`` or ``tool`` run: ``run_id, kind, checkpoint_sha256``,
+            ``config_trained_on`` (JSON text of the run config's ``trained_on``: recorded when the run
+            started; SQL NULL when the config has no such entry, JSON ``null`` when the model's record was
+            unknown), ``has_config_record`` (bool: the config has the entry), ``config_classes`` (JSON
+            text: the classes it predicted), ``queues_items`` (bool: the run wrote uncertainty rows, i.e.
+            queue items; False for an evaluation run), ``model_name`` and
+            ``model_trained_on`` (the registered model of the same sha256, NULL when none).
+        """
+        return self.query(
+            """
+            SELECT r.id AS run_id, r.kind, r.checkpoint_sha256,
+                   CAST(json_extract(r.config, '$.trained_on') AS VARCHAR) AS config_trained_on,
+                   coalesce(json_exists(r.config, '$.trained_on'), false) AS has_config_record,
+                   CAST(json_extract(r.config, '$.classes') AS VARCHAR) AS config_classes,
+                   coalesce(CAST(json_extract(r.config, '$.uncertainty') AS VARCHAR), 'true') <> 'false'
+                       AS queues_items,
+                   m.name AS model_name, m.trained_on AS model_trained_on
+            FROM run r LEFT JOIN model m ON m.sha256 = r.checkpoint_sha256
+            WHERE r.kind IN ('pseudolabel', 'tool')
+            ORDER BY r.started_at, r.id
+            """
+        )
+
+    def held_back_counts(
+        self, held_back: Mapping[str, Sequence[str]], *, include_decided: bool = False
+    ) -> dict[str, int]:
+        """How many queue items the ``held_back`` filter leaves out, per class.
+
+        Args:
+            held_back: run id -> classes (the classes each run's model never learnt).
+            include_decided: count every item; by default open ones (``review_queue``'s ``pending``).
+
+        Returns:
+            class -> items (classes without an item are absent).
+        """
+        if not held_back:
+            return {}
+        cond, params = _held_back_condition(held_back)
+        df = self._queue(
+            f"SELECT class_name, count(*) AS n FROM q WHERE in_catalog AND (? OR open) AND ({cond}) "
+            "GROUP BY class_name ORDER BY class_name",
+            [bool(include_decided), *params],
+        )
+        return {str(c): int(n) for c, n in zip(df["class_name"], df["n"])}
+
     # -- scale at a million scans, part 2 (#15) -------------------------------------------------------
     def _keep_long_tail(self, con: duckdb.DuckDBPyConnection) -> None:
         """A reviewer's write keeps the long tail current in its own transaction ``con`` (a correction, a
@@ -2763,6 +2840,17 @@ def _scope_sql(column: str, ids: Sequence[str] | None) -> tuple[str, list[str]]:
     if not ids:
         return "AND false", []
     return f"AND {column} IN ({', '.join(['?'] * len(ids))})", [str(i) for i in ids]
+
+
+def _held_back_condition(held_back: Mapping[str, Sequence[str]]) -> tuple[str, list[Any]]:
+    """SQL true for the queue items (relation ``q``) of ``held_back``'s run x classes, and its parameters
+    (``false`` when there are none)."""
+    parts, params = [], []
+    for run_id, classes in sorted(held_back.items()):
+        if classes:
+            parts.append("(run_id = ? AND class_name IN (SELECT unnest(?)))")
+            params += [run_id, sorted(classes)]
+    return (" OR ".join(parts) or "false"), params
 
 
 def _chunks(scan_ids: list[str]) -> Iterator[tuple[str, list[str]]]:

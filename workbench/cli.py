@@ -334,11 +334,23 @@ def _previous_model(ws: Workspace, ref: str | None) -> str | None:
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
-    from workbench.review import format_queue, rank
+    from workbench import review
 
     ws = Workspace.open(args.workspace)
-    df = rank(ws, args.run, long_tail_boost=args.long_tail_boost, limit=args.top)
-    for line in format_queue(df, args.top):
+    if args.reviewer:
+        review.validate_reviewer(ws, args.reviewer)
+    df = review.rank(
+        ws,
+        args.run,
+        long_tail_boost=args.long_tail_boost,
+        limit=args.top,
+        include_unlearnt=args.include_unlearnt,
+        reader=args.reviewer,
+    )
+    for line in [
+        *review.learnt_notice(ws, include_unlearnt=args.include_unlearnt),
+        *review.format_queue(df, args.top),
+    ]:
         print(line)
     return 0
 
@@ -375,7 +387,10 @@ def _cmd_review_list(args: argparse.Namespace) -> int:
         status=args.status,
         reader=args.reviewer,
         limit=args.top,
+        include_unlearnt=args.include_unlearnt,
     )
+    for line in review.learnt_notice(ws, include_unlearnt=args.include_unlearnt):
+        print(line, file=sys.stderr if args.format != "table" else sys.stdout)
     q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
     _print_table(q[REVIEW_LIST_COLUMNS], args.format)
     return 0
@@ -475,6 +490,9 @@ def _add_review_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", dest="reasons", action="append", help="only items with this reason")
     p.add_argument("--top", type=int, default=50, help="at most this many rows")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument(
+        "--include-unlearnt", action="store_true", help="also list items of classes the model never learnt"
+    )
     p.set_defaults(func=_cmd_review_list)
     for decision in ("accept", "reject"):
         p = rsub.add_parser(decision, help=f"{decision} the label of SCAN CLASS (its newest queue item)")
@@ -817,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a tiny model, pseudo-label, rank the queue and run one round with the simulated expert",
     )
     p.add_argument("--budget", type=int, default=20, help="items the simulated expert reviews in the round")
-    p.add_argument("--steps", type=int, default=400, help="training steps of the first model")
+    p.add_argument("--steps", type=int, default=450, help="training steps of the first model")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
@@ -895,6 +913,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20, help="items to print")
     p.add_argument("--run", help="only items of this pseudo-label run")
     p.add_argument("--long-tail-boost", type=float, default=0.5, help="boost for rare classes (0: none)")
+    p.add_argument("--reviewer", help="this reviewer's blind queue (items not yet read by them)")
+    p.add_argument(
+        "--include-unlearnt", action="store_true", help="also rank items of classes the model never learnt"
+    )
     p.set_defaults(func=_cmd_queue)
 
     _add_review_parser(sub)

@@ -583,6 +583,8 @@ def test_a_release_models_new_class_needs_its_clip_encoder(
     assert code == 2 and err.count("\n") == 1
     assert "paper: cannot embed the new class 'renal_vein': its text encoder (clip-vit-b32" in err
     assert Workspace.open(ws).catalog.added_classes().empty  # nothing registered
+
+
 # ------------------------------------------------------------ evaluate --external and report (#16)
 
 
@@ -623,3 +625,44 @@ def test_evaluate_keeps_its_run_usage_and_report_needs_a_model(tmp_path: Path) -
     assert code == 2 and "wrote no pseudo label set" in err  # a run id, as before
     code, _, err = _run("--workspace", ws, "report", "nope", str(tmp_path / "r.html"), "--against", "x")
     assert code == 2 and err.count("\n") == 1 and "no registered model of that name" in err
+
+
+# -- the queue knows what a model learnt (#12 item 5) -------------------------------------------------------
+def test_queue_and_review_list_hold_back_classes_the_model_never_learnt(demo_ws) -> None:  # type: ignore[no-untyped-def]
+    from storage.workspace import Workspace
+
+    _queued_colon(demo_ws.root)  # run-0's colon item
+    catalog = Workspace.open(demo_ws.root).catalog
+    record = {"liver": {"sources": ["btcv"], "scans": 2}}  # the model never saw a colon
+    catalog.start_run(
+        "run-0",
+        "pseudolabel",
+        checkpoint_sha256="f" * 64,
+        config={"classes": ["colon"], "trained_on": record},
+    )
+    ws = str(demo_ws.root)
+    line = "colon: the model never learnt this class (1 item held back; --include-unlearnt shows them)"
+    code, out, _ = _run("--workspace", ws, "queue")
+    assert code == 0 and out.splitlines() == [line, "the queue is empty (no undecided uncertainty items)"]
+    code, out, _ = _run("--workspace", ws, "queue", "--include-unlearnt")
+    assert (
+        code == 0 and out.splitlines()[0] == "colon: the model never learnt this class (1 item shown anyway)"
+    )
+    assert "btcv:demo000  colon" in out.splitlines()[1]
+    code, out, _ = _run("--workspace", ws, "review", "list")
+    assert code == 0 and out.splitlines()[0] == line and "colon" not in "".join(out.splitlines()[1:])
+    code, out, err = _run("--workspace", ws, "review", "list", "--include-unlearnt", "--format", "csv")
+    assert code == 0 and "btcv:demo000,colon" in out and "shown anyway" in err
+
+
+def test_queue_reviewer_is_that_reviewers_blind_queue(demo_ws) -> None:  # type: ignore[no-untyped-def]
+    ls = _queued_colon(demo_ws.root)
+    ws = str(demo_ws.root)
+    assert _run("--workspace", ws, "review", "share", "1")[0] == 0  # double-read: one reading leaves it open
+    assert (
+        _run("--workspace", ws, "review", "accept", "btcv:demo000", "colon", "--reviewer", "Dr Ada")[0] == 0
+    )
+    _, out, _ = _run("--workspace", ws, "queue", "--reviewer", "Dr Ada")
+    assert "colon" not in out and "the queue is empty" in out
+    _, out, _ = _run("--workspace", ws, "queue", "--reviewer", "Dr Bo")
+    assert "btcv:demo000  colon" in out, ls

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 
 from harmonize.taxonomy import class_names
 from storage.workspace import Workspace
+from workbench import review
 from workbench.review import double_reading, escape
 
 # --------------------------------------------------------------------------------------------- overview
@@ -33,7 +34,9 @@ def overview(ws: Workspace) -> dict[str, Any]:
         sources = ws.catalog.source_summary()
         origins = ws.catalog.label_sets_per_origin()
         runs = ws.catalog.recent_runs(20)
-        queue = ws.catalog.queue_status_counts()
+        known = review.learnt_classes(ws)
+        queue = ws.catalog.queue_status_counts(known.held_back)
+        held = sum(ws.catalog.held_back_counts(known.held_back).values())
         unlabeled = ws.catalog.unlabeled_scan_count()
         demo = ws.catalog.is_demo()
     issues = counts["ingest_issue"]
@@ -41,6 +44,11 @@ def overview(ws: Workspace) -> dict[str, Any]:
     pending, needs = queue["pending"], queue["needs_correction"]
     if pending:
         attention.append(f"{pending} pseudo-label items wait for review (Review page)")
+    if held:
+        attention.append(
+            f"{held} pseudo-label items of classes their model never learnt are held back (Review page: "
+            "show them)"
+        )
     if needs:
         attention.append(f"{needs} items are marked 'needs correction'")
     if queue["adjudication"]:

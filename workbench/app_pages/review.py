@@ -31,6 +31,7 @@ from harmonize.taxonomy import class_names
 from workbench import app_data, review
 from workbench.app_data import multiplanar
 from workbench.app_pages import common, mpr_viewer
+from workbench.app_pages.learnt import unlearnt_notice  # learnt classes (#12)
 from workbench.review import escape, validate_reviewer
 from workbench.review.validation import label_set_row, scan_affine
 
@@ -180,6 +181,7 @@ else:
     f_sources = f2.multiselect("Source", sources, key="q_sources")
     f_reasons = f3.multiselect("Reason", reasons, key="q_reasons")
     f_status = f4.selectbox("Status", review.QUEUE_STATUSES, key="q_status")
+    include_unlearnt = unlearnt_notice(ws)  # learnt classes (#12): one line per class, and a checkbox
     with common.guarded():
         q = review.queue(
             ws,
@@ -189,6 +191,7 @@ else:
             status=f_status,
             reader=blind_reader(),
             limit=QUEUE_ROWS,
+            include_unlearnt=include_unlearnt,  # learnt classes (#12)
         )
         q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
         st.caption(f"{len(q)} items shown (highest score first, at most {QUEUE_ROWS}); {n_items} in total")

@@ -168,13 +168,18 @@ def rounds(ws: Workspace) -> pd.DataFrame:
 
 
 def training_entries(
-    ws: Workspace, fraction: float = DEFAULT_FRACTION, seed: int = 0
+    ws: Workspace,
+    fraction: float = DEFAULT_FRACTION,
+    seed: int = 0,
+    origins: Sequence[str] = ("revised", "original", "pseudo"),
 ) -> tuple[list[TrainingEntry], set[str]]:
     """The round's training set (training scans only) and the held-out scan ids.
 
     Args:
         ws: the workspace.
         fraction / seed: the held-out split, if it is not chosen yet.
+        origins: the bases that may train (``assemble_training_set``'s ``origins``; leave out ``pseudo`` to
+            train on expert labels, corrections and accepted pseudo-labels only).
 
     Returns:
         ``(entries, held_out)``: entries as :func:`assemble_training_set` (sorted by scan id), none of them
@@ -184,7 +189,7 @@ def training_entries(
     train_ids = training_scan_ids(ws, fraction, seed)
     if not train_ids:  # assemble_training_set reads an empty filter as "every scan"
         return [], held
-    return assemble_training_set(ws, scan_ids=sorted(train_ids)), held
+    return assemble_training_set(ws, scan_ids=sorted(train_ids), origins=origins), held
 
 
 def training_inputs(entries: Sequence[TrainingEntry], held_out: set[str]) -> dict[str, Any]:
@@ -481,6 +486,7 @@ def run_round(
     low_res_mm: float | None = None,
     progress: bool = False,
     pipeline: PipelineConfig | None = None,
+    origins: Sequence[str] = ("revised", "original", "pseudo"),
 ) -> RoundResult:
     """Run one active-learning round (see the module docstring) and record it.
 
@@ -503,6 +509,7 @@ def run_round(
         progress: progress bars.
         pipeline: training spacing, patch and sampling (default: the previous model's spacing and
             patch, else ``config.pipeline``).
+        origins: the bases of the training set (:func:`training_entries`).
 
     Returns:
         The :class:`RoundResult` (also stored as a ``round`` row).
@@ -532,7 +539,7 @@ def run_round(
 
     # 2. training set from the training scans; 3. fine-tune
     t = time.perf_counter()
-    entries, _ = training_entries(ws, fraction, seed)
+    entries, _ = training_entries(ws, fraction, seed, origins)
     if not entries:
         raise ValueError(f"the catalog at {ws.root} has no training scan with a known class")
     inputs = training_inputs(entries, held)

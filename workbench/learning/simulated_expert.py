@@ -295,6 +295,98 @@ def noisy_boundary(mask: np.ndarray, voxels: int, rng: np.random.Generator) -> n
     return np.asarray(ndimage.binary_dilation(mask, iterations=voxels), dtype=bool)
 
 
+def judged_mask(
+    ws: Workspace, label_set_id: str, class_name: str, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """A label set's mask of one class, as a reviewer judges it.
+
+    Args:
+        ws: the workspace.
+        label_set_id / class_name: the item.
+        shape: the scan's grid (an annotated-absent class is all False of this shape).
+
+    Returns:
+        Boolean mask of ``shape``; None when the label set does not annotate the class.
+
+    Raises:
+        HarmonizeError: no such label set.
+    """
+    mask_key = ws.catalog.label_set_mask_key(label_set_id)
+    if mask_key is None:
+        raise HarmonizeError(ws.catalog.path, f"no label set {label_set_id!r} in the catalog")
+    state = ws.catalog.coverage(label_set_id).get(class_name, NOT_ANNOTATED)
+    if state == NOT_ANNOTATED:
+        return None
+    if state == ANNOTATED_PRESENT:
+        return np.asarray(ws.masks.read(mask_key, class_name), dtype=bool)
+    return np.zeros(shape, dtype=bool)
+
+
+#: A queue item is a REAL error of its pseudo-label when the label's Dice against the truth is below this
+#: (a missed structure or an extra one scores 0; ``docs/decisions.md``, learnt classes).
+REAL_ERROR_DICE = 0.8
+
+
+@dataclass(frozen=True)
+class QueuePrecision:
+    """How many of a ranked queue's first items are real errors of their pseudo-labels.
+
+    Args:
+        dice: Dice of each of the first k items' label against the truth, in rank order.
+        error_dice: an item is a real error below this Dice.
+    """
+
+    dice: tuple[float, ...]
+    error_dice: float = REAL_ERROR_DICE
+
+    @property
+    def errors(self) -> int:
+        """Items whose Dice is below ``error_dice``."""
+        return sum(d < self.error_dice for d in self.dice)
+
+    @property
+    def precision(self) -> float:
+        """``errors / k`` (NaN for an empty queue)."""
+        return self.errors / len(self.dice) if self.dice else float("nan")
+
+    def line(self) -> str:
+        """``queue top-10 precision 0.90: 9 of its 10 items are real errors (Dice vs truth < 0.8)``."""
+        k = len(self.dice)
+        return (
+            f"queue top-{k} precision {self.precision:.2f}: {self.errors} of its {k} items (classes the "
+            f"model learnt) are real errors of their pseudo-labels (Dice vs the phantom truth < "
+            f"{self.error_dice:g})"
+        )
+
+
+def queue_precision(
+    ws: Workspace,
+    truth: TruthProvider,
+    ranked: pd.DataFrame,
+    k: int = 10,
+    error_dice: float = REAL_ERROR_DICE,
+) -> QueuePrecision:
+    """The share of a ranked queue's top ``k`` items whose pseudo-label is a real error against the truth.
+
+    Args:
+        ws: the workspace.
+        truth: the truth provider (``PhantomTruth``): (scan, class) -> mask on the scan's grid.
+        ranked: the queue in rank order (``workbench.review.rank``: ``scan_id, class_name, label_set_id``).
+        k: items counted from the top.
+        error_dice: Dice below which an item is a real error.
+
+    Returns:
+        The :class:`QueuePrecision` of the first ``k`` rows (fewer when the queue is shorter).
+    """
+    scores = []
+    for r in ranked.head(k).to_dict("records"):
+        scan_id, name = str(r["scan_id"]), str(r["class_name"])
+        t = np.asarray(truth(scan_id, name), dtype=bool)
+        judged = judged_mask(ws, str(r["label_set_id"]), name, t.shape)
+        scores.append(dice(judged, t) if judged is not None else (0.0 if t.any() else 1.0))
+    return QueuePrecision(tuple(float(x) for x in scores), error_dice)
+
+
 @dataclass(frozen=True)
 class ReviewOutcome:
     """What the expert did with one item.
@@ -379,15 +471,7 @@ class SimulatedExpert:
 
     def _judged_mask(self, label_set_id: str, class_name: str, shape: tuple[int, ...]) -> np.ndarray | None:
         """The label set's mask of the class; None when the label set does not annotate it."""
-        mask_key = self.ws.catalog.label_set_mask_key(label_set_id)
-        if mask_key is None:
-            raise HarmonizeError(self.ws.catalog.path, f"no label set {label_set_id!r} in the catalog")
-        state = self.ws.catalog.coverage(label_set_id).get(class_name, NOT_ANNOTATED)
-        if state == NOT_ANNOTATED:
-            return None
-        if state == ANNOTATED_PRESENT:
-            return np.asarray(self.ws.masks.read(mask_key, class_name), dtype=bool)
-        return np.zeros(shape, dtype=bool)
+        return judged_mask(self.ws, label_set_id, class_name, shape)
 
     def review(self, scan_id: str, class_name: str, label_set_id: str) -> ReviewOutcome:
         """Accept or correct one item and charge its cost.

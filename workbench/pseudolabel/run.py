@@ -198,6 +198,7 @@ def start_run(
             "uncertainty": options.uncertainty,
             "sw_batch_size": options.sw_batch_size,
             "classes": list(seg.class_names),
+            "trained_on": seg.trained_on,  # what the queue holds back (workbench.review.learnt)
             "tta": {
                 "run": options.use_tta(seg),
                 "scale": TTA_SCALE,

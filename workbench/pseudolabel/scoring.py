@@ -33,6 +33,7 @@ WEIGHTS: dict[str, float] = {
     "overlap": 0.85,
     "volume": 0.85,
     "components": 0.75,
+    "near_miss": 0.75,
     "tta": 0.5,
     "entropy": 0.4,
 }
@@ -44,6 +45,9 @@ TTA_NOT_RUN = "no test-time augmentation was run (no TTA disagreement; `pseudola
 
 #: A reason is given for a signal whose severity reaches this.
 REASON_SEVERITY = 0.2
+#: A near miss (a region of a class predicted absent at probability 0.2-0.5) of this many mL or more
+#: counts fully.
+NEAR_MISS_ML = 0.5
 #: Run statistics of a class need this many items of the run.
 MIN_RUN_ITEMS = 5
 
@@ -88,6 +92,14 @@ def severities(signals: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
             sev,
             f"predicted absent although the scan covers where it lies (present in {presence:.0%} of "
             f"{signals.get('n_reference', 0)} annotated scans)",
+        )
+    near_ml, near_p = signals.get("near_miss_ml"), signals.get("near_miss_p")
+    if not signals.get("present", True) and near_ml and near_p is not None:
+        # a faint region the threshold dropped: surer the closer it came to 0.5 and the bigger it is
+        sev = _clip((near_p - 0.2) / 0.2) * _clip(near_ml / NEAR_MISS_ML)
+        out["near_miss"] = (
+            sev,
+            f"predicted absent, but the model saw {near_ml:.1f} mL at probability up to {near_p:.2f}",
         )
     outside = signals.get("outside_parent")
     if outside is not None and outside > 0.05:

@@ -37,6 +37,8 @@ class Segmenter:
         kind: 'workbench' (our checkpoint) or 'release' (an original Universal Model file).
         name: its registered name ('' when used as a bare file).
         settings: its inference defaults (``workbench.model.registry.RELEASE_SETTINGS`` for a release).
+        trained_on: class -> ``{"sources": [...], "scans": n or None}``, what it learnt from (None:
+            unknown, an old checkpoint); recorded in each run's config (``workbench.review.learnt``).
     """
 
     module: Any
@@ -51,6 +53,7 @@ class Segmenter:
     kind: str = "workbench"
     name: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    trained_on: dict[str, Any] | None = None
 
     @property
     def is_release(self) -> bool:
@@ -88,6 +91,7 @@ class Segmenter:
             kind=mf.kind,
             name=name,
             settings=dict(mf.settings),
+            trained_on=mf.trained_on,
         )
 
     @classmethod

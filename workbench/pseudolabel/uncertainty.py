@@ -7,13 +7,19 @@ Signals (keys of ``uncertainty.signals``, JSON; see :data:`SIGNAL_KEYS`):
 * ``tta_disagreement``: ``1 - Dice`` between the main prediction and a test-time augmentation (a coarser
   grid, other window tiling, an intensity shift; never a mirror: left and right are different classes).
 * ``overlap`` / ``overlap_with``: the largest fraction of the mask shared with a class it must not overlap
-  (a tumour may overlap its organ; two organs may not), annotated masks of the scan included.
+  (a tumour may overlap its organ; two organs may not), annotated masks of the scan included; an organ's
+  overlap with another organ's tumour counts for the tumour only (:func:`blames_other`).
 * plausibility against the catalog's statistics of ANNOTATED scans (:class:`ReferenceStats`):
   ``volume_z`` (z-score of log volume), ``components`` vs ``expected_components``, ``side_offset_mm``
   (centroid's distance from the body midline towards the class's own side; negative = wrong side),
-  ``outside_parent`` (fraction of a tumour outside its dilated organ), and for a class predicted absent,
+  ``outside_parent`` (fraction of a tumour outside its dilated organ; None while the organ is predicted
+  absent: then the organ is the item to fix), and for a class predicted absent,
   ``in_region`` + ``expected_presence`` (the scan covers where the class lies, judged from the other
   organs' positions, and how often annotated scans have it).
+* ``near_miss_ml`` / ``near_miss_p``: for a class predicted absent, the volume (mL) of the largest
+  26-connected region where the model's probability still reached :data:`NEAR_MISS_P` (below the 0.5
+  threshold), and the highest probability there: the structure a model saw faintly and then dropped (a
+  missed small tumour looks like this); None for a class predicted present or without probabilities.
 
 ``workbench.pseudolabel.scoring.assess`` turns them into the score and the reasons of the rows
 (:func:`uncertainty_rows`). The viewer's map (:func:`scan_signals`) is the voxel-wise maximum entropy
@@ -55,7 +61,11 @@ SIGNAL_KEYS = (
     "in_region",
     "expected_presence",
     "n_reference",
+    "near_miss_ml",
+    "near_miss_p",
 )
+#: The probability from which a region of a class predicted absent counts as a near miss.
+NEAR_MISS_P = 0.2
 #: Margin (mm) around a parent organ inside which a tumour still counts as inside (as post-processing).
 PARENT_MARGIN_MM = 5.0
 #: Reference statistics need this many annotated present scans of a class.
@@ -165,6 +175,31 @@ def entropy_signal(prob: np.ndarray, mask: np.ndarray) -> float:
     return float(binary_entropy(np.asarray(prob)[region]).mean())
 
 
+def near_miss(prob: np.ndarray, mask: np.ndarray, voxel_ml: float) -> tuple[float | None, float | None]:
+    """The largest sub-threshold region of a class predicted absent.
+
+    Args:
+        prob: (X, Y, Z) class probability on the inference grid.
+        mask: (X, Y, Z) bool final mask on the same grid.
+        voxel_ml: volume of one inference voxel in mL.
+
+    Returns:
+        ``(mL, peak probability)`` of the largest 26-connected region where ``prob`` >= :data:`NEAR_MISS_P`;
+        ``(0.0, max prob)`` when there is none; ``(None, None)`` when the mask is not empty (a class
+        predicted present has its entropy instead).
+    """
+    if mask.any():
+        return None, None
+    p = np.asarray(prob, dtype=np.float32)
+    region = p >= NEAR_MISS_P
+    if not region.any():
+        return 0.0, float(p.max()) if p.size else 0.0
+    labels, n = label_components(region)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    return float(sizes[biggest - 1] * voxel_ml), float(p[labels == biggest].max())
+
+
 def dice_disagreement(a: np.ndarray, b: np.ndarray) -> float:
     """``1 - Dice`` of two bool masks; 0.0 when both are empty."""
     total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
@@ -178,6 +213,14 @@ def may_overlap(a: str, b: str) -> bool:
     organ), or both lie inside a common organ (a liver tumour and a hepatic vessel)."""
     ca, cb = class_by_name(a), class_by_name(b)
     return a in cb.parents or b in ca.parents or bool(set(ca.parents) & set(cb.parents))
+
+
+def blames_other(name: str, other: str) -> bool:
+    """Whether an overlap of organ ``name`` with ``other`` is ``other``'s error alone: ``other`` lies
+    inside an organ (a tumour, a cyst, a vessel of its parent) and ``name`` lies inside none. A liver
+    tumour drawn into the spleen is the tumour's mistake (its ``outside_parent`` signal says so); the
+    spleen item stays clean."""
+    return bool(class_by_name(other).parents) and not class_by_name(name).parents
 
 
 def shared_voxels(a: CroppedMask, b: CroppedMask) -> int:
@@ -201,7 +244,7 @@ def overlap_signal(
         return 0.0, None
     best, with_ = 0.0, None
     for other, m in others.items():
-        if other == name or m.is_empty or may_overlap(name, other):
+        if other == name or m.is_empty or may_overlap(name, other) or blames_other(name, other):
             continue
         frac = shared_voxels(mask, m) / voxels
         if frac > best:
@@ -394,7 +437,9 @@ def plausibility_signals(
     sig["parent"] = None
     sig["outside_parent"] = None
     if cls.parents:
-        parents = [everything[p] for p in cls.parents if p in everything]
+        # a parent predicted absent leaves the tumour nothing to lie outside of: that is the parent's
+        # error (its own ``missing`` signal), not the tumour's
+        parents = [everything[p] for p in cls.parents if p in everything and not everything[p].is_empty]
         sig["parent"] = " or ".join(cls.parents)
         if parents:
             sig["outside_parent"] = outside_parent_signal(mask, parents, ctx.spacing)
@@ -452,6 +497,8 @@ def scan_signals(
             p = probs[channel[name]]
             low = mask_to_grid(mask, ctx.affine, prob_affine, p.shape)
             sig["entropy"] = round(entropy_signal(p, low), 4)
+            voxel_ml = abs(float(np.linalg.det(np.asarray(prob_affine)[:3, :3]))) / 1000.0
+            sig["near_miss_ml"], sig["near_miss_p"] = near_miss(p, low, voxel_ml)
             h = binary_entropy(p).astype(np.float16)
             emap = h if emap is None else np.maximum(emap, h)
             if tta_probs is not None:

@@ -14,6 +14,8 @@ Modules:
   NIfTI (file or upload).
 * :mod:`workbench.review.ranking`: the app's filtered ``queue`` (one row per scan x class, blind per
   reader), the CLI's ``rank`` and ``format_queue``, ``item_label_set``.
+* :mod:`workbench.review.learnt`: what each run's model learnt; the queue holds back the classes it never
+  saw an annotated example of (``learnt_classes``, ``learnt_notice``).
 * :mod:`workbench.review.requeue`: the queue never re-serves a decision: a later item of a decided scan x
   class comes back only when its Dice against the decided label is below the threshold.
 * :mod:`workbench.review.double_reading`: a share of items read by two blind reviewers, their agreement
@@ -57,7 +59,16 @@ from workbench.review.double_reading import (
     agreement_line,
     set_share,
 )
-from workbench.review.ranking import QUEUE_STATUSES, format_queue, item_label_set, queue, queue_reasons, rank
+from workbench.review.learnt import INCLUDE_FLAG, LearntClasses, learnt, learnt_classes
+from workbench.review.ranking import (
+    QUEUE_STATUSES,
+    format_queue,
+    item_label_set,
+    learnt_notice,
+    queue,
+    queue_reasons,
+    rank,
+)
 from workbench.review.requeue import DEFAULT_REQUEUE_DICE, check_requeue, requeue_note
 from workbench.review.slicer import export_case_for_slicer, itksnap_label_description, slicer_color_table
 from workbench.review.validation import (
@@ -77,11 +88,13 @@ __all__ = [
     "DEFAULT_AGREEMENT_DICE",
     "DEFAULT_REQUEUE_DICE",
     "DEFAULT_SHARE",
+    "INCLUDE_FLAG",
     "MAX_COMMENT_LEN",
     "MAX_REVIEWER_LEN",
     "QUEUE_STATUSES",
     "WORD_JOINER",
     "Correction",
+    "LearntClasses",
     "adjudicate",
     "adjudication_list",
     "agreement",
@@ -101,6 +114,9 @@ __all__ = [
     "keep_component",
     "keep_largest",
     "label_values_to_mask",
+    "learnt",
+    "learnt_classes",
+    "learnt_notice",
     "queue",
     "queue_reasons",
     "rank",

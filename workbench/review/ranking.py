@@ -10,6 +10,9 @@ scan, class and label set VERSION it judged, unless an undo reversed it (the cat
   run's own statistics and the catalog's long tail (``workbench.pseudolabel.scoring``), undecided items only
   unless asked; :func:`format_queue` prints it.
 
+Both hold back the items of classes the run's model never learnt (``workbench.review.learnt``) unless
+``include_unlearnt``; :func:`learnt_notice` says so once per class.
+
 Example:
     >>> for line in format_queue(rank(ws), top=3):  # doctest: +SKIP
     ...     print(line)
@@ -27,6 +30,7 @@ from storage.workspace import Workspace
 from workbench.pseudolabel.scoring import DEFAULT_LONG_TAIL_BOOST, score_items
 from workbench.review.decisions import DECISIONS
 from workbench.review.double_reading import upkeep
+from workbench.review.learnt import learnt_classes
 from workbench.review.validation import check_class, scan_row
 
 #: Queue status filter values: ``pending`` (open: undecided, the newest item of its scan x class, not
@@ -45,6 +49,7 @@ def queue(
     reviewer: str | None = None,
     reader: str | None = None,
     limit: int | None = None,
+    include_unlearnt: bool = False,
 ) -> pd.DataFrame:
     """The ranked review queue: uncertainty items (highest score first) with their scan and verdict.
 
@@ -62,6 +67,8 @@ def queue(
         reader: this reviewer's blind queue: with ``pending``, items the reader already read are left out;
             another reader's decision on a double-read item never shows before both have read.
         limit: at most this many rows.
+        include_unlearnt: also list items of classes the run's model never learnt (held back by default;
+            :func:`learnt_notice`).
 
     Returns:
         The columns of ``Catalog.review_queue``: the item (``scan_id, source_id, case_id, class_name,
@@ -85,7 +92,27 @@ def queue(
             reviewer=reviewer,
             reader=reader,
             limit=limit,
+            held_back=None if include_unlearnt else learnt_classes(ws).held_back,
         )
+
+
+def learnt_notice(
+    ws: Workspace, *, include_unlearnt: bool = False, include_decided: bool = False
+) -> list[str]:
+    """The queue's lines about what its models learnt (``workbench.review.learnt``).
+
+    Args:
+        ws: the workspace.
+        include_unlearnt: the held-back items are listed anyway (the lines say "shown anyway").
+        include_decided: count every item of a held-back class, not only open ones.
+
+    Returns:
+        ``"<class>: the model never learnt this class (N items held back; ...)"`` once per class with items,
+        and one line per model whose training record is unknown; empty when every model learnt its classes.
+    """
+    known = learnt_classes(ws)
+    counts = ws.catalog.held_back_counts(known.held_back, include_decided=include_decided)
+    return known.lines(counts, shown=include_unlearnt)
 
 
 def item_label_set(ws: Workspace, scan_id: str, class_name: str) -> str:
@@ -104,7 +131,7 @@ def item_label_set(ws: Workspace, scan_id: str, class_name: str) -> str:
     """
     scan_row(ws, scan_id)
     class_name = check_class(ws, class_name)
-    q = queue(ws, classes=[class_name], status="all")
+    q = queue(ws, classes=[class_name], status="all", include_unlearnt=True)  # held back or not
     q = q[(q["scan_id"] == scan_id) & q["newest"].astype(bool)]
     if not q.empty:
         return str(q["label_set_id"].iloc[0])
@@ -133,6 +160,8 @@ def rank(
     long_tail_boost: float = DEFAULT_LONG_TAIL_BOOST,
     limit: int | None = None,
     include_decided: bool = False,
+    include_unlearnt: bool = False,
+    reader: str | None = None,
 ) -> pd.DataFrame:
     """The review queue: uncertainty items scored from their stored signals, highest first.
 
@@ -143,6 +172,8 @@ def rank(
         limit: at most this many items.
         include_decided: every item, decided or not (for audits); by default only open items, as
             :func:`queue` lists them as ``pending`` (upkept first the same way).
+        include_unlearnt: also score items of classes the run's model never learnt (held back by default).
+        reader: this reviewer's blind queue: items the reader already read are left out.
 
     Returns:
         DataFrame with ``scan_id, class_name, run_id, label_set_id, score, reasons`` (list of str),
@@ -151,7 +182,10 @@ def rank(
     """
     with ws.catalog.session():
         upkeep(ws)
-        df = ws.catalog.ranking_items(run_id, include_decided=include_decided)
+        held_back = None if include_unlearnt else learnt_classes(ws).held_back
+        df = ws.catalog.ranking_items(
+            run_id, include_decided=include_decided, held_back=held_back, reader=reader
+        )
     rows = score_items(df.to_dict("records"), ws.catalog.annotated_counts(), long_tail_boost)
     for r in rows:
         reasons = r["reasons"]

@@ -35,7 +35,7 @@ from workbench.model.text import TextVocabulary
 from workbench.model.train import TrainConfig
 from workbench.model.transforms import PipelineConfig
 from workbench.pseudolabel import pseudolabel
-from workbench.review import rank
+from workbench.review import rank, set_share
 from workbench.training_set import TrainingEntry
 
 SPEC = {"shape": (40, 36, 24), "spacing": (4.0, 4.0, 5.0)}
@@ -80,6 +80,7 @@ def two_rounds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         names, names, "V1", "random-test", "none", np.random.default_rng(0).standard_normal((len(names), 512))
     )
     store_vocabulary(ws, vocab, "test-vocab")
+    set_share(ws, 0.0)  # single reading: a first reader's correction of a double-read item is held back
     truth = PhantomTruth(ws, by_id)
     config = tiny_config(steps=1)
     first = run_round(ws, vocabulary="test-vocab", config=config, truth=truth.scan_truth)

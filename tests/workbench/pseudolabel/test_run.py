@@ -147,7 +147,10 @@ def test_cli_pseudolabel_and_queue(lits_ws, tmp_path: Path, capsys, random_check
     assert main(args) == 0
     assert "0 scans pseudo-labelled" in capsys.readouterr().out
     assert main(["--workspace", str(ws.root), "queue", "--top", "3"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    notice, *lines = capsys.readouterr().out.strip().splitlines()
+    assert notice.endswith(
+        "its training record is unknown (an older checkpoint); its items are served as before"
+    )
     assert len(lines) == 3 and all(any(s in line for s in truth) for line in lines)
     assert main(["--workspace", str(ws.root), "pseudolabel", str(tmp_path / "none.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err

@@ -132,3 +132,35 @@ def test_run_statistics_are_robust_and_need_enough_items() -> None:
     assert records[0]["signals"]["tta_run_median"] == pytest.approx(0.2)
     assert "entropy_run_median" not in records[0]["signals"]
     assert all("volume_z_run" not in r["signals"] for r in few)
+
+
+@pytest.mark.parametrize(
+    ("near_ml", "near_p", "severity"),
+    [
+        (2.0, 0.4, 1.0),  # a faint 2 mL region that reached 0.4: a missed structure
+        (0.25, 0.4, 0.5),  # half the volume that counts fully
+        (2.0, 0.3, 0.5),  # half-way from 0.2 to 0.4
+        (2.0, 0.15, 0.0),  # below the near-miss probability: nothing seen
+        (0.0, 0.1, None),  # no region at all: no near miss signal
+    ],
+)
+def test_a_near_miss_of_a_class_predicted_absent(
+    near_ml: float, near_p: float, severity: float | None
+) -> None:
+    sev = q.severities({"present": False, "near_miss_ml": near_ml, "near_miss_p": near_p})
+    if severity is None:
+        assert "near_miss" not in sev
+        return
+    assert sev["near_miss"][0] == pytest.approx(severity)
+    score, reasons = q.assess(
+        "liver_tumor", {"present": False, "near_miss_ml": near_ml, "near_miss_p": near_p}
+    )
+    assert score == pytest.approx(q.WEIGHTS["near_miss"] * severity)
+    if severity >= q.REASON_SEVERITY:
+        assert reasons == [
+            f"predicted absent, but the model saw {near_ml:.1f} mL at probability up to {near_p:.2f}"
+        ]
+
+
+def test_a_near_miss_never_scores_a_class_predicted_present() -> None:
+    assert "near_miss" not in q.severities({"present": True, "near_miss_ml": 5.0, "near_miss_p": 0.45})

@@ -86,6 +86,9 @@ def test_overlap_signal_reports_the_worst_forbidden_overlap() -> None:
     assert (frac, other) == (pytest.approx(0.25), "stomach")
     tumour = _cm(_box(shape, (1, 1, 1), (3, 3, 3)))
     assert unc.overlap_signal("liver_tumor", tumour, {"liver": spleen}) == (0.0, None)
+    # a liver tumour drawn into the spleen: the tumour's error (8 of its 8 voxels), not the spleen's
+    assert unc.overlap_signal("liver_tumor", tumour, {"spleen": spleen}) == (1.0, "spleen")
+    assert unc.overlap_signal("spleen", spleen, {"liver_tumor": tumour}) == (0.0, None)
 
 
 def test_component_count_and_centroid() -> None:
@@ -224,6 +227,9 @@ def test_tumour_outside_its_organ_and_wrong_side_signals() -> None:
     masks = {"liver": liver, "liver_tumor": tumour, "kidney_left": kidney_left}
     sig = unc.plausibility_signals("liver_tumor", tumour, masks, ctx, {})
     assert sig["outside_parent"] == pytest.approx(1.0) and sig["parent"] == "liver"
+    no_liver = {**masks, "liver": CroppedMask.empty(shape)}  # the liver's miss is the liver's item
+    sig = unc.plausibility_signals("liver_tumor", tumour, no_liver, ctx, {})
+    assert sig["outside_parent"] is None and sig["parent"] == "liver"
     sig = unc.plausibility_signals("kidney_left", kidney_left, masks, ctx, {})
     assert sig["side_offset_mm"] == pytest.approx(-44.5) and sig["side"] == "left"
 
@@ -260,3 +266,16 @@ def test_uncertainty_rows_are_scored_and_stored(tmp_path) -> None:  # type: igno
     unc.store_uncertainty(ws, rows)  # the same scan, class and run: replaced, not doubled
     stored = ws.catalog.uncertainty_items("run-1")
     assert stored[["scan_id", "class_name", "label_set_id"]].values.tolist() == [["a:1", "spleen", "ls-a"]]
+
+
+def test_near_miss_measures_the_largest_faint_region_of_a_class_predicted_absent() -> None:
+    shape = (20, 20, 20)
+    prob = np.zeros(shape, np.float32)
+    prob[2:5, 2:5, 2:5] = 0.3  # 27 voxels
+    prob[10:12, 10:12, 10:12] = 0.45  # 8 voxels, the highest probability
+    prob[3, 3, 3] = 0.35
+    empty = np.zeros(shape, bool)
+    ml, peak = unc.near_miss(prob, empty, voxel_ml=0.125)  # 5 mm voxels
+    assert ml == pytest.approx(27 * 0.125) and peak == pytest.approx(0.35)
+    assert unc.near_miss(np.full(shape, 0.1, np.float32), empty, 0.125) == (0.0, pytest.approx(0.1))
+    assert unc.near_miss(prob, prob >= 0.4, 0.125) == (None, None)  # predicted present
