@@ -79,6 +79,10 @@ def bbox_slices(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
 # ---------------------------------------------------------------------------------------- components
 
 
+#: Arrays with fewer voxels than this are labelled by scipy (see :func:`label_components`).
+SMALL_FOR_CC3D = 4096
+
+
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected components of a bool array.
 
@@ -88,12 +92,17 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
         large masks), else scipy; the numbering of components may differ between the two.
     """
     data = np.asarray(mask, dtype=bool)
-    try:
-        import cc3d
-    except ImportError:
-        labels, n = ndimage.label(data, structure=STRUCT26)
-        return labels, int(n)
-    labels, n = cc3d.connected_components(data, connectivity=26, return_N=True)
+    # cc3d 4.1 sizes its union-find too small for some arrays of a few voxels ([1, 0, 1] shaped (3, 1, 1)
+    # raises "maximum length exception"); scipy is as fast at such sizes.
+    if data.size >= SMALL_FOR_CC3D:
+        try:
+            import cc3d
+        except ImportError:
+            pass
+        else:
+            labels, n = cc3d.connected_components(data, connectivity=26, return_N=True)
+            return labels, int(n)
+    labels, n = ndimage.label(data, structure=STRUCT26)
     return labels, int(n)
 
 

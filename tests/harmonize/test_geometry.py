@@ -59,6 +59,23 @@ def test_label_components_is_26_connected(offsets: list[tuple[int, int, int]], n
     assert ref_n == n and len(set(zip(ref[m].tolist(), labels[m].tolist()))) == n
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 1), (1, 3, 1), (1, 1, 3)])
+def test_label_components_of_a_three_voxel_line_with_a_gap(shape: tuple[int, int, int]) -> None:
+    """A pseudo-label cropped to two voxels with a gap (cc3d 4.1 raised on it, ending a demo round)."""
+    m = np.array([True, False, True]).reshape(shape)
+    labels, count = geometry.label_components(m)
+    assert count == 2 and labels.ravel().tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_label_components_agrees_with_scipy_above_the_small_size(seed: int) -> None:
+    m = np.random.default_rng(seed).random((20, 18, 16)) < 0.2  # 5,760 voxels: the cc3d path
+    assert m.size >= geometry.SMALL_FOR_CC3D
+    labels, count = geometry.label_components(m)
+    ref, ref_n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    assert count == ref_n and len(set(zip(ref[m].tolist(), labels[m].tolist()))) == ref_n
+
+
 def test_largest_component_keeps_the_biggest_and_counts_the_rest() -> None:
     m = np.zeros((10, 10, 10), bool)
     m[0:3, 0:3, 0:3] = True  # 27 voxels

@@ -342,9 +342,6 @@ def test_a_review_driven_by_keyboard_in_chromium(app_url: str, tmp_path: Path) -
         )
         time.sleep(1.0)  # the name's rerun
         d.script("document.activeElement && document.activeElement.blur(); return 1;")
-        d.script(FRAME + SCROLL)
-        time.sleep(0.5)
-        d.screenshot(shots / "review_viewer.png")
 
         def decide(key: str, before: str) -> str:
             n = len(_reviews(root))
@@ -354,6 +351,9 @@ def test_a_review_driven_by_keyboard_in_chromium(app_url: str, tmp_path: Path) -
             return _drawn(d.script, after=before)
 
         second = decide("a", first)
+        d.script(FRAME + SCROLL)
+        time.sleep(0.5)
+        d.screenshot(shots / "review_viewer.png")  # an ordinary item (the hostile one is decided)
         third = decide("r", second)
         d.key("b")  # the brush
         d.script(FRAME + SCROLL)
