@@ -88,8 +88,9 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
     Returns:
         ``(labels, n)``: an integer array of ``mask``'s shape (0 = background, 1..n = components) and
-        the number of components. Uses connected-components-3d when installed (several times faster on
-        large masks), else scipy; the numbering of components may differ between the two.
+        the number of components. Uses connected-components-3d when installed, for arrays of
+        :data:`SMALL_FOR_CC3D` voxels or more (several times faster on large masks), else scipy; the
+        numbering of components may differ between the two.
     """
     data = np.asarray(mask, dtype=bool)
     # cc3d 4.1 sizes its union-find too small for some arrays of a few voxels ([1, 0, 1] shaped (3, 1, 1)

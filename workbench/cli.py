@@ -835,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a tiny model, pseudo-label, rank the queue and run one round with the simulated expert",
     )
     p.add_argument("--budget", type=int, default=20, help="items the simulated expert reviews in the round")
-    p.add_argument("--steps", type=int, default=450, help="training steps of the first model")
+    p.add_argument("--steps", type=int, default=250, help="training steps of the first model")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
