@@ -2697,43 +2697,20 @@ def _long_tail_sql(states: str) -> str:
 
 _T = TypeVar("_T")
 
+#: The row counts behind the decision and assembly rules (the tables of ``RULE_TABLES`` that rows are
+#: appended to; ``class_coverage`` moves with its label sets).
+_RULE_ROWS = ("label_set", "review", "uncertainty", "reading_plan", "reading_dice", "requeue_check")
+
 #: Per maintained table (schema v11), the row counts whose change means it may have changed: the tables
 #: are append-only (an undo is a new review row), so a count that moved names the new rows by rowid.
 #: Writers that replace rows in place log their scans with :meth:`Catalog.touch_scans` (``derived_touch``).
 _DERIVED_MARKS: dict[str, tuple[str, ...]] = {
-    "queue_item": (
-        "scan",
-        "label_set",
-        "review",
-        "uncertainty",
-        "reading_plan",
-        "reading_dice",
-        "requeue_check",
-        "run",
-        "derived_touch",
-    ),
-    "assembled_label": (
-        "scan",
-        "label_set",
-        "review",
-        "uncertainty",
-        "reading_plan",
-        "reading_dice",
-        "requeue_check",
-        "derived_touch",
-    ),
+    "queue_item": ("scan", *_RULE_ROWS, "run", "derived_touch"),
+    "assembled_label": ("scan", *_RULE_ROWS, "derived_touch"),
     "cooccurrence_cache": ("scan", "label_set:original"),
     "unmeasured_reading_pairs": ("label_set", "review", "reading_plan", "reading_dice", "derived_touch"),
     "unplanned_items": ("uncertainty", "reading_plan", "review", "derived_touch"),
-    "unchecked_requeue_items": (
-        "label_set",
-        "review",
-        "uncertainty",
-        "reading_plan",
-        "reading_dice",
-        "requeue_check",
-        "derived_touch",
-    ),
+    "unchecked_requeue_items": (*_RULE_ROWS, "derived_touch"),
 }
 
 #: How the scans a new row of a table touches are found (``?``: the row count seen at the last refresh).

@@ -185,6 +185,10 @@ class Driver:
         png = _http("GET", f"{self.wd}/screenshot", timeout=60)["value"]
         path.write_bytes(base64.b64decode(png))
 
+    def console(self) -> list[dict[str, Any]]:
+        """The browser console's entries since the last call (``level``, ``message``)."""
+        return list(_http("POST", f"{self.wd}/se/log", {"type": "browser"})["value"])
+
 
 @contextmanager
 def _driver(window: str = "1400,1100") -> Iterator[Driver]:
@@ -207,7 +211,8 @@ def _driver(window: str = "1400,1100") -> Iterator[Driver]:
                             "--disable-gpu",
                             f"--window-size={window}",
                         ],
-                    }
+                    },
+                    "goog:loggingPrefs": {"browser": "ALL"},
                 }
             }
         }
