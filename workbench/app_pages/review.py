@@ -140,231 +140,242 @@ def comment_text() -> str:
 # Fixed slots, so the viewer component keeps its place in the page (and its iframe, with the volumes it
 # holds) whatever appears above it from one rerun to the next.
 top_slot, queue_slot, notes_slot, viewer_slot = st.container(), st.container(), st.container(), st.container()
-top_slot.__enter__()
-viewer_action = st.session_state.get("mpr")
-if isinstance(viewer_action, dict) and viewer_action.get("id") not in (None, st.session_state.get("v_done")):
-    handle(viewer_action)
-flash = st.session_state.pop("flash", None)
-if flash:
-    st.success(flash)
-last = st.session_state.get("last_action")
-if last:
-    u1, u2 = st.columns([3, 1])
-    u1.caption(f"Last action: {escape(last['what'])}")
-    if u2.button("Undo last action", key="undo_last"):
-        name = common.reviewer(ws)
-        if name:
-            with common.guarded():
-                review.undo(ws, last["id"], name)
-                st.session_state.pop("last_action")
-                st.session_state["flash"] = f"Undone: {escape(last['what'])}"
-                st.rerun()
-
-top_slot.__exit__(None, None, None)
-queue_slot.__enter__()
-
-# ------------------------------------------------------------------------------------------ the queue
+# One catalog connection for the whole run up to the viewer: the viewer's action (a decision's write),
+# the queue and its upkeep, the scan's reads. Opening the catalog file costs 15-90 ms and closing it
+# after a write checkpoints it, so each connection more was that much later a next item
+# (``docs/decisions.md``). No image read or mask decode happens inside; an edit's mask work is small.
 with ws.catalog.session():
-    n_items = ws.catalog.queue_size()
-    sources = ws.catalog.source_ids()
-    reasons = review.queue_reasons(ws) if n_items else []
-item = None
-next_row = None
-if n_items == 0:
-    st.info(
-        "The review queue is empty: no pseudo-labels with uncertainty yet. Run a pseudo-labelling job "
-        "(`workbench pseudolabel`) to fill it. Meanwhile you can browse any scan below."
-    )
-else:
-    f1, f2, f3, f4 = st.columns(4)
-    f_classes = f1.multiselect("Class", class_names(), key="q_classes")
-    f_sources = f2.multiselect("Source", sources, key="q_sources")
-    f_reasons = f3.multiselect("Reason", reasons, key="q_reasons")
-    f_status = f4.selectbox("Status", review.QUEUE_STATUSES, key="q_status")
-    include_unlearnt = unlearnt_notice(ws)  # learnt classes (#12): one line per class, and a checkbox
-    with common.guarded():
-        q = review.queue(
-            ws,
-            classes=f_classes,
-            sources=f_sources,
-            reasons=f_reasons,
-            status=f_status,
-            reader=blind_reader(),
-            limit=QUEUE_ROWS,
-            include_unlearnt=include_unlearnt,  # learnt classes (#12)
-        )
-        q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
-        st.caption(f"{len(q)} items shown (highest score first, at most {QUEUE_ROWS}); {n_items} in total")
-        st.dataframe(
-            q[
-                [
-                    "score",
-                    "scan_id",
-                    "class_name",
-                    "source_id",
-                    "origin",
-                    "version",
-                    "reasons",
-                    "status",
-                    "decided_by",
-                    "readings",
-                    "note",
-                ]
-            ],
-            width="stretch",
-            hide_index=True,
-            height=240,
-        )
-        if q.empty:
-            st.success("Nothing matches these filters: the queue is done for them.")
-        else:
-            labels = [f"{r.score:.3f} · {r.scan_id} · {r.class_name}" for r in q.itertuples()]
-            held = st.session_state.get("q_item")  # an index, or (Streamlit's choice) the option's label
-            step = int(st.session_state.pop("q_item_step", 0))  # next / previous item from the viewer's keys
-            if step and not isinstance(held, int):
-                held = next((i for i, label in enumerate(labels) if label == held), 0)
-            if isinstance(held, int) and (step or held >= len(q)):  # moved, or the queue got shorter
-                st.session_state["q_item"] = min(max(held + step, 0), len(q) - 1)
-            pick = st.selectbox("Item", range(len(q)), format_func=labels.__getitem__, key="q_item")
-            item = q.iloc[int(pick or 0)].to_dict()
-            next_row = q.iloc[int(pick or 0) + 1].to_dict() if int(pick or 0) + 1 < len(q) else None
-            if item["note"]:
-                st.info(escape(item["note"]))
-            if bool(item["double_read"]):
-                detail = app_data.reading_detail(ws, str(item["label_set_id"]), str(item["class_name"]))
-                if detail is None:
-                    st.caption("Double-read item: two reviewers judge it blind to each other.")
-                elif blind_reader() in detail[1]:
-                    st.caption(
-                        f"The readers disagree: {escape(detail[0])}. A new decision of yours replaces your "
-                        "reading; a third reviewer adjudicates."
-                    )
-                else:
-                    st.caption(f"Adjudicate: {escape(detail[0])}; your decision is the verdict.")
+    top_slot.__enter__()
+    viewer_action = st.session_state.get("mpr")
+    if isinstance(viewer_action, dict) and viewer_action.get("id") not in (
+        None,
+        st.session_state.get("v_done"),
+    ):
+        handle(viewer_action)
+    flash = st.session_state.pop("flash", None)
+    if flash:
+        st.success(flash)
+    last = st.session_state.get("last_action")
+    if last:
+        u1, u2 = st.columns([3, 1])
+        u1.caption(f"Last action: {escape(last['what'])}")
+        if u2.button("Undo last action", key="undo_last"):
+            name = common.reviewer(ws)
+            if name:
+                with common.guarded():
+                    review.undo(ws, last["id"], name)
+                    st.session_state.pop("last_action")
+                    st.session_state["flash"] = f"Undone: {escape(last['what'])}"
+                    st.rerun()
 
+    top_slot.__exit__(None, None, None)
+    queue_slot.__enter__()
 
-def next_item_source(row: dict[str, Any]) -> multiplanar.ItemSource | None:
-    """What the preload needs of the queue's next item (quick catalog reads), or None when it is gone."""
-    assert ws is not None
-    try:
-        next_scan = review.scan_row(ws, str(row["scan_id"]))
-        next_sets = app_data.label_sets_of(ws, str(row["scan_id"])).set_index("id")
-    except HarmonizeError:
-        return None
-    ls = str(row["label_set_id"])
-    if ls not in next_sets.index:
-        return None
-    return multiplanar.ItemSource(
-        root,
-        str(row["scan_id"]),
-        str(next_scan["image_path"]),
-        str(next_sets.loc[ls, "mask_key"]),
-        tuple(app_data.present_classes(ws, ls)),
-        str(row["class_name"]),
-        str(row["run_id"]) if isinstance(row["run_id"], str) and row["run_id"] else None,
-    )
-
-
-# ------------------------------------------------------------------------------------- case selection
-# A case opened elsewhere (a Long tail outlier) arrives as browse_scan / browse_class. With items in the
-# queue it overrides the queue item until "Back to the queue"; with an empty queue it presets the pickers.
-focus_scan = st.session_state.get("browse_scan")
-focus_class = st.session_state.get("browse_class")
-if focus_class not in class_names():
-    focus_class = class_names()[0]
-editing = st.session_state.get("v_editing")  # (scan, class) corrected in the viewer: stays on screen
-if editing and not focus_scan:
-    o1, o2 = st.columns([3, 1])
-    o1.info(
-        f"Correcting {escape(editing[1])} of {escape(editing[0])}: each edit is saved as a revised label "
-        f"set (key {multiplanar.KEYS['undo']} undoes the last one). Key {multiplanar.KEYS['next_item']}: "
-        "back to the queue."
-    )
-    if o2.button("Back to the queue", key="back_from_editing"):
-        st.session_state.pop("v_editing", None)
-        st.rerun()
-    item = None
-    scan_id, class_name = str(editing[0]), str(editing[1])
-elif n_items and focus_scan:
-    o1, o2 = st.columns([3, 1])
-    o1.info(
-        f"Viewing outlier {escape(focus_scan)} · {escape(focus_class)} (opened from the Long tail), "
-        "not the queue item."
-    )
-    if o2.button("Back to the queue", key="back_to_queue"):
-        st.session_state.pop("browse_scan", None)
-        st.session_state.pop("browse_class", None)
-        st.rerun()
-    item = None
-    scan_id, class_name = str(focus_scan), str(focus_class)
-elif item is None:
+    # ------------------------------------------------------------------------------------------ the queue
     with ws.catalog.session():
-        scans = app_data.scan_choices(ws)
-    if focus_scan:  # a one-shot request: preset the pickers, then let the reviewer change them
-        st.session_state.pop("browse_scan", None)
-        st.session_state.pop("browse_class", None)
-        st.session_state["v_scan"] = focus_scan
-        st.session_state["v_class"] = focus_class
-    picked = st.session_state.get("v_scan")
-    if picked and picked not in scans:  # e.g. an outlier beyond the picker's first scans stays selected
-        scans.append(str(picked))
-    if not scans:
-        st.stop()
-    scan_id = st.selectbox("Scan", scans, key="v_scan")
-    class_name = st.selectbox("Class", class_names(), key="v_class")
-if item is None:
-    judged = None  # browsing: the current label set of the class
-    run_id = None
-else:
-    scan_id, class_name, judged, run_id = (
-        item["scan_id"],
-        item["class_name"],
-        item["label_set_id"],
-        item["run_id"],
-    )
+        n_items = ws.catalog.queue_size()
+        sources = ws.catalog.source_ids()
+        reasons = review.queue_reasons(ws) if n_items else []
+    item = None
+    next_row = None
+    if n_items == 0:
+        st.info(
+            "The review queue is empty: no pseudo-labels with uncertainty yet. Run a pseudo-labelling job "
+            "(`workbench pseudolabel`) to fill it. Meanwhile you can browse any scan below."
+        )
+    else:
+        f1, f2, f3, f4 = st.columns(4)
+        f_classes = f1.multiselect("Class", class_names(), key="q_classes")
+        f_sources = f2.multiselect("Source", sources, key="q_sources")
+        f_reasons = f3.multiselect("Reason", reasons, key="q_reasons")
+        f_status = f4.selectbox("Status", review.QUEUE_STATUSES, key="q_status")
+        include_unlearnt = unlearnt_notice(ws)  # learnt classes (#12): one line per class, and a checkbox
+        with common.guarded():
+            q = review.queue(
+                ws,
+                classes=f_classes,
+                sources=f_sources,
+                reasons=f_reasons,
+                status=f_status,
+                reader=blind_reader(),
+                limit=QUEUE_ROWS,
+                include_unlearnt=include_unlearnt,  # learnt classes (#12)
+            )
+            q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
+            st.caption(
+                f"{len(q)} items shown (highest score first, at most {QUEUE_ROWS}); {n_items} in total"
+            )
+            st.dataframe(
+                q[
+                    [
+                        "score",
+                        "scan_id",
+                        "class_name",
+                        "source_id",
+                        "origin",
+                        "version",
+                        "reasons",
+                        "status",
+                        "decided_by",
+                        "readings",
+                        "note",
+                    ]
+                ],
+                width="stretch",
+                hide_index=True,
+                height=240,
+            )
+            if q.empty:
+                st.success("Nothing matches these filters: the queue is done for them.")
+            else:
+                labels = [f"{r.score:.3f} · {r.scan_id} · {r.class_name}" for r in q.itertuples()]
+                held = st.session_state.get("q_item")  # an index, or (Streamlit's choice) the option's label
+                step = int(
+                    st.session_state.pop("q_item_step", 0)
+                )  # next / previous item from the viewer's keys
+                if step and not isinstance(held, int):
+                    held = next((i for i, label in enumerate(labels) if label == held), 0)
+                if isinstance(held, int) and (step or held >= len(q)):  # moved, or the queue got shorter
+                    st.session_state["q_item"] = min(max(held + step, 0), len(q) - 1)
+                pick = st.selectbox("Item", range(len(q)), format_func=labels.__getitem__, key="q_item")
+                item = q.iloc[int(pick or 0)].to_dict()
+                next_row = q.iloc[int(pick or 0) + 1].to_dict() if int(pick or 0) + 1 < len(q) else None
+                if item["note"]:
+                    st.info(escape(item["note"]))
+                if bool(item["double_read"]):
+                    detail = app_data.reading_detail(ws, str(item["label_set_id"]), str(item["class_name"]))
+                    if detail is None:
+                        st.caption("Double-read item: two reviewers judge it blind to each other.")
+                    elif blind_reader() in detail[1]:
+                        st.caption(
+                            f"The readers disagree: {escape(detail[0])}. A new decision of yours replaces "
+                            "your reading; a third reviewer adjudicates."
+                        )
+                    else:
+                        st.caption(f"Adjudicate: {escape(detail[0])}; your decision is the verdict.")
 
-# one connection for the scan's reads (opening a catalog of a million scans costs tens of ms); the label
-# set picker in between is a widget, no file work
-with ws.catalog.session():
-    try:
-        scan = review.scan_row(ws, scan_id)
-        sets = app_data.label_sets_of(ws, scan_id)
-        current = review.current_label_set(ws, scan_id, class_name)
-    except HarmonizeError as e:  # e.g. an outlier link to a scan that is gone
-        st.error(escape(e.problem))
-        st.session_state.pop("browse_scan", None)
-        st.stop()
-    if sets.empty:
-        st.warning(f"Scan {escape(scan_id)} has no label set.")
-        st.stop()
-    set_ids = sets["id"].tolist()
-    set_label = {r.id: f"v{r.version} {r.origin} ({r.id})" for r in sets.itertuples()}
-    shown = judged if judged in set_ids else (current if current in set_ids else set_ids[0])
-    shown = st.selectbox(
-        "Label set",
-        set_ids,
-        index=set_ids.index(shown),
-        format_func=set_label.__getitem__,
-        key=f"v_ls_{scan_id}_{class_name}_{shown}",
-    )
-    mask_keys = dict(zip(sets["id"], sets["mask_key"]))
-    if run_id is None:  # browsing: a pseudo label set's own run may have a map
-        shown_run = sets.set_index("id").loc[shown, "run_id"]
-        run_id = str(shown_run) if isinstance(shown_run, str) and shown_run else None
-    present = app_data.present_classes(ws, shown)
-    # read here with the other quick reads: every write below reruns the page before it shows the history
-    history = review.reviews(ws, scan_id, class_name)
-    # side by side: the judged version next to the current one (e.g. pseudo vs original) where both exist
-    compare_with = (
-        current
-        if current and current != shown and class_name in app_data.present_classes(ws, current)
-        else None
-    )
-    next_source = next_item_source(next_row) if item is not None and next_row is not None else None
-no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
-if item is not None and bool(item["double_read"]) and item["reading_state"] == "reading":
-    # blind: while the item waits for its readings, the history shows only this reviewer's own decisions
-    history = history[history["reviewer"] == blind_reader()]
+    def next_item_source(row: dict[str, Any]) -> multiplanar.ItemSource | None:
+        """What the preload needs of the queue's next item (quick catalog reads), or None when it is gone."""
+        assert ws is not None
+        try:
+            next_scan = review.scan_row(ws, str(row["scan_id"]))
+            next_sets = app_data.label_sets_of(ws, str(row["scan_id"])).set_index("id")
+        except HarmonizeError:
+            return None
+        ls = str(row["label_set_id"])
+        if ls not in next_sets.index:
+            return None
+        return multiplanar.ItemSource(
+            root,
+            str(row["scan_id"]),
+            str(next_scan["image_path"]),
+            str(next_sets.loc[ls, "mask_key"]),
+            tuple(app_data.present_classes(ws, ls)),
+            str(row["class_name"]),
+            str(row["run_id"]) if isinstance(row["run_id"], str) and row["run_id"] else None,
+        )
+
+    # ------------------------------------------------------------------------------------- case selection
+    # A case opened elsewhere (a Long tail outlier) arrives as browse_scan / browse_class. With items in the
+    # queue it overrides the queue item until "Back to the queue"; with an empty queue it presets the pickers.
+    focus_scan = st.session_state.get("browse_scan")
+    focus_class = st.session_state.get("browse_class")
+    if focus_class not in class_names():
+        focus_class = class_names()[0]
+    editing = st.session_state.get("v_editing")  # (scan, class) corrected in the viewer: stays on screen
+    if editing and not focus_scan:
+        o1, o2 = st.columns([3, 1])
+        o1.info(
+            f"Correcting {escape(editing[1])} of {escape(editing[0])}: each edit is saved as a revised label "
+            f"set (key {multiplanar.KEYS['undo']} undoes the last one). Key {multiplanar.KEYS['next_item']}: "
+            "back to the queue."
+        )
+        if o2.button("Back to the queue", key="back_from_editing"):
+            st.session_state.pop("v_editing", None)
+            st.rerun()
+        item = None
+        scan_id, class_name = str(editing[0]), str(editing[1])
+    elif n_items and focus_scan:
+        o1, o2 = st.columns([3, 1])
+        o1.info(
+            f"Viewing outlier {escape(focus_scan)} · {escape(focus_class)} (opened from the Long tail), "
+            "not the queue item."
+        )
+        if o2.button("Back to the queue", key="back_to_queue"):
+            st.session_state.pop("browse_scan", None)
+            st.session_state.pop("browse_class", None)
+            st.rerun()
+        item = None
+        scan_id, class_name = str(focus_scan), str(focus_class)
+    elif item is None:
+        with ws.catalog.session():
+            scans = app_data.scan_choices(ws)
+        if focus_scan:  # a one-shot request: preset the pickers, then let the reviewer change them
+            st.session_state.pop("browse_scan", None)
+            st.session_state.pop("browse_class", None)
+            st.session_state["v_scan"] = focus_scan
+            st.session_state["v_class"] = focus_class
+        picked = st.session_state.get("v_scan")
+        if picked and picked not in scans:  # e.g. an outlier beyond the picker's first scans stays selected
+            scans.append(str(picked))
+        if not scans:
+            st.stop()
+        scan_id = st.selectbox("Scan", scans, key="v_scan")
+        class_name = st.selectbox("Class", class_names(), key="v_class")
+    if item is None:
+        judged = None  # browsing: the current label set of the class
+        run_id = None
+    else:
+        scan_id, class_name, judged, run_id = (
+            item["scan_id"],
+            item["class_name"],
+            item["label_set_id"],
+            item["run_id"],
+        )
+
+    # one connection for the scan's reads (opening a catalog of a million scans costs tens of ms); the label
+    # set picker in between is a widget, no file work
+    with ws.catalog.session():
+        try:
+            scan = review.scan_row(ws, scan_id)
+            sets = app_data.label_sets_of(ws, scan_id)
+            current = review.current_label_set(ws, scan_id, class_name)
+        except HarmonizeError as e:  # e.g. an outlier link to a scan that is gone
+            st.error(escape(e.problem))
+            st.session_state.pop("browse_scan", None)
+            st.stop()
+        if sets.empty:
+            st.warning(f"Scan {escape(scan_id)} has no label set.")
+            st.stop()
+        set_ids = sets["id"].tolist()
+        set_label = {r.id: f"v{r.version} {r.origin} ({r.id})" for r in sets.itertuples()}
+        shown = judged if judged in set_ids else (current if current in set_ids else set_ids[0])
+        shown = st.selectbox(
+            "Label set",
+            set_ids,
+            index=set_ids.index(shown),
+            format_func=set_label.__getitem__,
+            key=f"v_ls_{scan_id}_{class_name}_{shown}",
+        )
+        mask_keys = dict(zip(sets["id"], sets["mask_key"]))
+        if run_id is None:  # browsing: a pseudo label set's own run may have a map
+            shown_run = sets.set_index("id").loc[shown, "run_id"]
+            run_id = str(shown_run) if isinstance(shown_run, str) and shown_run else None
+        present = app_data.present_classes(ws, shown)
+        # read here with the other quick reads: every write below reruns the page before it shows the history
+        history = review.reviews(ws, scan_id, class_name)
+        # side by side: the judged version next to the current one (e.g. pseudo vs original) where both exist
+        compare_with = (
+            current
+            if current and current != shown and class_name in app_data.present_classes(ws, current)
+            else None
+        )
+        next_source = next_item_source(next_row) if item is not None and next_row is not None else None
+    no_map = app_data.uncertainty_unavailable(ws, run_id, scan_id)
+    spacing_note = ws.catalog.run_config(run_id).get("spacing_note") if run_id is not None else None
+    if item is not None and bool(item["double_read"]) and item["reading_state"] == "reading":
+        # blind: while the item waits for its readings, the history shows only this reviewer's own decisions
+        history = history[history["reviewer"] == blind_reader()]
 queue_slot.__exit__(None, None, None)
 
 
@@ -410,7 +421,6 @@ elif run_id is not None:
         f"Uncertainty map of run {escape(run_id)} (key {multiplanar.KEYS['toggle_heat']}). "
         f"{escape(app_data.HEAT_LEGEND)}"
     )
-    spacing_note = ws.catalog.run_config(run_id).get("spacing_note")
     if spacing_note:  # e.g. a release model run coarser than it was trained
         st.caption(f"Model run {escape(run_id)}: {escape(spacing_note)}")
 next_args = None
