@@ -14,7 +14,10 @@ scans rank first, alternating scans, so each next item is another CT). Then:
   inside the viewer's frame with ``performance.now()``:
   - decision key (``a``) -> the next item's three planes and 3D view drawn on screen (the frame after
     the draw), after the reviewer looked at the item long enough for its preload (the server's
-    background thread and the browser's prefetch of the next item) to finish;
+    background thread and the browser's prefetch of the next item) to finish. The viewer draws the
+    prefetched next item on the key; the page's rerun (the decision written, the queue read again)
+    then answers with the item it serves: the next rows time that answer (key -> answer in the
+    browser, with its splits) and count the answers that named the item already drawn;
   - slice key (arrow up) -> the new slice on screen (key event time -> the next animation frame);
   - brush stroke (mouse up) -> the revised label set committed (the server logs the commit's end to
     ``WORKBENCH_TIMING_LOG``; both clocks are this machine's);
@@ -300,6 +303,8 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
             key_to_server: list[float] = []
             server: list[float] = []
             back: list[float] = []
+            answered: list[float] = []
+            same = 0
             for _ in range(repeats):
                 settled()
                 key("a")
@@ -308,7 +313,14 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
                 painted = js(f"{VIEWER} return v.drawn.painted || v.drawn.t;")
                 pressed = float(js(f"{VIEWER} return v.key.t;"))
                 decisions.append((float(painted) - pressed) / 1000.0)
-                wall = js(f"{VIEWER} return [v.key.wall, v.drawn.wall];")
+                answer = _wait(
+                    lambda: js(f"{VIEWER} const a = v.answer; return a && a.done === v.key.action && a;"),
+                    120,
+                    "the page's answer to the decision",
+                )
+                answered.append((float(answer["t"]) - pressed) / 1000.0)
+                same += int(answer["item"] == new["id"])
+                wall = js(f"{VIEWER} return [v.key.wall, v.answer.wall];")
                 received, page_end = _server_times(log)
                 key_to_server.append(received - float(wall[0]) / 1000.0)
                 server.append(page_end - received)
@@ -362,9 +374,15 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
     target_gb = MEMORY_TARGET_MB / 1000.0
     return [
         ("viewer: decision key -> next item drawn", med(decisions), DECISION_TARGET_S, f"{n_d} decisions"),
+        (
+            "viewer: decision key -> the page's answer",
+            med(answered),
+            DECISION_TARGET_S,
+            f"{same}/{n_d} named the item drawn",
+        ),
         ("  key -> the server has it", med(key_to_server), DECISION_TARGET_S, "wall clocks"),
         ("  the decision and the page's rerun, server", med(server), DECISION_TARGET_S, ""),
-        ("  page rerun end -> next item drawn", med(back), DECISION_TARGET_S, "wall clocks"),
+        ("  page rerun end -> answer in the browser", med(back), DECISION_TARGET_S, "wall clocks"),
         ("viewer: slice key -> new slice on screen", med(slices), SLICE_TARGET_S, f"{n_k} keys"),
         ("viewer: brush stroke -> revised label set saved", med(strokes), BRUSH_TARGET_S, f"{n_s} strokes"),
         ("  stroke -> the server has it", med(to_server), BRUSH_TARGET_S, "wall clocks"),

@@ -14,7 +14,10 @@ component, so Streamlit serves it at ``/component/<name>/<file>`` on 127.0.0.1 l
 * ``<masks>.item``: gzip of the item's class as uint8 0/1 (drawn apart, so an overlap never hides it);
 * ``<masks>.heat``: gzip of the run's entropy map as uint8 (255 = 1 bit), or no file without a map;
 * ``<masks>.mip``: gzip of three depth-shaded projections of the item's mask (front, side, top), each
-  uint8 in the orientation of the coronal, sagittal and axial views: the 3D view.
+  uint8 in the orientation of the coronal, sagittal and axial views: the 3D view;
+* ``<masks>.json``: the item's description (:func:`component_item` with names relative to the folder),
+  written last, so the browser that holds a prefetched next item can draw it the moment a decision key
+  is pressed, before the page's rerun answers (:func:`prefetch_item`).
 
 File names are a salted digest of what they hold (scan, image file, label set, class, run), so a
 revised label set is a new name and the browser's cache is never stale. The folder is private
@@ -36,6 +39,7 @@ from __future__ import annotations
 import atexit
 import gzip
 import hashlib
+import json
 import secrets
 import shutil
 import tempfile
@@ -151,6 +155,7 @@ class Payload:
         classes: the classes of ``labels``, in label-value order (value k = ``classes[k - 1]``).
         problems: ``(file, problem)`` per mask file that could not be read (left out of the overlays).
         start: the (x, y, z) display voxel the crosshair opens on (:func:`start_voxel`).
+        meta: the file name of the item's description (JSON), written after the others.
     """
 
     ct: str
@@ -163,6 +168,7 @@ class Payload:
     classes: tuple[str, ...]
     problems: tuple[tuple[str, str], ...]
     start: tuple[int, int, int]
+    meta: str = ""
 
 
 # ----------------------------------------------------------------------------------- volume encodings
@@ -446,7 +452,7 @@ class PayloadStore:
             hint = most_uncertain_slice(entropy, "axial", item if item.any() else None)
         start = start_voxel(dv.array.shape, hint, item)
         shape = tuple(int(s) for s in dv.array.shape)
-        return Payload(
+        payload = Payload(
             ct=ct,
             labels=base + ".lab",
             item=base + ".item",
@@ -457,7 +463,11 @@ class PayloadStore:
             classes=classes,
             problems=tuple(problems),
             start=start,
+            meta=base + ".json",
         )
+        # last: its presence tells the browser that every file it names is there
+        self._write(payload.meta, json.dumps(component_item(payload, "", source.class_name, "")).encode())
+        return payload
 
     def names_for(self, source: ItemSource) -> tuple[str, str]:
         """``(ct file name, stem of the mask files)`` of an item (the CT's is shared by a scan's items)."""
@@ -483,7 +493,7 @@ def _fields(source: ItemSource) -> tuple[object, ...]:
 
 
 def _names(p: Payload) -> list[str]:
-    return [n for n in (p.ct, p.labels, p.item, p.heat, p.mip) if n]
+    return [n for n in (p.ct, p.labels, p.item, p.heat, p.mip, p.meta) if n]
 
 
 # ------------------------------------------------------------------------------------ component args
@@ -519,26 +529,54 @@ def component_item(payload: Payload, base_url: str, class_name: str, title: str)
     }
 
 
-def prefetch_item(store: PayloadStore, source: ItemSource, base_url: str) -> dict[str, Any]:
-    """The URLs of an item the browser should fetch ahead (the queue's next item): its payload's when
-    the preload has built it, else the names it will have (the browser retries until they exist).
+def view_key(scan_id: str, class_name: str) -> str:
+    """What the browser keeps its crosshair and zoom across (a revised label set of the same scan x class
+    keeps them; another item opens on its own start voxel)."""
+    return f"{scan_id}\x00{class_name}"
+
+
+def prefetch_item(
+    store: PayloadStore,
+    source: ItemSource,
+    base_url: str,
+    title: str = "",
+    target: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """What the browser fetches ahead for an item (the queue's next item): its payload's URLs when the
+    preload has built it, else the names they will have (the browser retries until they exist), and what
+    it needs to draw the item on a decision key without waiting for the page: the description file
+    (``meta``, whose other fields the browser takes from there), the title line, and the item the next
+    action names (``target``).
+
+    Args:
+        store / source: the store that builds the item, and the item.
+        base_url: the URL folder of the store's files (ends with ``/``).
+        title: the title line of the item (text only).
+        target: ``{"scan_id", "class_name", "label_set_id"}`` of the item.
 
     Returns:
-        ``{"urls": {"ct", "labels", "item", "heat", "mip"}}`` (``heat`` None without a map or before the
-        preload has built the item).
+        ``{"urls": {"ct", "labels", "item", "heat", "mip", "meta"}, "base": base_url, "title", "view_key",
+        "target"}`` (``heat`` None without a map or before the preload has built the item).
     """
     done = store.built(source)
-    if done is not None:
-        return {"urls": component_item(done, base_url, source.class_name, "")["urls"]}
     ct, base = store.names_for(source)
-    return {
-        "urls": {
+    if done is not None:
+        urls = dict(component_item(done, base_url, source.class_name, "")["urls"])
+    else:
+        urls = {
             "ct": base_url + ct,
             "labels": base_url + base + ".lab",
             "item": base_url + base + ".item",
-            "heat": None,  # whether the run wrote a map is known once built; it is small, fetched on load
+            "heat": None,  # known once built: the browser reads it from the description file
             "mip": base_url + base + ".mip",
         }
+    urls["meta"] = base_url + base + ".json"
+    return {
+        "urls": urls,
+        "base": base_url,
+        "title": title,
+        "view_key": view_key(source.scan_id, source.class_name),
+        "target": dict(target or {}),
     }
 
 

@@ -67,8 +67,11 @@ def prepare(ws: Workspace, source: multiplanar.ItemSource) -> multiplanar.Payloa
     return payload_store().prepare(source, *_readers(ws))
 
 
-def preload(ws: Workspace, source: multiplanar.ItemSource) -> dict[str, Any]:
-    """Start building the next item's payload in the background; returns what the browser prefetches."""
+def preload(
+    ws: Workspace, source: multiplanar.ItemSource, title: str, target: dict[str, str]
+) -> dict[str, Any]:
+    """Start building the next item's payload in the background; returns what the browser prefetches
+    (:func:`multiplanar.prefetch_item`, with the item's ``title`` line and ``target``)."""
     store = payload_store()
     store.preload(source, *_readers(ws))
-    return multiplanar.prefetch_item(store, source, base_url())
+    return multiplanar.prefetch_item(store, source, base_url(), title, target)

@@ -178,6 +178,7 @@ with ws.catalog.session():
         reasons = review.queue_reasons(ws) if n_items else []
     item = None
     next_row = None
+    f_status = None
     if n_items == 0:
         st.info(
             "The review queue is empty: no pseudo-labels with uncertainty yet. Run a pseudo-labelling job "
@@ -384,7 +385,7 @@ def viewer_args(payload: multiplanar.Payload, next_payload: dict[str, Any] | Non
     """The component's arguments for the shown item (JSON only)."""
     title_line = f"{scan_id} · {class_name} · {set_label[shown]}"
     item_args = multiplanar.component_item(payload, mpr_viewer.base_url(), class_name, title_line)
-    item_args["view_key"] = f"{scan_id}\x00{class_name}"
+    item_args["view_key"] = multiplanar.view_key(scan_id, class_name)
     return {
         "item": item_args,
         "prefetch": [next_payload] if next_payload else [],
@@ -394,6 +395,8 @@ def viewer_args(payload: multiplanar.Payload, next_payload: dict[str, Any] | Non
         "heat_floor": app_data.ENTROPY_FLOOR,
         "target": {"scan_id": scan_id, "class_name": class_name, "label_set_id": shown},
         "done": st.session_state.get("v_done"),
+        # the decision keys that may draw the prefetched next item at once (the page serves it next)
+        "draw_ahead": draw_ahead if next_payload is not None else [],
         "message": st.session_state.pop("v_message", ""),
     }
 
@@ -424,8 +427,19 @@ elif run_id is not None:
     if spacing_note:  # e.g. a release model run coarser than it was trained
         st.caption(f"Model run {escape(run_id)}: {escape(spacing_note)}")
 next_args = None
-if next_source is not None:
-    next_args = mpr_viewer.preload(ws, next_source)
+if next_source is not None and next_row is not None:
+    next_target = {k: str(next_row[k]) for k in ("scan_id", "class_name", "label_set_id")}
+    next_title = (
+        f"{next_target['scan_id']} · {next_target['class_name']} · v{next_row['version']} "
+        f"{next_row['origin']} ({next_target['label_set_id']})"
+    )
+    next_args = mpr_viewer.preload(ws, next_source, next_title, next_target)
+# After a decision the page serves the item after this one when it lists the pending queue for a reviewer
+# whose name records and the decision takes the item out of that list: any decision of a single-read item
+# (its verdict), any but skip of a double-read one (skip is no reading). Otherwise the page answers alone.
+draw_ahead: list[str] = []
+if item is not None and f_status == "pending" and blind_reader() is not None:
+    draw_ahead = [d for d in review.DECISIONS if d != "skip" or not bool(item["double_read"])]
 notes_slot.__exit__(None, None, None)
 viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
 mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)

@@ -4,6 +4,7 @@ the 3D view's projections, the payload store with its preload and bound, and edi
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 from pathlib import Path
 
@@ -189,6 +190,25 @@ def test_a_payload_is_built_once_and_holds_what_the_browser_reads(tmp_path: Path
     )
 
 
+def test_the_description_file_lets_the_browser_draw_the_next_item_as_the_page_would(tmp_path: Path) -> None:
+    store = multiplanar.PayloadStore(folder=tmp_path)
+    reads = _Reads()
+    target = {"scan_id": "btcv:1", "class_name": "liver", "label_set_id": "ls-n"}
+    before = multiplanar.prefetch_item(store, _source("ls-n"), "../data/", "btcv:1 · liver · v2", target)
+    p = store.prepare(_source("ls-n"), reads.ct, reads.mask, reads.entropy)
+    after = multiplanar.prefetch_item(store, _source("ls-n"), "../data/", "btcv:1 · liver · v2", target)
+    # the description's name is known before the preload built it, and it is the file written
+    assert before["urls"]["meta"] == after["urls"]["meta"] == "../data/" + p.meta
+    assert before["urls"]["heat"] is None and after["urls"]["heat"] == "../data/" + str(p.heat)
+    assert (after["base"], after["title"], after["target"]) == ("../data/", "btcv:1 · liver · v2", target)
+    assert after["view_key"] == multiplanar.view_key("btcv:1", "liver")
+    # the browser joins the description's names to ``base``: then it is the page's item for the payload
+    described = json.loads((tmp_path / p.meta).read_text())
+    urls = {k: None if v is None else after["base"] + v for k, v in described.pop("urls").items()}
+    page = multiplanar.component_item(p, "../data/", "liver", "")
+    assert urls == page.pop("urls") and described == page and described["id"] == p.labels
+
+
 def test_a_damaged_mask_is_one_line_and_the_rest_still_shows(tmp_path: Path) -> None:
     store = multiplanar.PayloadStore(folder=tmp_path)
     reads = _Reads(damaged="spleen")
@@ -213,9 +233,9 @@ def test_the_preload_builds_in_the_background_and_the_folder_stays_bounded(tmp_p
     assert reads.ct_reads == 1 and store.built(_source("ls-a")) == a
     b = store.prepare(_source("ls-b"), reads.ct, reads.mask, reads.entropy)
     files = {f.name for f in tmp_path.iterdir()}
-    assert set(filter(None, [b.ct, b.labels, b.item, b.heat, b.mip])) <= files
-    assert a.item not in files  # evicted: the bound holds the newest item only
-    assert store.size() <= ct_bytes + 100 or len(files) == 5
+    assert set(filter(None, [b.ct, b.labels, b.item, b.heat, b.mip, b.meta])) <= files
+    assert a.item not in files and a.meta not in files  # evicted: the bound holds the newest item only
+    assert store.size() <= ct_bytes + 100 or len(files) == 6
 
 
 def test_every_key_is_one_key_and_explained() -> None:

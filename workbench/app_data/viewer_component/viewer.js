@@ -7,16 +7,40 @@
 // right on screen left) with a crosshair, window/level, class overlays, the heat map and a 3D view, and
 // sends back decisions, navigation and edits as small JSON actions. Text from Python is only ever set
 // as textContent, never as HTML.
+//
+// A decision key draws the prefetched next item at once (its files and description are in memory) when
+// the page says it will serve that item next (``draw_ahead``); the page's rerun then answers with the
+// item it really serves, and a different one (decided elsewhere meanwhile) replaces it. Actions go to the
+// page one at a time: one sent while the page has not answered the previous waits for that answer, so a
+// fast reviewer's second key is never lost in Streamlit's single component value.
 "use strict";
 
 // ------------------------------------------------------------------------------------ Streamlit protocol
 function post(type, data) {
   window.parent.postMessage(Object.assign({ isStreamlitMessage: true, type: type }, data || {}), "*");
 }
+// one action at a time (the page keeps only the newest component value): the next waits for the answer
+// (``args.done``), or 10 s when a page run never answers (it stopped before the viewer)
+const ANSWER_WAIT_MS = 10000;
+let inFlight = null; // {id, at} of the action the page has not answered yet
+const held = []; // actions waiting for it
+function postAction(action) {
+  inFlight = { id: action.id, at: performance.now() };
+  post("streamlit:setComponentValue", { value: action, dataType: "json" });
+}
+function flushHeld() {
+  if (held.length && (!inFlight || performance.now() - inFlight.at >= ANSWER_WAIT_MS)) postAction(held.shift());
+  if (held.length) setTimeout(flushHeld, ANSWER_WAIT_MS);
+}
 function sendAction(action) {
   action.id = Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 8);
-  if (A && A.target) action.target = A.target;
-  post("streamlit:setComponentValue", { value: action, dataType: "json" });
+  if (A && A.target) action.target = A.target; // the item on screen when the key was pressed
+  if (inFlight && performance.now() - inFlight.at < ANSWER_WAIT_MS) {
+    held.push(action);
+    setTimeout(flushHeld, ANSWER_WAIT_MS);
+  } else {
+    postAction(action);
+  }
   return action.id;
 }
 function setHeight() {
@@ -34,6 +58,7 @@ let A = null; // the latest args
 let V = null; // the drawn item: {id, viewKey, shape, spacing, ct, lab, item, heat, mip, classes}
 let loading = null; // the item id being loaded
 const cache = new Map(); // url -> Promise<ArrayBuffer>
+let ahead = null; // the next item, ready to draw: {meta: url, item, target} once its files are in memory
 const S = {
   cross: [0, 0, 0], active: "axial", ww: 400, wl: 40, overlay: true, heat: false, opacity: 0.4,
   heatOpacity: 0.5, hidden: new Set(), tool: "navigate", radius: 5, depth: 0, mip: "coronal",
@@ -42,7 +67,8 @@ const S = {
 let stroke = null; // a brush stroke in progress: {view, points, erase, changes}
 let pendingEdit = null; // {id, changes} of a stroke sent, until the next item arrives
 // timings for the tests and benchmarks (performance.now() of this frame)
-window.__viewer = { key: null, drawn: null, slices: [], errors: [] };
+// (``answer``: the newest page answer to an action: {done, item, t, wall})
+window.__viewer = { key: null, drawn: null, answer: null, slices: [], errors: [] };
 
 // --------------------------------------------------------------------------------------------- the DOM
 const root = document.getElementById("root");
@@ -140,10 +166,46 @@ function itemUrls(item) {
   const u = item.urls;
   const out = [[u.ct, false], [u.labels, true], [u.item, true], [u.mip, true]];
   if (u.heat) out.push([u.heat, true]);
+  if (u.meta) out.push([u.meta, false]);
   return out;
 }
 function keepCache(wanted) {
+  if (ahead && ahead.item && wanted.has(ahead.meta)) for (const u of itemUrls(ahead.item)) wanted.add(u[0]);
   for (const url of [...cache.keys()]) if (!wanted.has(url)) cache.delete(url);
+}
+// The next item as the page would send it: its description file (names relative to the store's folder)
+// with the page's title line and view key.
+function aheadItem(next, meta) {
+  const d = JSON.parse(new TextDecoder().decode(meta));
+  const urls = {};
+  for (const [k, name] of Object.entries(d.urls)) urls[k] = name ? next.base + name : null;
+  return Object.assign(d, { urls: urls, title: next.title, view_key: next.view_key });
+}
+// Fetch the next item (retrying while the server's preload writes it), then its heat map, which only
+// its description names; ``ahead`` holds it once everything is in memory.
+function prefetchNext(next, tries) {
+  const mine = { meta: next.urls.meta, item: null, target: next.target, ready: null };
+  ahead = mine;
+  mine.ready = prefetch(itemUrls(next), tries).then((got) => {
+    const meta = got[got.length - 1];
+    if (!next.urls.meta || !meta) return null;
+    const item = aheadItem(next, meta);
+    return prefetch(itemUrls(item), tries).then((all) => {
+      if (all.every((b) => b !== null) && ahead === mine) mine.item = item;
+    });
+  });
+  return mine.ready;
+}
+// A decision key: draw the next item now, when the page said it serves it next and it is in memory.
+function drawAhead(what, actionId, label) {
+  if (!A || !(A.draw_ahead || []).includes(what) || !ahead || !ahead.item || (V && V.id === ahead.item.id)) return false;
+  const next = ahead;
+  ahead = null;
+  // one step ahead at most; later actions name the item now on screen
+  A = Object.assign({}, A, { target: next.target, draw_ahead: [], prefetch: [], message: label });
+  window.__viewer.drawnAhead = { id: next.item.id, action: actionId };
+  load(next.item).catch((err) => { loading = null; window.__viewer.errors.push(String(err)); });
+  return true;
 }
 
 async function load(item) {
@@ -492,7 +554,13 @@ function onKey(e) {
   e.preventDefault();
   e.stopPropagation();
   window.__viewer.key = { what: what, t: eventTime(e), wall: Date.now() };
-  if (DECISIONS.includes(what)) { sendAction({ action: "decide", decision: what }); say("recording " + what.replace("_", " ") + " ..."); return; }
+  if (DECISIONS.includes(what)) {
+    const id = sendAction({ action: "decide", decision: what });
+    window.__viewer.key.action = id;
+    const label = "recording " + what.replace("_", " ") + " ...";
+    if (!drawAhead(what, id, label)) say(label);
+    return;
+  }
   if (what === "next_item" || what === "previous_item" || what === "undo") { sendAction({ action: what }); say(what.replace("_", " ") + " ..."); return; }
   if (what.startsWith("preset_")) { const wl = A.presets[what.slice(7)]; if (wl) { S.ww = wl[0]; S.wl = wl[1]; drawAll(); } return; }
   if (!V) return;
@@ -521,6 +589,14 @@ let renders = 0;
 function render(args) {
   const first = A === null;
   A = args;
+  if (inFlight && args.done === inFlight.id) { // the page answered: the next held action may go
+    inFlight = null;
+    if (held.length) postAction(held.shift());
+  }
+  const last = window.__viewer.answer;
+  if (args.done && (!last || last.done !== args.done)) {
+    window.__viewer.answer = { done: args.done, item: args.item ? args.item.id : null, t: performance.now(), wall: Date.now() };
+  }
   if (first) { setTool(S.tool); buildHeatLut(); }
   if (!args.item) { title.textContent = args.message || ""; V = null; setHeight(); return; }
   const wanted = new Set(itemUrls(args.item).map((u) => u[0]));
@@ -541,8 +617,15 @@ function render(args) {
     say(args.message || "", !!args.error);
   }
   window.__viewer.prefetched = false;
-  const n = ++renders, ahead = (args.prefetch || []).flatMap(itemUrls);
-  prefetch(ahead, 100).then(() => { if (n === renders) window.__viewer.prefetched = true; });
+  const n = ++renders, next = (args.prefetch || [])[0];
+  if (next && (!ahead || ahead.meta !== next.urls.meta)) {
+    prefetchNext(next, 100).then(() => { if (n === renders) window.__viewer.prefetched = true; });
+  } else if (!next) {
+    ahead = null;
+    window.__viewer.prefetched = true;
+  } else {
+    ahead.ready.then(() => { if (n === renders) window.__viewer.prefetched = true; });
+  }
   setHeight();
 }
 window.addEventListener("message", (ev) => {
