@@ -139,6 +139,93 @@ def test_review_decisions_from_the_queue(ws: Workspace, queued: str, decision: s
     assert review.queue(ws)["class_name"].tolist() == ["colon", "intestine"]
 
 
+def _viewer_args(at: AppTest) -> dict[str, Any]:
+    """The arguments the Review page sent to its viewer component in the last run."""
+    found = [e for e in at.get("component_instance") if "multiplanar_viewer" in e.proto.component_name]
+    assert len(found) == 1, [e.proto.component_name for e in at.get("component_instance")]
+    return dict(json.loads(found[0].proto.json_args))
+
+
+def _key(at: AppTest, action: dict[str, Any]) -> dict[str, Any]:
+    """Send what the viewer sends on a key (its component value), rerun; returns the viewer's new args."""
+    at.session_state["mpr"] = action
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return _viewer_args(at)
+
+
+@pytest.fixture
+def three(
+    ws: Workspace, queued: str, add_hostile_scan: Callable[..., tuple[str, str]]
+) -> list[dict[str, str]]:
+    """The queue's three items, top first: btcv:ahead colon, then SCAN's colon and intestine."""
+    scan, ls = add_hostile_scan(ws, "ahead")
+    return [
+        {"scan_id": scan, "class_name": "colon", "label_set_id": ls},
+        {"scan_id": SCAN, "class_name": "colon", "label_set_id": queued},
+        {"scan_id": SCAN, "class_name": "intestine", "label_set_id": queued},
+    ]
+
+
+@pytest.mark.parametrize("decision", ["accept", "reject", "needs_correction", "skip"])
+def test_a_decision_key_records_once_and_the_page_serves_the_item_the_viewer_drew_ahead(
+    ws: Workspace, three: list[dict[str, str]], decision: str
+) -> None:
+    at = _app("review")
+    args = _viewer_args(at)
+    assert args["target"] == three[0] and args["draw_ahead"] == list(review.DECISIONS)
+    ahead = args["prefetch"][0]
+    assert ahead["target"] == three[1] and ahead["title"].startswith(f"{SCAN} · colon · v")
+    after = _key(at, {"id": "k1", "action": "decide", "decision": decision, "target": args["target"]})
+    rows = ws.catalog.reviews()
+    assert rows[["scan_id", "class_name", "label_set_id", "decision", "reviewer"]].values.tolist() == [
+        [*three[0].values(), decision, "Dr Ada"]
+    ]
+    # the page answers the key with the item the viewer drew ahead, under the same title and view key
+    assert after["done"] == "k1" and after["target"] == three[1]
+    assert after["item"]["title"] == ahead["title"] and after["item"]["view_key"] == ahead["view_key"]
+    files = ("ct", "labels", "item", "mip")  # the files the viewer held are the ones the page serves
+    assert {k: after["item"]["urls"][k] for k in files} == {k: ahead["urls"][k] for k in files}
+    assert ahead["urls"]["labels"] == ahead["base"] + after["item"]["id"]  # the drawn item's id, too
+    assert after["prefetch"][0]["target"] == three[2]
+    _key(at, {"id": "k1", "action": "decide", "decision": decision, "target": args["target"]})
+    assert len(ws.catalog.reviews()) == 1  # the same action again (a rerun) records nothing
+
+
+def test_a_next_item_decided_elsewhere_after_the_page_listed_it_is_not_served(
+    ws: Workspace, three: list[dict[str, str]]
+) -> None:
+    at = _app("review")
+    args = _viewer_args(at)
+    assert args["prefetch"][0]["target"] == three[1]  # the viewer holds SCAN's colon as the next item
+    review.record_decision(ws, *three[1].values(), "accept", "Dr Other")  # a second reviewer, meanwhile
+    after = _key(at, {"id": "k1", "action": "decide", "decision": "accept", "target": args["target"]})
+    assert after["target"] == three[2]  # the one after it: the decided item is not served again
+    rows = ws.catalog.reviews()
+    assert sorted(zip(rows["reviewer"], rows["class_name"], rows["scan_id"])) == [
+        ("Dr Ada", "colon", three[0]["scan_id"]),
+        ("Dr Other", "colon", SCAN),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reviewer", "status", "drawn_ahead"),
+    [
+        ("Dr Ada", "pending", list(review.DECISIONS)),
+        ("Dr Ada", "all", []),  # a decided item stays listed: the page may serve it again
+        ("", "pending", []),  # no name: a decision records nothing, the item stays
+        ("<b>x</b>", "pending", []),  # a name that does not record
+    ],
+)
+def test_the_viewer_draws_ahead_only_where_a_decision_moves_the_queue_on(
+    ws: Workspace, three: list[dict[str, str]], reviewer: str, status: str, drawn_ahead: list[str]
+) -> None:
+    at = _app("review", reviewer=reviewer)
+    at.selectbox(key="q_status").set_value(status).run()
+    args = _viewer_args(at)
+    assert args["draw_ahead"] == drawn_ahead and args["prefetch"][0]["target"] == three[1]
+
+
 def test_bad_reviewer_name_stores_nothing(ws: Workspace, queued: str) -> None:
     at = _app("review", reviewer="<script>x</script>")
     _button(at, "d_accept")

@@ -98,6 +98,13 @@ def workspace(
 def app_url(workspace: Path) -> Iterator[str]:
     """The app served as the README says (``streamlit run workbench/app.py`` from the repository root, so
     with ``.streamlit/config.toml``), on a free port."""
+    with _serve(workspace) as url:
+        yield url
+
+
+@contextmanager
+def _serve(workspace: Path) -> Iterator[str]:
+    """``streamlit run workbench/app.py`` on ``workspace`` from the repository root, on a free port."""
     port = _free_port()
     env = {**os.environ, "WORKBENCH_HOME": str(workspace), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -318,6 +325,26 @@ def test_a_hostile_case_name_shows_as_text_in_chromium(app_url: str) -> None:
         assert title.startswith(f"btcv:{HOSTILE_CASE} · colon")  # and so does the viewer's title line
 
 
+#: JavaScript after FRAME: ``v``, the viewer's test hooks (``window.__viewer``).
+VIEWER = FRAME + "const v = f && f.contentWindow.__viewer;"
+
+
+def _prefetched(script: Callable[[str], Any]) -> None:
+    """Wait until the viewer holds the queue's next item (files and description)."""
+    _wait(lambda: script(VIEWER + "return v && v.prefetched;"), 90, "the next item's prefetch")
+
+
+def _answer(script: Callable[[str], Any]) -> dict[str, Any]:
+    """Wait for the page's answer to the newest key's action; returns it (``item``: the item it sent)."""
+    return dict(
+        _wait(
+            lambda: script(VIEWER + "const a = v.answer; return a && v.key && a.done === v.key.action && a;"),
+            90,
+            "the page's answer to the decision",
+        )
+    )
+
+
 def _reviews(root: str) -> Any:
     from storage.workspace import Workspace
 
@@ -350,10 +377,14 @@ def test_a_review_driven_by_keyboard_in_chromium(app_url: str, tmp_path: Path) -
 
         def decide(key: str, before: str) -> str:
             n = len(_reviews(root))
+            _prefetched(d.script)
             d.script("document.activeElement && document.activeElement.blur(); return 1;")
             d.key(key)
             _wait(lambda: len(_reviews(root)) > n, 60, f"the decision of key {key}")
-            return _drawn(d.script, after=before)
+            drawn = _drawn(d.script, after=before)
+            # the viewer drew the prefetched next item on the key, and the page then served that very one
+            assert _answer(d.script)["item"] == drawn == d.script(VIEWER + "return v.drawnAhead.id;")
+            return drawn
 
         second = decide("a", first)
         d.script(FRAME + SCROLL)
@@ -403,3 +434,66 @@ def test_a_review_driven_by_keyboard_in_chromium(app_url: str, tmp_path: Path) -
     current = ws.catalog.current_label_set(SCAN, "intestine")
     assert current not in (None, corrected["result_label_set_id"])
     assert np.array_equal(ws.masks.read(str(current), "intestine"), pseudo_intestine)  # undone: as before
+
+
+@pytest.fixture(scope="module")
+def ahead_app_url(
+    demo_copy: Callable[[Path], Path],
+    add_hostile_scan: Callable[..., tuple[str, str]],
+    add_pseudo: Callable[..., str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """The app on its own demo workspace whose queue starts btcv:ahead colon, then colon and intestine of
+    :data:`SCAN`."""
+    from storage.workspace import Workspace
+
+    root = demo_copy(tmp_path_factory.mktemp("ahead") / "ws")
+    ws = Workspace.open(root)
+    add_hostile_scan(ws, "ahead")  # an ordinary name here: the demo scan's CT at the top of the queue
+    add_pseudo(ws, SCAN, "ls-ahead", {"colon": 0.9, "intestine": 0.4})
+    with _serve(root) as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_a_next_item_decided_elsewhere_meanwhile_is_replaced_by_the_one_the_page_serves(
+    ahead_app_url: str,
+) -> None:
+    """The viewer draws the next item it holds on the decision key; when another reviewer decided that
+    item after the page listed it, the page's answer is the item after it, and the viewer shows that."""
+    from storage.workspace import Workspace
+    from workbench import review
+
+    root = _home(ahead_app_url)
+    with _driver("1400,1300") as d:
+        d.go(f"{ahead_app_url}/review")
+        first = _drawn(d.script)
+        d.type_into('input[aria-label="Reviewer name"]', "Dr Ahead\n")
+        _wait(
+            lambda: d.script(
+                "return document.querySelector('input[aria-label=\"Reviewer name\"]').value === 'Dr Ahead';"
+            ),
+            30,
+            "the name",
+        )
+        time.sleep(1.0)  # the name's rerun
+        _prefetched(d.script)
+        ws = Workspace.open(root)
+        review.record_decision(ws, SCAN, "colon", "ls-ahead", "accept", "Dr Other")  # the held next item
+        d.script("document.activeElement && document.activeElement.blur(); return 1;")
+        d.key("a")
+        answer = _answer(d.script)
+        ahead = d.script(VIEWER + "return v.drawnAhead;")
+        assert ahead["action"] == d.script(VIEWER + "return v.key.action;")  # drawn on the key itself
+        assert answer["item"] != ahead["id"]  # the page served another item than the one drawn ahead
+        shown = _drawn(d.script, after=ahead["id"])
+        assert shown == answer["item"] != first
+        title = d.script(FRAME + "return f.contentDocument.querySelector('.title').textContent;")
+    assert title.startswith(f"{SCAN} · intestine · ")  # the item after the one decided elsewhere
+    rows = Workspace.open(root).catalog.reviews()
+    mine = rows[rows["reviewer"] == "Dr Ahead"]
+    assert list(zip(mine["scan_id"], mine["class_name"], mine["decision"])) == [
+        ("btcv:ahead", "colon", "accept")
+    ]
+    colon = rows[(rows["scan_id"] == SCAN) & (rows["class_name"] == "colon")]
+    assert list(colon["reviewer"]) == ["Dr Other"]  # nobody decided it twice
