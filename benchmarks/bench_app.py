@@ -194,16 +194,29 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _server_times(log: Path) -> tuple[float, float]:
-    """(when the server got the newest action, when the Review page's next run after it ended), epoch s."""
+#: What each mark's share of the decision's run is.
+STEP = {
+    "decision_saved": "action -> decision written (checks + insert)",
+    "queue_listed": "-> queue listed (upkeep, maintained tables)",
+    "mpr": "-> scan reads, payload found, viewer args sent",
+    "catalog_closed": "-> catalog closed (checkpoint)",
+    "review_page": "-> rest of the page (history, buttons)",
+}
+#: The Review page's marks of a decision's run, in order (``common.record_timing``; the ends count).
+DECISION_MARKS = ("decision_saved", "queue_listed", "mpr", "catalog_closed", "review_page")
+
+
+def _server_marks(log: Path) -> dict[str, float]:
+    """When (epoch s) the server got the newest action, and when each of :data:`DECISION_MARKS` ended
+    next after it (the run that answered it)."""
     lines = [x.split() for x in log.read_text().splitlines()]
     received = [float(x[2]) for x in lines if x[0] == "action_received"][-1]
-    ends = [
-        float(x[2]) + float(x[1])
-        for x in lines
-        if x[0] == "review_page" and float(x[2]) + float(x[1]) >= received
-    ]
-    return received, (ends[0] if ends else float("nan"))
+    marks = {"action_received": received}
+    for x in lines:
+        end = float(x[2]) + float(x[1])
+        if x[0] in DECISION_MARKS and x[0] not in marks and end >= received:
+            marks[x[0]] = end
+    return marks
 
 
 def _saved_more(log: Path, lines: int) -> bool:
@@ -305,6 +318,7 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
             back: list[float] = []
             answered: list[float] = []
             same = 0
+            splits: dict[str, list[float]] = {m: [] for m in DECISION_MARKS}
             for _ in range(repeats):
                 settled()
                 key("a")
@@ -321,10 +335,15 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
                 answered.append((float(answer["t"]) - pressed) / 1000.0)
                 same += int(answer["item"] == new["id"])
                 wall = js(f"{VIEWER} return [v.key.wall, v.answer.wall];")
-                received, page_end = _server_times(log)
+                marks = _server_marks(log)
+                received, args_sent = marks["action_received"], marks.get("mpr", float("nan"))
+                previous = received
+                for m in DECISION_MARKS:  # each step's share, from the end of the one before
+                    splits[m].append(marks.get(m, float("nan")) - previous)
+                    previous = marks.get(m, previous)
                 key_to_server.append(received - float(wall[0]) / 1000.0)
-                server.append(page_end - received)
-                back.append(float(wall[1]) / 1000.0 - page_end)
+                server.append(args_sent - received)
+                back.append(float(wall[1]) / 1000.0 - args_sent)
                 drawn = new
                 peak = max(peak, rss_mb(proc.pid) - before_mb)
             # brush strokes
@@ -381,8 +400,9 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
             f"{same}/{n_d} named the item drawn",
         ),
         ("  key -> the server has it", med(key_to_server), DECISION_TARGET_S, "wall clocks"),
-        ("  the decision and the page's rerun, server", med(server), DECISION_TARGET_S, ""),
-        ("  page rerun end -> answer in the browser", med(back), DECISION_TARGET_S, "wall clocks"),
+        ("  decision + page run to the viewer, server", med(server), DECISION_TARGET_S, ""),
+        *[("    " + STEP[m], med(splits[m]), DECISION_TARGET_S, "server") for m in DECISION_MARKS],
+        ("  viewer args sent -> answer in the browser", med(back), DECISION_TARGET_S, "wall clocks"),
         ("viewer: slice key -> new slice on screen", med(slices), SLICE_TARGET_S, f"{n_k} keys"),
         ("viewer: brush stroke -> revised label set saved", med(strokes), BRUSH_TARGET_S, f"{n_s} strokes"),
         ("  stroke -> the server has it", med(to_server), BRUSH_TARGET_S, "wall clocks"),

@@ -20,6 +20,7 @@ around the few quick reads of each step, never around an image read or a mask de
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -101,6 +102,7 @@ def handle(action: dict[str, Any]) -> None:
         decision = str(action.get("decision"))
         with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
             rid = review.record_decision(ws, t_scan, t_class, t_set, decision, name, comment_text())
+            common.record_timing("decision_saved", received)
             st.session_state.pop("v_editing", None)
             note(
                 rid,
@@ -140,11 +142,13 @@ def comment_text() -> str:
 # Fixed slots, so the viewer component keeps its place in the page (and its iframe, with the volumes it
 # holds) whatever appears above it from one rerun to the next.
 top_slot, queue_slot, notes_slot, viewer_slot = st.container(), st.container(), st.container(), st.container()
-# One catalog connection for the whole run up to the viewer: the viewer's action (a decision's write),
-# the queue and its upkeep, the scan's reads. Opening the catalog file costs 15-90 ms and closing it
-# after a write checkpoints it, so each connection more was that much later a next item
-# (``docs/decisions.md``). No image read or mask decode happens inside; an edit's mask work is small.
-with ws.catalog.session():
+# One catalog connection for the run up to the viewer's arguments: the viewer's action (a decision's
+# write), the queue and its upkeep, the scan's reads. Opening the catalog file costs 15-90 ms, and closing
+# it after a write checkpoints the file (~0.75 s at 10,000 scans), so it closes once the viewer has its
+# answer; when the item's payload must be built first (image reads, mask decodes) it closes before that.
+# ``docs/decisions.md``, "The decision key".
+with contextlib.ExitStack() as reads:
+    reads.enter_context(ws.catalog.session())
     top_slot.__enter__()
     viewer_action = st.session_state.get("mpr")
     if isinstance(viewer_action, dict) and viewer_action.get("id") not in (
@@ -202,6 +206,7 @@ with ws.catalog.session():
                 limit=QUEUE_ROWS,
                 include_unlearnt=include_unlearnt,  # learnt classes (#12)
             )
+            common.record_timing("queue_listed", PAGE_STARTED)
             q["note"] = [review.requeue_note(r) or "" for r in q.to_dict("records")]
             st.caption(
                 f"{len(q)} items shown (highest score first, at most {QUEUE_ROWS}); {n_items} in total"
@@ -377,73 +382,74 @@ with ws.catalog.session():
     if item is not None and bool(item["double_read"]) and item["reading_state"] == "reading":
         # blind: while the item waits for its readings, the history shows only this reviewer's own decisions
         history = history[history["reviewer"] == blind_reader()]
-queue_slot.__exit__(None, None, None)
+    queue_slot.__exit__(None, None, None)
 
+    # ------------------------------------------------------------------------------------------ the viewer
+    def viewer_args(payload: multiplanar.Payload, next_payload: dict[str, Any] | None) -> dict[str, Any]:
+        """The component's arguments for the shown item (JSON only)."""
+        title_line = f"{scan_id} · {class_name} · {set_label[shown]}"
+        item_args = multiplanar.component_item(payload, mpr_viewer.base_url(), class_name, title_line)
+        item_args["view_key"] = multiplanar.view_key(scan_id, class_name)
+        return {
+            "item": item_args,
+            "prefetch": [next_payload] if next_payload else [],
+            "presets": {k: list(v) for k, v in app_data.WL_PRESETS.items()},
+            "keys": multiplanar.KEYS,
+            "heat_stops": [[x, list(c)] for x, c in app_data.HEAT_STOPS],
+            "heat_floor": app_data.ENTROPY_FLOOR,
+            "target": {"scan_id": scan_id, "class_name": class_name, "label_set_id": shown},
+            "done": st.session_state.get("v_done"),
+            # the decision keys that may draw the prefetched next item at once (the page serves it next)
+            "draw_ahead": draw_ahead if next_payload is not None else [],
+            "message": st.session_state.pop("v_message", ""),
+        }
 
-# ------------------------------------------------------------------------------------------ the viewer
-def viewer_args(payload: multiplanar.Payload, next_payload: dict[str, Any] | None) -> dict[str, Any]:
-    """The component's arguments for the shown item (JSON only)."""
-    title_line = f"{scan_id} · {class_name} · {set_label[shown]}"
-    item_args = multiplanar.component_item(payload, mpr_viewer.base_url(), class_name, title_line)
-    item_args["view_key"] = multiplanar.view_key(scan_id, class_name)
-    return {
-        "item": item_args,
-        "prefetch": [next_payload] if next_payload else [],
-        "presets": {k: list(v) for k, v in app_data.WL_PRESETS.items()},
-        "keys": multiplanar.KEYS,
-        "heat_stops": [[x, list(c)] for x, c in app_data.HEAT_STOPS],
-        "heat_floor": app_data.ENTROPY_FLOOR,
-        "target": {"scan_id": scan_id, "class_name": class_name, "label_set_id": shown},
-        "done": st.session_state.get("v_done"),
-        # the decision keys that may draw the prefetched next item at once (the page serves it next)
-        "draw_ahead": draw_ahead if next_payload is not None else [],
-        "message": st.session_state.pop("v_message", ""),
+    source = multiplanar.ItemSource(
+        root, scan_id, str(scan["image_path"]), str(mask_keys[shown]), tuple(present), class_name, run_id
+    )
+    notes_slot.__enter__()
+    started = time.time()
+    if mpr_viewer.payload_store().built(source) is None:
+        reads.close()  # the payload is built now (image reads, mask decodes): not with the catalog open
+    try:
+        payload = mpr_viewer.prepare(ws, source)
+    except (HarmonizeError, OSError) as e:  # the CT is unreadable: one line, the other scans still open
+        where, problem = (e.path, e.problem) if isinstance(e, HarmonizeError) else (scan["image_path"], e)
+        st.error(f"{escape(where)}: {escape(problem)}. {common.WAY_BACK}")
+        st.stop()
+    shown_problems = {
+        f"{escape(path)}: {escape(problem)}. {common.WAY_BACK}" for path, problem in payload.problems
     }
-
-
-source = multiplanar.ItemSource(
-    root, scan_id, str(scan["image_path"]), str(mask_keys[shown]), tuple(present), class_name, run_id
-)
-notes_slot.__enter__()
-started = time.time()
-try:
-    payload = mpr_viewer.prepare(ws, source)
-except (HarmonizeError, OSError) as e:  # the CT is unreadable: one line, the other scans still open
-    where, problem = (e.path, e.problem) if isinstance(e, HarmonizeError) else (scan["image_path"], e)
-    st.error(f"{escape(where)}: {escape(problem)}. {common.WAY_BACK}")
-    st.stop()
-shown_problems = {
-    f"{escape(path)}: {escape(problem)}. {common.WAY_BACK}" for path, problem in payload.problems
-}
-for line in sorted(shown_problems):
-    st.error(line)
-if no_map is not None:
-    st.caption(escape(no_map))
-elif run_id is not None:
-    st.caption(
-        f"Uncertainty map of run {escape(run_id)} (key {multiplanar.KEYS['toggle_heat']}). "
-        f"{escape(app_data.HEAT_LEGEND)}"
-    )
-    if spacing_note:  # e.g. a release model run coarser than it was trained
-        st.caption(f"Model run {escape(run_id)}: {escape(spacing_note)}")
-next_args = None
-if next_source is not None and next_row is not None:
-    next_target = {k: str(next_row[k]) for k in ("scan_id", "class_name", "label_set_id")}
-    next_title = (
-        f"{next_target['scan_id']} · {next_target['class_name']} · v{next_row['version']} "
-        f"{next_row['origin']} ({next_target['label_set_id']})"
-    )
-    next_args = mpr_viewer.preload(ws, next_source, next_title, next_target)
-# After a decision the page serves the item after this one when it lists the pending queue for a reviewer
-# whose name records and the decision takes the item out of that list: any decision of a single-read item
-# (its verdict), any but skip of a double-read one (skip is no reading). Otherwise the page answers alone.
-draw_ahead: list[str] = []
-if item is not None and f_status == "pending" and blind_reader() is not None:
-    draw_ahead = [d for d in review.DECISIONS if d != "skip" or not bool(item["double_read"])]
-notes_slot.__exit__(None, None, None)
-viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
-mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
-common.record_timing("mpr", started)
+    for line in sorted(shown_problems):
+        st.error(line)
+    if no_map is not None:
+        st.caption(escape(no_map))
+    elif run_id is not None:
+        st.caption(
+            f"Uncertainty map of run {escape(run_id)} (key {multiplanar.KEYS['toggle_heat']}). "
+            f"{escape(app_data.HEAT_LEGEND)}"
+        )
+        if spacing_note:  # e.g. a release model run coarser than it was trained
+            st.caption(f"Model run {escape(run_id)}: {escape(spacing_note)}")
+    next_args = None
+    if next_source is not None and next_row is not None:
+        next_target = {k: str(next_row[k]) for k in ("scan_id", "class_name", "label_set_id")}
+        next_title = (
+            f"{next_target['scan_id']} · {next_target['class_name']} · v{next_row['version']} "
+            f"{next_row['origin']} ({next_target['label_set_id']})"
+        )
+        next_args = mpr_viewer.preload(ws, next_source, next_title, next_target)
+    # After a decision the page serves the item after this one when it lists the pending queue for a reviewer
+    # whose name records and the decision takes the item out of that list: any decision of a single-read item
+    # (its verdict), any but skip of a double-read one (skip is no reading). Otherwise the page answers alone.
+    draw_ahead: list[str] = []
+    if item is not None and f_status == "pending" and blind_reader() is not None:
+        draw_ahead = [d for d in review.DECISIONS if d != "skip" or not bool(item["double_read"])]
+    notes_slot.__exit__(None, None, None)
+    viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
+    mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
+    common.record_timing("mpr", started)
+common.record_timing("catalog_closed", PAGE_STARTED)  # the viewer answered, the catalog closed
 st.caption(
     "Keys (click the viewer or anywhere outside a text field first): "
     + " · ".join(f"**{escape(k)}** {escape(multiplanar.KEY_HELP[a])}" for a, k in multiplanar.KEYS.items())
