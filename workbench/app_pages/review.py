@@ -4,7 +4,9 @@ browser (brush and eraser in mm, keep / remove a clicked component, fill a hole,
 keyboard-driven decisions, undo, the classic slice view as a fallback, and the 3D Slicer / ITK-SNAP round
 trip. The viewer is a Streamlit component (``workbench/app_data/viewer_component/``); its data and the
 preload of the next item are :mod:`workbench.app_data.multiplanar`; every edit it sends is saved through
-``review.correct`` as a revised label set. The queue is the reviewer's blind queue (one row
+``review.correct`` as a revised label set. A decision key draws the prefetched next item at once in the
+browser (``draw_ahead``: the keys after which this page serves that item); the run the key starts writes
+the decision and answers with the item it really serves. The queue is the reviewer's blind queue (one row
 per scan x class; a double-read item the reviewer already read is left out, another reader's decision is
 not shown, not even in the history); an item back after a decision says why (the Dice against the decided
 label), and the status ``adjudication`` lists the double-read items whose readers disagree, with both

@@ -204,7 +204,12 @@ function drawAhead(what, actionId, label) {
   // one step ahead at most; later actions name the item now on screen
   A = Object.assign({}, A, { target: next.target, draw_ahead: [], prefetch: [], message: label });
   window.__viewer.drawnAhead = { id: next.item.id, action: actionId };
-  load(next.item).catch((err) => { loading = null; window.__viewer.errors.push(String(err)); });
+  loading = next.item.id;
+  // in a task of its own: the page (same thread) sends the action to the server first
+  setTimeout(() => {
+    if (loading !== next.item.id) return; // the page answered with another item meanwhile
+    load(next.item).catch((err) => { loading = null; window.__viewer.errors.push(String(err)); });
+  }, 0);
   return true;
 }
 
