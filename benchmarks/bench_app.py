@@ -199,7 +199,7 @@ STEP = {
     "decision_saved": "action -> decision written (checks + insert)",
     "queue_listed": "-> queue listed (upkeep, maintained tables)",
     "mpr": "-> scan reads, payload found, viewer args sent",
-    "catalog_closed": "-> catalog closed (checkpoint)",
+    "catalog_closed": "-> long-tail upkeep, catalog closed",
     "review_page": "-> rest of the page (history, buttons)",
 }
 #: The Review page's marks of a decision's run, in order (``common.record_timing``; the ends count).

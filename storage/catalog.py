@@ -1289,6 +1289,7 @@ class Catalog:
         *,
         result_label_set_id: str | None = None,
         undo_of: str | None = None,
+        keep_long_tail: bool = True,
     ) -> str:
         """Store one ``review`` row (one transaction), stamped with the current UTC time.
 
@@ -1298,6 +1299,9 @@ class Catalog:
             comment / reviewer: as typed (validated by the caller).
             result_label_set_id: the label set a correction (or the undo of one) wrote.
             undo_of: the review id an ``undo`` row reverses.
+            keep_long_tail: keep the long tail current in the same transaction (:meth:`_keep_long_tail`);
+                False leaves that to the caller's :meth:`keep_long_tail` (until then, the next reader
+                refreshes it).
 
         Returns:
             The new review id (``rv-`` + 20 hex digits).
@@ -1314,7 +1318,8 @@ class Catalog:
         )
         with self.transaction() as con:
             self._insert_review(con, record)
-            self._keep_long_tail(con)
+            if keep_long_tail:
+                self._keep_long_tail(con)
         return record.id
 
     @staticmethod
@@ -2595,6 +2600,13 @@ class Catalog:
         its next reader refreshes it); the reader's fingerprint check stays the guard either way."""
         if con.execute("SELECT count(*) FROM long_tail_meta").fetchone() != (0,):
             self._refresh_long_tail(con, max_changed=LONG_TAIL_WRITE_THROUGH)
+
+    def keep_long_tail(self) -> None:
+        """:meth:`_keep_long_tail` in a transaction of its own, for a writer that deferred it
+        (``add_review(keep_long_tail=False)``) until it answered what could not wait (the Review page: the
+        next item)."""
+        with self.transaction() as con:
+            self._keep_long_tail(con)
 
     # -- external evaluation and report (#16) ---------------------------------------------------------
     def scans_of_sources(self, sources: Sequence[str]) -> pd.DataFrame:

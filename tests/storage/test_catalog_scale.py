@@ -325,6 +325,27 @@ def test_a_reviewers_write_keeps_the_long_tail_in_its_transaction(cat: Catalog, 
     _assert_same(_sorted(stored, ["class_name", "source_id"]), _live_long_tail(cat))
 
 
+def _stored_long_tail(cat: Catalog) -> pd.DataFrame:
+    """The stored long tail rows that carry the catalog's current fingerprint (empty when stale)."""
+    with cat.connect(read_only=True) as con:
+        fingerprint = cat._long_tail_fingerprint(con)
+    return cat.query(
+        "SELECT class_name, source_id, annotated, present, absent, not_annotated FROM long_tail_cache "
+        "WHERE fingerprint = ?",
+        [fingerprint],
+    )
+
+
+def test_a_decision_may_leave_the_long_tail_to_its_writers_later_upkeep(cat: Catalog) -> None:
+    cat.long_tail()
+    scan = cat.scan_ids(1)[0]
+    ls = str(cat.latest_original(scan)["id"])  # type: ignore[index]
+    cat.add_review(scan, "liver", ls, "reject", "", "r1", keep_long_tail=False)
+    assert _stored_long_tail(cat).empty  # not refreshed with the write
+    cat.keep_long_tail()
+    _assert_same(_sorted(_stored_long_tail(cat), ["class_name", "source_id"]), _live_long_tail(cat))
+
+
 def test_a_batch_of_changed_scans_is_left_to_the_next_reader(cat: Catalog) -> None:
     cat.long_tail()
     scans = cat.scan_ids(LONG_TAIL_WRITE_THROUGH + 1)

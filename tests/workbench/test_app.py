@@ -208,6 +208,21 @@ def test_a_next_item_decided_elsewhere_after_the_page_listed_it_is_not_served(
     ]
 
 
+def test_a_decision_keys_deferred_long_tail_upkeep_is_done_in_the_same_run(
+    ws: Workspace, three: list[dict[str, str]]
+) -> None:
+    at = _app("long_tail")  # the long tail is stored once: from then on each write keeps it current
+    at.switch_page("app_pages/review.py").run()
+    seen = int(ws.catalog.query("SELECT reviews FROM long_tail_meta")["reviews"].iloc[0])
+    args = _viewer_args(at)
+    _key(at, {"id": "k1", "action": "decide", "decision": "accept", "target": args["target"]})
+    # the run wrote the decision first and refreshed the table after the viewer's answer, not the next reader
+    assert int(ws.catalog.query("SELECT reviews FROM long_tail_meta")["reviews"].iloc[0]) == seen + 1
+    fresh = ws.catalog.long_tail(by_source=True)
+    colon = fresh[(fresh["class_name"] == "colon") & (fresh["source_id"] == "btcv")]
+    assert int(colon["annotated"].iloc[0]) == 1  # the accepted pseudo-label of btcv:ahead (BTCV has no colon)
+
+
 @pytest.mark.parametrize(
     ("reviewer", "status", "drawn_ahead"),
     [

@@ -44,6 +44,8 @@ assert ws is not None
 root = str(ws.root)
 st.title("Review")
 QUEUE_ROWS = 200
+#: Decisions of this run whose long-tail upkeep waits until the viewer has its answer.
+LONG_TAIL_DUE: list[str] = []
 
 
 def blind_reader() -> str | None:
@@ -103,7 +105,11 @@ def handle(action: dict[str, Any]) -> None:
     if kind == "decide":
         decision = str(action.get("decision"))
         with common.guarded(), ws.catalog.session():  # one connection for the checks and the write
-            rid = review.record_decision(ws, t_scan, t_class, t_set, decision, name, comment_text())
+            # the long tail's upkeep (~0.25 s at 10,000 scans) waits until the viewer has the next item
+            rid = review.record_decision(
+                ws, t_scan, t_class, t_set, decision, name, comment_text(), keep_long_tail=False
+            )
+            LONG_TAIL_DUE.append(rid)
             common.record_timing("decision_saved", received)
             st.session_state.pop("v_editing", None)
             note(
@@ -451,6 +457,9 @@ with contextlib.ExitStack() as reads:
     viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
     mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
     common.record_timing("mpr", started)
+    if LONG_TAIL_DUE:  # the decision's deferred upkeep (a reader before it would refresh the table itself)
+        with common.guarded():
+            ws.catalog.keep_long_tail()
 common.record_timing("catalog_closed", PAGE_STARTED)  # the viewer answered, the catalog closed
 st.caption(
     "Keys (click the viewer or anywhere outside a text field first): "

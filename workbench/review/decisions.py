@@ -64,6 +64,8 @@ def record_decision(
     decision: str,
     reviewer: str,
     comment: str | None = "",
+    *,
+    keep_long_tail: bool = True,
 ) -> str:
     """Record a reviewer's decision on one scan x class of one label set version.
 
@@ -75,6 +77,9 @@ def record_decision(
         decision: one of :data:`DECISIONS`.
         reviewer: who decided (validated by :func:`~workbench.review.validation.validate_reviewer`).
         comment: free text (validated by :func:`~workbench.review.validation.validate_comment`).
+        keep_long_tail: False leaves the long tail's upkeep to the caller (``ws.catalog.keep_long_tail()``
+            once it answered what could not wait; until then the next reader of the long tail refreshes
+            it).
 
     Returns:
         The review id.
@@ -89,7 +94,9 @@ def record_decision(
     text = validate_comment(ws, comment)
     class_name = check_class(ws, class_name)
     label_set_row(ws, label_set_id, scan_id)
-    return ws.catalog.add_review(scan_id, class_name, label_set_id, decision, text, name)
+    return ws.catalog.add_review(
+        scan_id, class_name, label_set_id, decision, text, name, keep_long_tail=keep_long_tail
+    )
 
 
 def reviews(ws: Workspace, scan_id: str | None = None, class_name: str | None = None) -> pd.DataFrame:
