@@ -231,6 +231,36 @@ def _finish_label_map(
     )
 
 
+#: Largest label value for which :func:`_value_masks` compares value by value instead of counting all.
+PER_VALUE_MAX = 32
+
+
+def _value_masks(fg: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, int]]:
+    """The non-zero values of a label crop with their voxel counts, and (for small label maps) each
+    value's bool mask.
+
+    Up to :data:`PER_VALUE_MAX`, one ``==`` pass per value (its mask is kept: a target of one value reuses
+    it) is cheaper than ``np.bincount``, which first casts every voxel to a 64-bit index; above it,
+    ``bincount`` counts and no mask is kept.
+
+    Returns:
+        ``(value -> mask, value -> voxels)`` over the values present (never 0).
+    """
+    top = int(fg.max()) if fg.size else 0
+    if top <= PER_VALUE_MAX:
+        masks: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
+        for v in range(1, top + 1):
+            m = fg == v
+            n = int(np.count_nonzero(m))
+            if n:
+                masks[v], counts[v] = m, n
+        return masks, counts
+    # order="K" keeps NIfTI's Fortran order: a C-order ravel would copy the whole crop first.
+    hist = np.bincount(fg.ravel(order="K"))
+    return {}, {int(v): int(hist[v]) for v in np.flatnonzero(hist) if v != 0}
+
+
 def _label_targets(label: Volume, protocol: Protocol, label_path: str | Path) -> _LabelTargets:
     """The label map's checks and per-target masks (the part of :func:`harmonize_label_map` that needs
     no image, so it can run while the image still decodes).
@@ -248,9 +278,8 @@ def _label_targets(label: Volume, protocol: Protocol, label_path: str | Path) ->
     if fg_box is None:
         raise HarmonizeError(label_path, "label map is empty (every voxel is background)")
     fg = lab[fg_box]
-    # order="K" keeps NIfTI's Fortran order: a C-order ravel would copy the whole crop first.
-    counts = np.bincount(fg.ravel(order="K"))
-    values = [int(v) for v in np.flatnonzero(counts) if v != 0]
+    value_masks, counts = _value_masks(fg)
+    values = sorted(counts)
     ignored = [v for v in values if v not in protocol.labels]
     unknown = [v for v in ignored if str(v) not in protocol.unmapped]
     if unknown and protocol.strict_values:
@@ -267,7 +296,10 @@ def _label_targets(label: Volume, protocol: Protocol, label_path: str | Path) ->
             by_target.setdefault(t, []).append(v)
     target_masks: dict[str, CroppedMask] = {}
     for target, vals in by_target.items():
-        m = fg == vals[0] if len(vals) == 1 else np.isin(fg, vals)
+        if len(vals) == 1:
+            m = value_masks[vals[0]] if vals[0] in value_masks else fg == vals[0]
+        else:
+            m = np.isin(fg, vals)
         target_masks[target] = CroppedMask.from_full(m, fg_origin, shape)  # type: ignore[arg-type]
     notes = []
     if ignored:
@@ -275,7 +307,7 @@ def _label_targets(label: Volume, protocol: Protocol, label_path: str | Path) ->
             f"{v} ({protocol.unmapped[str(v)]})" if str(v) in protocol.unmapped else str(v) for v in ignored
         ]
         notes.append(f"label values {', '.join(meanings)} have no universal class and were ignored")
-    native = {str(v): int(counts[v]) for v in values}
+    native = {str(v): counts[v] for v in values}
     return _LabelTargets(shape, label.affine, target_masks, native, notes)
 
 
