@@ -48,6 +48,8 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -572,6 +574,28 @@ def _crashed(task: CaseTask, exc: BaseException) -> CaseResult:
     )
 
 
+#: How often a worker checks that its driver still runs (:func:`_end_with_driver`), in seconds.
+DRIVER_CHECK_S = 1.0
+
+
+def _end_with_driver(driver_pid: int) -> None:
+    """Pool initializer: a thread that ends this worker once the driver process is gone (killed). A worker
+    forked from the fork server is not the driver's child and holds the server's liveness pipe, so without
+    it a killed driver left its idle workers (and the server) waiting for work forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(DRIVER_CHECK_S)
+            try:
+                os.kill(driver_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # a process of another user took the id: the driver is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
+
+
 def worker_context() -> multiprocessing.context.BaseContext:
     """The start method of ingest workers: a fork server that has imported this module once (numpy,
     scipy, nibabel, the harmonizer: ~1.5-2 s of imports on the 2 cores here), so every worker forks from
@@ -596,7 +620,9 @@ def _pool_results(tasks: list[CaseTask], workers: int, retries: int) -> Iterator
     queue = deque(tasks)
     while queue:
         suspects: list[CaseTask] = []
-        pool = ProcessPoolExecutor(workers, mp_context=context)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_end_with_driver, initargs=(os.getpid(),)
+        )
         in_flight: dict[Future[CaseResult], CaseTask] = {}
         try:
             while (queue or in_flight) and not suspects:
@@ -625,7 +651,9 @@ def _isolated(suspects: list[CaseTask], context: Any, retries: int) -> Iterator[
     try:
         for task in suspects:
             for _ in range(retries + 1):
-                pool = pool or ProcessPoolExecutor(1, mp_context=context)
+                pool = pool or ProcessPoolExecutor(
+                    1, mp_context=context, initializer=_end_with_driver, initargs=(os.getpid(),)
+                )
                 try:
                     result = pool.submit(harmonize_task, task).result()
                 except BrokenProcessPool:
