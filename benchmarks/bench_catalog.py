@@ -13,7 +13,8 @@ session):
 * the Review page's queue page: ``workbench.review.queue`` with the page's filters (top 200);
 * one scan's detail as the Review page reads it (scan row, label sets, current label set, present
   classes, decisions);
-* a training-set assembly for one class (``Catalog.training_rows``);
+* a training-set assembly for one class (``Catalog.training_rows``), as the first call in a session the
+  way the learning wing holds one across split and assembly, and with a connection of its own;
 * the Overview and Long tail pages' data (``workbench.app_data``);
 
 against 100 ms per query and 1 s per page, then the catalog's size on disk and this process's peak RSS.
