@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,73 @@ def harmonize_label_map(
     """
     if image is not None:
         check_same_grid(image, label, label_path)
+    return _finish_label_map(_label_targets(label, protocol, label_path), protocol, case_id, image)
+
+
+@dataclass
+class _LabelTargets:
+    """What a label map gives on its own (no image needed): per universal target its cropped mask."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    target_masks: dict[str, CroppedMask]
+    native: dict[str, int]
+    notes: list[str]
+
+
+def _finish_label_map(
+    targets: _LabelTargets, protocol: Protocol, case_id: str, image: Volume | None
+) -> HarmonizedCase:
+    return _finish(
+        protocol,
+        case_id,
+        image,
+        targets.shape,
+        targets.affine,
+        targets.target_masks,
+        targets.native,
+        set(),
+        targets.notes,
+    )
+
+
+#: Largest label value for which :func:`_value_masks` compares value by value instead of counting all.
+PER_VALUE_MAX = 32
+
+
+def _value_masks(fg: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, int]]:
+    """The non-zero values of a label crop with their voxel counts, and (for small label maps) each
+    value's bool mask.
+
+    Up to :data:`PER_VALUE_MAX`, one ``==`` pass per value (its mask is kept: a target of one value reuses
+    it) is cheaper than ``np.bincount``, which first casts every voxel to a 64-bit index; above it,
+    ``bincount`` counts and no mask is kept.
+
+    Returns:
+        ``(value -> mask, value -> voxels)`` over the values present (never 0).
+    """
+    top = int(fg.max()) if fg.size else 0
+    if top <= PER_VALUE_MAX:
+        masks: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
+        for v in range(1, top + 1):
+            m = fg == v
+            n = int(np.count_nonzero(m))
+            if n:
+                masks[v], counts[v] = m, n
+        return masks, counts
+    # order="K" keeps NIfTI's Fortran order: a C-order ravel would copy the whole crop first.
+    hist = np.bincount(fg.ravel(order="K"))
+    return {}, {int(v): int(hist[v]) for v in np.flatnonzero(hist) if v != 0}
+
+
+def _label_targets(label: Volume, protocol: Protocol, label_path: str | Path) -> _LabelTargets:
+    """The label map's checks and per-target masks (the part of :func:`harmonize_label_map` that needs
+    no image, so it can run while the image still decodes).
+
+    Raises:
+        HarmonizeError: negative or unknown label values, an empty label map, a non-integer dtype.
+    """
     lab = label.array
     if not np.issubdtype(lab.dtype, np.integer):
         raise HarmonizeError(label_path, f"label map has non-integer dtype {lab.dtype}")
@@ -210,9 +278,8 @@ def harmonize_label_map(
     if fg_box is None:
         raise HarmonizeError(label_path, "label map is empty (every voxel is background)")
     fg = lab[fg_box]
-    # order="K" keeps NIfTI's Fortran order: a C-order ravel would copy the whole crop first.
-    counts = np.bincount(fg.ravel(order="K"))
-    values = [int(v) for v in np.flatnonzero(counts) if v != 0]
+    value_masks, counts = _value_masks(fg)
+    values = sorted(counts)
     ignored = [v for v in values if v not in protocol.labels]
     unknown = [v for v in ignored if str(v) not in protocol.unmapped]
     if unknown and protocol.strict_values:
@@ -229,7 +296,10 @@ def harmonize_label_map(
             by_target.setdefault(t, []).append(v)
     target_masks: dict[str, CroppedMask] = {}
     for target, vals in by_target.items():
-        m = fg == vals[0] if len(vals) == 1 else np.isin(fg, vals)
+        if len(vals) == 1:
+            m = value_masks[vals[0]] if vals[0] in value_masks else fg == vals[0]
+        else:
+            m = np.isin(fg, vals)
         target_masks[target] = CroppedMask.from_full(m, fg_origin, shape)  # type: ignore[arg-type]
     notes = []
     if ignored:
@@ -237,8 +307,8 @@ def harmonize_label_map(
             f"{v} ({protocol.unmapped[str(v)]})" if str(v) in protocol.unmapped else str(v) for v in ignored
         ]
         notes.append(f"label values {', '.join(meanings)} have no universal class and were ignored")
-    native = {str(v): int(counts[v]) for v in values}
-    return _finish(protocol, case_id, image, shape, label.affine, target_masks, native, set(), notes)
+    native = {str(v): counts[v] for v in values}
+    return _LabelTargets(shape, label.affine, target_masks, native, notes)
 
 
 def harmonize_class_files(
@@ -324,6 +394,8 @@ def harmonize_case(
         return image, harmonize_label_map(
             label, protocol, case_id=case.case_id, image=image, label_path=case.label
         )
+    if kind == "paired" and not label_missing:
+        return _harmonize_paired(protocol, case, on_image)
     # image and label files decode at the same time (read_volumes); the image's error comes first
     paths: dict[str, str | Path] = {}
     if kind != "paired" and not label_missing:
@@ -347,6 +419,39 @@ def harmonize_case(
         raise HarmonizeError(case.label, "no per-class file of the protocol is in this folder")
     files = dict(zip(paths, volumes, strict=True))
     return image, harmonize_class_files(files, protocol, case_id=case.case_id, image=image, paths=paths)
+
+
+def _harmonize_paired(
+    protocol: Protocol, case: CaseFiles, on_image: Callable[[Volume], None] | None
+) -> tuple[Volume, HarmonizedCase]:
+    """:func:`harmonize_case` of an image and its label map: the label is read and turned into per-target
+    masks while the image decodes in another thread (inflate releases the GIL, and so do numpy's passes
+    over the label), so only the image-dependent work (split midline, statistics) follows the image.
+
+    Errors come in the order of a sequential read and :func:`harmonize_label_map`: the image's read
+    error, the label's read error, a grid mismatch, then the label map's own problems.
+    """
+    from harmonize.readers import read_volume
+
+    with ThreadPoolExecutor(1) as pool:
+        image_read = pool.submit(read_volume, case.image, kind="image")
+        label: Volume | None = None
+        targets: _LabelTargets | None = None
+        label_error: HarmonizeError | None = None
+        try:
+            label = read_volume(case.label, kind="label")
+            targets = _label_targets(label, protocol, case.label)
+        except HarmonizeError as e:
+            label_error = e
+        image = image_read.result()
+    if label is not None:
+        check_same_grid(image, label, case.label)
+    if label_error is not None:
+        raise label_error
+    assert targets is not None
+    if on_image is not None:
+        on_image(image)
+    return image, _finish_label_map(targets, protocol, case.case_id, image)
 
 
 CLASS_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", "")

@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.schema import (
     MIGRATIONS,
@@ -1667,12 +1669,16 @@ class Catalog:
             plain, params = self._in_filters(
                 [("source_id", sources), ("scan_id", scan_ids), ("class_name", classes)]
             )
+            # one class: its name is not read per row (an Arrow column of one value instead)
+            one_class = classes[0] if classes is not None and len(set(classes)) == 1 else None
+            columns = [c for c in _TRAINING_COLUMNS if c != "class_name" or one_class is None]
             return self._assembled(
-                f"SELECT scan_id, source_id, image_path, class_name, state, label_set_id, mask_key, origin, "
-                f"basis, version FROM a {self._where(plain)}",
+                f"SELECT {', '.join(columns)} FROM a {self._where(plain)}",
                 params,
+                _training_columns(one_class),
             )
-        sql = f"{_ASSEMBLED_OF.format(current='current_label_of(?)')} {self._where(conditions)}"
+        rows = _ASSEMBLED_OF.format(current="current_label_of(?)", mask_key=_MASK_KEY)
+        sql = f"{rows} {self._where(conditions)}"
         with self.connect(read_only=True) as con:
             return _arrow_df(con, sql, [list(bases), *params])
 
@@ -2365,12 +2371,18 @@ class Catalog:
             lambda con: con.execute(f"{_QUEUE_ITEMS} {sql}", list(params)).df(),
         )
 
-    def _assembled(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+    def _assembled(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        finish: Callable[[pa.Table], pa.Table] | None = None,
+    ) -> pd.DataFrame:
         """Run ``sql`` (against the relation ``a``: ``current_label`` with the scan's ``source_id`` and
-        ``image_path``) over the maintained ``assembled_label`` table (:meth:`_derived`), as Arrow-backed
-        columns (no Python object per cell)."""
+        ``image_path``; its ``mask_key`` NULL where it is the label set's id) over the maintained
+        ``assembled_label`` table (:meth:`_derived`), as Arrow-backed columns (no Python object per
+        cell); ``finish`` rewrites the Arrow table before it becomes a DataFrame."""
 
-        insert = f"INSERT INTO assembled_label {_ASSEMBLED_SQL}"
+        insert = f"INSERT INTO assembled_label {_ASSEMBLED_STORED_SQL}"
 
         def refresh(con: duckdb.DuckDBPyConnection, changed: list[str] | None) -> None:
             if changed is None:
@@ -2383,7 +2395,7 @@ class Catalog:
                 return
             for marks, chunk in _chunks(changed):
                 con.execute(f"DELETE FROM assembled_label WHERE scan_id IN ({marks})", chunk)
-                rows = _ASSEMBLED_OF.format(current="current_label_in")
+                rows = _ASSEMBLED_OF.format(current="current_label_in", mask_key=_STORED_MASK_KEY)
                 con.execute(
                     f"INSERT INTO assembled_label {scoped_rules_sql(len(chunk))} {rows}",
                     scoped_rules_params(chunk),
@@ -2392,8 +2404,8 @@ class Catalog:
         return self._derived(
             "assembled_label",
             refresh,
-            lambda con: _arrow_df(con, f"WITH a AS (SELECT * FROM assembled_label) {sql}", params),
-            lambda con: _arrow_df(con, f"WITH a AS ({_ASSEMBLED_SQL}) {sql}", params),
+            lambda con: _arrow_df(con, f"WITH a AS (SELECT * FROM assembled_label) {sql}", params, finish),
+            lambda con: _arrow_df(con, f"WITH a AS ({_ASSEMBLED_SQL}) {sql}", params, finish),
         )
 
     def _original_distributions(self, read: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
@@ -2739,10 +2751,15 @@ DERIVED_FULL_REFRESH = 50_000
 #: ``c.scan_id`` / ``c.class_name`` below the rule's window.
 _ASSEMBLED_OF = """
     SELECT c.scan_id, s.source_id, s.image_path, c.class_name, c.state::known_state AS state, c.label_set_id,
-           c.mask_key, c.origin::label_origin AS origin, c.basis::label_basis AS basis, c.version
+           {mask_key} AS mask_key, c.origin::label_origin AS origin, c.basis::label_basis AS basis, c.version
     FROM {current} c JOIN scan s ON s.id = c.scan_id
 """
-_ASSEMBLED_SQL = _ASSEMBLED_OF.format(current="current_label_of(['revised', 'original', 'pseudo'])")
+#: The mask key as the rules have it, and as ``assembled_label`` stores it (schema v14: NULL where it is
+#: the label set's id, as every writer makes it; :func:`_training_columns` fills it back).
+_MASK_KEY, _STORED_MASK_KEY = "c.mask_key", "nullif(c.mask_key, c.label_set_id)"
+_EVERY_BASIS = "current_label_of(['revised', 'original', 'pseudo'])"
+_ASSEMBLED_SQL = _ASSEMBLED_OF.format(current=_EVERY_BASIS, mask_key=_MASK_KEY)
+_ASSEMBLED_STORED_SQL = _ASSEMBLED_OF.format(current=_EVERY_BASIS, mask_key=_STORED_MASK_KEY)
 
 #: The Long tail page's distributions of the current original labels, per maintained table.
 _DISTRIBUTION_SQL = {
@@ -2883,14 +2900,49 @@ def _page_by_rowid(
     return read
 
 
-def _arrow_df(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+def _arrow_df(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: Sequence[Any],
+    finish: Callable[[pa.Table], pa.Table] | None = None,
+) -> pd.DataFrame:
     """The result of ``sql`` as a DataFrame made from Arrow: large-string buffers become pandas' Arrow-backed
-    ``str`` columns without a copy per cell (about 5x faster than ``.df()`` for 0.5 M rows of strings)."""
+    ``str`` columns without a copy per cell (about 5x faster than ``.df()`` for 0.5 M rows of strings);
+    ``finish`` rewrites the Arrow table first."""
     con.execute("SET arrow_large_buffer_size = true")
     try:
-        return con.sql(sql, params=list(params)).to_arrow_table().to_pandas()
+        table = con.sql(sql, params=list(params)).to_arrow_table()
     finally:
         con.execute("RESET arrow_large_buffer_size")
+    return (table if finish is None else finish(table)).to_pandas()
+
+
+#: The columns of :meth:`Catalog.training_rows`, in order.
+_TRAINING_COLUMNS = (
+    "scan_id", "source_id", "image_path", "class_name", "state", "label_set_id", "mask_key", "origin",
+    "basis", "version",
+)  # fmt: skip
+
+
+def _training_columns(one_class: str | None) -> Callable[[pa.Table], pa.Table]:
+    """What :meth:`Catalog.training_rows` does to the rows of ``assembled_label`` read through Arrow: a
+    NULL ``mask_key`` (schema v14) becomes the label set's id (the same buffers when every key is NULL,
+    no copy), and with ``one_class`` (a filter on one class, so the query left the column out) the
+    ``class_name`` column is that name in every row."""
+
+    def finish(table: pa.Table) -> pa.Table:
+        ids, keys = table.column("label_set_id"), table.column("mask_key")
+        if keys.null_count == len(keys):
+            keys = ids
+        elif keys.null_count:
+            keys = pc.coalesce(keys, ids)
+        table = table.set_column(table.schema.get_field_index("mask_key"), "mask_key", keys)
+        if one_class is not None:
+            name = pa.array([one_class], ids.type).take(np.zeros(len(table), np.int32))
+            table = table.add_column(_TRAINING_COLUMNS.index("class_name"), "class_name", name)
+        return table.select(list(_TRAINING_COLUMNS))
+
+    return finish
 
 
 #: What DuckDB says about a file that is not (or no longer) a readable database.

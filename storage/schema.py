@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 #: Where a label set comes from: the source's own annotation, a model run, or a reviewer.
 ORIGINS = ("original", "pseudo", "revised")
@@ -318,6 +318,18 @@ ASSEMBLED_LABEL_V13 = f"""
         class_name VARCHAR NOT NULL, state known_state NOT NULL, label_set_id VARCHAR NOT NULL,
         mask_key VARCHAR NOT NULL, origin label_origin NOT NULL, basis label_basis NOT NULL,
         version INTEGER NOT NULL
+    );
+    DELETE FROM derived_meta WHERE name = 'assembled_label';
+"""
+
+#: Migration 14's rebuild of ``assembled_label``: ``mask_key`` is NULL where it equals ``label_set_id``
+#: (:meth:`storage.catalog.Catalog.training_rows` fills it back without a copy).
+ASSEMBLED_LABEL_V14 = """
+    DROP TABLE assembled_label;
+    CREATE TABLE assembled_label (
+        scan_id VARCHAR NOT NULL, source_id VARCHAR NOT NULL, image_path VARCHAR NOT NULL,
+        class_name VARCHAR NOT NULL, state known_state NOT NULL, label_set_id VARCHAR NOT NULL,
+        mask_key VARCHAR, origin label_origin NOT NULL, basis label_basis NOT NULL, version INTEGER NOT NULL
     );
     DELETE FROM derived_meta WHERE name = 'assembled_label';
 """
@@ -878,4 +890,8 @@ MIGRATIONS: dict[int, str] = {
     # state them over the rows of the changed scans only (scoped_rules_sql); the maintained current label
     # keeps its state, origin and basis as ENUMs (exported as dictionaries: categorical columns).
     13: rule_views_sql() + ASSEMBLED_LABEL_V13,
+    # v14 (#15, training rows at a million scans): the maintained current label stores a mask key only
+    # where it is not the label set's id (every writer today uses the id), so a training-set read
+    # exports one unique string per row fewer; refilled by its first reader.
+    14: ASSEMBLED_LABEL_V14,
 }

@@ -45,8 +45,11 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -178,7 +181,8 @@ def ingest(
             excluded, skipped), in case order, once the case is committed; used by tests to interrupt
             an ingest.
         workers: worker processes on this machine; 1 harmonizes in this process. The processes are
-            spawned: a script that passes more than 1 needs ``if __name__ == "__main__":``.
+            started from a fork server (:func:`worker_context`): a script that passes more than 1 needs
+            ``if __name__ == "__main__":``.
         ray_address: run the workers on this Ray cluster (``"auto"``, ``"ray://host:10001"``, or
             ``"local"`` for a local instance); ``workers`` is then the number of Ray tasks in flight
             (default: the cluster's CPUs).
@@ -196,6 +200,9 @@ def ingest(
         raise ValueError(
             f"workers and batch_size must be >= 1, retries >= 0 (got {workers}, {batch_size}, {retries})"
         )
+    if workers > 1 and ray_address is None and worker_context().get_start_method() == "forkserver":
+        # the fork server imports while this process lists the cases and reads the catalog
+        multiprocessing.forkserver.ensure_running()
     protocol = get_protocol(source_id)
     root = Path(root).resolve()
     cases = find_cases(protocol, root)
@@ -246,6 +253,7 @@ class CaseTask:
         existing: the scan's catalog state (:data:`_EXISTING_KEYS`), ``None`` for a new scan.
         masks_root: the workspace's mask store folder.
         tool: what the uncertainty rows of a tool's output need (read once per ingest), else None.
+        fault_dir: the folder of :data:`KILL_HOOK_ENV` in the driver (tests), else None.
     """
 
     index: int
@@ -254,6 +262,7 @@ class CaseTask:
     existing: dict[str, Any] | None
     masks_root: str
     tool: ToolContext | None = None
+    fault_dir: str | None = None
 
 
 @dataclass
@@ -290,7 +299,7 @@ def harmonize_task(task: CaseTask) -> CaseResult:
     Returns:
         The :class:`CaseResult`.
     """
-    _fault_hook(task.case.case_id)
+    _fault_hook(task.case.case_id, task.fault_dir)
     protocol = get_protocol(task.source_id)
     case, existing = task.case, task.existing
     try:
@@ -336,9 +345,10 @@ def harmonize_task(task: CaseTask) -> CaseResult:
     return CaseResult(task.index, case, "store", item, image_sha)
 
 
-def _fault_hook(case_id: str) -> None:
-    """The test hook of :data:`KILL_HOOK_ENV`: SIGKILL this process while the case's count is > 0."""
-    folder = os.environ.get(KILL_HOOK_ENV)
+def _fault_hook(case_id: str, folder: str | None) -> None:
+    """The test hook of :data:`KILL_HOOK_ENV` (``folder``: its value in the driver when the ingest began;
+    a worker forked from the fork server has the server's environment, not the driver's of now): SIGKILL
+    this process while the case's count is > 0."""
     if not folder:
         return
     marker = Path(folder) / f"{case_id}.kill"
@@ -385,7 +395,17 @@ class _Committer:
                 continue
             existing = known.get(case.case_id)
             subset = None if existing is None else {k: existing.get(k) for k in _EXISTING_KEYS}
-            tasks.append(CaseTask(index, self.protocol.id, case, subset, masks_root, self.tool))
+            tasks.append(
+                CaseTask(
+                    index,
+                    self.protocol.id,
+                    case,
+                    subset,
+                    masks_root,
+                    self.tool,
+                    fault_dir=os.environ.get(KILL_HOOK_ENV),
+                )
+            )
         self._next_settled = sorted(self._settled)
         return tasks
 
@@ -554,17 +574,55 @@ def _crashed(task: CaseTask, exc: BaseException) -> CaseResult:
     )
 
 
+#: How often a worker checks that its driver still runs (:func:`_end_with_driver`), in seconds.
+DRIVER_CHECK_S = 1.0
+
+
+def _end_with_driver(driver_pid: int) -> None:
+    """Pool initializer: a thread that ends this worker once the driver process is gone (killed). A worker
+    forked from the fork server is not the driver's child and holds the server's liveness pipe, so without
+    it a killed driver left its idle workers (and the server) waiting for work forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(DRIVER_CHECK_S)
+            try:
+                os.kill(driver_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # a process of another user took the id: the driver is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="driver-watch", daemon=True).start()
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method of ingest workers: a fork server that has imported this module once (numpy,
+    scipy, nibabel, the harmonizer: ~1.5-2 s of imports on the 2 cores here), so every worker forks from
+    it ready (milliseconds) instead of importing them again in each spawned process, which made 2 workers
+    slower than 1 on a few cases; ``spawn`` where there is no fork server (Windows). The server holds no
+    DuckDB connection or thread of the driver, and it stays up for later ingests of this process."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def _pool_results(tasks: list[CaseTask], workers: int, retries: int) -> Iterator[CaseResult]:
     """Run ``tasks`` on a process pool; a dead worker's cases are tried again alone (module docstring).
 
-    The pool's processes are spawned, not forked (the driver holds DuckDB and tqdm threads), so a script
-    that calls this needs the ``if __name__ == "__main__":`` guard that ``multiprocessing`` asks for.
+    The pool's processes are never forked from the driver (it holds DuckDB and tqdm threads): they fork
+    from a fork server (:func:`worker_context`), or are spawned where there is none, so a script that calls
+    this needs the ``if __name__ == "__main__":`` guard that ``multiprocessing`` asks for.
     """
-    context = multiprocessing.get_context("spawn")
+    context = worker_context()
     queue = deque(tasks)
     while queue:
         suspects: list[CaseTask] = []
-        pool = ProcessPoolExecutor(workers, mp_context=context)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_end_with_driver, initargs=(os.getpid(),)
+        )
         in_flight: dict[Future[CaseResult], CaseTask] = {}
         try:
             while (queue or in_flight) and not suspects:
@@ -593,7 +651,9 @@ def _isolated(suspects: list[CaseTask], context: Any, retries: int) -> Iterator[
     try:
         for task in suspects:
             for _ in range(retries + 1):
-                pool = pool or ProcessPoolExecutor(1, mp_context=context)
+                pool = pool or ProcessPoolExecutor(
+                    1, mp_context=context, initializer=_end_with_driver, initargs=(os.getpid(),)
+                )
                 try:
                     result = pool.submit(harmonize_task, task).result()
                 except BrokenProcessPool:

@@ -22,7 +22,13 @@ from storage.catalog import (
     _long_tail_sql,
     _page_by_rowid,
 )
-from storage.schema import BASES, scoped_rules_params, scoped_rules_sql
+from storage.schema import (
+    ASSEMBLED_LABEL_V13,
+    BASES,
+    SCHEMA_VERSION,
+    scoped_rules_params,
+    scoped_rules_sql,
+)
 from storage.synthetic import build_synthetic_catalog
 
 QUEUE_ORDER = ["score", "scan_id", "class_name", "run_id"]
@@ -380,3 +386,54 @@ def test_a_queue_page_whose_rows_moved_is_read_in_one_query(cat: Catalog) -> Non
     for page in (right, fallback):
         page["reasons"] = page["reasons"].map(list)
         _assert_same(page, whole)
+
+
+@pytest.mark.parametrize("classes", [None, ["liver"], ["liver", "spleen"], ["liver", "liver"]])
+def test_training_rows_keep_a_mask_key_that_is_not_the_label_set_id(
+    cat: Catalog, classes: list[str] | None
+) -> None:
+    """``assembled_label`` stores a mask key only where it differs from the label set's id (schema v14);
+    the rows still carry every key, the columns in their order, one class's rows its name."""
+    scan_id = str(cat.query("SELECT id FROM scan ORDER BY id LIMIT 1")["id"].iloc[0])
+    cov = cat.coverage(cat.latest_original(scan_id)["id"])  # type: ignore[index]
+    cov["liver"] = "annotated_present"
+    cat.add_label_set(LabelSetRecord("ls-own-key", scan_id, None, "revised", "masks-of-another-set"), cov, [])
+    rows = cat.training_rows(BASES, classes=classes)
+    assert list(rows.columns) == [
+        "scan_id", "source_id", "image_path", "class_name", "state", "label_set_id", "mask_key", "origin",
+        "basis", "version",
+    ]  # fmt: skip
+    order = ["scan_id", "class_name"]
+    live = _sorted(cat.query(_ASSEMBLED_SQL), order)
+    if classes is not None:
+        live = live[live["class_name"].isin(classes)].reset_index(drop=True)
+    _assert_same(_sorted(rows, order), live)
+    mine = rows[rows["label_set_id"] == "ls-own-key"]
+    assert set(mine["mask_key"]) == {"masks-of-another-set"} and "liver" in set(mine["class_name"])
+    others = rows[rows["label_set_id"] != "ls-own-key"]
+    assert (others["mask_key"] == others["label_set_id"]).all() and len(others) > 0
+    stored = cat.query("SELECT DISTINCT mask_key FROM assembled_label WHERE mask_key IS NOT NULL")
+    assert stored["mask_key"].tolist() == ["masks-of-another-set"]
+
+
+def test_a_v13_catalog_keeps_its_training_rows_after_the_migration(tmp_path: Path) -> None:
+    """A workspace written at schema v13 (every mask key stored, its maintained table current) opens at
+    v14 and answers the same training rows, from the table rebuilt in the new form."""
+    path = tmp_path / "catalog.duckdb"
+    c = Catalog(path)
+    build_synthetic_catalog(c, 12, seed=1, uncertainty_fraction=0.5)
+    before = _sorted(c.query(_ASSEMBLED_SQL), ["scan_id", "class_name"])
+    c.training_rows(BASES)  # the maintained table and its marks, as a v13 reader leaves them
+    v13_table = ASSEMBLED_LABEL_V13.split("DROP TABLE assembled_label;")[1].split("DELETE FROM")[0]
+    with c.transaction() as con:
+        con.execute("DROP TABLE assembled_label")
+        con.execute(v13_table)
+        con.execute(f"INSERT INTO assembled_label {_ASSEMBLED_SQL}")
+        con.execute("UPDATE schema_meta SET value = '13' WHERE key = 'schema_version'")
+    assert Catalog(path).schema_version == SCHEMA_VERSION == 14
+    migrated = Catalog(path)
+    rows = _sorted(migrated.training_rows(BASES), ["scan_id", "class_name"])
+    _assert_same(rows[before.columns], before)
+    assert migrated.query("SELECT count(*) AS n FROM assembled_label")["n"].iloc[0] == len(before) > 0
+    kept = migrated.query("SELECT count(*) AS n FROM assembled_label WHERE mask_key IS NOT NULL")["n"]
+    assert kept.iloc[0] == 0

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,21 @@ def test_a_case_that_always_kills_its_worker_is_skipped_and_a_rerun_takes_it(
 
 
 @pytest.mark.slow
+def _processes_started_from(folder: Path) -> list[int]:
+    """Ids of live processes whose command line names ``folder`` (the driver script's folder is the fork
+    server's and its workers' ``sys.path[0]``); zombies are not live."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            named = str(folder).encode() in (proc / "cmdline").read_bytes() and int(proc.name) != os.getpid()
+            if named and b"\nState:\tZ" not in (proc / "status").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_a_killed_driver_leaves_whole_batches_and_a_rerun_completes(
     kits_data: Path, one_process: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -194,6 +210,11 @@ def test_a_killed_driver_leaves_whole_batches_and_a_rerun_completes(
     path.write_text(script)
     proc = subprocess.run([sys.executable, str(path)], env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == -signal.SIGKILL
+    # the killed driver's workers (and the fork server they hold) end too: nothing keeps waiting for work
+    deadline = time.monotonic() + 15
+    while _processes_started_from(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_started_from(tmp_path) == []
     ws = Workspace.open(ws_path)
     assert ws.catalog.counts()["scan"] == 2  # exactly the first batch, nothing of the second
     orphans = set(ws.masks.keys()) - ws.catalog.mask_keys()

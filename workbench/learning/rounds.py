@@ -185,11 +185,12 @@ def training_entries(
         ``(entries, held_out)``: entries as :func:`assemble_training_set` (sorted by scan id), none of them
         held out.
     """
-    held = held_out_split(ws, fraction, seed)
-    train_ids = training_scan_ids(ws, fraction, seed)
-    if not train_ids:  # assemble_training_set reads an empty filter as "every scan"
-        return [], held
-    return assemble_training_set(ws, scan_ids=sorted(train_ids), origins=origins), held
+    with ws.catalog.session():  # one connection for the split's and the assembly's reads
+        held = held_out_split(ws, fraction, seed)
+        train_ids = training_scan_ids(ws, fraction, seed)
+        if not train_ids:  # assemble_training_set reads an empty filter as "every scan"
+            return [], held
+        return assemble_training_set(ws, scan_ids=sorted(train_ids), origins=origins), held
 
 
 def training_inputs(entries: Sequence[TrainingEntry], held_out: set[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -326,3 +327,24 @@ def test_a_round_from_a_registered_release_model(ws: Workspace, release_file) ->
         "sources": sorted({*RELEASE_SOURCES["liver"], "lits"}), "scans": None
     }  # fmt: skip
     assert len(ws.catalog.uncertainty_items(result.pseudolabel_run_id)) > 0  # the queue was rebuilt
+
+
+def test_a_rounds_training_set_is_read_in_one_catalog_connection(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held-out split, the training scan ids and the assembly share one session: every fresh
+    connection to a large catalog costs tens of ms to open and close, and other processes wait for the
+    file while one is open, so the round opens it once and briefly."""
+    expected, held = training_entries(ws)  # assigns the split (a write) the first time
+    opened: list[str] = []
+    connect = duckdb.connect
+
+    def counting(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        opened.append(str(args[0]))
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", counting)
+    entries, held_again = training_entries(ws)
+    assert opened == [str(ws.catalog.path)]
+    assert held_again == held and [e.scan_id for e in entries] == [e.scan_id for e in expected]
+    assert [e.label_sets for e in entries] == [e.label_sets for e in expected] and entries
