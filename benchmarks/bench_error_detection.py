@@ -11,6 +11,10 @@ sliding window, resampling to the scan's grid, threshold, post-processing, uncer
 * :class:`TruthModel` is a torch module that returns, for the one window that covers a prepared scan, logits
   from the truth's signed distance on that grid (1 voxel inside -> sigmoid 0.82), plus a smooth random
   field that moves each boundary by about a voxel (natural boundary noise: unfaulted Dice about 0.9);
+  a class the scan truly lacks (a nephrectomy, a scan without tumour) is everywhere as far from it as the
+  grid is wide, the rule the model applies to any voxel far from an organ (until 0.5.0 scipy's distance
+  transform of a mask without any background put a spurious probability blob in the grid's corner of
+  every absent class);
 * natural gross errors, drawn per item: a missed structure (a liver tumour with probability
   :data:`MISS_TUMOUR`, an organ with :data:`MISS_ORGAN`), seen faintly: its probability peaks somewhere in
   :data:`MISS_PEAK`, below the threshold, so it is predicted absent, as a real model misses a small
@@ -27,7 +31,10 @@ Items are scan x class for the 5 organs and the liver tumour. An item is FAULTY 
 into it or when its pseudo-label is grossly wrong by itself (Dice with the truth < 0.5: a natural error).
 The queue (``workbench.review.rank``) is compared with the entropy-only score and with random order by the
 sensitivity and precision of its top-k; each figure is the mean and standard deviation over 3 seeds (new
-phantoms, fault plans and noise per seed).
+phantoms, fault plans and noise per seed). Every 11th target is a true nephrectomy (the left kidney
+really absent): a CLEAN item the queue must not take for a missed kidney, from the model's probabilities
+and the CT alone (``absent_peak_p``, ``twin_density_match``); the run lists every paired organ predicted
+absent with both signals, and the faulty items below the cut with their probability signals.
 
 Usage:
     python benchmarks/bench_error_detection.py              # ~3-6 min on 2 CPU cores
@@ -67,6 +74,18 @@ LOGIT_PER_VOXEL, BOUNDARY_NOISE_VOX = 1.5, 0.6
 #: at a value drawn from MISS_PEAK, below the 0.5 threshold: predicted absent), as a real model misses a
 #: small structure.
 MISS_TUMOUR, MISS_ORGAN, MISS_PEAK = 0.1, 0.02, (0.1, 0.45)
+#: Signals printed for the faulty items the queue ranks below the cut.
+PROBES = (
+    "present",
+    "volume_ml",
+    "entropy",
+    "near_miss_ml",
+    "near_miss_p",
+    "absent_peak_p",
+    "twin_density_match",
+    "volume_z",
+    "in_region",
+)
 
 
 class TruthModel:
@@ -127,7 +146,10 @@ def truth_logits(
     misses = []
     for c, name in enumerate(NAMES):
         m = lab[c]
-        sd = ndimage.distance_transform_edt(m) - ndimage.distance_transform_edt(~m)
+        if m.any():
+            sd = ndimage.distance_transform_edt(m) - ndimage.distance_transform_edt(~m)
+        else:  # truly absent: every voxel is as far from it as the grid is wide (no phantom blob)
+            sd = np.full(m.shape, -float(np.linalg.norm(m.shape)))
         field = ndimage.gaussian_filter(rng.standard_normal(m.shape), 2.0)
         field *= BOUNDARY_NOISE_VOX / max(float(field.std()), 1e-6)
         logits[c] = LOGIT_PER_VOXEL * (sd + field)
@@ -295,6 +317,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
                 "faulty": key in injected or natural,
                 "fault": injected.get(key, "natural" if natural else None),
                 "reasons": r["summary"],
+                "signals": r["signals"],
             }
         )
     if not args.keep:
@@ -417,8 +440,29 @@ def main() -> None:
     for n, i in enumerate(ranked[max(0, n_faulty - 4) : n_faulty + 4], start=max(0, n_faulty - 4) + 1):
         label = "FAULT " + str(i["fault"]) if i["faulty"] else "clean"
         print(f"  {n:3d} {i['score']:.3f} {label:<22} {i['key'][0]}  {i['reasons']}")
-    for i in [i for i in ranked[n_faulty:] if i["faulty"]][:6]:
-        print(f"  missed: {i['score']:.3f} {i['fault']:<15} {i['key'][0]}  {i['reasons']}")
+    print("\npaired organs predicted absent (true nephrectomies are clean), every seed:")
+    for seed, (out, _) in enumerate(per_seed):
+        ranked = sorted(out["items"], key=lambda i: -i["score"])
+        for n, i in enumerate(ranked, start=1):
+            sig = i["signals"]
+            if sig.get("present") is False and sig.get("twin_density_match") is not None:
+                label = "FAULT " + str(i["fault"]) if i["faulty"] else "clean"
+                print(
+                    f"  seed {seed} rank {n:3d} {i['score']:.3f} {label:<16} {i['key'][0]} {i['key'][1]}: "
+                    f"peak probability {sig.get('absent_peak_p')}, twin density match "
+                    f"{sig.get('twin_density_match')}"
+                )
+    print("\nfaulty items below the cut (k = faulty items), every seed, with their probability signals:")
+    for seed, (out, f) in enumerate(per_seed):
+        ranked = sorted(out["items"], key=lambda i: -i["score"])
+        for i in [i for i in ranked[f["faulty"] :] if i["faulty"]]:
+            sig = i["signals"]
+            probe = ", ".join(f"{k} {sig.get(k)}" for k in PROBES if sig.get(k) is not None)
+            what = out["misses"].get(i["key"], "")
+            print(
+                f"  seed {seed} {i['score']:.3f} {i['fault']:<9} Dice {i['dice']:.2f} {i['key'][0]} "
+                f"{i['key'][1]}  {what}  [{probe}]"
+            )
 
 
 if __name__ == "__main__":

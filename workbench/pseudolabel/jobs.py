@@ -382,9 +382,19 @@ def run_scan_job(
             midline,
             known,
             {k: np.asarray(v, dtype=np.float64) for k, v in job.known_centroids.items()},
+            hu=vol.array,
         )
+        from workbench.review.learnt import learnt  # lazily: workbench.review imports this wing
+
         result.signals, result.entropy_map = scan_signals(
-            final, ctx, reference, pred.probs, seg.class_names, pred.affine, pred.tta_probs
+            final,
+            ctx,
+            reference,
+            pred.probs,
+            seg.class_names,
+            pred.affine,
+            pred.tta_probs,
+            learnt={n for n in final if learnt(seg.trained_on, n)},
         )
         if pred.tta_probs is None:  # say so: tta_disagreement is None because it was not made
             for sig in result.signals.values():

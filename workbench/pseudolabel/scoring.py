@@ -45,9 +45,29 @@ TTA_NOT_RUN = "no test-time augmentation was run (no TTA disagreement; `pseudola
 
 #: A reason is given for a signal whose severity reaches this.
 REASON_SEVERITY = 0.2
-#: A near miss (a region of a class predicted absent at probability 0.2-0.5) of this many mL or more
-#: counts fully.
-NEAR_MISS_ML = 0.5
+#: A near miss (a region of a class predicted absent at probability 0.1-0.5) of this many mL or more
+#: counts fully: a sphere of 5 mm diameter, the smallest lesion a radiologist reports as one (a single
+#: voxel of a 1.5 mm grid, 3 uL, is noise; 19 of them are a lesion).
+NEAR_MISS_ML = 0.065
+#: The probability (``near_miss_p``) from which a near miss counts (``uncertainty.NEAR_MISS_P``: a compact
+#: region the model half-saw while it predicts the class absent is worth a look by itself, severity
+#: :data:`NEAR_MISS_BASE`), and the one at which it counts fully (more than half-way to the 0.5 threshold:
+#: the model nearly drew it); linear between.
+NEAR_MISS_FROM_P, NEAR_MISS_FULL_P, NEAR_MISS_BASE = 0.1, 0.3, 0.5
+#: A class predicted absent whose probability stays below this EVERYWHERE (``absent_peak_p``; a logit
+#: of -3.9) is the model's confident absence: "missing" keeps only :data:`CONFIDENT_ABSENT_SEVERITY`
+#: (the item asks to confirm a true absence, e.g. a nephrectomy, rather than to fix a miss). From
+#: :data:`SEEN_P` (logit -2.2, where the model half-sees a structure) it counts in full; linear between.
+CONFIDENT_ABSENT_P, SEEN_P = 0.02, 0.1
+#: What is left of "missing" for a confident absence (still above the reason floor: it is said).
+CONFIDENT_ABSENT_SEVERITY = 0.2
+#: ... unless the CT says otherwise: from this share of the twin's mirror at the twin's density
+#: (``twin_density_match``) the organ may well be there, so "missing" counts in full whatever the model's
+#: confidence. An emptied fossa holds essentially none (fat -100 HU, bowel 20-40, the spleen's 110-130
+#: below a portal-venous kidney's 150-200); a missed kidney still covers part of its twin's mirror (the
+#: two differ in height by a centimetre or two; on the error-detection benchmark's phantoms the kidneys
+#: predicted absent that are there match 29-57 %, the true nephrectomies 0 %).
+TWIN_MATCH_MAX = 0.1
 #: Run statistics of a class need this many items of the run.
 MIN_RUN_ITEMS = 5
 
@@ -88,18 +108,35 @@ def severities(signals: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
     presence = signals.get("expected_presence")
     if not signals.get("present", True) and signals.get("in_region") and presence is not None:
         sev = _clip(presence) if presence >= 0.5 else 0.0
-        out["missing"] = (
-            sev,
+        reason = (
             f"predicted absent although the scan covers where it lies (present in {presence:.0%} of "
-            f"{signals.get('n_reference', 0)} annotated scans)",
+            f"{signals.get('n_reference', 0)} annotated scans)"
         )
+        peak, match = signals.get("absent_peak_p"), signals.get("twin_density_match")
+        if match is not None and match >= TWIN_MATCH_MAX:
+            reason += f"; {match:.0%} of the other side's mirror has its density"
+        elif peak is not None and peak < SEEN_P:
+            seen = _clip((peak - CONFIDENT_ABSENT_P) / (SEEN_P - CONFIDENT_ABSENT_P))
+            sev *= CONFIDENT_ABSENT_SEVERITY + (1.0 - CONFIDENT_ABSENT_SEVERITY) * seen
+            if seen == 0.0:
+                fossa = "" if match is None else f", {match:.0%} of the other side's mirror at its density"
+                reason = (
+                    f"predicted absent, the model sure of it (probability at most {peak:.2f} anywhere"
+                    f"{fossa}): confirm a true absence (present in {presence:.0%} of "
+                    f"{signals.get('n_reference', 0)} annotated scans)"
+                )
+        out["missing"] = (sev, reason)
     near_ml, near_p = signals.get("near_miss_ml"), signals.get("near_miss_p")
     if not signals.get("present", True) and near_ml and near_p is not None:
         # a faint region the threshold dropped: surer the closer it came to 0.5 and the bigger it is
-        sev = _clip((near_p - 0.2) / 0.2) * _clip(near_ml / NEAR_MISS_ML)
+        if near_p >= NEAR_MISS_FROM_P:
+            ramp = _clip((near_p - NEAR_MISS_FROM_P) / (NEAR_MISS_FULL_P - NEAR_MISS_FROM_P))
+            sev = (NEAR_MISS_BASE + (1.0 - NEAR_MISS_BASE) * ramp) * _clip(near_ml / NEAR_MISS_ML)
+        else:
+            sev = 0.0
         out["near_miss"] = (
             sev,
-            f"predicted absent, but the model saw {near_ml:.1f} mL at probability up to {near_p:.2f}",
+            f"predicted absent, but the model saw {near_ml:.2f} mL at probability up to {near_p:.2f}",
         )
     outside = signals.get("outside_parent")
     if outside is not None and outside > 0.05:

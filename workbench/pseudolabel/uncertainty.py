@@ -20,6 +20,21 @@ Signals (keys of ``uncertainty.signals``, JSON; see :data:`SIGNAL_KEYS`):
   26-connected region where the model's probability still reached :data:`NEAR_MISS_P` (below the 0.5
   threshold), and the highest probability there: the structure a model saw faintly and then dropped (a
   missed small tumour looks like this); None for a class predicted present or without probabilities.
+* ``absent_peak_p``: for a class predicted absent, the highest probability of the class anywhere on the
+  inference grid. Near zero (below ``scoring.CONFIDENT_ABSENT_P``) everywhere is the model's own evidence
+  of a TRUE absence (a nephrectomy, a splenectomy): a model that misses an organ it should see still
+  gives it some probability where it lies. The whole grid bounds the expected region's maximum from
+  above, so a faint response anywhere keeps the item a "missing" one (the safe side). None for a class
+  predicted present or without probabilities (then "missing" counts in full).
+* ``twin_density_match``: for a paired organ predicted absent whose twin is predicted present, the
+  fraction of the twin's mask mirrored across the body midline (where the absent organ lies: the two
+  kidneys sit at nearly the same height and distance from the spine) whose CT value falls within the
+  10th-90th percentile HU of the twin's core: the CT's own evidence. A fossa emptied by a nephrectomy
+  holds fat, bowel or the neighbours that moved in (little of it at renal parenchyma HU); a kidney the
+  model missed is still there at the twin's density. Without contrast between the organ and its
+  surroundings (an unenhanced kidney looks like muscle and bowel) the match stays high and the item
+  stays a "missing" one: the check can only keep a miss in the queue, never hide one. None without the
+  CT, a twin or an absence to judge.
 
 ``workbench.pseudolabel.scoring.assess`` turns them into the score and the reasons of the rows
 (:func:`uncertainty_rows`). The viewer's map (:func:`scan_signals`) is the voxel-wise maximum entropy
@@ -30,7 +45,7 @@ loads it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,9 +78,13 @@ SIGNAL_KEYS = (
     "n_reference",
     "near_miss_ml",
     "near_miss_p",
+    "absent_peak_p",
+    "twin_density_match",
 )
-#: The probability from which a region of a class predicted absent counts as a near miss.
-NEAR_MISS_P = 0.2
+#: The probability from which a region of a class predicted absent counts as a near miss: a logit of
+#: -2.2, which a trained model's background stays well below (a well-trained sigmoid head puts tissue that
+#: is plainly not the class under 0.01); a structure it half-sees (a small tumour, a faint organ) reaches it.
+NEAR_MISS_P = 0.1
 #: Margin (mm) around a parent organ inside which a tumour still counts as inside (as post-processing).
 PARENT_MARGIN_MM = 5.0
 #: Reference statistics need this many annotated present scans of a class.
@@ -166,10 +185,10 @@ def entropy_signal(prob: np.ndarray, mask: np.ndarray) -> float:
 
     Args:
         prob: (X, Y, Z) class probability on the inference grid.
-        mask: (X, Y, Z) bool final mask on the same grid. When empty, the region is where ``prob`` >= 0.2
-            (the model's near-misses); 0.0 when there is none.
+        mask: (X, Y, Z) bool final mask on the same grid. When empty, the region is where ``prob`` >=
+            :data:`NEAR_MISS_P` (the model's near-misses); 0.0 when there is none.
     """
-    region = ndimage.binary_dilation(mask, STRUCT26) if mask.any() else np.asarray(prob) >= 0.2
+    region = ndimage.binary_dilation(mask, STRUCT26) if mask.any() else np.asarray(prob) >= NEAR_MISS_P
     if not region.any():
         return 0.0
     return float(binary_entropy(np.asarray(prob)[region]).mean())
@@ -198,6 +217,23 @@ def near_miss(prob: np.ndarray, mask: np.ndarray, voxel_ml: float) -> tuple[floa
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     biggest = int(np.argmax(sizes)) + 1
     return float(sizes[biggest - 1] * voxel_ml), float(p[labels == biggest].max())
+
+
+def absent_peak(prob: np.ndarray, mask: np.ndarray) -> float | None:
+    """The highest probability of a class predicted absent, anywhere on the inference grid.
+
+    Args:
+        prob: (X, Y, Z) class probability on the inference grid.
+        mask: (X, Y, Z) bool final mask on the same grid.
+
+    Returns:
+        ``max(prob)`` (0.0 for an empty grid) when ``mask`` is empty; None when it is not (the signal is
+        the model's evidence for an absence, which a class predicted present does not claim).
+    """
+    if mask.any():
+        return None
+    p = np.asarray(prob)
+    return float(p.max()) if p.size else 0.0
 
 
 def dice_disagreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -381,6 +417,7 @@ class ScanContext:
         midline_x_mm: RAS+ x of the body midline.
         known: annotated classes of the scan's original labels -> mask (empty for annotated absent).
         known_centroids: annotated present classes -> RAS+ centroid (mm).
+        hu: the CT (HU) on the original grid, ``shape``; None skips the signals that read it.
     """
 
     affine: np.ndarray
@@ -388,11 +425,47 @@ class ScanContext:
     midline_x_mm: float
     known: dict[str, CroppedMask] = field(default_factory=dict)
     known_centroids: dict[str, np.ndarray] = field(default_factory=dict)
+    hu: np.ndarray | None = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
         s = np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0)
         return float(s[0]), float(s[1]), float(s[2])
+
+
+#: The twin's HU percentiles that bound "the twin's density" (its parenchyma, not its edges or hilum).
+TWIN_HU_PERCENTILES = (10.0, 90.0)
+
+
+def twin_density_match(twin: CroppedMask, ctx: ScanContext) -> float | None:
+    """Fraction of ``twin``'s voxels mirrored across the body midline whose HU lies within the twin's own
+    :data:`TWIN_HU_PERCENTILES` range (the ``twin_density_match`` signal; see the module docstring).
+
+    Args:
+        twin: the present twin's mask on the original grid.
+        ctx: the scan's geometry and midline; ``ctx.hu`` the CT on that grid.
+
+    Returns:
+        A fraction in [0, 1] (mirrored voxels outside the scan count as not matching); None without
+        ``ctx.hu`` or with an empty twin. The HU range is taken over the twin's core (its mask eroded by
+        one voxel; the whole mask when that leaves nothing).
+    """
+    if ctx.hu is None or twin.is_empty:
+        return None
+    hu = np.asarray(ctx.hu)
+    ijk = np.argwhere(twin.data) + np.asarray(twin.offset)
+    # The density comes from the twin's core: a predicted mask's boundary voxels hold fat (a tenth of a
+    # small organ's voxels at a coarse grid), which would stretch the range down to the fossa's fat.
+    core = ndimage.binary_erosion(twin.data)
+    inner = np.argwhere(core) + np.asarray(twin.offset) if core.any() else ijk
+    lo, hi = np.percentile(hu[tuple(inner.T)], TWIN_HU_PERCENTILES)
+    affine = np.asarray(ctx.affine, dtype=np.float64)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    world[:, 0] = 2.0 * ctx.midline_x_mm - world[:, 0]  # RAS+: x is the patient's left-right axis
+    back = np.rint((world - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(np.int64)
+    inside = np.all((back >= 0) & (back < np.asarray(hu.shape)), axis=1)
+    values = hu[tuple(back[inside].T)]
+    return float(np.count_nonzero((values >= lo) & (values <= hi))) / len(ijk)
 
 
 def plausibility_signals(
@@ -407,7 +480,8 @@ def plausibility_signals(
     Args:
         name: the class.
         mask: its final mask on the original grid.
-        masks: every predicted class's final mask (for overlap, parents and anchors).
+        masks: the predicted classes' final masks the signal may read (overlap, parents and anchors;
+            :func:`scan_signals` leaves out the classes the model never learnt).
         ctx: the scan's geometry, midline and annotated masks.
         reference: :func:`reference_stats` of the catalog.
 
@@ -445,6 +519,9 @@ def plausibility_signals(
             sig["outside_parent"] = outside_parent_signal(mask, parents, ctx.spacing)
     sig["in_region"] = None
     sig["expected_presence"] = ref.presence if ref and ref.n_annotated else None
+    sig["twin_density_match"] = None
+    if not voxels and cls.twin is not None and cls.twin in everything:
+        sig["twin_density_match"] = twin_density_match(everything[cls.twin], ctx)
     if not voxels and not cls.is_tumor:
         anchors: dict[str, float] = {k: float(v[2]) for k, v in ctx.known_centroids.items()}
         for other, m in masks.items():
@@ -469,6 +546,7 @@ def scan_signals(
     prob_names: Sequence[str] = (),
     prob_affine: np.ndarray | None = None,
     tta_probs: np.ndarray | None = None,
+    learnt: Collection[str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], np.ndarray | None]:
     """Every signal of every predicted class of one scan, and the viewer's entropy map.
 
@@ -481,6 +559,9 @@ def scan_signals(
         prob_names: class of each channel.
         prob_affine: (4, 4) voxel -> RAS+ mm of the inference grid.
         tta_probs: (C, X, Y, Z) probabilities of the test-time augmentation on the same grid, or None.
+        learnt: the predicted classes the model learnt (``workbench.review.learnt.learnt``); None: all.
+            The masks of the others are noise: every class still gets its own signals, but no class's
+            overlap, parent or anchor reads an unlearnt class's mask (annotated masks still count).
 
     Returns:
         ``(signals, entropy_map)``: class -> signal dict; float16 (X, Y, Z) voxel-wise max entropy over the
@@ -489,8 +570,10 @@ def scan_signals(
     out: dict[str, dict[str, Any]] = {}
     emap: np.ndarray | None = None
     channel = {n: i for i, n in enumerate(prob_names)}
+    # An unlearnt head's mask must not make a learnt class's item look wrong (overlap, outside parent).
+    trusted = {n: m for n, m in masks.items() if learnt is None or n in learnt}
     for name, mask in masks.items():
-        sig = plausibility_signals(name, mask, masks, ctx, reference)
+        sig = plausibility_signals(name, mask, trusted, ctx, reference)
         sig["entropy"] = None
         sig["tta_disagreement"] = None
         if probs is not None and name in channel and prob_affine is not None:
@@ -499,6 +582,7 @@ def scan_signals(
             sig["entropy"] = round(entropy_signal(p, low), 4)
             voxel_ml = abs(float(np.linalg.det(np.asarray(prob_affine)[:3, :3]))) / 1000.0
             sig["near_miss_ml"], sig["near_miss_p"] = near_miss(p, low, voxel_ml)
+            sig["absent_peak_p"] = absent_peak(p, low)
             h = binary_entropy(p).astype(np.float16)
             emap = h if emap is None else np.maximum(emap, h)
             if tta_probs is not None:

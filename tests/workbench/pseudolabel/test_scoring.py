@@ -138,9 +138,11 @@ def test_run_statistics_are_robust_and_need_enough_items() -> None:
     ("near_ml", "near_p", "severity"),
     [
         (2.0, 0.4, 1.0),  # a faint 2 mL region that reached 0.4: a missed structure
-        (0.25, 0.4, 0.5),  # half the volume that counts fully
-        (2.0, 0.3, 0.5),  # half-way from 0.2 to 0.4
-        (2.0, 0.15, 0.0),  # below the near-miss probability: nothing seen
+        (0.0325, 0.4, 0.5),  # half the volume that counts fully (a 5 mm sphere, 0.065 mL)
+        (2.0, 0.2, 0.75),  # half-way from 0.1 to 0.3: 0.5 + 0.5 * 0.5
+        (2.0, 0.1, 0.5),  # at the near-miss probability: a compact region half-seen, worth a look
+        (0.091, 0.13, 0.575),  # one 4.5 mm voxel at 0.13: 0.5 + 0.5 * 0.15
+        (2.0, 0.05, 0.0),  # below the near-miss probability: nothing seen
         (0.0, 0.1, None),  # no region at all: no near miss signal
     ],
 )
@@ -158,9 +160,51 @@ def test_a_near_miss_of_a_class_predicted_absent(
     assert score == pytest.approx(q.WEIGHTS["near_miss"] * severity)
     if severity >= q.REASON_SEVERITY:
         assert reasons == [
-            f"predicted absent, but the model saw {near_ml:.1f} mL at probability up to {near_p:.2f}"
+            f"predicted absent, but the model saw {near_ml:.2f} mL at probability up to {near_p:.2f}"
         ]
 
 
 def test_a_near_miss_never_scores_a_class_predicted_present() -> None:
     assert "near_miss" not in q.severities({"present": True, "near_miss_ml": 5.0, "near_miss_p": 0.45})
+
+
+@pytest.mark.parametrize(
+    ("peak", "presence", "severity"),
+    [
+        (None, 1.0, 1.0),  # no probabilities (a tool run): "missing" in full, as before
+        (0.0, 1.0, 0.2),  # the model is sure nothing is there: confirm a true absence
+        (0.02, 1.0, 0.2),  # at the confident-absence level
+        (0.06, 1.0, 0.6),  # half-way from 0.02 to 0.1: 0.2 + 0.8 * 0.5
+        (0.1, 1.0, 1.0),  # the model half-saw it: a miss
+        (0.45, 1.0, 1.0),  # a natural miss just under the threshold
+        (0.0, 0.8, 0.16),  # the catalog's presence still scales it
+    ],
+)
+def test_missing_is_tempered_by_the_model_s_own_evidence_of_absence(
+    peak: float | None, presence: float, severity: float
+) -> None:
+    signals = {"present": False, "in_region": True, "expected_presence": presence, "n_reference": 12}
+    sev = q.severities({**signals, "absent_peak_p": peak})
+    assert sev["missing"][0] == pytest.approx(severity)
+    if peak is not None and peak <= q.CONFIDENT_ABSENT_P:
+        assert "confirm a true absence" in sev["missing"][1]
+    else:
+        assert sev["missing"][1].startswith("predicted absent although the scan covers where it lies")
+
+
+@pytest.mark.parametrize(
+    ("peak", "match", "severity", "says"),
+    [
+        (0.0, 0.05, 0.2, "5% of the other side's mirror at its density): confirm a true absence"),
+        (0.0, 0.1, 1.0, "; 10% of the other side's mirror has its density"),  # the CT says it is there
+        (0.0, 0.8, 1.0, "; 80% of the other side's mirror has its density"),
+        (0.3, 0.05, 1.0, "predicted absent although the scan covers where it lies"),  # the model saw it
+    ],
+)
+def test_a_confident_absence_counts_only_where_the_ct_agrees(
+    peak: float, match: float, severity: float, says: str
+) -> None:
+    signals = {"present": False, "in_region": True, "expected_presence": 1.0, "n_reference": 12}
+    sev = q.severities({**signals, "absent_peak_p": peak, "twin_density_match": match})
+    assert sev["missing"][0] == pytest.approx(severity)
+    assert says in sev["missing"][1]

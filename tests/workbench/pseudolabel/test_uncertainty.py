@@ -38,7 +38,7 @@ def test_entropy_signal_averages_over_mask_and_border() -> None:
     assert unc.entropy_signal(prob, mask) == pytest.approx(1.0, abs=1e-4)
     prob[3:7, 3:7, 3:7] = 0.9
     assert unc.entropy_signal(prob, mask) == pytest.approx(0.4689956, abs=1e-4)
-    # An empty mask looks at the near misses (p >= 0.2) only; none -> 0.
+    # An empty mask looks at the near misses (p >= NEAR_MISS_P = 0.1) only; none -> 0.
     empty = np.zeros_like(mask)
     low = np.full((10, 10, 10), 0.05, np.float32)
     assert unc.entropy_signal(low, empty) == 0.0
@@ -277,5 +277,126 @@ def test_near_miss_measures_the_largest_faint_region_of_a_class_predicted_absent
     empty = np.zeros(shape, bool)
     ml, peak = unc.near_miss(prob, empty, voxel_ml=0.125)  # 5 mm voxels
     assert ml == pytest.approx(27 * 0.125) and peak == pytest.approx(0.35)
-    assert unc.near_miss(np.full(shape, 0.1, np.float32), empty, 0.125) == (0.0, pytest.approx(0.1))
+    assert unc.near_miss(np.full(shape, 0.05, np.float32), empty, 0.125) == (0.0, pytest.approx(0.05))
     assert unc.near_miss(prob, prob >= 0.4, 0.125) == (None, None)  # predicted present
+
+
+@pytest.mark.parametrize(
+    ("peak", "predicted", "expected"),
+    [
+        (0.0, False, 0.008),  # a true absence as a model gives it: the faint 27-voxel region is the most
+        (0.013, False, 0.013),  # the highest voxel anywhere, not the largest region's
+        (0.6, False, 0.6),  # probability >= 0.5 that post-processing removed: reported as is
+        (0.9, True, None),  # predicted present: no claim of absence to support
+    ],
+)
+def test_absent_peak_is_the_highest_probability_of_a_class_predicted_absent(
+    peak: float, predicted: bool, expected: float | None
+) -> None:
+    prob = np.zeros((12, 12, 12), np.float32)
+    prob[1:4, 1:4, 1:4] = 0.008  # a larger faint region elsewhere
+    prob[9, 9, 9] = peak
+    mask = np.zeros(prob.shape, bool)
+    mask[5:7, 5:7, 5:7] = predicted
+    got = unc.absent_peak(prob, mask)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+def _learnt_case() -> tuple[unc.ScanContext, dict[str, CroppedMask]]:
+    # 1 mm voxels; a liver (learnt), a liver tumour (learnt) half inside a stomach the model never
+    # learnt, and a spleen (learnt) 25 % inside that unlearnt stomach.
+    shape = (40, 40, 40)
+    ctx = unc.ScanContext(np.eye(4), shape, 20.0)
+    masks = {
+        "liver": _cm(_box(shape, (20, 0, 0), (40, 20, 20))),
+        "liver_tumor": _cm(_box(shape, (16, 10, 10), (24, 12, 12))),  # 8 x 2 x 2: x 16..19 outside
+        "spleen": _cm(_box(shape, (0, 20, 20), (8, 30, 30))),  # 800 voxels
+        "stomach": _cm(_box(shape, (6, 0, 0), (20, 40, 40))),  # covers spleen x 6..7: 200 voxels
+    }
+    return ctx, masks
+
+
+@pytest.mark.parametrize(
+    ("learnt", "spleen_overlap", "tumour_overlap"),
+    [
+        (None, (0.25, "stomach"), (0.5, "stomach")),  # every head trusted (no training record)
+        ({"liver", "liver_tumor", "spleen"}, (0.0, None), (0.0, None)),  # the stomach head never learnt
+    ],
+)
+def test_an_unlearnt_class_mask_never_makes_a_learnt_item_look_wrong(
+    learnt: set[str] | None,
+    spleen_overlap: tuple[float, str | None],
+    tumour_overlap: tuple[float, str | None],
+) -> None:
+    ctx, masks = _learnt_case()
+    signals, _ = unc.scan_signals(masks, ctx, {}, learnt=learnt)
+    assert (signals["spleen"]["overlap"], signals["spleen"]["overlap_with"]) == pytest.approx(spleen_overlap)
+    got = (signals["liver_tumor"]["overlap"], signals["liver_tumor"]["overlap_with"])
+    assert got == pytest.approx(tumour_overlap)
+    # 4 of the tumour's 8 x-columns lie outside the liver, none beyond the 5 mm margin: inside either way
+    assert signals["liver_tumor"]["outside_parent"] == pytest.approx(0.0)
+    # the unlearnt class still gets its own signals (it is held back in the queue, not dropped)
+    assert signals["stomach"]["overlap"] == pytest.approx(200 / (14 * 40 * 40), abs=1e-4)  # JSON: 4 digits
+
+
+def test_an_unlearnt_parent_leaves_a_tumour_without_a_parent_to_lie_outside_of() -> None:
+    ctx, masks = _learnt_case()
+    far = {**masks, "liver_tumor": _cm(_box(ctx.shape, (0, 36, 36), (2, 38, 38)))}  # far from the liver
+    learnt_all, _ = unc.scan_signals(far, ctx, {})
+    assert learnt_all["liver_tumor"]["outside_parent"] == pytest.approx(1.0)
+    no_liver, _ = unc.scan_signals(far, ctx, {}, learnt={"liver_tumor", "spleen"})
+    assert no_liver["liver_tumor"]["outside_parent"] is None
+    # an ANNOTATED liver is truth, whatever the model learnt
+    ctx.known = {"liver": masks["liver"]}
+    annotated, _ = unc.scan_signals(far, ctx, {}, learnt={"liver_tumor", "spleen"})
+    assert annotated["liver_tumor"]["outside_parent"] == pytest.approx(1.0)
+
+
+def _twin_case(midline: float) -> tuple[unc.ScanContext, CroppedMask]:
+    # 1 mm voxels, x = i; fat everywhere, a right kidney at x 28..33 of 150 HU.
+    shape = (40, 20, 20)
+    hu = np.full(shape, -100, np.int16)
+    twin = _box(shape, (28, 5, 5), (34, 15, 15))
+    hu[twin] = 150
+    return unc.ScanContext(np.eye(4), shape, midline, hu=hu), _cm(twin)
+
+
+@pytest.mark.parametrize(
+    ("midline", "filled", "expected"),
+    [
+        (19.5, None, 0.0),  # mirror x 6..11 is fat: an emptied fossa
+        (19.5, (6, 12), 1.0),  # the whole mirror at the twin's 150 HU: the kidney is there
+        (19.5, (6, 9), 0.5),  # 3 of its 6 columns
+        (34.5, (36, 40), 4 / 6),  # mirror x 36..41: the 2 columns beyond the scan's edge do not match
+    ],
+)
+def test_twin_density_match_reads_the_ct_where_the_twin_mirrors(
+    midline: float, filled: tuple[int, int] | None, expected: float
+) -> None:
+    ctx, twin = _twin_case(midline)
+    assert ctx.hu is not None
+    if filled is not None:
+        ctx.hu[filled[0] : filled[1], 5:15, 5:15] = 150
+    assert unc.twin_density_match(twin, ctx) == pytest.approx(expected)
+
+
+def test_twin_density_match_is_a_signal_of_a_paired_organ_predicted_absent_only() -> None:
+    ctx, twin = _twin_case(19.5)
+    empty = CroppedMask.empty(ctx.shape)
+    masks = {"kidney_right": twin, "kidney_left": empty, "spleen": empty}
+    assert unc.plausibility_signals("kidney_left", empty, masks, ctx, {})["twin_density_match"] == 0.0
+    assert unc.plausibility_signals("spleen", empty, masks, ctx, {})["twin_density_match"] is None
+    assert unc.plausibility_signals("kidney_right", twin, masks, ctx, {})["twin_density_match"] is None
+    ctx.hu = None  # no CT (a tool run's signals): nothing to read
+    assert unc.plausibility_signals("kidney_left", empty, masks, ctx, {})["twin_density_match"] is None
+    assert unc.twin_density_match(empty, _twin_case(19.5)[0]) is None
+
+
+def test_twin_density_comes_from_the_twin_s_core_not_its_fatty_boundary() -> None:
+    # A predicted twin one voxel too big all round: 552 of its 1152 voxels are fat. The mirror
+    # is fat too; the whole mask's 10th percentile (-100 HU) would call that fat "kidney density".
+    ctx, _ = _twin_case(19.5)
+    grown = _cm(_box(ctx.shape, (27, 4, 4), (35, 16, 16)))  # 8 x 12 x 12 = 1152 voxels around 600
+    assert ctx.hu is not None
+    assert np.percentile(ctx.hu[grown.full()], 10) == -100
+    assert unc.twin_density_match(grown, ctx) == 0.0
