@@ -30,7 +30,7 @@ expected gain of a review from the item's score and its class's held-out Dice in
 Each seed trains with ``--threads`` torch threads (1: on a loaded machine two threads cost ten times the
 CPU time); ``--jobs 3`` runs the three seeds at once, in three processes (the same results).
 
-    python benchmarks/bench_active_learning.py --jobs 3   # 24 phantoms, 800 + 3 x 60 steps, 3 x 16 items
+    python benchmarks/bench_active_learning.py --jobs 3   # 18 phantoms, 500 + 2 x 30 steps, 2 x 18 items
     python benchmarks/bench_active_learning.py --seeds 1 --scans 24 --rounds 3 --budget 10 --steps 40
 """
 
@@ -325,11 +325,11 @@ def run_seed(args: argparse.Namespace, seed: int) -> SeedResult:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scans", type=int, default=24)
-    ap.add_argument("--rounds", type=int, default=3, help="review rounds after the first model")
-    ap.add_argument("--budget", type=int, default=16, help="items reviewed per round (both arms)")
-    ap.add_argument("--first-steps", type=int, default=800, help="steps of the first model")
-    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps per round")
+    ap.add_argument("--scans", type=int, default=18)
+    ap.add_argument("--rounds", type=int, default=2, help="review rounds after the first model")
+    ap.add_argument("--budget", type=int, default=18, help="items reviewed per round (both arms)")
+    ap.add_argument("--first-steps", type=int, default=500, help="steps of the first model")
+    ap.add_argument("--steps", type=int, default=30, help="fine-tuning steps per round")
     ap.add_argument(
         "--tune-lr",
         type=float,
