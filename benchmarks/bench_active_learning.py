@@ -25,14 +25,21 @@ Target: our queue reaches random selection's final label quality with at most a 
 total review budget (the budget ratio), as the mean over 3 seeds (new phantoms, training seed and random
 order each), printed with its spread.
 
-    python benchmarks/bench_active_learning.py                     # ~20 min per seed on 2 CPU cores
+The queue arm reviews in the order an active-learning round uses (``rank(..., order="gain")``: the
+expected gain of a review from the item's score and its class's held-out Dice in the round that made it).
+Each seed trains with ``--threads`` torch threads (1: on a loaded machine two threads cost ten times the
+CPU time); ``--jobs 3`` runs the three seeds at once, in three processes (the same results).
+
+    python benchmarks/bench_active_learning.py --jobs 3   # 18 phantoms, 500 + 2 x 30 steps, 2 x 18 items
     python benchmarks/bench_active_learning.py --seeds 1 --scans 24 --rounds 3 --budget 10 --steps 40
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import shutil
 import tempfile
 import time
@@ -40,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from harmonize.phantoms import write_native
 from harmonize.protocols import get_protocol
@@ -74,6 +82,13 @@ CLASSES = (
 SHAPE, SPACING = (64, 64, 44), (5.0, 5.0, 5.0)
 WRONG_DICE = 0.9
 TARGET_RATIO = 0.25
+#: Prefix of this process's lines (``[seed N] `` when seeds run in parallel worker processes).
+_PREFIX = ""
+
+
+def say(text: str) -> None:
+    """Print ``text`` now, each line with this process's prefix."""
+    print("\n".join(_PREFIX + line for line in text.split("\n")), flush=True)
 
 
 def case_id(source: str, i: int) -> str:
@@ -191,13 +206,12 @@ def run_arm(
             curve.append((spent_before + j, q_item))
         q, wrong, n_items = label_quality(ws, truth)
         out.append(Row(int(expert.spent), q, wrong, held_out_dice(result.metrics), curve))
-        print(
+        say(
             f"  {arm}: round {result.round_number} reviewed {expert.spent:g} items "
             f"({expert.counts()['corrected']} corrected; this round's items had mean Dice "
             f"{np.mean([o.dice_before for o in result.outcomes]) if result.outcomes else float('nan'):.3f}), "
             f"label quality {q:.4f}, held-out Dice "
-            f"{out[-1].held_out_dice}, {time.perf_counter() - t:.0f} s",
-            flush=True,
+            f"{out[-1].held_out_dice}, {time.perf_counter() - t:.0f} s"
         )
     return out
 
@@ -213,13 +227,29 @@ def budget_ratio(queue: list[Row], random: list[Row]) -> tuple[float, int | None
     return final, (reached[0] if reached else None), total
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> tuple[float | None, float, int | None, int]:
+@dataclasses.dataclass
+class SeedResult:
+    """One repetition: the budget ratio (None when our queue never reached random's final quality),
+    random's final label quality, the items our queue needed (None: not reached), random's items, and
+    the printed table of both arms round by round."""
+
+    ratio: float | None
+    final: float
+    reached: int | None
+    total: int
+    table: list[str]
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> SeedResult:
     """One repetition (new phantoms, training seed and random order): the first model, then both arms.
 
-    Returns:
-        ``(budget ratio or None when not reached, random's final label quality, items our queue needed,
-        random's items)``.
+    Training and inference use ``args.threads`` torch threads (1 by default: on a shared, loaded machine
+    two threads that wait on each other cost ten times the CPU time of one).
     """
+    global _PREFIX
+    if args.jobs > 1:
+        _PREFIX = f"[seed {seed}] "
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -231,6 +261,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[float | None, float, 
             small_features=(8, 16, 32, 64, 128, 16),
             lr=2e-3,
             lr_schedule="cosine",
+            num_threads=args.threads,
         )
         t = time.perf_counter()
         first = run_round(
@@ -239,14 +270,14 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[float | None, float, 
         q0, wrong0, n_items = label_quality(ws, truth)
         first_row = Row(0, q0, wrong0, held_out_dice(first.metrics))
         n_train = first.inputs["scans"]
-        print(
+        say(
             f"seed {seed}: {args.scans} phantoms in {len(SOURCES)} sources' conventions, {n_train} for "
             f"training and {first.inputs['held_out_scans']} held out; model classes: {', '.join(CLASSES)}; "
             f"{n_items} training scan x class items; first model: small_unet, {args.first_steps} steps, "
             f"held-out Dice {first_row.held_out_dice}; built in {time.perf_counter() - t0:.0f} s "
             f"(first round {time.perf_counter() - t:.0f} s)"
         )
-        print(f"before review: label quality {q0:.4f}, {wrong0} items with Dice < {WRONG_DICE}", flush=True)
+        say(f"before review: label quality {q0:.4f}, {wrong0} items with Dice < {WRONG_DICE}")
         tune = dataclasses.replace(first_config, max_steps=args.steps, lr=args.tune_lr)
         results = {}
         for arm in ("queue", "random"):
@@ -262,43 +293,43 @@ def run_seed(args: argparse.Namespace, seed: int) -> tuple[float | None, float, 
                 seed,
                 first_row,
             )
-        print(
-            f"\n{'round':>5} {'reviewed':>8} | {'queue: quality':>14} {'wrong':>5} {'held-out Dice':>13} | "
-            f"{'random: quality':>15} {'wrong':>5} {'held-out Dice':>13}"
-        )
+        table = [
+            f"seed {seed}:",
+            f"{'round':>5} {'reviewed':>8} | {'queue: quality':>14} {'wrong':>5} {'held-out Dice':>13} | "
+            f"{'random: quality':>15} {'wrong':>5} {'held-out Dice':>13}",
+        ]
+
+        def fmt(x: float | None) -> str:
+            return f"{x:13.4f}" if x is not None else f"{'-':>13}"
+
         for r, (a, b) in enumerate(zip(results["queue"], results["random"], strict=True), start=1):
-
-            def fmt(x: float | None) -> str:
-                return f"{x:13.4f}" if x is not None else f"{'-':>13}"
-
-            print(
+            table.append(
                 f"{r:>5} {a.reviewed:>8} | {a.quality:>14.4f} {a.wrong:>5} {fmt(a.held_out_dice)} | "
                 f"{b.quality:>15.4f} {b.wrong:>5} {fmt(b.held_out_dice)}"
             )
         final, reached, total = budget_ratio(results["queue"], results["random"])
         ratio = reached / total if reached is not None and total else None
         if ratio is not None:
-            print(
+            table.append(
                 f"seed {seed}: our queue reaches random's final label quality ({final:.4f} after {total} "
-                f"items) after {reached} items: budget ratio {ratio:.2f}; {time.perf_counter() - t0:.0f} s",
-                flush=True,
+                f"items) after {reached} items: budget ratio {ratio:.2f}; {time.perf_counter() - t0:.0f} s"
             )
         else:
-            print(
+            table.append(
                 f"seed {seed}: our queue does NOT reach random's final label quality ({final:.4f}) within "
-                f"{total} items",
-                flush=True,
+                f"{total} items; {time.perf_counter() - t0:.0f} s"
             )
-        return ratio, final, reached, total
+        say("\n".join(["", *table]))
+        return SeedResult(ratio, final, reached, total, table)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scans", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=4, help="review rounds after the first model")
-    ap.add_argument("--budget", type=int, default=12, help="items reviewed per round (both arms)")
-    ap.add_argument("--first-steps", type=int, default=1200, help="steps of the first model")
-    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps per round")
+    ap.add_argument("--scans", type=int, default=18)
+    ap.add_argument("--rounds", type=int, default=2, help="review rounds after the first model")
+    ap.add_argument("--budget", type=int, default=18, help="items reviewed per round (both arms)")
+    ap.add_argument("--first-steps", type=int, default=500, help="steps of the first model")
+    ap.add_argument("--steps", type=int, default=30, help="fine-tuning steps per round")
     ap.add_argument(
         "--tune-lr",
         type=float,
@@ -307,9 +338,23 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0, help="the first seed")
     ap.add_argument("--seeds", type=int, default=3, help="repetitions (mean and spread of the ratio)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per seed")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="seeds run at once, each in its own process (same results)"
+    )
     args = ap.parse_args()
+    if args.threads < 1 or args.jobs < 1:
+        ap.error("--threads and --jobs must be >= 1")
     t0 = time.perf_counter()
-    ratios = [run_seed(args, seed)[0] for seed in range(args.seed, args.seed + args.seeds)]
+    seeds = range(args.seed, args.seed + args.seeds)
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(args.jobs, args.seeds), mp_context=ctx) as pool:
+            results = list(pool.map(run_seed, [args] * len(seeds), seeds))
+        say("\n".join(["", *(line for res in results for line in res.table)]))  # in seed order
+    else:
+        results = [run_seed(args, seed) for seed in seeds]
+    ratios = [res.ratio for res in results]
     reached = np.array([r for r in ratios if r is not None], dtype=float)
     missed = sum(r is None for r in ratios)
     if len(reached):

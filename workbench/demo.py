@@ -158,7 +158,7 @@ def run_demo_round(
     import dataclasses
 
     from workbench.learning.report import report_line
-    from workbench.learning.rounds import run_round, tiny_config
+    from workbench.learning.rounds import ROUND_QUEUE_ORDER, run_round, tiny_config
     from workbench.learning.simulated_expert import (
         PhantomTruth,
         ReadingTeam,
@@ -195,7 +195,7 @@ def run_demo_round(
         progress=progress,
     )
     lines += first.lines()
-    ranked = rank(ws, first.pseudolabel_run_id)
+    ranked = rank(ws, first.pseudolabel_run_id, order=ROUND_QUEUE_ORDER)  # the order the round reviews
     lines += ["review queue (top 5):", *learnt_notice(ws), *format_queue(ranked, 5)]
     lines.append(queue_precision(ws, truth, ranked, DEMO_PRECISION_TOP).line())
     expert = SimulatedExpert(ws, truth, budget=review_budget, image=truth.image)

@@ -221,18 +221,27 @@ def training_inputs(entries: Sequence[TrainingEntry], held_out: set[str]) -> dic
     }
 
 
-def training_queue(ws: Workspace, run_id: str | None, train_ids: set[str]) -> pd.DataFrame:
+#: The order in which a round's reviewer sees the queue (``workbench.review.rank``'s ``order``): by what a
+#: review is expected to add to the training set (``expected_gain``: the item's score and its class's
+#: held-out Dice), since a round is judged by the labels it leaves, not by how many errors it looked at.
+ROUND_QUEUE_ORDER = "gain"
+
+
+def training_queue(
+    ws: Workspace, run_id: str | None, train_ids: set[str], order: str = ROUND_QUEUE_ORDER
+) -> pd.DataFrame:
     """The ranked, undecided queue of a pseudo-label run, training scans only.
 
     Args:
         ws: the workspace.
         run_id: the pseudo-label run (None: every run).
         train_ids: the training scan ids.
+        order: ``workbench.review.rank``'s order (default :data:`ROUND_QUEUE_ORDER`).
 
     Returns:
         The rows of ``workbench.review.rank`` whose scan is a training scan, in rank order.
     """
-    q = rank(ws, run_id)
+    q = rank(ws, run_id, order=order)
     return q[q["scan_id"].isin(train_ids)].reset_index(drop=True)
 
 

@@ -8,7 +8,9 @@ scan, class and label set VERSION it judged, unless an undo reversed it (the cat
   item with its standing decision.
 * :func:`rank` (the CLI, active-learning rounds): the scores recomputed from the stored signals with the
   run's own statistics and the catalog's long tail (``workbench.pseudolabel.scoring``), undecided items only
-  unless asked; :func:`format_queue` prints it.
+  unless asked; :func:`format_queue` prints it. An active-learning round orders it by ``order="gain"``
+  (:func:`expected_gain`): what reviewing an item is expected to add to the training set's labels, from
+  its score and the held-out Dice its model measured for the class in the round that made it.
 
 Both hold back the items of classes the run's model never learnt (``workbench.review.learnt``) unless
 ``include_unlearnt``; :func:`learnt_notice` says so once per class.
@@ -21,7 +23,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -153,6 +156,58 @@ def queue_reasons(ws: Workspace) -> list[str]:
     return ws.catalog.queue_reasons()
 
 
+#: Orders of :func:`rank`: ``score`` (how likely an item is wrong: the review queue) or ``gain`` (what a
+#: review is expected to add to the training set's labels: active-learning rounds, :func:`expected_gain`).
+RANK_ORDERS = ("score", "gain")
+
+
+def expected_gain(score: float, class_dice: float | None) -> float:
+    """What reviewing one item is expected to add to its label's Dice against the truth (0..1).
+
+    A correction lifts the label from its Dice to 1, so the gain is ``1 - E[Dice]``. An item's expected
+    Dice is its class's held-out Dice ``D`` (what the model achieves on the class where the truth is
+    known), lowered by the item's own signals: an item whose score says it is surely wrong (score >= 1)
+    is expected at half of ``D``. So ``gain = 1 - D * (1 - min(score, 1) / 2)``: a class the model
+    fails at everywhere (``D`` near 0) gains about 1 per item even where no signal fires (a tumour it never
+    draws), a well-learnt class only where a signal says so. Without a measured ``D`` (a run outside the
+    rounds) ``D`` counts as 1 and the order is the score's.
+
+    Args:
+        score: the item's queue score (``workbench.pseudolabel.scoring.assess``; >= 0).
+        class_dice: the held-out mean Dice of the item's class for the model that made it (0..1), or None.
+
+    Returns:
+        The expected gain in Dice, in [0, 1].
+    """
+    d = 1.0 if class_dice is None else min(1.0, max(0.0, float(class_dice)))
+    return 1.0 - d * (1.0 - min(1.0, max(0.0, float(score))) / 2.0)
+
+
+def held_out_class_dice(ws: Workspace) -> dict[str, dict[str, float]]:
+    """Per pseudo-label run of a recorded round: class -> the held-out mean Dice that round measured for
+    its model (``workbench.learning.rounds``: the round evaluates, then pseudo-labels with the same model).
+
+    Args:
+        ws: the workspace.
+
+    Returns:
+        ``{pseudolabel_run_id: {class_name: dice}}``; rounds that were not evaluated and classes without a
+        Dice are left out.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for r in ws.catalog.rounds().to_dict("records"):
+        metrics = json.loads(r["metrics"]) if isinstance(r["metrics"], str) else (r["metrics"] or {})
+        by_class: Mapping[str, Mapping[str, object]] = metrics.get("by_class") or {}
+        dice = {
+            name: float(m["dice"])  # type: ignore[arg-type]
+            for name, m in by_class.items()
+            if isinstance(m, Mapping) and m.get("dice") is not None
+        }
+        if r["pseudolabel_run_id"] and dice:
+            out[str(r["pseudolabel_run_id"])] = dice
+    return out
+
+
 def rank(
     ws: Workspace,
     run_id: str | None = None,
@@ -162,6 +217,7 @@ def rank(
     include_decided: bool = False,
     include_unlearnt: bool = False,
     reader: str | None = None,
+    order: str = "score",
 ) -> pd.DataFrame:
     """The review queue: uncertainty items scored from their stored signals, highest first.
 
@@ -174,25 +230,38 @@ def rank(
             :func:`queue` lists them as ``pending`` (upkept first the same way).
         include_unlearnt: also score items of classes the run's model never learnt (held back by default).
         reader: this reviewer's blind queue: items the reader already read are left out.
+        order: one of :data:`RANK_ORDERS`: ``score`` (default) or ``gain`` (:func:`expected_gain`, with
+            the held-out Dice of the round that made each item's run: :func:`held_out_class_dice`).
 
     Returns:
-        DataFrame with ``scan_id, class_name, run_id, label_set_id, score, reasons`` (list of str),
+        DataFrame with ``scan_id, class_name, run_id, label_set_id, score, gain, reasons`` (list of str),
         ``summary`` (``"kidney_left: volume 3.1 sd above the catalog mean; 2 components"``) and ``signals``
-        (dict), sorted by score (then scan, class).
+        (dict), sorted by ``order`` (then scan, class).
+
+    Raises:
+        ValueError: ``order`` is not one of :data:`RANK_ORDERS`.
     """
+    if order not in RANK_ORDERS:
+        raise ValueError(f"order {order!r} is not one of {', '.join(RANK_ORDERS)}")
     with ws.catalog.session():
         upkeep(ws)
         held_back = None if include_unlearnt else learnt_classes(ws).held_back
         df = ws.catalog.ranking_items(
             run_id, include_decided=include_decided, held_back=held_back, reader=reader
         )
+        class_dice = held_out_class_dice(ws) if order == "gain" else {}
     rows = score_items(df.to_dict("records"), ws.catalog.annotated_counts(), long_tail_boost)
     for r in rows:
         reasons = r["reasons"]
         r["summary"] = r["class_name"] + (": " + "; ".join(reasons) if reasons else ": no specific finding")
-    cols = ["scan_id", "class_name", "run_id", "label_set_id", "score", "reasons", "summary", "signals"]
+        r["gain"] = expected_gain(r["score"], class_dice.get(str(r["run_id"]), {}).get(r["class_name"]))
+    cols = ["scan_id", "class_name", "run_id", "label_set_id", "score", "gain", "reasons", "summary"]
+    cols.append("signals")
     out = pd.DataFrame(rows, columns=cols)
-    out = out.sort_values(["score", "scan_id", "class_name"], ascending=[False, True, True], kind="stable")
+    keys = ["score"] if order == "score" else ["gain", "score"]  # ties of gain: the likelier error first
+    out = out.sort_values(
+        [*keys, "scan_id", "class_name"], ascending=[False] * len(keys) + [True, True], kind="stable"
+    )
     out = out.reset_index(drop=True)
     return out.head(limit) if limit is not None else out
 

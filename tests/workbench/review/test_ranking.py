@@ -126,3 +126,58 @@ def test_format_queue_lines(uncertainty_ws: Workspace) -> None:
     lines = q.format_queue(q.rank(ws), 2)
     assert len(lines) == 2 and lines[0].startswith("   1  ") and "liver_tumor: 90% lies outside" in lines[0]
     assert q.format_queue(q.rank(ws).head(0), 5) == ["the queue is empty (no undecided uncertainty items)"]
+
+
+# ----------------------------------------------------------------- rank by expected gain (rounds)
+
+
+@pytest.mark.parametrize(
+    ("score", "class_dice", "gain"),
+    [
+        (0.0, None, 0.0),  # no measured Dice: half the score (the score's order)
+        (1.0, None, 0.5),
+        (0.0, 0.0, 1.0),  # a class the model fails at everywhere: every item gains about 1
+        (0.0, 0.9, 0.1),  # a well-learnt class without a signal: what its held-out Dice leaves
+        (1.0, 0.9, 0.55),  # ... surely wrong: expected at half its Dice
+        (0.5, 0.6, 0.55),  # 1 - 0.6 * 0.75
+        (2.0, 0.8, 0.6),  # long-tail boosted scores count as 1
+        (0.5, 1.7, 0.25),  # a Dice outside 0..1 is clipped
+    ],
+)
+def test_expected_gain(score: float, class_dice: float | None, gain: float) -> None:
+    assert q.expected_gain(score, class_dice) == pytest.approx(gain)
+
+
+def test_a_round_ranks_by_expected_gain_from_its_held_out_dice(uncertainty_ws: Workspace) -> None:
+    ws = uncertainty_ws
+    by_score = q.rank(ws)
+    scores = {(r["scan_id"], r["class_name"]): r["score"] for r in by_score.to_dict("records")}
+    # the round that made run-1 measured spleen at Dice 0.05 (the model misses it everywhere), kidney_left
+    # at 0.9 and liver_tumor at 0.8; run-2 belongs to no round
+    dice = {"spleen": 0.05, "kidney_left": 0.9, "liver_tumor": 0.8}
+    ws.catalog.add_round(
+        round_number=1,
+        train_run_id="train-1",
+        pseudolabel_run_id="run-1",
+        evaluate_run_id="eval-1",
+        checkpoint_path="/nowhere/last.pt",
+        checkpoint_sha256="0" * 64,
+        previous_checkpoint_sha256=None,
+        reviewed=0,
+        inputs={},
+        metrics={"evaluated": True, "by_class": {n: {"n": 3, "dice": d} for n, d in dice.items()}},
+    )
+    assert q.held_out_class_dice(ws) == {"run-1": dice}
+    df = q.rank(ws, order="gain")
+    expected = {
+        key: 1 - (dice[key[1]] if key != ("b:2", "spleen") else 1.0) * (1 - min(s, 1.0) / 2)
+        for key, s in scores.items()
+    }
+    keys = list(zip(df["scan_id"], df["class_name"]))
+    assert keys == sorted(expected, key=lambda k: -expected[k])
+    assert keys[0] == ("a:1", "spleen")  # the lowest score of run-1, the most to gain
+    assert df["gain"].tolist() == pytest.approx([expected[k] for k in keys])
+    assert df["score"].tolist() == [scores[k] for k in keys]  # the scores themselves are unchanged
+    assert list(q.rank(ws)["class_name"]) == list(by_score["class_name"])  # the default order stays
+    with pytest.raises(ValueError, match="order"):
+        q.rank(ws, order="random")
