@@ -240,14 +240,15 @@ def test_ddp_two_cpu_processes_end_with_identical_parameters(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_tiny_model_learns_the_large_organs_on_phantoms(tmp_path: Path) -> None:
-    """500 CPU steps of small_unet at 4.5 mm on 4 phantoms; Dice on 2 held-out phantoms, every class.
+    """800 CPU steps of small_unet at 4.5 mm on 4 phantoms; Dice on 2 held-out phantoms, every class.
 
-    Measured here (2 idle cores, about 2.5 minutes): liver 0.987, spleen 0.988, right kidney 0.986, left
-    kidney 0.983. What makes it learn the small organs in this budget: a high learning rate (2e-3) that
-    gradient clipping keeps from diverging (the heads multiply three generated weight matrices) and a
-    cosine decay that lets it settle. The first half of the run is chaotic (the kidneys swing between 0.2
-    and 0.9, and a 300-step run ended at 0.59 for one kidney on a rebuilt checkout), so the decay gets 500
-    steps: from step 300 on every class stayed above 0.94.
+    What makes it learn the small organs in this budget: a high learning rate (2e-3) that gradient
+    clipping keeps from diverging (the heads multiply three generated weight matrices) and a cosine decay
+    that lets it settle. The first half of the run is chaotic (the kidneys swing between 0.2 and 0.9), so
+    where it ends depends on the machine's float kernels: with 500 steps one machine ended at 0.98-0.99
+    for every class and another, deterministically, at 0.65 for the left kidney. With 800 steps that
+    machine measured liver 0.991, spleen 0.994, right kidney 1.000, left kidney 0.995 (about 2.5 minutes
+    on 2 cores).
     """
     names = ("liver", "spleen", "kidney_right", "kidney_left")
     vocab = _vocab(names)
@@ -259,7 +260,7 @@ def test_tiny_model_learns_the_large_organs_on_phantoms(tmp_path: Path) -> None:
     config = TrainConfig(
         pipeline=pipe,
         epochs=1000,
-        max_steps=500,
+        max_steps=800,
         checkpoint_every=10**6,
         lr=2e-3,
         grad_clip=1.0,
