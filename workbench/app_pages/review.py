@@ -31,6 +31,7 @@ import streamlit as st
 
 from harmonize.errors import HarmonizeError
 from harmonize.taxonomy import class_names
+from storage.workspace import Workspace
 from workbench import app_data, review
 from workbench.app_data import multiplanar
 from workbench.app_pages import common, mpr_viewer
@@ -72,6 +73,20 @@ def note(review_id: str, what: str, message: str) -> None:
     st.session_state["flash"] = message
 
 
+def _undo_last(ws: Workspace, last: dict[str, str]) -> bool:
+    """Undo the session's last action as the reviewer on the page; True when it was undone (a bad
+    request is shown as a message by ``common.guarded``)."""
+    name = common.reviewer(ws)
+    if not name:
+        return False
+    with common.guarded():
+        review.undo(ws, last["id"], name)
+        st.session_state.pop("last_action")
+        st.session_state["flash"] = f"Undone: {escape(last['what'])}"
+        return True
+    return False
+
+
 def handle(action: dict[str, Any]) -> None:
     """Carry out one action the viewer sent, before the page is drawn, so this very run shows its result
     (the next item after a decision, the revised label set after an edit) without a second run. The
@@ -90,12 +105,7 @@ def handle(action: dict[str, Any]) -> None:
         if not last:
             st.session_state["v_message"] = "Nothing to undo in this session."
             return
-        name = common.reviewer(ws)
-        if name:
-            with common.guarded():
-                review.undo(ws, last["id"], name)
-                st.session_state.pop("last_action")
-                st.session_state["flash"] = f"Undone: {escape(last['what'])}"
+        _undo_last(ws, last)
         return
     name = common.reviewer(ws)
     if not name:
@@ -171,14 +181,8 @@ with contextlib.ExitStack() as reads:
     if last:
         u1, u2 = st.columns([3, 1])
         u1.caption(f"Last action: {escape(last['what'])}")
-        if u2.button("Undo last action", key="undo_last"):
-            name = common.reviewer(ws)
-            if name:
-                with common.guarded():
-                    review.undo(ws, last["id"], name)
-                    st.session_state.pop("last_action")
-                    st.session_state["flash"] = f"Undone: {escape(last['what'])}"
-                    st.rerun()
+        if u2.button("Undo last action", key="undo_last") and _undo_last(ws, last):
+            st.rerun()
 
     top_slot.__exit__(None, None, None)
     queue_slot.__enter__()
