@@ -204,17 +204,25 @@ STEP = {
 }
 #: The Review page's marks of a decision's run, in order (``common.record_timing``; the ends count).
 DECISION_MARKS = ("decision_saved", "queue_listed", "mpr", "catalog_closed", "review_page")
+EDIT_STEP = {
+    "edit_rows": "action -> scan and label set rows read",
+    "edit_mask_read": "-> the class's mask decoded",
+    "edit_applied": "-> the stroke applied to the mask",
+    "edit_saved": "-> revised label set written (masks, statistics, catalog)",
+}
+#: The Review page's marks of an edit's run, in order.
+EDIT_MARKS = tuple(EDIT_STEP)
 
 
-def _server_marks(log: Path) -> dict[str, float]:
-    """When (epoch s) the server got the newest action, and when each of :data:`DECISION_MARKS` ended
-    next after it (the run that answered it)."""
+def _server_marks(log: Path, names: tuple[str, ...] = DECISION_MARKS) -> dict[str, float]:
+    """When (epoch s) the server got the newest action, and when each of ``names`` ended next after it
+    (the run that answered it)."""
     lines = [x.split() for x in log.read_text().splitlines()]
     received = [float(x[2]) for x in lines if x[0] == "action_received"][-1]
     marks = {"action_received": received}
     for x in lines:
         end = float(x[2]) + float(x[1])
-        if x[0] in DECISION_MARKS and x[0] not in marks and end >= received:
+        if x[0] in names and x[0] not in marks and end >= received:
             marks[x[0]] = end
     return marks
 
@@ -351,6 +359,7 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
             key("b")
             strokes: list[float] = []
             to_server: list[float] = []
+            edit_splits: dict[str, list[float]] = {m: [] for m in EDIT_MARKS}
             for n in range(3):
                 settled()
                 r = js(
@@ -382,8 +391,12 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
                 _, dur, start = line.split()
                 up = float(js(f"{VIEWER} return v.stroke.wall;")) / 1000.0  # Date.now(): the wall clock
                 strokes.append(float(start) + float(dur) - up)
-                got = [x for x in log.read_text().splitlines() if x.startswith("action_received")][-1]
-                to_server.append(float(got.split()[2]) - up)
+                marks = _server_marks(log, EDIT_MARKS)
+                to_server.append(marks["action_received"] - up)
+                previous = marks["action_received"]
+                for m in EDIT_MARKS:
+                    edit_splits[m].append(marks.get(m, float("nan")) - previous)
+                    previous = marks.get(m, previous)
                 drawn = drawn_after(str(drawn["id"]))
                 peak = max(peak, rss_mb(proc.pid) - before_mb)
         finally:
@@ -406,6 +419,7 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
         ("viewer: slice key -> new slice on screen", med(slices), SLICE_TARGET_S, f"{n_k} keys"),
         ("viewer: brush stroke -> revised label set saved", med(strokes), BRUSH_TARGET_S, f"{n_s} strokes"),
         ("  stroke -> the server has it", med(to_server), BRUSH_TARGET_S, "wall clocks"),
+        *[("    " + EDIT_STEP[m], med(edit_splits[m]), BRUSH_TARGET_S, "server") for m in EDIT_MARKS],
         ("app memory: case open + next preloaded", open_mb / 1000.0, target_gb, "RSS delta"),
         ("app memory: peak over the review", peak / 1000.0, target_gb, "RSS delta"),
     ]

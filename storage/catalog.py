@@ -385,6 +385,8 @@ class Catalog:
         scan: ScanRecord | None = None,
         review: ReviewRecord | None = None,
         uncertainty: Sequence[dict[str, Any]] = (),
+        *,
+        keep_long_tail: bool = True,
     ) -> LabelSetRecord:
         """Write a label set with its coverage, statistics and split decisions (and its scan, if new, the
         review row of a correction that produced it, and the uncertainty rows of a tool's output, as
@@ -395,6 +397,10 @@ class Catalog:
         scan's highest version + 1); when another writer takes the same number first (a reviewer's
         correction beside a pseudo-label job), the write is retried with the next one.
 
+        A ``revised`` label set (a correction) keeps the long tail current in the same transaction
+        (:meth:`_keep_long_tail`) unless ``keep_long_tail`` is False: then the caller runs
+        :meth:`keep_long_tail` once what could not wait is done (until then the next reader refreshes it).
+
         Returns:
             The record as stored (with its version).
         """
@@ -402,7 +408,7 @@ class Catalog:
         for attempt in range(_VERSION_RETRIES):
             try:
                 return self._insert_label_set(
-                    label_set, coverage, stats, splits, scan, review, allocate, uncertainty
+                    label_set, coverage, stats, splits, scan, review, allocate, uncertainty, keep_long_tail
                 )
             except (duckdb.ConstraintException, duckdb.TransactionException) as e:
                 # A concurrent connection of this process surfaces the clash at COMMIT, another process
@@ -422,12 +428,14 @@ class Catalog:
         review: ReviewRecord | None,
         allocate: bool,
         uncertainty: Sequence[dict[str, Any]] = (),
+        keep_long_tail: bool = True,
     ) -> LabelSetRecord:
         with self.transaction() as con:
             record = self._write_label_set_rows(
                 con, label_set, coverage, stats, splits, scan, review, allocate, utc_now(), uncertainty
             )
-            if label_set.origin == "revised":  # a correction; ingests and model runs leave it to the reader
+            # a correction; ingests and model runs leave it to the reader
+            if label_set.origin == "revised" and keep_long_tail:
                 self._keep_long_tail(con)
             return record
 

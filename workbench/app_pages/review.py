@@ -45,7 +45,7 @@ assert ws is not None
 root = str(ws.root)
 st.title("Review")
 QUEUE_ROWS = 200
-#: Decisions of this run whose long-tail upkeep waits until the viewer has its answer.
+#: Decisions and corrections of this run whose long-tail upkeep waits until the viewer has its answer.
 LONG_TAIL_DUE: list[str] = []
 
 
@@ -134,15 +134,19 @@ def handle(action: dict[str, Any]) -> None:
         scan = review.scan_row(ws, t_scan)
         base_row = label_set_row(ws, t_set, t_scan)
         geometry = multiplanar.display_geometry(tuple(int(v) for v in scan["shape"]), scan_affine(scan))
+        common.record_timing("edit_rows", received)
         base = (
             ws.masks.read(str(base_row["mask_key"]), t_class)
             if t_class in app_data.present_classes(ws, t_set)
             else np.zeros(geometry.file_shape, bool)
         )
+        common.record_timing("edit_mask_read", received)
         fixed = multiplanar.apply_edit(geometry, base, action)
-        corr = review.correct(
-            ws, t_scan, t_class, fixed, name, comment_text() or kind.replace("_", " "), t_set
-        )
+        common.record_timing("edit_applied", received)
+        # the long tail's upkeep waits until the viewer has the revised label set, as for a decision
+        text = comment_text() or kind.replace("_", " ")
+        corr = review.correct(ws, t_scan, t_class, fixed, name, text, t_set, keep_long_tail=False)
+        LONG_TAIL_DUE.append(corr.review_id)
         common.record_timing("edit_saved", received)
         st.session_state["v_editing"] = (t_scan, t_class)
         note(
@@ -461,7 +465,7 @@ with contextlib.ExitStack() as reads:
     viewer_slot.__enter__()  # the component first in its slot: its iframe (and the volumes it holds) stays
     mpr_viewer.VIEWER(**viewer_args(payload, next_args), key="mpr", default=None)
     common.record_timing("mpr", started)
-    if LONG_TAIL_DUE:  # the decision's deferred upkeep (a reader before it would refresh the table itself)
+    if LONG_TAIL_DUE:  # the write's deferred upkeep (a reader before it would refresh the table itself)
         with common.guarded():
             ws.catalog.keep_long_tail()
 common.record_timing("catalog_closed", PAGE_STARTED)  # the viewer answered, the catalog closed

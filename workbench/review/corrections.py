@@ -44,6 +44,7 @@ from scipy import ndimage
 from harmonize.errors import HarmonizeError
 from harmonize.geometry import GRID_TOLERANCE_MM, grid_difference_mm, label_components, largest_component
 from harmonize.harmonizer import ANNOTATED_ABSENT, ANNOTATED_PRESENT, NOT_ANNOTATED
+from harmonize.masks import CroppedMask
 from harmonize.stats import class_stats
 from harmonize.taxonomy import class_names
 from storage.catalog import LabelSetRecord, ReviewRecord, new_label_set_id
@@ -86,11 +87,17 @@ def write_revised(
     note: str,
     image: np.ndarray | None,
     review: ReviewRecord,
+    *,
+    keep_long_tail: bool = True,
 ) -> str:
     """Write a revised label set: ``class_name`` = ``mask`` with ``state``; the base's other classes
     copied unless the base is pseudo. Masks first (atomic file), then one catalog transaction, which
     allocates the scan's next version and stores ``review`` (the decision that produced it) with it, so a
     kill never leaves a correction without its review row or the other way round.
+
+    Every mask travels as a crop to its bounding box (the copied classes are decoded cut to theirs, the
+    changed one is cut once): a 512 x 512 x 300 scan is never expanded or scanned whole again for the
+    statistics and the encoding.
 
     Args:
         ws: the workspace.
@@ -102,27 +109,33 @@ def write_revised(
         author: who made the change.
         note: the label set's note.
         image: the (i, j, k) CT in HU for the class's HU statistics (None: NaN).
+        keep_long_tail: keep the long tail current in the write's transaction; False leaves that to the
+            caller's ``ws.catalog.keep_long_tail()`` (the Review page runs it after the viewer's answer).
 
     Returns:
         The new label set's id (also its mask key).
     """
-    shape = tuple(int(s) for s in scan["shape"])
+    i, j, k = (int(s) for s in scan["shape"])
+    shape = (i, j, k)
     affine = scan_affine(scan)
     base_cov = ws.catalog.coverage(str(base["id"]))
     copy_others = base["origin"] != "pseudo"
     coverage = {n: NOT_ANNOTATED for n in class_names()}
-    masks: dict[str, np.ndarray] = {}
+    masks: dict[str, CroppedMask] = {}
     stats: list[dict[str, Any]] = []
     if copy_others:
         coverage.update({n: s for n, s in base_cov.items() if n != class_name})
         stored = set(ws.masks.names(str(base["mask_key"])))
         others = [n for n in class_names() if n != class_name and coverage[n] == ANNOTATED_PRESENT]
-        masks.update(ws.masks.read_many(str(base["mask_key"]), [n for n in others if n in stored]))
+        masks.update({n: _stored_crop(ws, str(base["mask_key"]), n, shape) for n in others if n in stored})
         stats += ws.catalog.class_stats_rows(str(base["id"]), exclude=class_name)
     coverage[class_name] = state
     if state == ANNOTATED_PRESENT:
-        masks[class_name] = mask
-        stats.append(class_stats(class_name, mask, affine, image).as_dict())
+        cut = CroppedMask.from_full(mask)
+        region = tuple(slice(o, o + n) for o, n in zip(cut.offset, cut.data.shape))
+        hu = None if image is None else image[region]
+        masks[class_name] = cut
+        stats.append(class_stats(class_name, cut.data, affine, hu, offset=cut.offset).as_dict())
     ls_id = new_label_set_id()
     ws.masks.write_label_set(ls_id, masks, shape)  # type: ignore[arg-type]
     record = LabelSetRecord(
@@ -138,12 +151,24 @@ def write_revised(
     )
     try:
         ws.catalog.add_label_set(
-            record, coverage, stats, review=dataclasses.replace(review, result_label_set_id=ls_id)
+            record,
+            coverage,
+            stats,
+            review=dataclasses.replace(review, result_label_set_id=ls_id),
+            keep_long_tail=keep_long_tail,
         )
     except BaseException:
         ws.masks.delete(ls_id)  # the catalog refused: leave no orphan mask file
         raise
     return ls_id
+
+
+def _stored_crop(ws: Workspace, key: str, name: str, shape: tuple[int, int, int]) -> CroppedMask:
+    """Class ``name`` of label set ``key`` as a :class:`CroppedMask`, decoded cut to its bounding box."""
+    crop, box = ws.masks.read_crop(key, name)
+    if box is None:
+        return CroppedMask.empty(shape)
+    return CroppedMask(shape, tuple(int(a) for a, _ in box), crop)  # type: ignore[arg-type]
 
 
 def correct(
@@ -156,6 +181,7 @@ def correct(
     base_label_set_id: str | None = None,
     *,
     image: np.ndarray | None = None,
+    keep_long_tail: bool = True,
 ) -> Correction:
     """Store a corrected mask of one class as a new ``revised`` label set and a ``corrected`` review row.
 
@@ -170,6 +196,8 @@ def correct(
         base_label_set_id: the label set that was corrected (default: the current label set of the scan x
             class, else the scan's newest label set).
         image: the (i, j, k) CT in HU, for the HU statistics of the class (NaN without it).
+        keep_long_tail: False leaves the long tail's upkeep to the caller (``ws.catalog.keep_long_tail()``
+            after what cannot wait, as the Review page does).
 
     Returns:
         The :class:`Correction` (review id, new label set id).
@@ -201,7 +229,9 @@ def correct(
     state = ANNOTATED_PRESENT if mask.any() else ANNOTATED_ABSENT
     note = f"correction of {class_name} by {name} (base {base_label_set_id}, origin {base['origin']})"
     review = ReviewRecord(scan_id, class_name, base_label_set_id, "corrected", text, name)
-    ls_id = write_revised(ws, scan, base, class_name, mask, state, name, note, image, review)
+    ls_id = write_revised(
+        ws, scan, base, class_name, mask, state, name, note, image, review, keep_long_tail=keep_long_tail
+    )
     return Correction(review.id, ls_id)
 
 

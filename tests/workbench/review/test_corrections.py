@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from harmonize.errors import HarmonizeError
+from harmonize.stats import class_stats
 from storage.workspace import Workspace
 from workbench import review
+from workbench.review.validation import scan_affine
 from workbench.training_set import assemble_training_set
 
 SCAN = "btcv:demo000"
@@ -62,6 +64,51 @@ def test_correcting_an_original_label_copies_the_other_classes(
         if cls != "kidney_left" and old_cov[cls] == "annotated_present":
             assert np.array_equal(ws.masks.read(corr.label_set_id, cls), original_mask(ws, SCAN, cls))
     assert review.current_label_set(ws, SCAN, "kidney_left") == corr.label_set_id
+
+
+def test_a_correction_stores_the_statistics_of_the_whole_mask(
+    ws: Workspace, original_mask: Callable[..., np.ndarray]
+) -> None:
+    """The cropped path (masks and statistics computed on the bounding box) stores what
+    ``class_stats`` of the full mask and the full CT gives, for the changed class and the copied ones."""
+    scan = review.scan_row(ws, SCAN)
+    kidney = original_mask(ws, SCAN, "kidney_left")
+    fixed = kidney.copy()
+    fixed[tuple(slice(0, 3) for _ in range(3))] = True  # a second component far from the kidney
+    image = np.random.default_rng(0).normal(40, 20, fixed.shape).astype(np.float32)
+    corr = review.correct(ws, SCAN, "kidney_left", fixed, "Dr Ada", image=image)
+    stored = ws.catalog.query(
+        "SELECT * FROM class_stats WHERE label_set_id = ?", [corr.label_set_id]
+    ).set_index("class_name")
+    expected = class_stats("kidney_left", fixed, scan_affine(scan), image).as_dict()
+    row = stored.loc["kidney_left"]
+    assert int(row["voxels"]) == expected["voxels"] == int(fixed.sum())
+    assert int(row["components"]) == expected["components"] == 2
+    assert list(row["bbox"]) == list(expected["bbox"])
+    assert list(row["centroid_mm"]) == pytest.approx(list(expected["centroid_mm"]), rel=1e-12)
+    for key in ("volume_ml", "hu_mean", "hu_std"):
+        assert float(row[key]) == pytest.approx(expected[key], rel=1e-9)
+    assert np.array_equal(ws.masks.read(corr.label_set_id, "kidney_left"), fixed)
+    assert ws.masks.index(corr.label_set_id).classes["kidney_left"].bbox == (
+        (0, int(np.nonzero(fixed)[0].max()) + 1),
+        (0, int(np.nonzero(fixed)[1].max()) + 1),
+        (0, int(np.nonzero(fixed)[2].max()) + 1),
+    )
+
+
+def test_a_correction_may_leave_the_long_tail_to_its_writers_later_upkeep(ws: Workspace) -> None:
+    """``keep_long_tail=False`` (the Review page answers the viewer first): the long tail read after the
+    deferred upkeep counts the correction, one scan fewer with the class present and one more absent."""
+    before = ws.catalog.long_tail().set_index("class_name").loc["kidney_left"]
+    shape = tuple(int(s) for s in review.scan_row(ws, SCAN)["shape"])
+    review.correct(ws, SCAN, "kidney_left", np.zeros(shape, bool), "Dr Ada", keep_long_tail=False)
+    ws.catalog.keep_long_tail()
+    after = ws.catalog.long_tail().set_index("class_name").loc["kidney_left"]
+    assert (int(after["present"]), int(after["absent"])) == (
+        int(before["present"]) - 1,
+        int(before["absent"]) + 1,
+    )
+    assert int(after["annotated"]) == int(before["annotated"])
 
 
 def test_an_empty_correction_records_the_class_as_absent(ws: Workspace) -> None:
