@@ -263,6 +263,9 @@ def run_seed(args: argparse.Namespace, seed: int) -> SeedResult:
             lr_schedule="cosine",
             num_threads=args.threads,
         )
+        first_config = dataclasses.replace(
+            first_config, pipeline=dataclasses.replace(first_config.pipeline, rotate90_p=args.rotate90_p)
+        )
         t = time.perf_counter()
         first = run_round(
             ws, vocabulary=vocab, config=first_config, from_scratch=True, truth=truth.scan_truth
@@ -335,6 +338,13 @@ def main() -> None:
         type=float,
         default=1e-4,
         help="fine-tuning learning rate (cosine decay; higher rates undo the first model's last steps)",
+    )
+    ap.add_argument(
+        "--rotate90-p",
+        type=float,
+        default=0.1,
+        help="RandRotate90 probability in training (rotations in the axial plane put a right organ where "
+        "the left one lies)",
     )
     ap.add_argument("--seed", type=int, default=0, help="the first seed")
     ap.add_argument("--seeds", type=int, default=3, help="repetitions (mean and spread of the ratio)")

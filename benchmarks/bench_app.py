@@ -343,7 +343,12 @@ def browser_timings(root: Path, repeats: int, log: Path) -> list[tuple[str, floa
                 answered.append((float(answer["t"]) - pressed) / 1000.0)
                 same += int(answer["item"] == new["id"])
                 wall = js(f"{VIEWER} return [v.key.wall, v.answer.wall];")
-                marks = _server_marks(log)
+                # the page goes on after the viewer's answer: its last marks come a moment later
+                marks = _wait(
+                    lambda: (m := _server_marks(log)) and "review_page" in m and m,
+                    60,
+                    "the decision's run to finish",
+                )
                 received, args_sent = marks["action_received"], marks.get("mpr", float("nan"))
                 previous = received
                 for m in DECISION_MARKS:  # each step's share, from the end of the one before
