@@ -275,6 +275,46 @@ def _swin_backbone(in_channels: int, merging: str = "release") -> nn.Module:
     return SwinUNETRBackbone()
 
 
+class HaloSplitConv3d(nn.Conv3d):
+    """A 3x3x3, stride-1, padding-1 ``Conv3d`` that runs a batch of one on the CPU as a batch of two.
+
+    PyTorch sends a batch-1 float conv whose ``C * X * Y`` is at most 20480 (every conv of the small UNet
+    on 32^3 patches) to its slow native kernel; a batch of two goes to oneDNN, 3-7x faster per item, the
+    backward too. So a batch-1 input is zero-padded by one voxel along X, cut into two halves that overlap
+    by the 2-voxel halo and stacked as a batch of two, convolved without X padding and joined again: the
+    same result (up to float rounding) in less time. Other inputs run the plain conv. Same parameters and
+    state dict as ``nn.Conv3d`` (:func:`split_batch_one_convs` swaps the class in place).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[0] != 1 or x.is_cuda or x.shape[2] < 4 or x.shape[2] % 2:
+            return super().forward(x)
+        half = x.shape[2] // 2
+        xp = F.pad(x, (0, 0, 0, 0, 1, 1))
+        pair = torch.cat([xp[:, :, : half + 2], xp[:, :, half:]], dim=0)
+        out = F.conv3d(pair, self.weight, self.bias, 1, (0, 1, 1))
+        return torch.cat([out[:1], out[1:]], dim=2)
+
+
+def split_batch_one_convs(module: nn.Module) -> int:
+    """Turn every plain 3x3x3 / stride 1 / padding 1 ``Conv3d`` under ``module`` into a
+    :class:`HaloSplitConv3d` (in place, parameters kept); returns how many."""
+    n = 0
+    for m in module.modules():
+        if (
+            type(m) is nn.Conv3d
+            and tuple(m.kernel_size) == (3, 3, 3)
+            and tuple(m.stride) == (1, 1, 1)
+            and m.padding == (1, 1, 1)
+            and tuple(m.dilation) == (1, 1, 1)
+            and m.groups == 1
+            and m.padding_mode == "zeros"
+        ):
+            m.__class__ = HaloSplitConv3d
+            n += 1
+    return n
+
+
 def _small_unet_backbone(in_channels: int, features: Sequence[int]) -> nn.Module:
     from monai.networks.nets import BasicUNet
 
@@ -303,7 +343,9 @@ def _small_unet_backbone(in_channels: int, features: Sequence[int]) -> nn.Module
             u = self.upcat_2(u, x1)
             return x4, self.upcat_1(u, x0)
 
-    return SmallUNetBackbone()
+    backbone = SmallUNetBackbone()
+    split_batch_one_convs(backbone)
+    return backbone
 
 
 def build_backbone(

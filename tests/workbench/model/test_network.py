@@ -226,3 +226,23 @@ def test_unet_eval_normalises_each_window_alone() -> None:
         together = model(x)
         alone = torch.cat([model(x[:1]), model(x[1:])])
     assert float((together - alone).abs().max()) < 1e-5
+
+
+def test_halo_split_conv_matches_the_plain_conv_forward_and_backward():
+    from workbench.model.network import HaloSplitConv3d, split_batch_one_convs
+
+    torch.manual_seed(0)
+    plain = torch.nn.Conv3d(4, 6, 3, padding=1)
+    split = torch.nn.Sequential(torch.nn.Conv3d(4, 6, 3, padding=1), torch.nn.Conv3d(6, 6, 1))
+    split[0].load_state_dict(plain.state_dict())
+    assert split_batch_one_convs(split) == 1 and isinstance(split[0], HaloSplitConv3d)
+    assert set(split[0].state_dict()) == {"weight", "bias"}
+    for shape in [(1, 4, 8, 6, 10), (1, 4, 7, 6, 6), (2, 4, 8, 6, 6)]:  # split, odd X, batch of two
+        x1 = torch.randn(*shape, requires_grad=True)
+        x2 = x1.detach().clone().requires_grad_()
+        a, b = plain(x1), split[0](x2)
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        a.square().sum().backward()
+        b.square().sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad, atol=1e-4, rtol=1e-4)
