@@ -19,7 +19,7 @@ session):
 
 against 100 ms per query and 1 s per page, then the catalog's size on disk and this process's peak RSS.
 
-    python benchmarks/bench_catalog.py [--scans 10000] [--repeats 7] [--rebuild]
+    python benchmarks/bench_catalog.py [--scans 10000] [--repeats 7] [--rebuild] [--reuse DIR]
 """
 
 from __future__ import annotations
@@ -70,21 +70,23 @@ def median_ms_in_session(ws: Workspace, fn: Callable[[], Any], repeats: int) -> 
     return statistics.median(times)
 
 
-def cached_workspace(n_scans: int, seed: int, rebuild: bool) -> tuple[Workspace, float | None]:
-    """The synthetic workspace for these parameters under the temp folder, built if missing.
+def cached_workspace(
+    n_scans: int, seed: int, rebuild: bool, reuse: Path | None = None
+) -> tuple[Workspace, float | None]:
+    """The synthetic workspace for these parameters under the temp folder (or ``reuse``), built if missing.
 
     Returns:
         The workspace and the build time in s (``None`` when the cached one was reused).
     """
     key = f"workbench-bench-catalog-n{n_scans}-s{seed}-u{UNCERTAINTY_FRACTION}-b{BUILDER_VERSION}"
-    root = Path(tempfile.gettempdir()) / key
+    root = reuse if reuse is not None else Path(tempfile.gettempdir()) / key
     if rebuild or not (root / ".built").exists():
         shutil.rmtree(root, ignore_errors=True)
         ws = Workspace.open(root)
         t = time.perf_counter()
         build_synthetic_catalog(ws.catalog, n_scans, seed, uncertainty_fraction=UNCERTAINTY_FRACTION)
         built = time.perf_counter() - t
-        (root / ".built").write_text("ok")
+        (root / ".built").write_text(key)
         return ws, built
     return Workspace.open(root), None
 
@@ -130,8 +132,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rebuild", action="store_true", help="build the catalog even if it is cached")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the workspace folder to build the catalog into once and reuse on later runs",
+    )
     args = parser.parse_args()
-    ws, built = cached_workspace(args.scans, args.seed, args.rebuild)
+    ws, built = cached_workspace(args.scans, args.seed, args.rebuild, args.reuse)
     counts = ws.catalog.counts()
     how = f"built in {built:.0f} s" if built is not None else "cached (--rebuild to build again)"
     print(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import threading
 import time
 import uuid
@@ -233,6 +234,8 @@ class Catalog:
         self.lock_timeout_s = lock_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        #: per to-do query (:meth:`_todo`), its empty answer (the columns) from the last call that found none
+        self._todo_empty: dict[str, pd.DataFrame] = {}
         with self.connect() as con:
             self._migrate(con)
             self._install_added_classes(con)
@@ -248,10 +251,12 @@ class Catalog:
             return
         with self.connect() as con:
             self._local.con = con
+            self._local.marks = None
             try:
                 yield self
             finally:
                 self._local.con = None
+                self._local.marks = None
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -330,12 +335,15 @@ class Catalog:
         threads of one process): DuckDB admits one writing process anyway, and concurrent write
         connections inside one process race in its replacement scans of registered Arrow tables."""
         with _write_lock(self.path), self.connect() as con:
+            self._local.marks = None  # a session's row counts are stale once it writes
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.marks = None
             con.execute("COMMIT")
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -752,11 +760,12 @@ class Catalog:
         Returns:
             label set id -> class name -> state; a label set without coverage rows is missing.
         """
-        df = self.query(
-            "SELECT label_set_id, class_name, state FROM class_coverage "
-            "WHERE label_set_id IN (SELECT unnest(?))",
-            [list(label_set_ids)],
-        )
+        if not label_set_ids:
+            return {}
+        # up to _CONSTANT_LIST ids as constants: a filter on the table scan (zonemaps), not a semi join
+        where, params = self._in_filters([("label_set_id", [str(i) for i in label_set_ids])])
+        sql = f"SELECT label_set_id, class_name, state FROM class_coverage {self._where(where)}"
+        df = self.query(sql, params)
         out: dict[str, dict[str, str]] = {}
         for ls_id, name, state in df.itertuples(index=False):
             out.setdefault(str(ls_id), {})[str(name)] = str(state)
@@ -1361,12 +1370,18 @@ class Catalog:
             Every column of ``review`` plus ``undone`` (bool: a decision that does not stand in
             ``standing_review`` because a later undo reversed it; False for undo rows).
         """
+        # undone = not an undo and reversed by one (standing_review's rule, read for these rows only);
+        # the filters as constants (a filter on the table scan)
+        where, params = self._in_filters(
+            [("r.scan_id", None if scan_id is None else [scan_id]),
+             ("r.class_name", None if class_name is None else [class_name])]
+        )  # fmt: skip
         sql = (
-            "SELECT r.*, (r.decision <> 'undo' AND r.id NOT IN (SELECT id FROM standing_review)) AS undone "
-            "FROM review r WHERE (? IS NULL OR r.scan_id = ?) AND (? IS NULL OR r.class_name = ?) "
-            "ORDER BY r.created_at DESC, r.id DESC"
+            "SELECT r.*, (r.decision <> 'undo' AND r.id IN (SELECT undo_of FROM review "
+            "WHERE decision = 'undo' AND undo_of IS NOT NULL)) AS undone "
+            f"FROM review r {self._where(where)} ORDER BY r.created_at DESC, r.id DESC"
         )
-        return self.query(sql, [scan_id, scan_id, class_name, class_name])
+        return self.query(sql, params)
 
     def review_queue(
         self,
@@ -1448,8 +1463,7 @@ class Catalog:
         if limit is not None:
             # a page of the maintained table: its rowids from the sort keys and filters alone, then the
             # columns of those rows (a top-N over every column reads all of them for ~250 K rows)
-            keys = f"SELECT rowid AS _row, scan_id, class_name, run_id FROM queue_item q {self._where(where)}"
-            page = _page_by_rowid(f"{keys} {order} LIMIT {int(limit)}", params, sql, order)
+            page = _page_by_threshold(self._where(where), params, sql, order, int(limit))
         df = self._queue(sql, params, table_read=page)
         df["reasons"] = df["reasons"].map(lambda r: [] if r is None else list(r))
         return df
@@ -1684,11 +1698,12 @@ class Catalog:
                 f"SELECT {', '.join(columns)} FROM a {self._where(plain)}",
                 params,
                 _training_columns(one_class),
+                unordered=True,
             )
         rows = _ASSEMBLED_OF.format(current="current_label_of(?)", mask_key=_MASK_KEY)
         sql = f"{rows} {self._where(conditions)}"
         with self.connect(read_only=True) as con:
-            return _arrow_df(con, sql, [list(bases), *params])
+            return _arrow_df(con, sql, [list(bases), *params], unordered=True)
 
     def source_summary(self) -> pd.DataFrame:
         """Per registered source, its scans and label sets by origin.
@@ -2328,13 +2343,12 @@ class Catalog:
             What ``read`` (or ``live``) returns.
         """
         with self.connect(read_only=True) as con:
-            now = _derived_marks(con, table)
-            if _stored_marks(con, table) == now:
+            now, seen = self._read_marks(con, table)
+            if seen == now:
                 return read(con)
         try:
             with self.transaction() as con:
-                now = _derived_marks(con, table)
-                seen = _stored_marks(con, table)
+                now, seen = self._read_marks(con, table)
                 if seen != now:
                     refresh(con, _changed_scans(con, seen, now))
                     con.execute("INSERT OR REPLACE INTO derived_meta VALUES (?, ?)", [table, json.dumps(now)])
@@ -2384,6 +2398,8 @@ class Catalog:
         sql: str,
         params: Sequence[Any] = (),
         finish: Callable[[pa.Table], pa.Table] | None = None,
+        *,
+        unordered: bool = False,
     ) -> pd.DataFrame:
         """Run ``sql`` (against the relation ``a``: ``current_label`` with the scan's ``source_id`` and
         ``image_path``; its ``mask_key`` NULL where it is the label set's id) over the maintained
@@ -2396,10 +2412,11 @@ class Catalog:
             if changed is None:
                 con.execute("DELETE FROM assembled_label")
                 # one class at a time: the table is clustered by class (a class filter reads its row groups)
-                # and no sort of every row is needed; the class filter reaches below the rule's window
+                # and no sort of every row is needed; the class filter reaches below the rule's window.
+                # Within a class, by scan (schema v15): one scan x class is one row group's zonemap away.
                 names = con.execute("SELECT DISTINCT class_name FROM class_coverage ORDER BY 1").fetchall()
                 for (name,) in names:
-                    con.execute(f"{insert} WHERE c.class_name = ?", [name])
+                    con.execute(f"{insert} WHERE c.class_name = ? ORDER BY c.scan_id", [name])
                 return
             for marks, chunk in _chunks(changed):
                 con.execute(f"DELETE FROM assembled_label WHERE scan_id IN ({marks})", chunk)
@@ -2412,8 +2429,12 @@ class Catalog:
         return self._derived(
             "assembled_label",
             refresh,
-            lambda con: _arrow_df(con, f"WITH a AS (SELECT * FROM assembled_label) {sql}", params, finish),
-            lambda con: _arrow_df(con, f"WITH a AS ({_ASSEMBLED_SQL}) {sql}", params, finish),
+            lambda con: _arrow_df(
+                con, f"WITH a AS (SELECT * FROM assembled_label) {sql}", params, finish, unordered=unordered
+            ),
+            lambda con: _arrow_df(
+                con, f"WITH a AS ({_ASSEMBLED_SQL}) {sql}", params, finish, unordered=unordered
+            ),
         )
 
     def _original_distributions(self, read: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
@@ -2463,8 +2484,12 @@ class Catalog:
         the row counts it was computed at (:data:`_DERIVED_MARKS`; skipped while another process holds
         the file)."""
         with self.connect(read_only=True) as con:
-            now = _derived_marks(con, name)
-            seen = _stored_marks(con, name)
+            now, seen = self._read_marks(con, name)
+            if seen == now:
+                # nothing was written since it last found nothing to do: no query at all
+                empty = self._todo_empty.get(name)
+                if empty is not None:
+                    return empty.copy()
             changed = [] if seen == now else _changed_scans(con, seen, now)
             ids: list[str] | None = None
             if changed is not None:
@@ -2472,6 +2497,8 @@ class Catalog:
                 sql = f"SELECT DISTINCT label_set_id FROM uncertainty WHERE scan_id IN ({marks}) ORDER BY 1"
                 ids = [str(r[0]) for r in con.execute(sql, changed).fetchall()] if changed else []
             todo = run(con, ids)
+        if todo.empty:
+            self._todo_empty[name] = todo.iloc[0:0]
         if todo.empty and seen != now:
             try:
                 with self.transaction() as con:
@@ -2479,6 +2506,26 @@ class Catalog:
             except CatalogBusy:
                 pass
         return todo
+
+    def _read_marks(
+        self, con: duckdb.DuckDBPyConnection, table: str
+    ) -> tuple[dict[str, int], dict[str, int] | None]:
+        """``(now, seen)`` for the maintained table ``table``: the row counts it depends on now
+        (:data:`_DERIVED_MARKS`) and those stored with it at its last refresh (None before the first).
+
+        Inside a :meth:`session` the counts of every maintained table and every stored mark are read in
+        ONE query at its first call and kept until the session writes (:meth:`transaction`): the queue's
+        upkeep and listing ask four times per page."""
+        pinned = getattr(self._local, "con", None) is not None
+        cached = getattr(self._local, "marks", None) if pinned else None
+        if cached is None:
+            keys = _ALL_MARKS if pinned else _DERIVED_MARKS[table]
+            cached = _read_all_marks(con, keys)
+            if pinned:
+                self._local.marks = cached
+        counts, stored = cached
+        now = {k: counts[k] for k in _DERIVED_MARKS[table]}
+        return now, stored.get(table)
 
     def invalidate_derived(self, con: duckdb.DuckDBPyConnection) -> None:
         """Inside a write transaction ``con`` that UPDATEs rows in place (the row counts do not move),
@@ -2807,23 +2854,29 @@ _DISTRIBUTION_SQL = {
 OUTLIERS_KEPT = 1000
 
 
-def _derived_marks(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, int]:
-    """The row counts ``table`` depends on now (:data:`_DERIVED_MARKS`), in one query: a UNION ALL of
-    counts (as scalar subqueries of one SELECT, nine of them cost DuckDB's optimizer ~15 ms)."""
-    keys = _DERIVED_MARKS[table]
+#: Every row count a maintained table depends on (what a session reads once).
+_ALL_MARKS: tuple[str, ...] = tuple(sorted({k for keys in _DERIVED_MARKS.values() for k in keys}))
+
+
+def _read_all_marks(
+    con: duckdb.DuckDBPyConnection, keys: Sequence[str]
+) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The row counts ``keys`` (:data:`_DERIVED_MARKS`' form) and every mark stored in ``derived_meta``
+    (table -> counts), in one query: a UNION ALL of counts and of the stored rows."""
     parts = [
-        f"SELECT {i} AS k, count(*) AS n FROM {k.partition(':')[0]}"
-        + (f" WHERE origin = '{k.partition(':')[2]}'" if ":" in k else "")
+        f"SELECT {i} AS k, count(*) AS n, NULL::VARCHAR AS name, NULL::VARCHAR AS marks "
+        f"FROM {k.partition(':')[0]}" + (f" WHERE origin = '{k.partition(':')[2]}'" if ":" in k else "")
         for i, k in enumerate(keys)
     ]
-    counts = dict(con.execute(" UNION ALL ".join(parts)).fetchall())
-    return {k: int(counts[i]) for i, k in enumerate(keys)}
-
-
-def _stored_marks(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, int] | None:
-    """The row counts stored with ``table`` at its last refresh; None before the first."""
-    row = con.execute("SELECT marks FROM derived_meta WHERE name = ?", [table]).fetchone()
-    return None if row is None else dict(json.loads(row[0]))
+    parts.append("SELECT -1, 0, name, marks FROM derived_meta")
+    counts: dict[str, int] = {}
+    stored: dict[str, dict[str, int]] = {}
+    for i, n, name, marks in con.execute(" UNION ALL ".join(parts)).fetchall():
+        if i < 0:
+            stored[str(name)] = dict(json.loads(marks))
+        else:
+            counts[keys[i]] = int(n)
+    return counts, stored
 
 
 def _changed_scans(
@@ -2875,6 +2928,35 @@ def _chunks(scan_ids: list[str]) -> Iterator[tuple[str, list[str]]]:
         yield ", ".join(["?"] * len(chunk)), chunk
 
 
+def _page_by_threshold(
+    where: str, params: Sequence[Any], sql: str, order: str, limit: int
+) -> Callable[[duckdb.DuckDBPyConnection], pd.DataFrame]:
+    """A top-``limit`` page of ``queue_item`` by score (``order``: score descending first), read by its
+    lowest score: the ``limit``-th highest score among the rows ``where`` keeps (a top-N of one column),
+    then the page's keys among the rows at or above it only (``queue_item`` is stored by score, so zonemaps
+    skip the row groups below; ties at the threshold are all kept, and the full order picks among them: the
+    same page as sorting every row), then their columns by rowid (:func:`_page_by_rowid`).
+
+    Args:
+        where / params: the page's ``WHERE`` over ``queue_item q`` (may be empty) and its parameters (also
+            ``sql``'s).
+        sql / order: as :func:`_page_by_rowid`.
+        limit: the page size (> 0).
+    """
+    threshold_sql = f"SELECT score FROM queue_item q {where} ORDER BY score DESC LIMIT 1 OFFSET {limit - 1}"
+    keys = f"SELECT rowid AS _row, scan_id, class_name, run_id FROM queue_item q {where}"
+    every_row = _page_by_rowid(f"{keys} {order} LIMIT {limit}", params, sql, order)
+
+    def read(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+        row = con.execute(threshold_sql, list(params)).fetchone() if limit > 0 else None
+        if row is None or row[0] is None or not math.isfinite(float(row[0])):
+            return every_row(con)  # fewer rows than a page (or no plain lowest score): sort them all
+        above = f"{keys} {'AND' if where else 'WHERE'} score >= {float(row[0])!r}::DOUBLE"
+        return _page_by_rowid(f"{above} {order} LIMIT {limit}", params, sql, order)(con)
+
+    return read
+
+
 def _page_by_rowid(
     keys_sql: str, params: Sequence[Any], sql: str, order: str
 ) -> Callable[[duckdb.DuckDBPyConnection], pd.DataFrame]:
@@ -2913,15 +2995,20 @@ def _arrow_df(
     sql: str,
     params: Sequence[Any],
     finish: Callable[[pa.Table], pa.Table] | None = None,
+    *,
+    unordered: bool = False,
 ) -> pd.DataFrame:
     """The result of ``sql`` as a DataFrame made from Arrow: large-string buffers become pandas' Arrow-backed
     ``str`` columns without a copy per cell (about 5x faster than ``.df()`` for 0.5 M rows of strings);
-    ``finish`` rewrites the Arrow table first."""
-    con.execute("SET arrow_large_buffer_size = true")
+    ``finish`` rewrites the Arrow table first. ``unordered``: the rows may come in any order (DuckDB's
+    ``preserve_insertion_order = false``: its threads hand over their chunks as they finish)."""
+    settings = ["arrow_large_buffer_size = true"]
+    settings += ["preserve_insertion_order = false"] if unordered else []
+    con.execute("; ".join(f"SET {x}" for x in settings))
     try:
         table = con.sql(sql, params=list(params)).to_arrow_table()
     finally:
-        con.execute("RESET arrow_large_buffer_size")
+        con.execute("; ".join(f"RESET {x.partition(' ')[0]}" for x in settings))
     return (table if finish is None else finish(table)).to_pandas()
 
 

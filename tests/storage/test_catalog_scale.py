@@ -21,6 +21,7 @@ from storage.catalog import (
     LabelSetRecord,
     _long_tail_sql,
     _page_by_rowid,
+    _page_by_threshold,
 )
 from storage.schema import (
     ASSEMBLED_LABEL_V13,
@@ -430,10 +431,56 @@ def test_a_v13_catalog_keeps_its_training_rows_after_the_migration(tmp_path: Pat
         con.execute(v13_table)
         con.execute(f"INSERT INTO assembled_label {_ASSEMBLED_SQL}")
         con.execute("UPDATE schema_meta SET value = '13' WHERE key = 'schema_version'")
-    assert Catalog(path).schema_version == SCHEMA_VERSION == 14
+    assert Catalog(path).schema_version == SCHEMA_VERSION >= 14
     migrated = Catalog(path)
     rows = _sorted(migrated.training_rows(BASES), ["scan_id", "class_name"])
     _assert_same(rows[before.columns], before)
     assert migrated.query("SELECT count(*) AS n FROM assembled_label")["n"].iloc[0] == len(before) > 0
     kept = migrated.query("SELECT count(*) AS n FROM assembled_label WHERE mask_key IS NOT NULL")["n"]
     assert kept.iloc[0] == 0
+
+
+def test_a_v14_catalog_stores_its_current_labels_by_scan_within_class_after_the_migration(
+    tmp_path: Path,
+) -> None:
+    """A workspace written at schema v14 (its maintained current label in any order) opens at v15 and
+    answers the same training rows, from the table refilled by class and, within a class, by scan."""
+    path = tmp_path / "catalog.duckdb"
+    c = Catalog(path)
+    build_synthetic_catalog(c, 12, seed=1, uncertainty_fraction=0.5)
+    before = _sorted(c.query(_ASSEMBLED_SQL), ["scan_id", "class_name"])
+    c.training_rows(BASES)  # the maintained table and its marks, as a v14 reader leaves them
+    with c.transaction() as con:
+        rows = "SELECT * FROM assembled_label ORDER BY scan_id DESC, class_name DESC"
+        con.execute(f"CREATE TEMP TABLE v14 AS {rows}")
+        con.execute("DELETE FROM assembled_label")
+        con.execute("INSERT INTO assembled_label SELECT * FROM v14")
+        con.execute("UPDATE schema_meta SET value = '14' WHERE key = 'schema_version'")
+    assert Catalog(path).schema_version == SCHEMA_VERSION == 15
+    migrated = Catalog(path)
+    rows = _sorted(migrated.training_rows(BASES), ["scan_id", "class_name"])
+    _assert_same(rows[before.columns], before)
+    stored = migrated.query("SELECT class_name, scan_id FROM assembled_label ORDER BY rowid")
+    assert len(stored) == len(before) > 0
+    expected = stored.sort_values(["class_name", "scan_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(stored, expected)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 10_000])
+def test_a_queue_page_read_by_its_lowest_score_is_the_sorted_page_with_ties(cat: Catalog, limit: int) -> None:
+    """The page read by a score threshold keeps every row tied at the threshold and lets the full order pick
+    among them: the same rows as sorting every row, also when most scores are equal and when the page is
+    larger than the queue."""
+    cat.review_queue(status="pending", limit=1)  # the maintained table is current
+    with cat.transaction() as con:  # ties: a third of the scores equal, one score above them all
+        con.execute("UPDATE queue_item SET score = 0.5 WHERE rowid % 3 = 0")
+        con.execute("UPDATE queue_item SET score = 2.0 WHERE rowid = 1")
+    order = "ORDER BY score DESC, scan_id, class_name, run_id"
+    filters: list[tuple[str, list[str]]] = [("", []), ("WHERE open AND in_catalog", [])]
+    for where, params in [*filters, ("WHERE class_name IN (?)", ["liver"])]:
+        plain = f"SELECT * EXCLUDE (verdict, open, in_catalog) FROM q {where} {order} LIMIT {limit}"
+        with cat.connect(read_only=True) as con:
+            sorted_page = con.execute(f"WITH q AS (SELECT * FROM queue_item) {plain}", params).df()
+            page = _page_by_threshold(where, params, plain, order, limit)(con)
+        assert len(page) == min(limit, len(sorted_page)) and len(page) > 0
+        pd.testing.assert_frame_equal(page.reset_index(drop=True), sorted_page.reset_index(drop=True))
